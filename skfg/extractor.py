@@ -1,0 +1,303 @@
+"""``CNNFeatureExtractor``: images -> pooled features of one or several CNN stages."""
+
+import hashlib
+import json
+import os
+from numbers import Integral
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from ._base import TorchStateMixin, resolve_device
+from ._cache import get_feature_cache
+from .backbones import build_backbone, get_backbone_spec, list_backbones, probe_channels
+from .backbones import state_fingerprint
+from .images import ImageSource, eval_transform, iter_batches, normalize_batch
+from .pooling import POOLINGS, global_pool, l2_normalize
+
+
+def resolve_layers(layers, stage_names):
+    """Validate ``layers`` ("last", a stage name or a list of them) against the backbone."""
+    if isinstance(layers, str):
+        layers = [stage_names[-1]] if layers == "last" else [layers]
+    layers = list(layers)
+    if not layers:
+        raise ValueError("layers is empty; give 'last' or stage names.")
+    unknown = [name for name in layers if name not in stage_names]
+    if unknown:
+        raise ValueError(
+            f"Unknown layer(s) {unknown}. Valid layers for this backbone: "
+            f"{', '.join(stage_names)} (or 'last')."
+        )
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"layers has duplicates: {layers}")
+    return layers
+
+
+def pool_stage_outputs(maps, layers, pooling="gap", k=4, normalize=True):
+    """Pool each stage's map (and L2-normalise it) and concatenate, in ``layers`` order."""
+    parts = []
+    for name in layers:
+        v = global_pool(maps[name], pooling, k)
+        parts.append(l2_normalize(v) if normalize else v)
+    return torch.cat(parts, dim=1)
+
+
+class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
+    """Extract pooled features of a pretrained CNN from images.
+
+    A scikit-learn transformer: ``fit`` loads the backbone (it learns nothing from the
+    data), ``transform`` maps images to a float32 array ``(n_images, n_features)``.
+    With several ``layers`` the per-layer features are concatenated; their column ranges
+    are in ``feature_groups_``.
+
+    Parameters
+    ----------
+    backbone : str, default="efficientnet_lite0"
+        A name from :func:`skfg.backbones.list_backbones`.
+    weights : None, "imagenet", path or torchvision weights enum, default="imagenet"
+        Where the weights come from (see :func:`skfg.backbones.build_backbone`).
+        Nothing is ever downloaded.
+    layers : "last", str or list of str, default="last"
+        Stages whose outputs become features, e.g. ``["stage4", "stage6", "head"]``.
+    pooling : {"gap", "gmp", "kmax"}, default="gap"
+        Global average, global max, or global k-max pooling (ELoPE eq. 3).
+    k : int, default=4
+        Number of maxima averaged by ``pooling="kmax"``.
+    normalize : bool, default=True
+        L2-normalise each layer's pooled vector.
+    image_size : int, default=224
+        Side of the square network input.
+    resize : {"crop", "squash"}, default="crop"
+        ``"crop"``: resize the shorter side to ``image_size`` and take the centre crop;
+        ``"squash"``: resize the whole image to ``image_size x image_size``.
+    batch_size : int, default=4
+        Images per forward pass. Small batches in channels-last memory format are the
+        fastest on CPUs (see ``benchmarks/results/extract.md``).
+    device : str, default="auto"
+        ``"auto"`` uses CUDA when present, else the CPU.
+    n_jobs : int, default=1
+        Threads that decode images while the network runs (0 decodes in the caller).
+    cache : bool or str, default=True
+        Reuse features of images seen before with the same settings: ``True`` keeps
+        them in memory (process-wide, see :func:`skfg.clear_feature_cache`), a
+        directory path also stores them on disk (shared between processes and runs),
+        ``False`` disables caching.
+    verbose : bool, default=False
+        Show a progress bar.
+
+    Attributes
+    ----------
+    network_ : StagedNetwork
+        The backbone, in eval mode, on ``device_``.
+    device_ : str
+        The torch device used.
+    layers_ : list of str
+        The resolved layer names.
+    feature_groups_ : dict of str -> slice
+        Columns of each layer in the output of ``transform``.
+    n_features_out_ : int
+        Number of output columns.
+
+    See Also
+    --------
+    skfg.backbones.list_backbones : Available backbones.
+
+    Examples
+    --------
+    >>> from skfg import CNNFeatureExtractor
+    >>> from skfg.datasets import make_fine_grained
+    >>> X, y = make_fine_grained(n_classes=3, n_per_class=2, image_size=64, random_state=0)
+    >>> ext = CNNFeatureExtractor(layers=["stage4", "head"], image_size=64).fit(X)
+    >>> ext.transform(X).shape
+    (6, 1360)
+    >>> ext.feature_groups_["stage4"]
+    slice(0, 80, None)
+    """
+
+    _parameter_constraints = {
+        "backbone": [StrOptions(set(list_backbones()))],
+        "weights": "no_validation",  # checked by build_backbone
+        "layers": [str, list, tuple],
+        "pooling": [StrOptions(set(POOLINGS))],
+        "k": [Interval(Integral, 1, None, closed="left")],
+        "normalize": ["boolean"],
+        "image_size": [Interval(Integral, 16, None, closed="left")],
+        "resize": [StrOptions({"crop", "squash"})],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "device": [str, None],
+        "n_jobs": [Interval(Integral, 0, None, closed="left")],
+        "cache": ["boolean", str, os.PathLike],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        backbone="efficientnet_lite0",
+        *,
+        weights="imagenet",
+        layers="last",
+        pooling="gap",
+        k=4,
+        normalize=True,
+        image_size=224,
+        resize="crop",
+        batch_size=4,
+        device="auto",
+        n_jobs=1,
+        cache=True,
+        verbose=False,
+    ):
+        self.backbone = backbone
+        self.weights = weights
+        self.layers = layers
+        self.pooling = pooling
+        self.k = k
+        self.normalize = normalize
+        self.image_size = image_size
+        self.resize = resize
+        self.batch_size = batch_size
+        self.device = device
+        self.n_jobs = n_jobs
+        self.cache = cache
+        self.verbose = verbose
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X=None, y=None):
+        """Load the backbone and resolve the layers; X and y are not used.
+
+        Parameters
+        ----------
+        X : ignored
+        y : ignored
+
+        Returns
+        -------
+        self : CNNFeatureExtractor
+        """
+        spec = get_backbone_spec(self.backbone)
+        layers = resolve_layers(self.layers, list(spec.stages))
+        device = resolve_device(self.device)
+        network = build_backbone(self.backbone, self.weights)
+        channels = probe_channels(network)
+        # Everything checked: now set the fitted attributes (never half of them).
+        self.network_ = network.to(device, memory_format=torch.channels_last).eval()
+        self.device_ = device
+        self.layers_ = layers
+        self.feature_groups_, start = {}, 0
+        for name in layers:
+            self.feature_groups_[name] = slice(start, start + channels[name][0])
+            start += channels[name][0]
+        self.n_features_out_ = start
+        self._refresh_cache_key()
+        return self
+
+    def _make_module(self, name):
+        return build_backbone(self.backbone, weights=None).to(memory_format=torch.channels_last)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if hasattr(self, "network_"):
+            self._refresh_cache_key()
+
+    def _refresh_cache_key(self):
+        """Fingerprint of everything that determines the features (call after changing weights)."""
+        settings = {
+            "backbone": self.backbone,
+            "weights": state_fingerprint(self.network_),
+            "layers": self.layers_,
+            "pooling": self.pooling,
+            "k": self.k if self.pooling == "kmax" else None,
+            "normalize": bool(self.normalize),
+            "image_size": int(self.image_size),
+            "resize": self.resize,
+        }
+        blob = json.dumps(settings, sort_keys=True).encode()
+        self._cache_key = hashlib.sha1(blob).hexdigest()
+
+    def _features(self, batch):
+        """uint8 image batch -> float32 numpy features (no gradient)."""
+        x = normalize_batch(batch.to(self.device_), self.network_.mean, self.network_.std)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            maps = self.network_.forward_features(x, self.layers_)
+            feats = pool_stage_outputs(maps, self.layers_, self.pooling, self.k, self.normalize)
+        return feats.float().cpu().numpy()
+
+    def transform(self, X):
+        """Features of the images in X.
+
+        Parameters
+        ----------
+        X : array-like
+            Image paths (1-D), a uint8 array ``(n, H, W[, 3])``, or a list of PIL images.
+
+        Returns
+        -------
+        features : ndarray of shape (n_images, n_features_out_), dtype float32
+
+        Raises
+        ------
+        skfg.images.ImageDecodeError
+            If an image cannot be decoded; the message names the file. Use
+            :func:`skfg.datasets.verify_images` to list every bad file at once.
+        """
+        check_is_fitted(self, "network_")
+        source = ImageSource(X)
+        n = len(source)
+        out = np.empty((n, self.n_features_out_), dtype=np.float32)
+        directory = os.fspath(self.cache) if isinstance(self.cache, (str, os.PathLike)) else None
+        use_cache = self.cache is not False
+        todo = np.arange(n)
+        if use_cache:
+            cache = get_feature_cache()
+            keys = [source.cache_key(i) for i in range(n)]
+            found = cache.get(self._cache_key, keys, directory)
+            todo = np.array([i for i, v in enumerate(found) if v is None], dtype=int)
+            for i, v in enumerate(found):
+                if v is not None:
+                    out[i] = v
+        if len(todo) == 0:
+            return out
+        self.network_.eval()
+        transform = eval_transform(self.image_size, self.resize)
+        batches = iter_batches(source, transform, self.batch_size, todo, self.n_jobs)
+        progress = None
+        if self.verbose:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=len(todo), desc="extracting", unit="img")
+        for idx, batch in batches:
+            feats = self._features(batch)
+            out[idx] = feats
+            if use_cache:
+                cache.put(self._cache_key, [keys[i] for i in idx], feats, directory)
+            if progress is not None:
+                progress.update(len(idx))
+        if progress is not None:
+            progress.close()
+        return out
+
+    def get_feature_names_out(self, input_features=None):
+        """Output column names: ``"<layer>_<channel>"``.
+
+        Returns
+        -------
+        names : ndarray of str
+        """
+        check_is_fitted(self, "network_")
+        names = []
+        for layer, cols in self.feature_groups_.items():
+            names.extend(f"{layer}_{i}" for i in range(cols.stop - cols.start))
+        return np.asarray(names, dtype=object)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.input_tags.string = True
+        tags.transformer_tags.preserves_dtype = []
+        return tags

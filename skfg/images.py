@@ -1,0 +1,292 @@
+"""Turning X (image paths, uint8 arrays or PIL images) into normalised tensors.
+
+This is the only module that decodes images. Every estimator that takes images goes
+through :class:`ImageSource` (what X holds), :func:`eval_transform` /
+:func:`train_transform` (PIL image -> uint8 CHW tensor) and :func:`normalize_batch`
+(uint8 batch -> float batch with the backbone's mean/std).
+"""
+
+import hashlib
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+import torchvision.transforms.functional as TF
+from PIL import Image, ImageOps
+
+__all__ = [
+    "ImageDecodeError",
+    "ImageDataset",
+    "ImageSource",
+    "eval_transform",
+    "iter_batches",
+    "normalize_batch",
+    "to_rgb",
+    "train_transform",
+]
+
+
+class ImageDecodeError(ValueError):
+    """An image could not be read; the message names the file (or the index in X)."""
+
+
+# ------------------------------------------------------------------ decoding
+def to_rgb(img):
+    """Convert a PIL image of any mode to 8-bit RGB.
+
+    Grayscale, palette, CMYK, YCbCr and LAB go through Pillow's conversion; images with
+    an alpha channel are composited onto white; 16- and 32-bit integer images (16-bit
+    PNG) are scaled from their bit depth to 0-255 instead of being clipped.
+    """
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if mode == "F":
+            top = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
+        else:
+            top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        arr = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "RGBa", "La", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _array_to_pil(arr, name):
+    arr = np.asarray(arr)
+    if arr.dtype == np.uint16:
+        arr = np.rint(arr / 257.0).astype(np.uint8)
+    if arr.dtype != np.uint8:
+        raise ImageDecodeError(
+            f"{name}: image arrays must be uint8 (or uint16), got dtype {arr.dtype}; "
+            "convert with (x * 255).round().astype(np.uint8) for floats in [0, 1]."
+        )
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        return to_rgb(Image.fromarray(np.ascontiguousarray(arr)))
+    raise ImageDecodeError(
+        f"{name}: expected an image of shape (H, W), (H, W, 3) or (H, W, 4), got {arr.shape}."
+    )
+
+
+def _open_path(path):
+    try:
+        with Image.open(path) as img:
+            img.load()  # force the full decode so truncated files fail here
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
+    except FileNotFoundError as exc:
+        raise ImageDecodeError(f"{path}: file not found") from exc
+    except Exception as exc:
+        raise ImageDecodeError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+
+
+class ImageSource:
+    """A read-only view over X that decodes one image at a time.
+
+    Parameters
+    ----------
+    X : array-like
+        One of: a 1-D array or list of image paths; a uint8 array ``(n, H, W, 3)``,
+        ``(n, H, W, 4)`` or ``(n, H, W)``; a list of PIL images or of ``(H, W[, C])``
+        arrays.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If X has none of these forms (the message says what was received).
+    """
+
+    def __init__(self, X):
+        self.kind, self.items = self._classify(X)
+
+    @staticmethod
+    def _classify(X):
+        if isinstance(X, ImageSource):
+            return X.kind, X.items
+        if isinstance(X, (str, os.PathLike, Image.Image)):
+            raise TypeError(
+                "X must be a collection of images (a list of paths, an (n, H, W, 3) array "
+                f"or a list of PIL images), got a single {type(X).__name__}; wrap it in a list."
+            )
+        if isinstance(X, np.ndarray) and X.dtype != object and X.dtype.kind not in "US":
+            if X.ndim in (3, 4):
+                if len(X) == 0:
+                    raise ValueError("X is empty: no images to process.")
+                return "array", X
+            raise ValueError(
+                f"An image array X must have shape (n, H, W), (n, H, W, 3) or (n, H, W, 4); "
+                f"got shape {X.shape}. A 2-D array looks like features: put the images, "
+                "not their features, before a CNNFeatureExtractor."
+            )
+        items = list(X)
+        if not items:
+            raise ValueError("X is empty: no images to process.")
+        kinds = set()
+        for i, item in enumerate(items):
+            if isinstance(item, (str, os.PathLike)):
+                kinds.add("path")
+            elif isinstance(item, Image.Image):
+                kinds.add("pil")
+            elif isinstance(item, np.ndarray) and item.ndim in (2, 3):
+                kinds.add("array")
+            else:
+                raise TypeError(
+                    f"X[{i}] is a {type(item).__name__}; each image must be a path, a PIL "
+                    "image or an (H, W[, C]) uint8 array."
+                )
+        if len(kinds) > 1:
+            raise TypeError(f"X mixes image kinds {sorted(kinds)}; use one kind for all images.")
+        return kinds.pop(), items
+
+    def __len__(self):
+        return len(self.items)
+
+    def name(self, i):
+        """How image ``i`` is named in messages: its path, or ``X[i]``."""
+        return os.fspath(self.items[i]) if self.kind == "path" else f"X[{i}]"
+
+    def load(self, i):
+        """Image ``i`` as an RGB PIL image; raises :class:`ImageDecodeError` naming it."""
+        item = self.items[i]
+        if self.kind == "path":
+            return _open_path(os.fspath(item))
+        if self.kind == "pil":
+            try:
+                return to_rgb(ImageOps.exif_transpose(item))
+            except Exception as exc:
+                raise ImageDecodeError(f"{self.name(i)}: cannot convert PIL image: {exc}") from exc
+        return _array_to_pil(item, self.name(i))
+
+    def cache_key(self, i):
+        """A string that identifies image ``i``'s content (path + size + mtime for files)."""
+        item = self.items[i]
+        h = hashlib.blake2b(digest_size=16)
+        if self.kind == "path":
+            path = os.path.abspath(os.fspath(item))
+            try:
+                st = os.stat(path)
+                h.update(f"path:{path}:{st.st_size}:{st.st_mtime_ns}".encode())
+            except OSError:
+                h.update(f"missing:{path}".encode())
+        elif self.kind == "pil":
+            h.update(f"pil:{item.mode}:{item.size}".encode())
+            h.update(item.tobytes())
+        else:
+            arr = np.ascontiguousarray(item)
+            h.update(f"array:{arr.dtype}:{arr.shape}".encode())
+            h.update(arr.tobytes())
+        return h.hexdigest()
+
+
+# ---------------------------------------------------------------- transforms
+def eval_transform(image_size, resize="crop"):
+    """Inference preprocessing: PIL RGB -> uint8 tensor ``(3, S, S)``.
+
+    Parameters
+    ----------
+    image_size : int
+        Side ``S`` of the square network input.
+    resize : {"crop", "squash"}
+        ``"crop"`` resizes the shorter side to ``S`` and takes the centre crop;
+        ``"squash"`` resizes the whole image to ``S x S`` (keeps all of it, distorts
+        the aspect ratio).
+    """
+    if resize == "crop":
+        steps = [T.Resize(image_size), T.CenterCrop(image_size)]
+    elif resize == "squash":
+        steps = [T.Resize((image_size, image_size))]
+    else:
+        raise ValueError(f"resize must be 'crop' or 'squash', got {resize!r}")
+    return T.Compose([*steps, T.PILToTensor()])
+
+
+def train_transform(image_size, scale=(0.25, 1.0), flip=True):
+    """Training augmentation: random resized crop (+ horizontal flip) -> uint8 tensor."""
+    steps = [T.RandomResizedCrop(image_size, scale=scale)]
+    if flip:
+        steps.append(T.RandomHorizontalFlip())
+    return T.Compose([*steps, T.PILToTensor()])
+
+
+def normalize_batch(batch, mean, std):
+    """uint8 ``(n, 3, H, W)`` -> float32 ``(batch / 255 - mean) / std``."""
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
+    return (batch.float().div_(255.0) - mean).div_(std)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """A torch Dataset over X: ``dataset[i]`` is ``(transform(image_i), target_i)``.
+
+    Parameters
+    ----------
+    X : array-like or ImageSource
+        Images in any form :class:`ImageSource` accepts.
+    y : array-like of int, optional
+        Targets (encoded); ``-1`` is returned when absent.
+    transform : callable
+        PIL image -> tensor, e.g. :func:`train_transform`.
+    """
+
+    def __init__(self, X, y=None, transform=None):
+        self.source = X if isinstance(X, ImageSource) else ImageSource(X)
+        self.y = None if y is None else np.asarray(y)
+        self.transform = transform or eval_transform(224)
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        target = -1 if self.y is None else int(self.y[i])
+        return self.transform(self.source.load(i)), target
+
+
+def iter_batches(source, transform, batch_size, indices=None, n_jobs=1):
+    """Yield ``(indices, uint8 batch)`` decoded by ``n_jobs`` threads, one batch ahead.
+
+    Decoding (Pillow releases the GIL) overlaps with whatever the caller does with the
+    previous batch. The first decode error raises :class:`ImageDecodeError` naming the file.
+    """
+    indices = np.arange(len(source)) if indices is None else np.asarray(indices)
+    chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+
+    def work(i):
+        return transform(source.load(int(i)))
+
+    if n_jobs <= 0:
+        for chunk in chunks:
+            yield chunk, torch.stack([work(i) for i in chunk])
+        return
+    with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+        pending = deque()
+        ahead = 2
+        for chunk in chunks[:ahead]:
+            pending.append((chunk, [pool.submit(work, i) for i in chunk]))
+        next_chunk = ahead
+        while pending:
+            chunk, futures = pending.popleft()
+            if next_chunk < len(chunks):
+                nxt = chunks[next_chunk]
+                pending.append((nxt, [pool.submit(work, i) for i in nxt]))
+                next_chunk += 1
+            try:
+                yield chunk, torch.stack([f.result() for f in futures])
+            except GeneratorExit:
+                for _, fs in pending:
+                    for f in fs:
+                        f.cancel()
+                raise

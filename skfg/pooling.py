@@ -1,0 +1,46 @@
+"""Global pooling of CNN feature maps and L2 normalisation.
+
+``global_pool(x, "kmax", k)`` is the global k-max pooling of ELoPE eq. (2)-(3): for each
+channel d, sort the I*J activations in descending order (S_d) and average the first K,
+GKMP(y)_d = 1/K sum_{k<=K} S_{d,k}. K = 1 gives global max pooling, K = I*J global
+average pooling.
+"""
+
+import torch
+import torch.nn.functional as F
+
+POOLINGS = ("gap", "gmp", "kmax")
+
+
+def kmax_pool(x, k):
+    """Global k-max pooling (ELoPE eq. 3): mean of the ``k`` largest values per channel.
+
+    Parameters
+    ----------
+    x : Tensor of shape (n, C, H, W)
+    k : int
+        Number of maxima averaged; clipped to ``H * W``.
+
+    Returns
+    -------
+    Tensor of shape (n, C)
+    """
+    flat = x.flatten(2)
+    k = min(int(k), flat.shape[-1])
+    return flat.topk(k, dim=-1, sorted=False).values.mean(-1)
+
+
+def global_pool(x, method="gap", k=4):
+    """Pool a ``(n, C, H, W)`` map to ``(n, C)`` with ``"gap"``, ``"gmp"`` or ``"kmax"``."""
+    if method == "gap":
+        return x.mean(dim=(2, 3))
+    if method == "gmp":
+        return x.amax(dim=(2, 3))
+    if method == "kmax":
+        return kmax_pool(x, k)
+    raise ValueError(f"Unknown pooling {method!r}; valid: {', '.join(POOLINGS)}")
+
+
+def l2_normalize(x, eps=1e-12):
+    """Rows of ``x`` divided by their L2 norm (zero rows stay zero)."""
+    return F.normalize(x, p=2, dim=-1, eps=eps)
