@@ -1,0 +1,39 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from skfg import clear_feature_cache
+
+DATA_ROOT = Path(os.environ.get("SKFG_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+
+
+def dataset_root(name):
+    """Root of a shared data set; skip when absent, fail when SKFG_REQUIRE_DATA=1."""
+    root = DATA_ROOT / name
+    if not root.is_dir():
+        msg = f"data set {name!r} not found at {root} (set SKFG_DATA_DIR)"
+        if os.environ.get("SKFG_REQUIRE_DATA") == "1":
+            pytest.fail(msg + " and SKFG_REQUIRE_DATA=1")
+        pytest.skip(msg)
+    return root
+
+
+@pytest.fixture
+def shared_dataset():
+    """``shared_dataset(name)`` -> root of a shared data set (see :func:`dataset_root`)."""
+    return dataset_root
+
+
+@pytest.fixture(autouse=True)
+def _fresh_feature_cache():
+    clear_feature_cache()
+    yield
+    clear_feature_cache()
+
+
+@pytest.fixture
+def rgb_images():
+    rng = np.random.RandomState(0)
+    return rng.randint(0, 256, size=(4, 40, 56, 3), dtype=np.uint8)

@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.datasets import load_sample_images
+
+from skfg.backbones import build_backbone, get_backbone_spec, list_backbones, probe_channels
+from skfg.images import eval_transform, normalize_batch
+
+EXPECTED = {
+    "efficientnet_lite0", "squeezenet1_1", "mobilenet_v2", "mobilenet_v3_small",
+    "mobilenet_v3_large", "resnet18", "resnet50",
+}
+
+
+def test_registry_lists_all_backbones():
+    assert EXPECTED <= set(list_backbones())
+
+
+def test_unknown_backbone_lists_valid_names():
+    with pytest.raises(ValueError, match="efficientnet_lite0.*resnet18"):
+        get_backbone_spec("vgg16")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED - {"resnet50"}))
+def test_stages_match_spec_and_run(name):
+    net = build_backbone(name, weights=None)
+    spec = get_backbone_spec(name)
+    assert net.stage_names == list(spec.stages)
+    info = probe_channels(net, image_size=64)
+    assert list(info) == list(spec.stages)
+    reductions = [r for _, r in info.values()]
+    assert reductions == sorted(reductions)  # deeper stages never have finer maps
+    logits = net(torch.zeros(1, 3, 64, 64))
+    assert logits.shape == (1, 1000)
+
+
+def test_random_init_is_reproducible():
+    a = build_backbone("mobilenet_v3_small", weights=None).state_dict()
+    b = build_backbone("mobilenet_v3_small", weights=None).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_local_state_dict_file(tmp_path):
+    import torchvision
+
+    model = torchvision.models.resnet18(weights=None)
+    with torch.no_grad():
+        model.fc.bias.fill_(0.25)
+    path = tmp_path / "resnet18.pth"
+    torch.save(model.state_dict(), path)
+    net = build_backbone("resnet18", weights=str(path))
+    assert torch.all(net.classifier[-1].bias == 0.25)
+    assert torch.equal(net.stages["layer4"][1].conv2.weight, model.layer4[1].conv2.weight)
+
+
+def test_mismatched_weights_file_names_the_file(tmp_path):
+    path = tmp_path / "wrong.pth"
+    torch.save({"foo": torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match="wrong.pth"):
+        build_backbone("resnet18", weights=str(path))
+
+
+def test_torchvision_enum_is_never_downloaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    from torchvision.models import ResNet18_Weights
+
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        build_backbone("resnet18", weights=ResNet18_Weights.IMAGENET1K_V1)
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        build_backbone("resnet18", weights="imagenet")
+    with pytest.raises(ValueError, match="IMAGENET1K_V1"):
+        build_backbone("resnet18", weights="IMAGENET1K_V7")
+
+
+def test_torchvision_enum_from_hub_cache(tmp_path, monkeypatch):
+    import torchvision
+    from torchvision.models import MobileNet_V3_Small_Weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    enum = MobileNet_V3_Small_Weights.IMAGENET1K_V1
+    target = tmp_path / "hub" / "checkpoints" / enum.url.rsplit("/", 1)[-1]
+    target.parent.mkdir(parents=True)
+    model = torchvision.models.mobilenet_v3_small(weights=None)
+    torch.save(model.state_dict(), target)
+    net = build_backbone("mobilenet_v3_small", weights=enum)
+    assert torch.equal(net.stages["head"][0][0].weight, model.features[12][0].weight)
+
+
+def _top5(net, img):
+    x = eval_transform(224)(Image.fromarray(img))[None]
+    with torch.no_grad():
+        logits = net(normalize_batch(x, net.mean, net.std))
+    return set(logits.topk(5).indices[0].tolist())
+
+
+def test_pretrained_lite0_weights_are_really_loaded():
+    net = build_backbone("efficientnet_lite0", weights="imagenet")
+    china, flower = load_sample_images().images
+    assert 985 in _top5(net, flower)  # daisy
+    assert _top5(net, china) & {442, 538, 663, 698}  # bell cote, dome, monastery, palace

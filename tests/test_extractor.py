@@ -1,0 +1,159 @@
+import io
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
+
+from skfg import CNNFeatureExtractor, clear_feature_cache
+from skfg.backbones import build_backbone, probe_channels
+from skfg.datasets import make_fine_grained
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_fine_grained(n_classes=3, n_per_class=6, image_size=48, random_state=0)
+
+
+def count_forwards(ext):
+    calls = []
+    ext.network_.stages["stem"].register_forward_pre_hook(lambda m, inp: calls.append(inp[0].shape[0]))
+    return calls
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "mobilenet_v3_small", "resnet18"])
+def test_multi_layer_groups_match_stage_channels(backbone, data):
+    X, _ = data
+    weights = "imagenet" if backbone == "efficientnet_lite0" else None
+    stages = build_backbone(backbone, weights=None).stage_names
+    layers = [stages[1], stages[-2], stages[-1]]
+    ext = CNNFeatureExtractor(backbone, weights=weights, layers=layers, image_size=48).fit()
+    F = ext.transform(X)
+    channels = probe_channels(build_backbone(backbone, weights=None))
+    assert list(ext.feature_groups_) == layers
+    widths = [s.stop - s.start for s in ext.feature_groups_.values()]
+    assert widths == [channels[name][0] for name in layers]
+    assert F.shape == (len(X), sum(widths)) and F.dtype == np.float32
+    names = ext.get_feature_names_out()
+    assert names[0] == f"{layers[0]}_0" and names[-1] == f"{layers[-1]}_{widths[-1] - 1}"
+    for name, cols in ext.feature_groups_.items():  # each group is L2-normalised on its own
+        np.testing.assert_allclose(np.linalg.norm(F[:, cols], axis=1), 1.0, rtol=1e-5)
+
+
+def test_last_layer_default_and_pooling_options(data):
+    X, _ = data
+    ext = CNNFeatureExtractor(image_size=48).fit()
+    assert ext.layers_ == ["head"] and ext.n_features_out_ == 1280
+    gmp = CNNFeatureExtractor(image_size=48, pooling="gmp", normalize=False).fit().transform(X)
+    k1 = CNNFeatureExtractor(image_size=48, pooling="kmax", k=1, normalize=False).fit().transform(X)
+    np.testing.assert_allclose(gmp, k1, rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_layer_lists_valid_ones():
+    with pytest.raises(ValueError, match="Valid layers for this backbone: stem, layer1"):
+        CNNFeatureExtractor("resnet18", weights=None, layers=["layer9"]).fit()
+
+
+def test_bad_parameters_raise_and_leave_no_fitted_state():
+    ext = CNNFeatureExtractor(layers=["stage9"])
+    with pytest.raises(ValueError):
+        ext.fit()
+    assert not hasattr(ext, "network_")
+    with pytest.raises(ValueError, match="pooling"):
+        CNNFeatureExtractor(pooling="avg").fit()
+    with pytest.raises(NotFittedError):
+        CNNFeatureExtractor().transform(np.zeros((1, 8, 8, 3), np.uint8))
+
+
+def test_cache_skips_the_network_on_second_transform(data):
+    X, _ = data
+    ext = CNNFeatureExtractor(image_size=48).fit()
+    calls = count_forwards(ext)
+    F1 = ext.transform(X)
+    assert sum(calls) == len(X)
+    F2 = ext.transform(X)
+    assert sum(calls) == len(X)  # nothing recomputed
+    np.testing.assert_array_equal(F1, F2)
+    ext.transform(np.concatenate([X[:2], X[:2][:, ::-1]]))  # 2 cached + 2 new images
+    assert sum(calls) == len(X) + 2
+
+
+def test_cache_distinguishes_settings(data):
+    X, _ = data
+    a = CNNFeatureExtractor(image_size=48).fit().transform(X)
+    b = CNNFeatureExtractor(image_size=48, pooling="gmp").fit().transform(X)
+    assert not np.allclose(a, b)
+
+
+def test_cache_off_always_runs_the_network(data):
+    X, _ = data
+    ext = CNNFeatureExtractor(image_size=48, cache=False).fit()
+    calls = count_forwards(ext)
+    ext.transform(X)
+    ext.transform(X)
+    assert sum(calls) == 2 * len(X)
+
+
+def test_disk_cache_survives_the_process_cache(tmp_path, data):
+    X, _ = data
+    ext = CNNFeatureExtractor(image_size=48, cache=str(tmp_path)).fit()
+    F1 = ext.transform(X)
+    clear_feature_cache()
+    calls = count_forwards(ext)
+    np.testing.assert_array_equal(ext.transform(X), F1)
+    assert sum(calls) == 0
+    assert len(list(tmp_path.rglob("*.npy"))) == len(X)
+
+
+def test_grid_search_extracts_each_image_once(data, monkeypatch):
+    X, y = data
+    seen = []
+    original = CNNFeatureExtractor._features
+
+    def counting(self, batch):
+        seen.append(len(batch))
+        return original(self, batch)
+
+    monkeypatch.setattr(CNNFeatureExtractor, "_features", counting)
+    pipe = Pipeline([("cnn", CNNFeatureExtractor(image_size=48)), ("clf", LogisticRegression())])
+    search = GridSearchCV(pipe, {"clf__C": [0.1, 1.0, 10.0]}, cv=3).fit(X, y)
+    assert sum(seen) == len(X)
+    assert search.best_estimator_.score(X, y) > 0.5
+
+
+def test_clone_and_joblib_round_trip(tmp_path, data):
+    X, _ = data
+    ext = CNNFeatureExtractor(layers=["stage5", "head"], image_size=48, pooling="kmax", k=3)
+    params = clone(ext).get_params()
+    assert params == ext.get_params()
+    ext.fit()
+    F = ext.transform(X)
+    path = tmp_path / "ext.joblib"
+    joblib.dump(ext, path)
+    clear_feature_cache()
+    loaded = joblib.load(path)
+    np.testing.assert_array_equal(loaded.transform(X), F)
+    assert loaded.feature_groups_ == ext.feature_groups_
+    assert hasattr(ext, "network_")  # dumping does not strip the original
+
+
+def test_gpu_fitted_pickle_loads_on_cpu(data):
+    X, _ = data
+    ext = CNNFeatureExtractor(image_size=48, cache=False).fit()
+    F = ext.transform(X[:2])
+    ext.device_ = "cuda"  # as if it had been fitted on a GPU
+    buf = io.BytesIO()
+    joblib.dump(ext, buf)
+    buf.seek(0)
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.warns(RuntimeWarning, match="loading it on the CPU"):
+        loaded = joblib.load(buf)
+    assert loaded.device_ == "cpu"
+    np.testing.assert_array_equal(loaded.transform(X[:2]), F)

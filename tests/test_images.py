@@ -1,0 +1,122 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from skfg import CNNFeatureExtractor
+from skfg.datasets import verify_images
+from skfg.images import ImageDecodeError, ImageSource, eval_transform, iter_batches, to_rgb
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return CNNFeatureExtractor(image_size=32, cache=False).fit()
+
+
+def _save(img, path, **kw):
+    img.save(path, **kw)
+    return str(path)
+
+
+def test_paths_arrays_and_pil_give_identical_features(tmp_path, rgb_images, extractor):
+    paths = [_save(Image.fromarray(a), tmp_path / f"{i}.png") for i, a in enumerate(rgb_images)]
+    pils = [Image.fromarray(a) for a in rgb_images]
+    f_arr = extractor.transform(rgb_images)
+    f_path = extractor.transform(np.asarray(paths))
+    f_pil = extractor.transform(pils)
+    f_list = extractor.transform([a for a in rgb_images])
+    np.testing.assert_array_equal(f_arr, f_path)
+    np.testing.assert_array_equal(f_arr, f_pil)
+    np.testing.assert_array_equal(f_arr, f_list)
+
+
+def test_grayscale_array_equals_rgb_replicated(rgb_images, extractor):
+    gray = rgb_images[..., 0]
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    np.testing.assert_array_equal(extractor.transform(gray), extractor.transform(rgb))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P", "LA"])
+def test_modes_convert_to_rgb(tmp_path, rgb_images, mode, extractor):
+    img = Image.fromarray(rgb_images[0]).convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    path = _save(img, tmp_path / f"img.{fmt.lower()}", format=fmt)
+    out = ImageSource([path]).load(0)
+    assert out.mode == "RGB" and out.size == (56, 40)
+    assert extractor.transform([path]).shape == (1, extractor.n_features_out_)
+
+
+def test_rgba_is_composited_on_white():
+    img = Image.new("RGBA", (4, 4), (10, 20, 30, 0))
+    assert to_rgb(img).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_16bit_png_is_scaled_not_clipped(tmp_path):
+    arr = np.full((8, 8), 65535, dtype=np.uint16)
+    arr[:4] = 32896  # 128 * 257
+    path = tmp_path / "deep.png"
+    Image.fromarray(arr).save(path)
+    assert Image.open(path).mode.startswith("I")
+    rgb = np.asarray(ImageSource([str(path)]).load(0))
+    assert rgb[0, 0].tolist() == [128, 128, 128] and rgb[-1, -1].tolist() == [255, 255, 255]
+    assert np.asarray(ImageSource([arr]).load(0))[0, 0].tolist() == [128, 128, 128]
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.new("RGB", (30, 10), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    path = tmp_path / "rot.jpg"
+    img.save(path, exif=exif.tobytes())
+    assert ImageSource([str(path)]).load(0).size == (10, 30)
+
+
+def test_truncated_jpeg_raises_naming_the_file(tmp_path, rgb_images, extractor):
+    buf = io.BytesIO()
+    Image.fromarray(rgb_images[0]).save(buf, format="JPEG")
+    bad = tmp_path / "broken_car.jpg"
+    bad.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    good = _save(Image.fromarray(rgb_images[1]), tmp_path / "good.png")
+    with pytest.raises(ImageDecodeError, match="broken_car.jpg"):
+        extractor.transform([good, str(bad)])
+    # a failed transform leaves the extractor usable
+    assert extractor.transform([good]).shape == (1, extractor.n_features_out_)
+
+
+def test_verify_images_reports_every_bad_file(tmp_path, rgb_images):
+    paths = [_save(Image.fromarray(a), tmp_path / f"ok{i}.png") for i, a in enumerate(rgb_images)]
+    (tmp_path / "junk.jpg").write_bytes(b"not an image")
+    (tmp_path / "empty.png").write_bytes(b"")
+    paths[1:1] = [str(tmp_path / "junk.jpg")]
+    paths.append(str(tmp_path / "empty.png"))
+    paths.append(str(tmp_path / "missing.png"))
+    bad = verify_images(paths)
+    assert [b.index for b in bad] == [1, 5, 6]
+    assert "junk.jpg" in bad[0].error and "missing.png: file not found" in bad[2].error
+    assert verify_images(paths[2:5]) == []
+
+
+@pytest.mark.parametrize(
+    "X, err",
+    [
+        ("one.jpg", "single str"),
+        (np.zeros((3, 5)), "shape"),
+        ([], "empty"),
+        ([1, 2], "X\\[0\\] is a int"),
+        (np.zeros((2, 8, 8, 3), dtype=np.float32), "uint8"),
+        (np.zeros((2, 8, 8, 5), dtype=np.uint8), "shape"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(X, err, extractor):
+    with pytest.raises((TypeError, ValueError), match=err):
+        extractor.transform(X)
+
+
+def test_iter_batches_covers_indices_in_order(rgb_images):
+    source = ImageSource(rgb_images)
+    for n_jobs in (0, 2):
+        got = list(iter_batches(source, eval_transform(16), 3, indices=[3, 0, 2], n_jobs=n_jobs))
+        assert [list(i) for i, _ in got] == [[3, 0, 2]]
+        assert got[0][1].dtype == torch.uint8 and got[0][1].shape == (3, 3, 16, 16)
