@@ -79,8 +79,11 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
         fastest on CPUs (see ``benchmarks/results/extract.md``).
     device : str, default="auto"
         ``"auto"`` uses CUDA when present, else the CPU.
-    n_jobs : int, default=1
-        Threads that decode images while the network runs (0 decodes in the caller).
+    n_jobs : int or None, default=None
+        Threads that decode images while the network runs; 0 decodes in the calling
+        thread. ``None`` picks 0 when the network runs on the CPU (it already uses every
+        core, and a decode thread measured slower on 2 cores, see
+        ``benchmarks/results/extract.md``) and ``min(4, cpu_count)`` on a GPU.
     cache : bool or str, default=True
         Reuse features of images seen before with the same settings: ``True`` keeps
         them in memory (process-wide, see :func:`skfg.clear_feature_cache`), a
@@ -129,7 +132,7 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
         "resize": [StrOptions({"crop", "squash"})],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "device": [str, None],
-        "n_jobs": [Interval(Integral, 0, None, closed="left")],
+        "n_jobs": [Interval(Integral, 0, None, closed="left"), None],
         "cache": ["boolean", str, os.PathLike],
         "verbose": ["verbose"],
     }
@@ -147,7 +150,7 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
         resize="crop",
         batch_size=4,
         device="auto",
-        n_jobs=1,
+        n_jobs=None,
         cache=True,
         verbose=False,
     ):
@@ -237,7 +240,8 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        features : ndarray of shape (n_images, n_features_out_), dtype float32
+        features : ndarray of shape (n_images, n_features), dtype float32
+            ``n_features`` is ``n_features_out_``.
 
         Raises
         ------
@@ -264,7 +268,10 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
             return out
         self.network_.eval()
         transform = eval_transform(self.image_size, self.resize)
-        batches = iter_batches(source, transform, self.batch_size, todo, self.n_jobs)
+        n_jobs = self.n_jobs
+        if n_jobs is None:
+            n_jobs = 0 if self.device_ == "cpu" else min(4, os.cpu_count() or 1)
+        batches = iter_batches(source, transform, self.batch_size, todo, n_jobs)
         progress = None
         if self.verbose:
             from tqdm.auto import tqdm
@@ -296,6 +303,7 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
+        tags.input_tags.one_d_array = True  # image paths
         tags.input_tags.two_d_array = False
         tags.input_tags.three_d_array = True
         tags.input_tags.string = True

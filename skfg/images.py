@@ -273,20 +273,16 @@ def iter_batches(source, transform, batch_size, indices=None, n_jobs=1):
         return
     with ThreadPoolExecutor(max_workers=n_jobs) as pool:
         pending = deque()
-        ahead = 2
-        for chunk in chunks[:ahead]:
-            pending.append((chunk, [pool.submit(work, i) for i in chunk]))
-        next_chunk = ahead
-        while pending:
-            chunk, futures = pending.popleft()
-            if next_chunk < len(chunks):
-                nxt = chunks[next_chunk]
-                pending.append((nxt, [pool.submit(work, i) for i in nxt]))
-                next_chunk += 1
-            try:
+        submit = lambda chunk: pending.append((chunk, [pool.submit(work, i) for i in chunk]))  # noqa: E731
+        for chunk in chunks[:2]:  # keep one batch decoding ahead of the one being used
+            submit(chunk)
+        try:
+            for k in range(len(chunks)):
+                chunk, futures = pending.popleft()
+                if k + 2 < len(chunks):
+                    submit(chunks[k + 2])
                 yield chunk, torch.stack([f.result() for f in futures])
-            except GeneratorExit:
-                for _, fs in pending:
-                    for f in fs:
-                        f.cancel()
-                raise
+        finally:  # a decode error or an abandoned generator: drop the queued work
+            for _, futures in pending:
+                for f in futures:
+                    f.cancel()

@@ -120,3 +120,20 @@ def test_iter_batches_covers_indices_in_order(rgb_images):
         got = list(iter_batches(source, eval_transform(16), 3, indices=[3, 0, 2], n_jobs=n_jobs))
         assert [list(i) for i, _ in got] == [[3, 0, 2]]
         assert got[0][1].dtype == torch.uint8 and got[0][1].shape == (3, 3, 16, 16)
+
+
+def test_image_dataset_with_torch_dataloader(rgb_images):
+    from skfg.images import ImageDataset, train_transform
+
+    ds = ImageDataset(rgb_images, y=[0, 1, 0, 1], transform=train_transform(24))
+    loader = torch.utils.data.DataLoader(ds, batch_size=2)
+    x, t = next(iter(loader))
+    assert x.shape == (2, 3, 24, 24) and x.dtype == torch.uint8 and t.tolist() == [0, 1]
+    assert ImageDataset(rgb_images)[0][1] == -1
+
+
+def test_decode_error_mid_stream_names_file(tmp_path, rgb_images):
+    paths = [_save(Image.fromarray(a), tmp_path / f"{i}.png") for i, a in enumerate(rgb_images)]
+    paths[2] = str(tmp_path / "gone.png")
+    with pytest.raises(ImageDecodeError, match="gone.png"):
+        list(iter_batches(ImageSource(paths), eval_transform(16), 1, n_jobs=2))

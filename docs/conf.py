@@ -1,0 +1,19 @@
+"""Sphinx configuration for skfg."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(".."))
+
+project = "skfg"
+author = "the skfg developers"
+copyright = "2026, the skfg developers"
+release = "0.1.0"
+
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.intersphinx", "numpydoc"]
+numpydoc_show_class_members = False
+numpydoc_class_members_toctree = False
+autodoc_default_options = {"members": True, "inherited-members": False}
+exclude_patterns = ["_build"]
+html_theme = "alabaster"
+nitpicky = False
