@@ -47,7 +47,8 @@ def load_image_folder(root, extensions=IMAGE_EXTENSIONS):
     paths, labels = [], []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for path in sorted(class_dir.rglob("*")):
-            if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in exts:
+            hidden = any(part.startswith(".") for part in path.relative_to(class_dir).parts)
+            if path.is_file() and not hidden and path.suffix.lower() in exts:
                 paths.append(str(path))
                 labels.append(class_dir.name)
     if not paths:
@@ -124,10 +125,12 @@ def _draw_clutter(draw, rng, size, n):
 def _draw_object(draw, rng, size, details):
     """Draw one bird-like object; returns its box (x0, y0, x1, y1) in pixels."""
     spot, stripes, tail, beak, ring = details
-    scale = rng.uniform(0.45, 0.7) * size
+    scale = rng.uniform(0.38, 0.48) * size
     bw, bh = scale, scale * 0.55
-    cx = rng.uniform(bw * 0.6, size - bw * 0.6)
-    cy = rng.uniform(bh * 0.9, size - bh * 0.9)
+    # the tail reaches 0.9 bw behind the centre, head + long beak 1.0 bw ahead, the head
+    # 0.41 bw above and the body 0.28 bw below: keep all of it inside the image
+    cx = rng.uniform(1.0 * bw, size - 1.0 * bw)
+    cy = rng.uniform(0.45 * bw, size - 0.3 * bw)
     facing = 1 if rng.rand() < 0.5 else -1
     body = tuple(int(v) for v in rng.randint(90, 170, 3))
     dark = tuple(max(0, v - 70) for v in body)

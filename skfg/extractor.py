@@ -109,6 +109,12 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
     --------
     skfg.backbones.list_backbones : Available backbones.
 
+    Notes
+    -----
+    X holds images, not a feature matrix, so ``validate_data`` (and
+    ``n_features_in_``) do not apply; :class:`skfg.images.ImageSource` validates X
+    instead and names the offending image in its errors.
+
     Examples
     --------
     >>> from skfg import CNNFeatureExtractor
@@ -185,7 +191,12 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
         layers = resolve_layers(self.layers, list(spec.stages))
         device = resolve_device(self.device)
         network = build_backbone(self.backbone, self.weights)
-        channels = probe_channels(network)
+        try:
+            channels = probe_channels(network, image_size=self.image_size)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"image_size={self.image_size} is too small for backbone {self.backbone!r}: {exc}"
+            ) from exc
         # Everything checked: now set the fitted attributes (never half of them).
         self.network_ = network.to(device, memory_format=torch.channels_last).eval()
         self.device_ = device
@@ -195,22 +206,21 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
             self.feature_groups_[name] = slice(start, start + channels[name][0])
             start += channels[name][0]
         self.n_features_out_ = start
-        self._refresh_cache_key()
+        self._weights_fingerprint = state_fingerprint(self.network_)
         return self
 
     def _make_module(self, name):
         return build_backbone(self.backbone, weights=None).to(memory_format=torch.channels_last)
 
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        if hasattr(self, "network_"):
-            self._refresh_cache_key()
+    def _cache_key(self):
+        """Fingerprint of everything that determines the features, from the current parameters.
 
-    def _refresh_cache_key(self):
-        """Fingerprint of everything that determines the features (call after changing weights)."""
+        The weights' fingerprint is taken at ``fit``; code that changes ``network_``
+        afterwards (fine-tuning) must refresh ``_weights_fingerprint``.
+        """
         settings = {
             "backbone": self.backbone,
-            "weights": state_fingerprint(self.network_),
+            "weights": self._weights_fingerprint,
             "layers": self.layers_,
             "pooling": self.pooling,
             "k": self.k if self.pooling == "kmax" else None,
@@ -218,8 +228,7 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
             "image_size": int(self.image_size),
             "resize": self.resize,
         }
-        blob = json.dumps(settings, sort_keys=True).encode()
-        self._cache_key = hashlib.sha1(blob).hexdigest()
+        return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
     def _features(self, batch):
         """uint8 image batch -> float32 numpy features (no gradient)."""
@@ -253,13 +262,17 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
         source = ImageSource(X)
         n = len(source)
         out = np.empty((n, self.n_features_out_), dtype=np.float32)
-        directory = os.fspath(self.cache) if isinstance(self.cache, (str, os.PathLike)) else None
-        use_cache = self.cache is not False
+        directory = None
+        if isinstance(self.cache, (str, os.PathLike)):
+            directory = os.fspath(self.cache)
+            if not directory:
+                raise ValueError("cache='' is not a directory; use True, False or a path.")
+        use_cache = bool(self.cache)
         todo = np.arange(n)
         if use_cache:
-            cache = get_feature_cache()
+            cache, config = get_feature_cache(), self._cache_key()
             keys = [source.cache_key(i) for i in range(n)]
-            found = cache.get(self._cache_key, keys, directory)
+            found = cache.get(config, keys, directory)
             todo = np.array([i for i, v in enumerate(found) if v is None], dtype=int)
             for i, v in enumerate(found):
                 if v is not None:
@@ -281,7 +294,7 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
             feats = self._features(batch)
             out[idx] = feats
             if use_cache:
-                cache.put(self._cache_key, [keys[i] for i in idx], feats, directory)
+                cache.put(config, [keys[i] for i in idx], feats, directory)
             if progress is not None:
                 progress.update(len(idx))
         if progress is not None:

@@ -123,6 +123,12 @@ class ImageSource:
                 f"or a list of PIL images), got a single {type(X).__name__}; wrap it in a list."
             )
         if isinstance(X, np.ndarray) and X.dtype != object and X.dtype.kind not in "US":
+            if X.ndim == 3 and X.shape[-1] in (3, 4):
+                raise ValueError(
+                    f"X has shape {X.shape}, which looks like one color image, not a batch; "
+                    "pass X[None] or [image] for a single image ((n, H, W) is a batch of "
+                    "grayscale images)."
+                )
             if X.ndim in (3, 4):
                 if len(X) == 0:
                     raise ValueError("X is empty: no images to process.")
@@ -182,9 +188,10 @@ class ImageSource:
                 h.update(f"path:{path}:{st.st_size}:{st.st_mtime_ns}".encode())
             except OSError:
                 h.update(f"missing:{path}".encode())
-        elif self.kind == "pil":
-            h.update(f"pil:{item.mode}:{item.size}".encode())
-            h.update(item.tobytes())
+        elif self.kind == "pil":  # hash the pixels as decoded: palette, EXIF and alpha applied
+            rgb = self.load(i)
+            h.update(f"pil:{rgb.size}".encode())
+            h.update(rgb.tobytes())
         else:
             arr = np.ascontiguousarray(item)
             h.update(f"array:{arr.dtype}:{arr.shape}".encode())

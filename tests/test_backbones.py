@@ -71,6 +71,10 @@ def test_torchvision_enum_is_never_downloaded(tmp_path, monkeypatch):
         build_backbone("resnet18", weights="imagenet")
     with pytest.raises(ValueError, match="IMAGENET1K_V1"):
         build_backbone("resnet18", weights="IMAGENET1K_V7")
+    from torchvision.models import ResNet50_Weights
+
+    with pytest.raises(ValueError, match="another model"):
+        build_backbone("resnet18", weights=ResNet50_Weights.IMAGENET1K_V1)
 
 
 def test_torchvision_enum_from_hub_cache(tmp_path, monkeypatch):

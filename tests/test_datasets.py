@@ -14,6 +14,9 @@ def test_load_image_folder_sorted_and_reproducible(tmp_path):
             else:
                 Image.new("RGB", (4, 4)).save(tmp_path / cls / n, format="PNG")
     (tmp_path / ".hidden").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / ".hidden" / "h.png")
+    (tmp_path / "a_class" / ".ipynb_checkpoints").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "a_class" / ".ipynb_checkpoints" / "c.png")
     X, y = load_image_folder(tmp_path)
     assert [p.split("/")[-1] for p in X] == ["x.JPG", "z.jpeg", "10.png", "2.jpg"]
     assert y.tolist() == ["a_class", "a_class", "b_class", "b_class"]
@@ -42,12 +45,16 @@ def test_make_fine_grained_shapes_and_determinism():
 
 
 def test_box_encloses_the_object():
-    # the object is drawn on a uniform background: outside its box the image is background
-    X, y, boxes = make_fine_grained(2, 2, image_size=64, random_state=3, return_boxes=True)
-    for img, (x0, y0, x1, y1) in zip(X, boxes):
-        inside = np.zeros(img.shape[:2], bool)
-        inside[int(y0) : int(np.ceil(y1)), int(x0) : int(np.ceil(x1))] = True
-        assert inside.mean() < 0.7  # a box, not the whole image
+    # The beak's orange (230, 150, 30) is used by nothing else (clutter channels stay
+    # below 220): every clearly-orange pixel must lie inside the returned box.
+    X, y, boxes = make_fine_grained(6, 2, image_size=128, random_state=3, return_boxes=True)
+    for img, (x0, y0, x1, y1) in zip(X.astype(int), boxes):
+        orange = (np.abs(img - [230, 150, 30]) < 14).all(axis=-1)
+        rows, cols = np.nonzero(orange)
+        assert len(rows) > 0, "beak not found"
+        assert cols.min() >= x0 - 2 and cols.max() <= x1 + 2
+        assert rows.min() >= y0 - 2 and rows.max() <= y1 + 2
+        assert (x1 - x0) * (y1 - y0) < 0.7 * 128 * 128  # a box, not the whole image
 
 
 def test_classes_are_fixed_across_seeds_and_learnable():

@@ -10,7 +10,6 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 
 from skfg import CNNFeatureExtractor, clear_feature_cache
-from skfg.backbones import build_backbone, probe_channels
 from skfg.datasets import make_fine_grained
 
 
@@ -25,23 +24,65 @@ def count_forwards(ext):
     return calls
 
 
-@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "mobilenet_v3_small", "resnet18"])
+# Published channel widths of the stages (not computed by skfg, so a wrong stage split fails).
+CHANNELS = {
+    "efficientnet_lite0": {"stage1": 16, "stage6": 192, "head": 1280},
+    "mobilenet_v3_small": {"stage1": 16, "stage5": 96, "head": 576},
+    "resnet18": {"layer1": 64, "layer3": 256, "layer4": 512},
+    "mobilenet_v2": {"stage3": 32, "stage7": 320, "head": 1280},
+    "squeezenet1_1": {"stem": 64, "stage2": 256, "stage3": 512},
+}
+
+
+@pytest.mark.parametrize("backbone", sorted(CHANNELS))
 def test_multi_layer_groups_match_stage_channels(backbone, data):
     X, _ = data
     weights = "imagenet" if backbone == "efficientnet_lite0" else None
-    stages = build_backbone(backbone, weights=None).stage_names
-    layers = [stages[1], stages[-2], stages[-1]]
+    expected = CHANNELS[backbone]
+    layers = list(expected)
     ext = CNNFeatureExtractor(backbone, weights=weights, layers=layers, image_size=48).fit()
     F = ext.transform(X)
-    channels = probe_channels(build_backbone(backbone, weights=None))
     assert list(ext.feature_groups_) == layers
     widths = [s.stop - s.start for s in ext.feature_groups_.values()]
-    assert widths == [channels[name][0] for name in layers]
+    assert widths == list(expected.values())
     assert F.shape == (len(X), sum(widths)) and F.dtype == np.float32
     names = ext.get_feature_names_out()
     assert names[0] == f"{layers[0]}_0" and names[-1] == f"{layers[-1]}_{widths[-1] - 1}"
+    again = CNNFeatureExtractor(backbone, weights=weights, layers=layers, image_size=48).fit()
+    assert again.get_feature_names_out().tolist() == names.tolist()  # stable across fits
     for name, cols in ext.feature_groups_.items():  # each group is L2-normalised on its own
         np.testing.assert_allclose(np.linalg.norm(F[:, cols], axis=1), 1.0, rtol=1e-5)
+
+
+def test_image_size_too_small_for_backbone_is_a_clear_error():
+    with pytest.raises(ValueError, match="image_size=16 is too small for backbone 'squeezenet1_1'"):
+        CNNFeatureExtractor("squeezenet1_1", weights=None, image_size=16).fit()
+
+
+def test_set_params_after_fit_never_serves_stale_features(data):
+    X, _ = data
+    ext = CNNFeatureExtractor(image_size=48).fit()
+    ext.transform(X[:2])
+    ext.set_params(pooling="gmp")
+    fresh = CNNFeatureExtractor(image_size=48, pooling="gmp", cache=False).fit().transform(X)
+    np.testing.assert_allclose(ext.transform(X), fresh, rtol=1e-5, atol=1e-6)
+
+
+def test_pil_cache_key_sees_palette_and_orientation():
+    from PIL import Image
+
+    from skfg.images import ImageSource
+
+    a = Image.new("P", (6, 4), 0)
+    a.putpalette([255, 0, 0] * 256)
+    b = a.copy()
+    b.putpalette([0, 0, 255] * 256)
+    c = Image.new("RGB", (6, 4), (9, 9, 9))
+    d = c.copy()
+    d.getexif()[0x0112] = 6
+    keys = ImageSource([a, b, c, d])
+    assert keys.cache_key(0) != keys.cache_key(1)
+    assert keys.cache_key(2) != keys.cache_key(3)
 
 
 def test_last_layer_default_and_pooling_options(data):

@@ -107,6 +107,7 @@ def test_verify_images_reports_every_bad_file(tmp_path, rgb_images):
         ([1, 2], "X\\[0\\] is a int"),
         (np.zeros((2, 8, 8, 3), dtype=np.float32), "uint8"),
         (np.zeros((2, 8, 8, 5), dtype=np.uint8), "shape"),
+        (np.zeros((20, 30, 3), dtype=np.uint8), "one color image"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(X, err, extractor):

@@ -28,7 +28,8 @@ __all__ = [
     "count_parameters",
     "get_backbone_spec",
     "list_backbones",
-    "weights_fingerprint",
+    "probe_channels",
+    "state_fingerprint",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -110,10 +111,16 @@ def _torchvision_weights_file(enum_value):
 def _torchvision_enum(model_name, value):
     from torchvision.models import get_model_weights
 
+    from torchvision.models import WeightsEnum
+
     enum_cls = get_model_weights(model_name)
     if isinstance(value, enum_cls):
         return value
     names = [w.name for w in enum_cls] + ["DEFAULT"]
+    if isinstance(value, WeightsEnum):
+        raise ValueError(
+            f"weights={value} belong to another model, not {model_name!r}; valid: {names}."
+        )
     key = str(value).split(".")[-1]
     if key not in names:
         raise ValueError(
@@ -141,15 +148,6 @@ def _resolve_weights_file(spec, weights):
             "path of an existing state-dict file."
         )
     return _torchvision_weights_file(_torchvision_enum(spec.name, weights))
-
-
-def weights_fingerprint(spec, weights):
-    """A short string that changes whenever the weights ``weights`` resolve to change."""
-    path = _resolve_weights_file(spec, weights)
-    if path is None:
-        return "random-init-seed0"
-    st = os.stat(path)
-    return f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def _load_state(model, path):
