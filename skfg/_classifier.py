@@ -1,0 +1,354 @@
+"""``BaseTorchClassifier``: what every skfg torch classifier shares.
+
+Subclasses define the head (``_make_head``) and the loss (``_loss``); this base does the
+rest: input validation (features, or images through ``extractor``), label encoding,
+the validation split, building the network (with ``trainable_blocks`` of the backbone
+and the frozen-prefix cache), calling :func:`skfg._training.fit_loop`, prediction
+(``predict == classes_[argmax(predict_proba)]``) and pickling.
+"""
+
+import hashlib
+import json
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, validate_data
+from torch.utils.data import DataLoader, TensorDataset
+
+from ._base import TorchStateMixin, resolve_device
+from ._network import FeatureNet
+from ._training import OPTIMIZERS, SCHEDULES, fit_loop, make_generator, make_optimizer, make_scheduler
+from .backbones import build_backbone, get_backbone_spec
+from .images import ImageDataset, ImageSource, eval_transform, iter_batches, normalize_batch, train_transform
+
+
+class _ImageBatches:
+    """uint8 image batches -> normalised float batches, as a re-iterable for ``fit_loop``."""
+
+    def __init__(self, loader, mean, std, device):
+        self.loader, self.mean, self.std, self.device = loader, mean, std, device
+
+    def __iter__(self):
+        for x, y, w in self.loader:
+            yield normalize_batch(x.to(self.device), self.mean, self.std), y, w
+
+
+class _WeightedImageDataset(ImageDataset):
+    def __init__(self, X, y, w, transform):
+        super().__init__(X, y, transform)
+        self.w = w
+
+    def __getitem__(self, i):
+        x, t = super().__getitem__(i)
+        return x, t, self.w[i]
+
+
+class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
+    """Base class of skfg's torch classifiers; not used directly."""
+
+    _parameter_constraints = {
+        "extractor": [None, HasMethods(["fit", "transform"])],
+        "trainable_blocks": [Interval(Integral, 0, None, closed="left"), StrOptions({"all"})],
+        "augment": ["boolean"],
+        "optimizer": [StrOptions(set(OPTIMIZERS))],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "backbone_lr_scale": [Interval(Real, 0, None, closed="left")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "momentum": [Interval(Real, 0, 1, closed="left")],
+        "schedule": [StrOptions(set(SCHEDULES))],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), None],
+        "random_state": ["random_state"],
+        "device": [str, None],
+        "checkpoint_dir": [str, None],
+        "verbose": ["verbose"],
+    }
+
+    # Checks of sklearn's suite that cannot hold for a mini-batch SGD learner, with why.
+    _expected_failed_checks = {
+        "check_sample_weight_equivalence_on_dense_data": (
+            "weights scale each sample's loss; with shuffled mini-batches and early "
+            "stopping, repeating a sample is not the same optimisation path"
+        ),
+    }
+
+    # ------------------------------------------------------------ subclass API
+    def _make_head(self, n_features, n_classes):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _loss(self, outputs, y, w):
+        """Weighted mean cross-entropy of the outputs taken as logits."""
+        return (F.cross_entropy(outputs, y, reduction="none") * w).sum() / w.sum()
+
+    def _proba(self, outputs):
+        return torch.softmax(outputs, dim=1)
+
+    # ---------------------------------------------------------------- fitting
+    def _batch_size(self, n_train):
+        """``"auto"``: 64, but small enough for at least 8 mini-batches per epoch."""
+        if self.batch_size == "auto":
+            return int(min(64, max(1, n_train // 8)))
+        return int(self.batch_size)
+
+    def _validate_inputs(self, X, y, sample_weight):
+        if self.extractor is None:
+            X, y = validate_data(self, X, y, dtype=np.float32)
+        else:
+            X = ImageSource(X)
+            y = column_or_1d(y, warn=True)
+            if len(y) != len(X):
+                raise ValueError(f"X has {len(X)} images but y has {len(y)} labels.")
+        check_classification_targets(y)
+        classes, y_enc = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes; got one class: {classes[0]!r}.")
+        n = len(y_enc)
+        sample_weight = _check_sample_weight(sample_weight, np.empty((n, 1)), dtype=np.float32)
+        if np.any(sample_weight < 0) or not np.any(sample_weight > 0):
+            raise ValueError("sample_weight must be non-negative with at least one positive value.")
+        return X, classes, y_enc, sample_weight
+
+    def _split(self, y, n_classes, rng):
+        """Train / validation indices (stratified when every class can be split)."""
+        n = len(y)
+        n_val = int(round(self.validation_fraction * n))
+        if self.validation_fraction == 0 or n_val < 1 or n - n_val < 1:
+            return np.arange(n), None
+        counts = np.bincount(y, minlength=n_classes)
+        if counts.min() >= 2 and n_classes <= n_val <= n - n_classes:
+            splitter = StratifiedShuffleSplit(1, test_size=n_val, random_state=rng)
+        else:
+            splitter = ShuffleSplit(1, test_size=n_val, random_state=rng)
+        train, val = next(splitter.split(np.zeros(n), y))
+        return np.sort(train), np.sort(val)
+
+    def _build_network(self, n_features, n_classes, trunk=None):
+        """The untrained FeatureNet: ``trunk`` (a StagedNetwork) with the subclass's head."""
+        head = self._make_head(n_features, n_classes)
+        if trunk is None:
+            return FeatureNet(head, n_features)
+        ext = self.extractor_
+        used = trunk.stage_names[: max(trunk.stage_names.index(n) for n in self.layers_) + 1]
+        n_train = len(used) if self.trainable_blocks == "all" else min(int(self.trainable_blocks), len(used))
+        frozen = used[: len(used) - n_train]
+        return FeatureNet(head, n_features, trunk, self.layers_, ext.pooling, ext.k, ext.normalize, frozen)
+
+    def _make_module(self, name):
+        if self.extractor is None:
+            return self._build_network(self.n_features_in_, len(self.classes_))
+        trunk = build_backbone(self.extractor_.backbone, weights=None)
+        return self._build_network(self.n_features_, len(self.classes_), trunk)
+
+    def _signature(self, y, sample_weight, n_items):
+        params = {k: v for k, v in self.get_params(deep=False).items() if k not in ("verbose", "checkpoint_dir", "device")}
+        h = hashlib.sha1(json.dumps(params, sort_keys=True, default=repr).encode())
+        h.update(np.ascontiguousarray(y).tobytes())
+        h.update(np.ascontiguousarray(sample_weight).tobytes())
+        h.update(str(n_items).encode())
+        return f"{type(self).__name__}:{h.hexdigest()}"
+
+    def fit(self, X, y, sample_weight=None):
+        """Train the network.
+
+        Parameters
+        ----------
+        X : array-like
+            Features ``(n_samples, n_features)``, or images (paths, uint8 arrays, PIL
+            images) when ``extractor`` is set.
+        y : array-like of shape (n_samples,)
+            Class labels (strings or integers).
+        sample_weight : array-like of shape (n_samples,), optional
+            Per-sample weights of the loss.
+
+        Returns
+        -------
+        self
+        """
+        self._validate_params()
+        X, classes, y_enc, sample_weight = self._validate_inputs(X, y, sample_weight)
+        device = resolve_device(self.device)
+        generator = make_generator(self.random_state)
+        train_idx, val_idx = self._split(y_enc, len(classes), check_random_state(self.random_state))
+        if self.extractor is None:
+            net = self._build_network(X.shape[1], len(classes)).to(device)
+            data = _FeatureData(X, device)
+        else:
+            ext = clone(self.extractor).fit()
+            self.extractor_ = clone(self.extractor)  # parameters only; the trained CNN is in module_
+            self.layers_, self.n_features_ = ext.layers_, ext.n_features_out_
+            net = self._build_network(ext.n_features_out_, len(classes), ext.network_).to(device)
+            data = _ImageData(X, net, ext, device, prefix_cache=not self.augment)
+        net.eval()  # standardisation statistics of the initial features; BatchNorm untouched
+        feats = data.pooled(net, train_idx)
+        net.mean.copy_(feats.mean(0))
+        net.scale.copy_(feats.std(0, unbiased=False).clamp_min(1e-6))
+
+        def step(batch):
+            x, t, w = (v.to(device) for v in batch)
+            return self._loss(data.forward(net, x), t, w), len(t)
+
+        validate = None
+        if val_idx is not None:
+            y_val = torch.as_tensor(y_enc[val_idx], device=device)
+
+            w_val = torch.as_tensor(sample_weight[val_idx], device=device)
+
+            def validate():
+                out = data.outputs(net, val_idx)
+                return (out.argmax(1) == y_val).float().mean(), self._loss(out, y_val, w_val)
+
+        groups = [{"params": net.head.parameters(), "lr_scale": 1.0}]
+        if net.trunk is not None:
+            groups.append({"params": net.trunk_parameters(), "lr_scale": self.backbone_lr_scale})
+        optimizer = make_optimizer(groups, self.optimizer, self.lr, self.weight_decay, self.momentum)
+        result = fit_loop(
+            net,
+            data.loader(train_idx, y_enc, sample_weight, self._batch_size(len(train_idx)), generator, self.augment),
+            step,
+            optimizer=optimizer,
+            scheduler=make_scheduler(optimizer, self.schedule, self.max_epochs),
+            max_epochs=self.max_epochs,
+            validate=validate,
+            patience=self.n_iter_no_change if val_idx is not None else None,
+            generator=generator,
+            checkpoint_dir=self.checkpoint_dir,
+            signature=self._signature(y_enc, sample_weight, len(X)),
+            verbose=self.verbose,
+        )
+        # Training finished: set the fitted attributes together.
+        self.module_ = net.eval()
+        self.classes_ = classes
+        self.device_ = device
+        self.history_ = result["history"]
+        self.best_epoch_ = result["best_epoch"]
+        self.n_iter_ = len(result["history"])
+        self.interrupted_ = result["interrupted"]
+        return self
+
+    # ------------------------------------------------------------- prediction
+    def _outputs(self, X):
+        check_is_fitted(self, "module_")
+        net = self.module_.eval()
+        if self.extractor is None:
+            X = validate_data(self, X, dtype=np.float32, reset=False)
+            return _FeatureData(X, self.device_).outputs(net, np.arange(len(X)))
+        source = ImageSource(X)
+        return _predict_images(net, source, np.arange(len(source)), self.extractor_, self.device_)
+
+    def predict_proba(self, X):
+        """Class probabilities; rows sum to 1, columns follow ``classes_``.
+
+        Parameters
+        ----------
+        X : array-like
+            Features, or images when ``extractor`` is set.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+        """
+        with torch.inference_mode():
+            return self._proba(self._outputs(X)).cpu().numpy().astype(np.float64)
+
+    def predict(self, X):
+        """Predicted labels: ``classes_[argmax(predict_proba(X))]``."""
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+
+def _chunks(idx, size=256):
+    return [idx[i : i + size] for i in range(0, len(idx), size)]
+
+
+def _predict_images(net, source, idx, extractor, device):
+    """Network outputs for images ``idx`` with the extractor's inference preprocessing."""
+    spec = get_backbone_spec(extractor.backbone)
+    tf = eval_transform(extractor.image_size, extractor.resize)
+    outs = [net(normalize_batch(b.to(device), spec.mean, spec.std))
+            for _, b in iter_batches(source, tf, extractor.batch_size, idx, n_jobs=0)]
+    return torch.cat(outs)
+
+
+class _FeatureData:
+    """Training data that is already a feature matrix."""
+
+    def __init__(self, X, device):
+        self.X, self.device = torch.as_tensor(X), device
+
+    def loader(self, idx, y, w, batch_size, generator, augment):
+        ds = TensorDataset(self.X[idx], torch.as_tensor(y[idx]), torch.as_tensor(w[idx]))
+        return DataLoader(ds, batch_size=batch_size, shuffle=True, generator=generator)
+
+    def forward(self, net, x):
+        return net(x)
+
+    def outputs(self, net, idx):
+        return torch.cat([net(self.X[c].to(self.device)) for c in _chunks(idx, 4096)])
+
+    def pooled(self, net, idx):
+        return self.X[idx].to(self.device)
+
+
+class _ImageData:
+    """Training images, with the frozen-prefix cache.
+
+    When the first stages are frozen, their output for an image does not change during
+    training. Without augmentation it is computed once per image and reused every epoch
+    (and for validation); training then starts at the first trainable stage.
+    """
+
+    def __init__(self, source, net, extractor, device, prefix_cache):
+        self.source, self.net, self.device, self.ext = source, net, device, extractor
+        self.mean, self.std = extractor.network_.mean, extractor.network_.std
+        self.eval_tf = eval_transform(extractor.image_size, extractor.resize)
+        start = net.first_trainable
+        # the cache is possible when some stage is frozen and no feature layer is frozen
+        self.cut = start not in (None, net.stages[0]) and not set(net.layers) & set(net.frozen)
+        self.start = start if self.cut else None
+        self.prefix_cache = prefix_cache and self.cut
+        self._prefix = {}
+
+    def prefix(self, net, idx):
+        """Frozen-prefix outputs of images ``idx`` (computed once each)."""
+        missing = [i for i in idx if i not in self._prefix]
+        if missing:
+            was_training = net.training
+            net.eval()
+            with torch.no_grad():
+                for chunk, batch in iter_batches(self.source, self.eval_tf, 16, missing, n_jobs=0):
+                    h = net.prefix(normalize_batch(batch.to(self.device), self.mean, self.std))
+                    self._prefix.update(zip(chunk.tolist(), h.cpu()))
+            net.train(was_training)
+        return torch.stack([self._prefix[i] for i in idx])
+
+    def loader(self, idx, y, w, batch_size, generator, augment):
+        if self.prefix_cache:
+            ds = TensorDataset(self.prefix(self.net, idx), torch.as_tensor(y[idx]), torch.as_tensor(w[idx]))
+            return DataLoader(ds, batch_size=batch_size, shuffle=True, generator=generator)
+        tf = train_transform(self.ext.image_size) if augment else self.eval_tf
+        ds = torch.utils.data.Subset(_WeightedImageDataset(self.source, y, w, tf), idx)
+        return _ImageBatches(DataLoader(ds, batch_size=batch_size, shuffle=True, generator=generator),
+                             self.mean, self.std, self.device)
+
+    def forward(self, net, x):
+        return net(x, self.start) if self.prefix_cache else net(x)
+
+    def outputs(self, net, idx):
+        if self.cut:
+            return torch.cat([net(self.prefix(net, c).to(self.device), self.start) for c in _chunks(idx)])
+        return _predict_images(net, self.source, idx, self.ext, self.device)
+
+    def pooled(self, net, idx):
+        with torch.no_grad():
+            if self.cut:
+                return torch.cat([net.pooled(self.prefix(net, c).to(self.device), self.start) for c in _chunks(idx)])
+            return torch.cat([net.pooled(normalize_batch(b.to(self.device), self.mean, self.std))
+                              for _, b in iter_batches(self.source, self.eval_tf, 16, idx, n_jobs=0)])

@@ -1,0 +1,262 @@
+"""The one torch training loop every skfg estimator uses.
+
+Estimators build their modules, a batch iterator and a loss function, then call
+:func:`fit_loop`. It owns epochs, the optimiser step, the LR schedule, validation and
+early stopping (restoring the best weights), the per-epoch history, checkpoints for
+resuming a run that was killed, and clean handling of ``KeyboardInterrupt``.
+"""
+
+import copy
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.utils import check_random_state
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "step", "constant")
+
+
+def make_generator(random_state):
+    """Seed torch's global RNG (dropout, augmentation) and return a seeded ``torch.Generator``.
+
+    The same ``random_state`` gives bit-identical CPU runs.
+    """
+    seed = int(check_random_state(random_state).randint(0, 2**31 - 1))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def make_optimizer(param_groups, name="adam", lr=1e-3, weight_decay=0.0, momentum=0.9):
+    """Optimiser ``name`` over ``param_groups``.
+
+    Parameters
+    ----------
+    param_groups : list of dict
+        ``{"params": iterable, "lr_scale": float}``; a group's learning rate is
+        ``lr * lr_scale`` (e.g. a smaller rate for a pretrained backbone than for the head).
+        Parameters that do not require gradients are left out.
+    name : {"adam", "adamw", "sgd"}
+    """
+    groups = []
+    for group in param_groups:
+        params = [p for p in group["params"] if p.requires_grad]
+        if params:
+            groups.append({"params": params, "lr": lr * group.get("lr_scale", 1.0)})
+    if not groups:
+        raise ValueError("nothing to train: no parameter requires a gradient")
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=momentum > 0)
+    raise ValueError(f"Unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+
+
+def make_scheduler(optimizer, schedule, max_epochs):
+    """Per-epoch LR schedule: ``"cosine"`` annealing to 0, ``"step"`` (x0.1 at 1/2 and 3/4
+    of the epochs) or ``"constant"``."""
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
+    if schedule == "step":
+        milestones = sorted({max(1, max_epochs // 2), max(1, (3 * max_epochs) // 4)})
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    if schedule == "constant":
+        return None
+    raise ValueError(f"Unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+
+
+def _cpu_state(module):
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+class _Checkpoint:
+    """``checkpoint.pt`` in a directory, written atomically after every epoch."""
+
+    def __init__(self, directory, signature):
+        self.path = Path(directory) / "checkpoint.pt"
+        self.signature = signature
+
+    def load(self):
+        if not self.path.is_file():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if state.get("signature") != self.signature:
+            raise ValueError(
+                f"The checkpoint {self.path} belongs to a different model or data "
+                "(another estimator, other parameters or other training data); delete it or "
+                "use another checkpoint_dir."
+            )
+        return state
+
+    def save(self, state):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(dict(state, signature=self.signature), tmp)
+        os.replace(tmp, self.path)
+
+
+def fit_loop(
+    module,
+    batches,
+    step,
+    *,
+    optimizer,
+    scheduler=None,
+    max_epochs,
+    validate=None,
+    patience=None,
+    generator=None,
+    checkpoint_dir=None,
+    signature="",
+    verbose=False,
+    set_train_mode=None,
+):
+    """Train ``module`` for up to ``max_epochs`` epochs.
+
+    Parameters
+    ----------
+    module : nn.Module
+        Holds every trained parameter; its state is what is checkpointed and restored.
+    batches : iterable
+        Re-iterated each epoch (e.g. a ``DataLoader`` whose shuffling uses ``generator``).
+    step : callable
+        ``step(batch) -> (loss, n_samples)``; the loop does backward and the optimiser step.
+    optimizer, scheduler : torch optimiser and optional per-epoch LR scheduler.
+    validate : callable, optional
+        ``validate() -> (score, loss)``, run after every epoch in eval mode: an epoch is
+        better when its score is higher, or equal with a lower loss (so small
+        validation sets whose accuracy moves in steps still see progress). With it the
+        best epoch's weights are restored at the end; without it the last.
+    patience : int, optional
+        Stop after this many epochs without a better validation score.
+    generator : torch.Generator, optional
+        The batches' generator; its state is checkpointed so a resumed run is identical.
+    checkpoint_dir : str, optional
+        Save the full training state there after each epoch, and resume from it.
+    signature : str
+        Identifies the run; a checkpoint with another signature is refused.
+    verbose : bool
+        Progress bar over batches and one line per epoch.
+    set_train_mode : callable, optional
+        Puts the module in training mode (default ``module.train()``); estimators use it
+        to keep frozen BatchNorm layers in eval mode.
+
+    Returns
+    -------
+    result : dict
+        ``history`` (list of per-epoch dicts: epoch, loss, val_score, seconds, lr),
+        ``best_epoch``, ``interrupted`` and ``resumed_from`` (epoch or None).
+
+    Notes
+    -----
+    ``KeyboardInterrupt`` ends training cleanly: the weights of the best completed epoch
+    are restored (never a half-updated model) and the interruption is recorded. If it
+    comes before any epoch completed, the initial weights are restored and it is raised.
+    """
+    set_train_mode = set_train_mode or module.train
+    state = {"epoch": 0, "history": [], "best": [-np.inf, np.inf], "best_epoch": 0, "bad_epochs": 0}
+    best_weights = _cpu_state(module)
+    checkpoint = _Checkpoint(checkpoint_dir, signature) if checkpoint_dir else None
+    resumed_from = None
+    if checkpoint is not None:
+        saved = checkpoint.load()
+        if saved is not None:
+            module.load_state_dict(saved["module"])
+            optimizer.load_state_dict(saved["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(saved["scheduler"])
+            torch.set_rng_state(saved["torch_rng"])
+            if generator is not None:
+                generator.set_state(saved["generator_rng"])
+            best_weights = saved["best_weights"]
+            state = {k: saved[k] for k in state}
+            resumed_from = state["epoch"]
+    progress = None
+    if verbose:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=max_epochs, initial=state["epoch"], desc="epochs", unit="epoch")
+    interrupted = False
+    try:
+        for epoch in range(state["epoch"], max_epochs):
+            t0 = time.perf_counter()
+            set_train_mode()
+            total, count = 0.0, 0
+            for batch in batches:
+                optimizer.zero_grad(set_to_none=True)
+                loss, n = step(batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"the training loss became {loss.item()} at epoch {epoch + 1}; lower lr."
+                    )
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * n
+                count += n
+            if scheduler is not None:
+                scheduler.step()
+            module.eval()
+            score = val_loss = None
+            if validate is not None:
+                with torch.no_grad():
+                    score, val_loss = (float(v) for v in validate())
+            record = {
+                "epoch": epoch + 1,
+                "loss": total / max(count, 1),
+                "val_score": score,
+                "val_loss": val_loss,
+                "seconds": time.perf_counter() - t0,
+                "lr": optimizer.param_groups[-1]["lr"],
+            }
+            state["history"].append(record)
+            state["epoch"] = epoch + 1
+            best_score, best_loss = state["best"]
+            if score is None or score > best_score or (score == best_score and val_loss < best_loss):
+                if score is not None:
+                    state["best"] = [score, val_loss]
+                state["best_epoch"], state["bad_epochs"] = epoch + 1, 0
+                best_weights = _cpu_state(module)
+            else:
+                state["bad_epochs"] += 1
+            if checkpoint is not None:
+                checkpoint.save({
+                    **state,
+                    "module": _cpu_state(module),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "torch_rng": torch.get_rng_state(),
+                    "generator_rng": generator.get_state() if generator is not None else None,
+                    "best_weights": best_weights,
+                })
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{record['loss']:.4f}", val=score)
+            if patience is not None and validate is not None and state["bad_epochs"] >= patience:
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+        if not state["history"]:
+            module.load_state_dict(best_weights)
+            raise
+        warnings.warn(
+            f"Training interrupted after {state['epoch']} epochs; keeping the weights of "
+            f"epoch {state['best_epoch']}.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    finally:
+        if progress is not None:
+            progress.close()
+    module.load_state_dict(best_weights)
+    module.eval()
+    return {
+        "history": copy.deepcopy(state["history"]),
+        "best_epoch": state["best_epoch"],
+        "interrupted": interrupted,
+        "resumed_from": resumed_from,
+    }
