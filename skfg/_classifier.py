@@ -37,7 +37,7 @@ class _ImageBatches:
 
     def __iter__(self):
         for x, y, w in self.loader:
-            yield normalize_batch(x.to(self.device), self.mean, self.std), y, w
+            yield _to_input(x, self.mean, self.std, self.device), y, w
 
 
 class _WeightedImageDataset(ImageDataset):
@@ -86,8 +86,8 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
         raise NotImplementedError
 
     def _loss(self, outputs, y, w):
-        """Weighted mean cross-entropy of the outputs taken as logits."""
-        return (F.cross_entropy(outputs, y, reduction="none") * w).sum() / w.sum()
+        """Weighted mean cross-entropy of the outputs taken as logits (0 for an all-zero-weight batch)."""
+        return (F.cross_entropy(outputs, y, reduction="none") * w).sum() / w.sum().clamp_min(1e-12)
 
     def _proba(self, outputs):
         return torch.softmax(outputs, dim=1)
@@ -145,7 +145,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
     def _make_module(self, name):
         if self.extractor is None:
             return self._build_network(self.n_features_in_, len(self.classes_))
-        trunk = build_backbone(self.extractor_.backbone, weights=None)
+        trunk = build_backbone(self.extractor_.backbone, weights=None).to(memory_format=torch.channels_last)
         return self._build_network(self.n_features_, len(self.classes_), trunk)
 
     def _signature(self, y, sample_weight, n_items):
@@ -187,10 +187,13 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
             self.layers_, self.n_features_ = ext.layers_, ext.n_features_out_
             net = self._build_network(ext.n_features_out_, len(classes), ext.network_).to(device)
             data = _ImageData(X, net, ext, device, prefix_cache=not self.augment)
-        net.eval()  # standardisation statistics of the initial features; BatchNorm untouched
-        feats = data.pooled(net, train_idx)
+        # Centre the initial features per dimension and divide by one scale, their RMS
+        # standard deviation: per-dimension scales would amplify the drift of features
+        # that are tiny on their own (L2-normalised) once the CNN trains.
+        net.eval()  # BatchNorm statistics untouched
+        feats = data.pooled(net, train_idx).float()
         net.mean.copy_(feats.mean(0))
-        net.scale.copy_(feats.std(0, unbiased=False).clamp_min(1e-6))
+        net.scale.fill_(float(feats.var(0, unbiased=False).mean().sqrt().clamp_min(1e-6)))
 
         def step(batch):
             x, t, w = (v.to(device) for v in batch)
@@ -261,7 +264,14 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
 
     def predict(self, X):
         """Predicted labels: ``classes_[argmax(predict_proba(X))]``."""
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+
+def _to_input(batch, mean, std, device):
+    """uint8 image batch -> normalised channels-last float batch on ``device``."""
+    x = normalize_batch(batch.to(device), mean, std)
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def _chunks(idx, size=256):
@@ -272,7 +282,7 @@ def _predict_images(net, source, idx, extractor, device):
     """Network outputs for images ``idx`` with the extractor's inference preprocessing."""
     spec = get_backbone_spec(extractor.backbone)
     tf = eval_transform(extractor.image_size, extractor.resize)
-    outs = [net(normalize_batch(b.to(device), spec.mean, spec.std))
+    outs = [net(_to_input(b, spec.mean, spec.std, device))
             for _, b in iter_batches(source, tf, extractor.batch_size, idx, n_jobs=0)]
     return torch.cat(outs)
 
@@ -324,7 +334,7 @@ class _ImageData:
             net.eval()
             with torch.no_grad():
                 for chunk, batch in iter_batches(self.source, self.eval_tf, 16, missing, n_jobs=0):
-                    h = net.prefix(normalize_batch(batch.to(self.device), self.mean, self.std))
+                    h = net.prefix(_to_input(batch, self.mean, self.std, self.device))
                     self._prefix.update(zip(chunk.tolist(), h.cpu()))
             net.train(was_training)
         return torch.stack([self._prefix[i] for i in idx])
@@ -350,5 +360,5 @@ class _ImageData:
         with torch.no_grad():
             if self.cut:
                 return torch.cat([net.pooled(self.prefix(net, c).to(self.device), self.start) for c in _chunks(idx)])
-            return torch.cat([net.pooled(normalize_batch(b.to(self.device), self.mean, self.std))
+            return torch.cat([net.pooled(_to_input(b, self.mean, self.std, self.device))
                               for _, b in iter_batches(self.source, self.eval_tf, 16, idx, n_jobs=0)])

@@ -13,9 +13,13 @@ def demo_classifiers():
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import LinearSVC
 
+    from .softmax import SoftmaxClassifier
+
     return [
         ("LogisticRegression", LogisticRegression(C=10, max_iter=2000)),
         ("LinearSVC", LinearSVC()),
+        ("SoftmaxClassifier", SoftmaxClassifier(random_state=0)),
+        ("SoftmaxClassifier(embedding_dim=512)", SoftmaxClassifier(512, random_state=0)),
     ]
 
 

@@ -20,7 +20,7 @@ def dataset_root(name):
     return root
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_dataset():
     """``shared_dataset(name)`` -> root of a shared data set (see :func:`dataset_root`)."""
     return dataset_root

@@ -1,0 +1,39 @@
+"""SoftmaxClassifier: a head on frozen features, then end-to-end fine-tuning.
+
+Runs in about a minute on a 2-core CPU on synthetic fine-grained images.
+"""
+
+import time
+
+from sklearn.pipeline import Pipeline
+
+from skfg import CNNFeatureExtractor, SoftmaxClassifier
+from skfg.datasets import make_fine_grained
+
+X_train, y_train = make_fine_grained(n_classes=6, n_per_class=20, image_size=96, random_state=0)
+X_test, y_test = make_fine_grained(n_classes=6, n_per_class=10, image_size=96, random_state=1)
+
+# 1. A softmax head (with one hidden layer) on frozen CNN features.
+pipe = Pipeline([
+    ("cnn", CNNFeatureExtractor(image_size=96)),
+    ("clf", SoftmaxClassifier(embedding_dim=256, random_state=0)),
+])
+pipe.fit(X_train, y_train)
+clf = pipe.named_steps["clf"]
+print(f"frozen features: test accuracy {pipe.score(X_test, y_test):.3f} "
+      f"(kept epoch {clf.best_epoch_} of {clf.n_iter_})")
+
+# 2. Fine-tune the last stage of the CNN with the head, on images. Without augmentation
+#    the frozen stages run once per image (frozen-prefix cache), so epochs are cheap.
+t = time.perf_counter()
+tuned = SoftmaxClassifier(
+    extractor=CNNFeatureExtractor(image_size=96),
+    trainable_blocks=1,
+    augment=False,
+    max_epochs=15,
+    random_state=0,
+).fit(X_train, y_train)
+print(f"fine-tuned last stage: test accuracy {tuned.score(X_test, y_test):.3f} "
+      f"in {time.perf_counter() - t:.0f} s")
+for h in tuned.history_[:3]:
+    print(f"  epoch {h['epoch']}: loss {h['loss']:.3f}, val accuracy {h['val_score']:.2f}, {h['seconds']:.2f} s")

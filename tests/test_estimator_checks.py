@@ -1,0 +1,63 @@
+"""The shared harness: every skfg classifier on embedding inputs.
+
+Add each new classifier to ``CLASSIFIERS``; checks that cannot hold for it are listed
+with the reason in its ``_expected_failed_checks``.
+"""
+
+import io
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from skfg import SoftmaxClassifier
+
+CLASSIFIERS = [
+    SoftmaxClassifier(max_epochs=30, random_state=0),
+    SoftmaxClassifier(embedding_dim=16, max_epochs=30, random_state=0),
+]
+
+
+@parametrize_with_checks(CLASSIFIERS, expected_failed_checks=lambda est: est._expected_failed_checks)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+def make_data(labels):
+    rng = np.random.RandomState(0)
+    y = np.asarray(labels)[np.arange(90) % len(labels)]
+    codes = np.unique(y, return_inverse=True)[1]
+    X = rng.randn(90, 8) + 3 * np.eye(8)[codes]
+    return X, y
+
+
+@pytest.mark.parametrize("estimator", CLASSIFIERS, ids=lambda e: repr(e))
+@pytest.mark.parametrize(
+    "labels",
+    [["a", "b", "c"], [0, 1, 2], [-3, 7, 100]],
+    ids=["strings", "integers", "non-contiguous"],
+)
+def test_labels_clone_and_joblib(estimator, labels):
+    X, y = make_data(labels)
+    clf = clone(estimator)
+    assert clf.get_params() == estimator.get_params()
+    clf.fit(X, y)
+    assert sorted(clf.classes_.tolist()) == sorted(labels)
+    assert set(clf.predict(X)) <= set(labels)
+    assert clf.score(X, y) > 0.8
+    proba = clf.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-6)
+    assert (clf.predict(X) == clf.classes_[proba.argmax(1)]).all()
+    buf = io.BytesIO()
+    joblib.dump(clf, buf)
+    buf.seek(0)
+    np.testing.assert_array_equal(joblib.load(buf).predict_proba(X), proba)
+
+
+@pytest.mark.parametrize("estimator", CLASSIFIERS, ids=lambda e: repr(e))
+def test_sample_weight_accepted(estimator):
+    X, y = make_data([0, 1])
+    w = np.linspace(0.5, 2.0, len(y))
+    assert clone(estimator).fit(X, y, sample_weight=w).score(X, y) > 0.8

@@ -1,0 +1,169 @@
+import io
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.pipeline import Pipeline
+
+from skfg import CNNFeatureExtractor, SoftmaxClassifier
+from skfg.datasets import make_fine_grained
+
+
+@pytest.fixture(scope="module")
+def images():
+    return make_fine_grained(n_classes=3, n_per_class=8, image_size=40, random_state=0)
+
+
+@pytest.fixture
+def features():
+    rng = np.random.RandomState(1)
+    y = np.array(["cat", "dog", "owl"] * 30)
+    X = rng.randn(len(y), 10).astype(np.float32) + 2.0 * (y[:, None] == np.array(["cat", "dog", "owl"] * 4)[:10])
+    return X, y
+
+
+def small(**kw):
+    return SoftmaxClassifier(**{"max_epochs": 3, "random_state": 0, **kw})
+
+
+def trunk_state(clf):
+    return {k: v.clone() for k, v in clf.module_.trunk.state_dict().items()}
+
+
+def test_pipeline_on_extractor_features(images):
+    X, y = images
+    pipe = Pipeline([("cnn", CNNFeatureExtractor(image_size=40)), ("clf", SoftmaxClassifier(random_state=0))])
+    pipe.fit(X, y)
+    proba = pipe.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(1), 1, rtol=1e-6)
+    assert (pipe.predict(X) == pipe.classes_[proba.argmax(1)]).all()
+
+
+def test_predict_is_argmax_of_proba_and_labels_round_trip(features):
+    X, y = features
+    clf = SoftmaxClassifier(embedding_dim=16, random_state=0).fit(X, y)
+    proba = clf.predict_proba(X)
+    assert clf.classes_.tolist() == ["cat", "dog", "owl"]
+    assert (clf.predict(X) == clf.classes_[proba.argmax(1)]).all()
+    assert clf.score(X, y) > 0.9
+    assert clf.n_iter_ == len(clf.history_) and 1 <= clf.best_epoch_ <= clf.n_iter_
+
+
+def test_sample_weight_changes_the_fit_and_is_validated(features):
+    X, y = features
+    w = np.where(y == "owl", 0.0, 1.0)
+    owl = y == "owl"
+    plain = SoftmaxClassifier(random_state=0, validation_fraction=0).fit(X, y)
+    weighted = SoftmaxClassifier(random_state=0, validation_fraction=0).fit(X, y, sample_weight=w)
+    p_plain = plain.predict_proba(X)[owl, 2].mean()
+    p_weighted = weighted.predict_proba(X)[owl, 2].mean()
+    assert p_weighted < p_plain - 0.2  # owls with no weight are no longer learned as owls
+    with pytest.raises(ValueError, match="non-negative"):
+        SoftmaxClassifier().fit(X, y, sample_weight=-np.ones(len(y)))
+    with pytest.raises(ValueError):
+        SoftmaxClassifier().fit(X, y, sample_weight=np.ones(3))
+
+
+def test_single_class_is_a_clear_error(features):
+    X, _ = features
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        SoftmaxClassifier().fit(X, np.zeros(len(X)))
+
+
+@pytest.mark.parametrize("blocks, trained", [(0, []), (1, ["head"]), (2, ["stage7", "head"])])
+def test_end_to_end_updates_only_requested_stages(images, blocks, trained):
+    X, y = images
+    ext = CNNFeatureExtractor(image_size=40)
+    clf = small(extractor=ext, trainable_blocks=blocks, lr=1e-2).fit(X, y)
+    before = CNNFeatureExtractor(image_size=40).fit().network_.state_dict()
+    after = clf.module_.trunk.state_dict()
+    changed = {k.split(".")[1] for k in before if not torch.equal(before[k].float(), after[k].float().to(before[k].device))}
+    assert changed == set(trained)
+
+
+def test_trainable_all_updates_the_stem(images):
+    X, y = images
+    clf = small(extractor=CNNFeatureExtractor(image_size=40), trainable_blocks="all", max_epochs=1).fit(X, y)
+    before = CNNFeatureExtractor(image_size=40).fit().network_.state_dict()
+    after = clf.module_.trunk.state_dict()
+    assert not torch.equal(before["stages.stem.0.weight"], after["stages.stem.0.weight"])
+
+
+@pytest.fixture
+def stem_inputs():
+    """Number of images entering the stem convolution of any EfficientNet-Lite0."""
+    from torch.nn.modules.module import register_module_forward_pre_hook
+
+    from skfg.backbones._efficientnet_lite import SameConv2d
+
+    seen = []
+
+    def hook(module, inputs):
+        if isinstance(module, SameConv2d) and module.in_channels == 3:
+            seen.append(inputs[0].shape[0])
+
+    handle = register_module_forward_pre_hook(hook)
+    yield seen
+    handle.remove()
+
+
+def test_frozen_prefix_cache_runs_frozen_stages_once(images, stem_inputs):
+    X, y = images
+    cached = small(extractor=CNNFeatureExtractor(image_size=40), trainable_blocks=1, augment=False, max_epochs=4).fit(X, y)
+    # every image once for 4 epochs + validation (+1: the extractor's channel probe at fit)
+    assert sum(stem_inputs) == len(X) + 1
+    stem_inputs.clear()
+    small(extractor=CNNFeatureExtractor(image_size=40), trainable_blocks=1, augment=True, max_epochs=4).fit(X, y)
+    n_train = len(X) - round(0.1 * len(X))
+    assert sum(stem_inputs) >= 4 * n_train  # augmented crops differ every epoch: no cache
+    stem_inputs.clear()
+    cached.predict(X)
+    assert sum(stem_inputs) == len(X)
+
+
+def test_end_to_end_joblib_round_trip(images):
+    X, y = images
+    clf = small(extractor=CNNFeatureExtractor(image_size=40), trainable_blocks=1).fit(X, y)
+    buf = io.BytesIO()
+    joblib.dump(clf, buf)
+    buf.seek(0)
+    loaded = joblib.load(buf)
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    assert not hasattr(loaded.extractor_, "network_")  # the CNN is stored once, in module_
+
+
+def test_feature_mode_joblib_round_trip_and_gpu_pickle_on_cpu(features):
+    X, y = features
+    clf = SoftmaxClassifier(embedding_dim=4, random_state=0).fit(X, y)
+    proba = clf.predict_proba(X)
+    buf = io.BytesIO()
+    joblib.dump(clf, buf)
+    buf.seek(0)
+    np.testing.assert_array_equal(joblib.load(buf).predict_proba(X), proba)
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    clf.device_ = "cuda"  # as if fitted on a GPU
+    buf = io.BytesIO()
+    joblib.dump(clf, buf)
+    buf.seek(0)
+    with pytest.warns(RuntimeWarning, match="loading it on the CPU"):
+        loaded = joblib.load(buf)
+    np.testing.assert_array_equal(loaded.predict_proba(X), proba)
+
+
+def test_cuda_tagged_tensors_load_on_cpu(features):
+    """State saved from CUDA tensors carries a cuda device tag; map_location must move it."""
+    from skfg._base import state_from_bytes
+
+    X, y = features
+    clf = SoftmaxClassifier(random_state=0, max_epochs=2).fit(X, y)
+    state = clf.__getstate__()["_torch_state"]["module_"]
+    loaded = state_from_bytes(state, map_location="cpu")
+    assert all(v.device.type == "cpu" for v in loaded.values())
+
+
+def test_image_input_errors_name_the_problem(images):
+    X, y = images
+    with pytest.raises(ValueError, match="24 images but y has 3 labels"):
+        small(extractor=CNNFeatureExtractor(image_size=40)).fit(X, y[:3])
