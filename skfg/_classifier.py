@@ -57,6 +57,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
         "extractor": [None, HasMethods(["fit", "transform"])],
         "trainable_blocks": [Interval(Integral, 0, None, closed="left"), StrOptions({"all"})],
         "augment": ["boolean"],
+        "cache_frozen": ["boolean"],
         "optimizer": [StrOptions(set(OPTIMIZERS))],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "backbone_lr_scale": [Interval(Real, 0, None, closed="left")],
@@ -186,7 +187,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
             self.extractor_ = clone(self.extractor)  # parameters only; the trained CNN is in module_
             self.layers_, self.n_features_ = ext.layers_, ext.n_features_out_
             net = self._build_network(ext.n_features_out_, len(classes), ext.network_).to(device)
-            data = _ImageData(X, net, ext, device, prefix_cache=not self.augment)
+            data = _ImageData(X, net, ext, device, prefix_cache=self.cache_frozen and not self.augment)
         # Centre the initial features per dimension and divide by one scale, their RMS
         # standard deviation: per-dimension scales would amplify the drift of features
         # that are tiny on their own (L2-normalised) once the CNN trains.

@@ -35,6 +35,9 @@ class SoftmaxClassifier(BaseTorchClassifier):
         With ``extractor``: how many of the last backbone stages train (0: only the head).
     augment : bool, default=True
         With ``extractor``: random resized crops and flips during training.
+    cache_frozen : bool, default=True
+        With ``extractor`` and ``augment=False``: compute the frozen stages' output once
+        per image and reuse it every epoch (memory: one feature map per image).
     optimizer : {"adam", "adamw", "sgd"}, default="adam"
     lr : float, default=3e-3
         Learning rate of the head. The defaults (``lr``, ``weight_decay``, input
@@ -109,6 +112,7 @@ class SoftmaxClassifier(BaseTorchClassifier):
         extractor=None,
         trainable_blocks=0,
         augment=True,
+        cache_frozen=True,
         optimizer="adam",
         lr=3e-3,
         backbone_lr_scale=0.1,
@@ -129,6 +133,7 @@ class SoftmaxClassifier(BaseTorchClassifier):
         self.extractor = extractor
         self.trainable_blocks = trainable_blocks
         self.augment = augment
+        self.cache_frozen = cache_frozen
         self.optimizer = optimizer
         self.lr = lr
         self.backbone_lr_scale = backbone_lr_scale
