@@ -152,15 +152,31 @@ def test_feature_mode_joblib_round_trip_and_gpu_pickle_on_cpu(features):
     np.testing.assert_array_equal(loaded.predict_proba(X), proba)
 
 
-def test_cuda_tagged_tensors_load_on_cpu(features):
-    """State saved from CUDA tensors carries a cuda device tag; map_location must move it."""
+def test_pickle_with_cuda_storage_loads_on_cpu(features, monkeypatch):
+    """Simulate a GPU-made pickle: the saved tensors carry the storage tag 'cuda:0'."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from torch import serialization
+
     from skfg._base import state_from_bytes
 
     X, y = features
-    clf = SoftmaxClassifier(random_state=0, max_epochs=2).fit(X, y)
-    state = clf.__getstate__()["_torch_state"]["module_"]
-    loaded = state_from_bytes(state, map_location="cpu")
-    assert all(v.device.type == "cpu" for v in loaded.values())
+    clf = SoftmaxClassifier(embedding_dim=4, random_state=0, max_epochs=3).fit(X, y)
+    proba = clf.predict_proba(X)
+    clf.device_ = "cuda:0"
+    buf = io.BytesIO()
+    with monkeypatch.context() as m:
+        m.setattr(serialization, "location_tag", lambda storage: "cuda:0")
+        joblib.dump(clf, buf)
+        cuda_blob = clf.__getstate__()["_torch_state"]["module_"]
+    with pytest.raises(RuntimeError, match="CUDA"):  # the tag is real: as-is it needs a GPU
+        torch.load(io.BytesIO(cuda_blob), weights_only=True)
+    assert all(v.device.type == "cpu" for v in state_from_bytes(cuda_blob).values())
+    buf.seek(0)
+    with pytest.warns(RuntimeWarning, match="loading it on the CPU"):
+        loaded = joblib.load(buf)
+    assert loaded.device_ == "cpu"
+    np.testing.assert_array_equal(loaded.predict_proba(X), proba)
 
 
 def test_image_input_errors_name_the_problem(images):
