@@ -9,6 +9,7 @@ and the frozen-prefix cache), calling :func:`skfg._training.fit_loop`, predictio
 
 import hashlib
 import json
+from abc import ABCMeta, abstractmethod
 from numbers import Integral, Real
 
 import numpy as np
@@ -50,7 +51,7 @@ class _WeightedImageDataset(ImageDataset):
         return x, t, self.w[i]
 
 
-class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
+class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metaclass=ABCMeta):
     """Base class of skfg's torch classifiers; not used directly."""
 
     _parameter_constraints = {
@@ -83,8 +84,9 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator):
     }
 
     # ------------------------------------------------------------ subclass API
-    def _make_head(self, n_features, n_classes):  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _make_head(self, n_features, n_classes):
+        """The trainable module mapping pooled features to the loss's inputs."""
 
     def _loss(self, outputs, y, w):
         """Weighted mean cross-entropy of the outputs taken as logits (0 for an all-zero-weight batch)."""
