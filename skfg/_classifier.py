@@ -27,6 +27,7 @@ from ._base import TorchStateMixin, resolve_device
 from ._network import FeatureNet
 from ._training import OPTIMIZERS, SCHEDULES, fit_loop, make_generator, make_optimizer, make_scheduler
 from .backbones import build_backbone, get_backbone_spec
+from .metrics import entropy
 from .images import ImageDataset, ImageSource, eval_transform, iter_batches, normalize_batch, train_transform
 
 
@@ -37,8 +38,8 @@ class _ImageBatches:
         self.loader, self.mean, self.std, self.device = loader, mean, std, device
 
     def __iter__(self):
-        for x, y, w in self.loader:
-            yield _to_input(x, self.mean, self.std, self.device), y, w
+        for x, *rest in self.loader:
+            yield (_to_input(x, self.mean, self.std, self.device), *rest)
 
 
 class _WeightedImageDataset(ImageDataset):
@@ -48,7 +49,7 @@ class _WeightedImageDataset(ImageDataset):
 
     def __getitem__(self, i):
         x, t = super().__getitem__(i)
-        return x, t, self.w[i]
+        return x, t, self.w[i], i
 
 
 class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metaclass=ABCMeta):
@@ -94,6 +95,26 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
 
     def _proba(self, outputs):
         return torch.softmax(outputs, dim=1)
+
+    # Hooks for heads that need more than logits (the impostor classifier). ``aux`` is an
+    # optional module trained with the network (checkpointed and restored with it).
+    def _begin_training(self, net, data, y, train_idx, val_idx):
+        """Called once the network is built and standardised; returns ``aux`` (or None)."""
+        return None
+
+    def _training_loss(self, net, aux, data, x, t, w, idx):
+        """Loss of a mini-batch; ``idx`` are the samples' rows in the training data."""
+        return self._loss(data.forward(net, x), t, w)
+
+    def _validation_outputs(self, net, aux, data, idx):
+        """Outputs of samples ``idx`` comparable to what ``_outputs`` gives at predict time."""
+        return data.outputs(net, idx)
+
+    def _epoch_start(self, net, aux, data, epoch):
+        """Called before each training epoch (0-based; also after a resume)."""
+
+    def _end_training(self, net, aux, data, y, train_idx, val_idx):
+        """Called with the restored best weights; set head-specific fitted attributes."""
 
     # ---------------------------------------------------------------- fitting
     def _batch_size(self, n_train):
@@ -198,9 +219,14 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         net.mean.copy_(feats.mean(0))
         net.scale.fill_(float(feats.var(0, unbiased=False).mean().sqrt().clamp_min(1e-6)))
 
+        y_all = torch.as_tensor(y_enc)
+        with torch.no_grad():
+            aux = self._begin_training(net, data, y_all, train_idx, val_idx)
+        module = net if aux is None else torch.nn.ModuleDict({"net": net, "aux": aux})
+
         def step(batch):
-            x, t, w = (v.to(device) for v in batch)
-            return self._loss(data.forward(net, x), t, w), len(t)
+            x, t, w, i = (v.to(device) for v in batch)
+            return self._training_loss(net, aux, data, x, t, w, i), len(t)
 
         validate = None
         if val_idx is not None:
@@ -209,27 +235,36 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
             w_val = torch.as_tensor(sample_weight[val_idx], device=device)
 
             def validate():
-                out = data.outputs(net, val_idx)
+                out = self._validation_outputs(net, aux, data, val_idx)
                 return (out.argmax(1) == y_val).float().mean(), self._loss(out, y_val, w_val)
 
-        groups = [{"params": net.head.parameters(), "lr_scale": 1.0}]
+        groups = [{"params": list(net.head.parameters()), "lr_scale": 1.0}]
         if net.trunk is not None:
-            groups.append({"params": net.trunk_parameters(), "lr_scale": self.backbone_lr_scale})
-        optimizer = make_optimizer(groups, self.optimizer, self.lr, self.weight_decay, self.momentum)
-        result = fit_loop(
-            net,
-            data.loader(train_idx, y_enc, sample_weight, self._batch_size(len(train_idx)), generator, self.augment),
-            step,
-            optimizer=optimizer,
-            scheduler=make_scheduler(optimizer, self.schedule, self.max_epochs),
-            max_epochs=self.max_epochs,
-            validate=validate,
-            patience=self.n_iter_no_change if val_idx is not None else None,
-            generator=generator,
-            checkpoint_dir=self.checkpoint_dir,
-            signature=self._signature(y_enc, sample_weight, len(X)),
-            verbose=self.verbose,
-        )
+            groups.append({"params": list(net.trunk_parameters()), "lr_scale": self.backbone_lr_scale})
+        groups += [dict(g, params=list(g["params"])) for g in self._aux_param_groups(aux)]
+        if any(p.requires_grad for g in groups for p in g["params"]):
+            optimizer = make_optimizer(groups, self.optimizer, self.lr, self.weight_decay, self.momentum)
+            result = fit_loop(
+                module,
+                data.loader(train_idx, y_enc, sample_weight, self._batch_size(len(train_idx)), generator, self.augment),
+                step,
+                optimizer=optimizer,
+                scheduler=make_scheduler(optimizer, self.schedule, self.max_epochs),
+                max_epochs=self.max_epochs,
+                validate=validate,
+                patience=self.n_iter_no_change if val_idx is not None else None,
+                generator=generator,
+                checkpoint_dir=self.checkpoint_dir,
+                signature=self._signature(y_enc, sample_weight, len(X)),
+                verbose=self.verbose,
+                epoch_callback=lambda epoch: self._epoch_start(net, aux, data, epoch),
+            )
+        else:  # nothing trainable (e.g. a fixed RBF vote on features): no epochs to run
+            net.eval()
+            result = {"history": [], "best_epoch": 0, "interrupted": False}
+        net.eval()
+        with torch.no_grad():
+            self._end_training(net, aux, data, y_all, train_idx, val_idx)
         # Training finished: set the fitted attributes together.
         self.module_ = net.eval()
         self.classes_ = classes
@@ -239,6 +274,10 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         self.n_iter_ = len(result["history"])
         self.interrupted_ = result["interrupted"]
         return self
+
+    def _aux_param_groups(self, aux):
+        """Optimiser groups of ``aux`` (``{"params", "lr_scale", "weight_decay"}``)."""
+        return [] if aux is None else [{"params": aux.parameters(), "lr_scale": 1.0}]
 
     # ------------------------------------------------------------- prediction
     def _outputs(self, X):
@@ -270,6 +309,25 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
 
+    def open_set_score(self, X):
+        """Open-set score: the entropy of ``predict_proba`` (higher: more likely an unknown class).
+
+        Impostor-networks section 4.2: a classifier that is less confident on images of
+        classes it never saw can flag them; compare the scores of seen and unseen
+        classes with :func:`skfg.metrics.ks_distance`.
+
+        Parameters
+        ----------
+        X : array-like
+            Features, or images when ``extractor`` is set.
+
+        Returns
+        -------
+        score : ndarray of shape (n_samples,)
+            In nats, between 0 and ``log(n_classes)``.
+        """
+        return entropy(self.predict_proba(X))
+
 
 def _to_input(batch, mean, std, device):
     """uint8 image batch -> normalised channels-last float batch on ``device``."""
@@ -297,7 +355,7 @@ class _FeatureData:
         self.X, self.device = torch.as_tensor(X), device
 
     def loader(self, idx, y, w, batch_size, generator, augment):
-        ds = TensorDataset(self.X[idx], torch.as_tensor(y[idx]), torch.as_tensor(w[idx]))
+        ds = TensorDataset(self.X[idx], torch.as_tensor(y[idx]), torch.as_tensor(w[idx]), torch.as_tensor(idx))
         return DataLoader(ds, batch_size=batch_size, shuffle=True, generator=generator)
 
     def forward(self, net, x):
@@ -344,7 +402,8 @@ class _ImageData:
 
     def loader(self, idx, y, w, batch_size, generator, augment):
         if self.prefix_cache:
-            ds = TensorDataset(self.prefix(self.net, idx), torch.as_tensor(y[idx]), torch.as_tensor(w[idx]))
+            ds = TensorDataset(self.prefix(self.net, idx), torch.as_tensor(y[idx]), torch.as_tensor(w[idx]),
+                               torch.as_tensor(idx))
             return DataLoader(ds, batch_size=batch_size, shuffle=True, generator=generator)
         tf = train_transform(self.ext.image_size) if augment else self.eval_tf
         ds = torch.utils.data.Subset(_WeightedImageDataset(self.source, y, w, tf), idx)

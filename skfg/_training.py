@@ -38,6 +38,7 @@ def make_optimizer(param_groups, name="adam", lr=1e-3, weight_decay=0.0, momentu
     param_groups : list of dict
         ``{"params": iterable, "lr_scale": float}``; a group's learning rate is
         ``lr * lr_scale`` (e.g. a smaller rate for a pretrained backbone than for the head).
+        A group may set its own ``"weight_decay"`` (e.g. 0 for impostor positions).
         Parameters that do not require gradients are left out.
     name : {"adam", "adamw", "sgd"}
     """
@@ -45,7 +46,10 @@ def make_optimizer(param_groups, name="adam", lr=1e-3, weight_decay=0.0, momentu
     for group in param_groups:
         params = [p for p in group["params"] if p.requires_grad]
         if params:
-            groups.append({"params": params, "lr": lr * group.get("lr_scale", 1.0)})
+            entry = {"params": params, "lr": lr * group.get("lr_scale", 1.0)}
+            if "weight_decay" in group:
+                entry["weight_decay"] = group["weight_decay"]
+            groups.append(entry)
     if not groups:
         raise ValueError("nothing to train: no parameter requires a gradient")
     if name == "adam":
@@ -115,6 +119,7 @@ def fit_loop(
     signature="",
     verbose=False,
     set_train_mode=None,
+    epoch_callback=None,
 ):
     """Train ``module`` for up to ``max_epochs`` epochs.
 
@@ -145,6 +150,9 @@ def fit_loop(
     set_train_mode : callable, optional
         Puts the module in training mode (default ``module.train()``); estimators use it
         to keep frozen BatchNorm layers in eval mode.
+    epoch_callback : callable, optional
+        ``epoch_callback(epoch)`` before each epoch (0-based, also the first epoch after
+        a resume), e.g. to refresh tied impostors.
 
     Returns
     -------
@@ -185,6 +193,9 @@ def fit_loop(
     try:
         for epoch in range(state["epoch"], max_epochs):
             t0 = time.perf_counter()
+            if epoch_callback is not None:
+                with torch.no_grad():
+                    epoch_callback(epoch)
             set_train_mode()
             total, count = 0.0, 0
             for batch in batches:

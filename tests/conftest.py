@@ -37,3 +37,30 @@ def _fresh_feature_cache():
 def rgb_images():
     rng = np.random.RandomState(0)
     return rng.randint(0, 256, size=(4, 40, 56, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def stem_inputs():
+    """Number of images entering the stem convolution of any EfficientNet-Lite0."""
+    from torch.nn.modules.module import register_module_forward_pre_hook
+
+    from skfg.backbones._efficientnet_lite import SameConv2d
+
+    seen = []
+
+    def hook(module, inputs):
+        if isinstance(module, SameConv2d) and module.in_channels == 3:
+            seen.append(inputs[0].shape[0])
+
+    handle = register_module_forward_pre_hook(hook)
+    yield seen
+    handle.remove()
+
+
+@pytest.fixture
+def features():
+    """90 samples, 10 features, 3 string classes ("cat", "dog", "owl") that a linear model separates."""
+    rng = np.random.RandomState(1)
+    y = np.array(["cat", "dog", "owl"] * 30)
+    X = rng.randn(len(y), 10).astype(np.float32) + 2.0 * (y[:, None] == np.array(["cat", "dog", "owl"] * 4)[:10])
+    return X, y

@@ -12,11 +12,14 @@ import pytest
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skfg import SoftmaxClassifier
+from skfg import ImpostorClassifier, SoftmaxClassifier
 
 CLASSIFIERS = [
     SoftmaxClassifier(max_epochs=30, random_state=0),
     SoftmaxClassifier(embedding_dim=16, max_epochs=30, random_state=0),
+    ImpostorClassifier(embedding_dim=16, max_epochs=20, random_state=0),
+    ImpostorClassifier(impostors="fixed", embedding_dim=None, random_state=0),
+    ImpostorClassifier(impostors="tied", embedding_dim=8, refresh_every=2, max_epochs=10, random_state=0),
 ]
 
 

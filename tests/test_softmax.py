@@ -15,14 +15,6 @@ def images():
     return make_fine_grained(n_classes=3, n_per_class=8, image_size=40, random_state=0)
 
 
-@pytest.fixture
-def features():
-    rng = np.random.RandomState(1)
-    y = np.array(["cat", "dog", "owl"] * 30)
-    X = rng.randn(len(y), 10).astype(np.float32) + 2.0 * (y[:, None] == np.array(["cat", "dog", "owl"] * 4)[:10])
-    return X, y
-
-
 def small(**kw):
     return SoftmaxClassifier(**{"max_epochs": 3, "random_state": 0, **kw})
 
@@ -88,24 +80,6 @@ def test_trainable_all_updates_the_stem(images):
     before = CNNFeatureExtractor(image_size=40).fit().network_.state_dict()
     after = clf.module_.trunk.state_dict()
     assert not torch.equal(before["stages.stem.0.weight"], after["stages.stem.0.weight"])
-
-
-@pytest.fixture
-def stem_inputs():
-    """Number of images entering the stem convolution of any EfficientNet-Lite0."""
-    from torch.nn.modules.module import register_module_forward_pre_hook
-
-    from skfg.backbones._efficientnet_lite import SameConv2d
-
-    seen = []
-
-    def hook(module, inputs):
-        if isinstance(module, SameConv2d) and module.in_channels == 3:
-            seen.append(inputs[0].shape[0])
-
-    handle = register_module_forward_pre_hook(hook)
-    yield seen
-    handle.remove()
 
 
 def test_frozen_prefix_cache_runs_frozen_stages_once(images, stem_inputs):

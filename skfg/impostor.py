@@ -1,0 +1,412 @@
+"""``ImpostorClassifier``: impostor networks (Lebedev et al.) and the RBF solver (Meyer et al.).
+
+A CNN embedding (or a projection of given features) and a Gaussian RBF classifier that
+votes over reference points, the *impostors*, one per training image
+(impostor-networks.txt section 3, rbf-solver.txt section 3).
+"""
+
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import TransformerMixin
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+from ._classifier import BaseTorchClassifier
+from .index import COMPRESSED, METHODS, NearestNeighborIndex, squared_distances
+from .losses import class_log_proba, impostor_loss, rbf_log_kernel
+
+IMPOSTOR_SCHEMES = ("fixed", "tied", "loose")
+
+
+class _Embedding(nn.Module):
+    """Features -> embedding: an optional linear layer, then division by a fixed scale.
+
+    The scale is the mean impostor norm at initialisation (protocol step 3), so ``sigma``
+    means the same across backbones and embedding sizes.
+    """
+
+    def __init__(self, n_features, embedding_dim):
+        super().__init__()
+        self.linear = None if embedding_dim is None else nn.Linear(n_features, embedding_dim)
+        self.register_buffer("scale", torch.ones(()))
+
+    def forward(self, x):
+        return (x if self.linear is None else self.linear(x)) / self.scale
+
+
+class _Impostors(nn.Module):
+    """The impostor set during training: positions (a parameter for ``"loose"``), labels,
+    optional log-weights (rbf-solver eq. 2, initialised to ``w = 1``)."""
+
+    def __init__(self, vectors, labels, trainable, learn_weights, n_classes):
+        super().__init__()
+        self.n_classes = n_classes
+        if trainable:
+            self.vectors = nn.Parameter(vectors.clone())
+        else:
+            self.register_buffer("vectors", vectors.clone())
+        self.register_buffer("labels", labels.clone())
+        self.log_weights = nn.Parameter(torch.zeros(len(labels))) if learn_weights else None
+
+
+class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
+    """Impostor network: an embedding plus a Gaussian RBF vote over impostors.
+
+    An image (or feature vector) ``x`` is embedded, ``y = f(x)``, and classified by the
+    RBF rule of impostor-networks eq. (2)-(3)::
+
+        p(l | x) = sum_{j: l_j = l} w_j exp(-||y - c_j||^2 / (2 sigma^2)) / sum_j (same)
+
+    over the impostors ``c_j``, one per training sample (``w_j = 1`` unless
+    ``learn_weights``). Training minimises the leave-own-impostor-out NCA loss, eq. (4),
+    or eq. (6) with the attachment term for loose impostors.
+
+    On features (``Pipeline([CNNFeatureExtractor(), ImpostorClassifier()])``) the
+    embedding is a learned projection of the features. Given ``extractor`` it is the CNN
+    itself, trained end to end (its last ``trainable_blocks`` stages), the paper's method.
+
+    Parameters
+    ----------
+    sigma : float, default=0.6
+        Gaussian bandwidth, in units of the mean impostor norm (impostors and embedding
+        are divided by it at initialisation, protocol step 3). Choose it on validation
+        data, e.g. with ``GridSearchCV``.
+    impostors : {"fixed", "tied", "loose"}, default="loose"
+        ``"fixed"``: impostors are the initial embeddings of the training samples, never
+        updated; ``"tied"``: reset to the current embeddings every ``refresh_every``
+        epochs; ``"loose"``: free parameters pulled towards the embeddings by
+        ``attachment * ||f(x_i) - c_i||^2`` (eq. 6).
+    embedding_dim : int or None, default=512
+        Width of the learned linear projection before the RBF layer (the paper's resized
+        last layer, randomly initialised). ``None`` keeps the input features (end to
+        end, the CNN's pooled features).
+    n_neighbors : int or None, default=None
+        ``None`` sums over every impostor exactly. An integer sums over the nearest
+        ``n_neighbors`` only (rbf-solver eq. 4): found by ``index`` at prediction time and
+        exactly among the current impostors during training.
+    index : {"exact", "brute", "hnsw", "ivf", "pq", "opq", "ivfpq"}, default="exact"
+        How impostors are stored and searched (:class:`skfg.index.NearestNeighborIndex`).
+        The compressed ones (``"pq"``, ``"opq"``, ``"ivfpq"``) keep ``code_size`` bytes per
+        impostor; with ``impostors="fixed"`` the network trains against the decoded
+        impostors and adapts to the compression (paper, "Impostor compression"); for
+        the other schemes the final impostors are compressed after training.
+    code_size : int, default=16
+        Bytes per impostor of the compressed indexes.
+    attachment : float, default=1.0
+        ``lambda`` of eq. (6), for ``impostors="loose"``.
+    refresh_every : int, default=10
+        For ``impostors="tied"``: epochs between resets of the impostors.
+    learn_weights : bool, default=False
+        Learn a weight per impostor (rbf-solver eq. 2), initialised to 1.
+    impostor_lr_scale : float, default=1.0
+        Learning rate of the loose impostors (and weights) relative to ``lr``.
+    extractor : CNNFeatureExtractor or None, default=None
+        ``None``: ``X`` holds features. Otherwise ``X`` holds images and the extractor's
+        backbone is the embedding network, fine-tuned end to end.
+    trainable_blocks : int or "all", default=0
+        With ``extractor``: how many of the last backbone stages train.
+    augment : bool, default=True
+        With ``extractor``: random resized crops and flips during training.
+    cache_frozen : bool, default=True
+        With ``extractor`` and ``augment=False``: reuse the frozen stages' outputs.
+    optimizer : {"adam", "adamw", "sgd"}, default="adam"
+    lr : float, default=1e-3
+    backbone_lr_scale : float, default=0.1
+    weight_decay : float, default=1e-4
+        Applied to the network, never to impostor positions.
+    momentum : float, default=0.9
+    schedule : {"cosine", "step", "constant"}, default="cosine"
+    max_epochs : int, default=60
+    batch_size : int or "auto", default="auto"
+    validation_fraction : float, default=0.1
+        Held out to pick the best epoch. After training, the held-out samples become
+        impostors too (their initial embeddings for ``"fixed"``, their final ones
+        otherwise), so every training sample votes.
+    n_iter_no_change : int or None, default=10
+    random_state : int, RandomState or None, default=None
+    device : str, default="auto"
+    checkpoint_dir : str or None, default=None
+    verbose : bool, default=False
+
+    Attributes
+    ----------
+    classes_ : ndarray
+    module_ : torch.nn.Module
+        The embedding network (``transform`` runs it).
+    index_ : NearestNeighborIndex
+        The impostors (exact vectors or PQ codes).
+    impostor_labels_ : ndarray of shape (n_impostors,)
+        Class index (into ``classes_``) of each impostor.
+    impostor_weights_ : ndarray of shape (n_impostors,) or None
+        Learned ``w_j`` (``learn_weights=True``).
+    impostor_memory_bytes_ : int
+        Memory of the stored impostors (codes, codebooks).
+    history_, best_epoch_, n_iter_, interrupted_, n_features_in_ :
+        As in :class:`skfg.SoftmaxClassifier`.
+
+    See Also
+    --------
+    skfg.SoftmaxClassifier : The softmax baselines ("ConvNet", "ConvNet-extra").
+    skfg.metrics.ks_distance : Compare open-set scores of seen and unseen classes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfg import ImpostorClassifier
+    >>> rng = np.random.RandomState(0)
+    >>> X = np.r_[rng.randn(30, 5) + 2, rng.randn(30, 5) - 2]
+    >>> y = np.r_[["a"] * 30, ["b"] * 30]
+    >>> clf = ImpostorClassifier(embedding_dim=8, max_epochs=5, random_state=0).fit(X, y)
+    >>> clf.predict(X[:2]).tolist(), clf.score(X, y)
+    (['a', 'a'], 1.0)
+    >>> clf.transform(X).shape
+    (60, 8)
+    """
+
+    _parameter_constraints = {
+        **BaseTorchClassifier._parameter_constraints,
+        "sigma": [Interval(Real, 0, None, closed="neither")],
+        "impostors": [StrOptions(set(IMPOSTOR_SCHEMES))],
+        "embedding_dim": [Interval(Integral, 1, None, closed="left"), None],
+        "n_neighbors": [Interval(Integral, 1, None, closed="left"), None],
+        "index": [StrOptions(set(METHODS))],
+        "code_size": [Interval(Integral, 1, None, closed="left")],
+        "attachment": [Interval(Real, 0, None, closed="left")],
+        "refresh_every": [Interval(Integral, 1, None, closed="left")],
+        "learn_weights": ["boolean"],
+        "impostor_lr_scale": [Interval(Real, 0, None, closed="left")],
+    }
+
+    def __init__(
+        self,
+        sigma=0.6,
+        *,
+        impostors="loose",
+        embedding_dim=512,
+        n_neighbors=None,
+        index="exact",
+        code_size=16,
+        attachment=1.0,
+        refresh_every=10,
+        learn_weights=False,
+        impostor_lr_scale=1.0,
+        extractor=None,
+        trainable_blocks=0,
+        augment=True,
+        cache_frozen=True,
+        optimizer="adam",
+        lr=1e-3,
+        backbone_lr_scale=0.1,
+        weight_decay=1e-4,
+        momentum=0.9,
+        schedule="cosine",
+        max_epochs=60,
+        batch_size="auto",
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        random_state=None,
+        device="auto",
+        checkpoint_dir=None,
+        verbose=False,
+    ):
+        self.sigma = sigma
+        self.impostors = impostors
+        self.embedding_dim = embedding_dim
+        self.n_neighbors = n_neighbors
+        self.index = index
+        self.code_size = code_size
+        self.attachment = attachment
+        self.refresh_every = refresh_every
+        self.learn_weights = learn_weights
+        self.impostor_lr_scale = impostor_lr_scale
+        self.extractor = extractor
+        self.trainable_blocks = trainable_blocks
+        self.augment = augment
+        self.cache_frozen = cache_frozen
+        self.optimizer = optimizer
+        self.lr = lr
+        self.backbone_lr_scale = backbone_lr_scale
+        self.weight_decay = weight_decay
+        self.momentum = momentum
+        self.schedule = schedule
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.random_state = random_state
+        self.device = device
+        self.checkpoint_dir = checkpoint_dir
+        self.verbose = verbose
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]  # embeddings are float32 like the network
+        return tags
+
+    # ------------------------------------------------------------------ model
+    def _make_head(self, n_features, n_classes):
+        return _Embedding(n_features, self.embedding_dim)
+
+    def _make_index(self):
+        return NearestNeighborIndex(self.index, code_size=self.code_size, random_state=0)
+
+    def _begin_training(self, net, data, y, train_idx, val_idx):
+        if self.impostors == "fixed" and self.index in COMPRESSED:
+            self._make_index()._pq_sizes(len(train_idx), self.embedding_dim or net.mean.numel())  # fail early
+        # Protocol steps 1-3: initial embeddings are the impostors, divided by their mean norm.
+        net.eval()
+        with torch.no_grad():
+            all_idx = np.arange(len(y))
+            emb = data.outputs(net, all_idx)
+            net.head.scale.fill_(float(emb[train_idx].norm(dim=1).mean().clamp_min(1e-12)))
+            emb = emb / net.head.scale
+        vectors = emb[train_idx]
+        training_index = None
+        if self.impostors == "fixed" and self.index in COMPRESSED:
+            # train against the decoded impostors, so the network adapts to the compression
+            training_index = self._make_index().fit(vectors.cpu().numpy())
+            vectors = torch.from_numpy(training_index.reconstruct()).to(emb.device)
+        aux = _Impostors(vectors, y[train_idx].to(emb.device), self.impostors == "loose", self.learn_weights,
+                         n_classes=int(y.max()) + 1)
+        # bookkeeping for this fit only (plain attributes: not in the checkpointed state)
+        own = torch.full((len(y),), -1, dtype=torch.long)
+        own[torch.as_tensor(train_idx)] = torch.arange(len(train_idx))
+        aux.own, aux.train_idx, aux.training_index = own.to(emb.device), train_idx, training_index
+        aux.initial_val = emb[val_idx] if val_idx is not None else None
+        return aux
+
+    def _aux_param_groups(self, aux):
+        # impostor positions and weights: no weight decay (it would pull them to 0)
+        return [{"params": aux.parameters(), "lr_scale": self.impostor_lr_scale, "weight_decay": 0.0}]
+
+    def _epoch_start(self, net, aux, data, epoch):
+        if self.impostors == "tied" and epoch > 0 and epoch % self.refresh_every == 0:
+            was_training = net.training
+            net.eval()
+            aux.vectors.copy_(data.outputs(net, aux.train_idx))
+            net.train(was_training)
+
+    def _training_loss(self, net, aux, data, x, t, w, idx):
+        emb = data.forward(net, x)
+        loss = impostor_loss(
+            emb, t, aux.vectors, aux.labels, self.sigma,
+            own=aux.own[idx], log_weights=aux.log_weights, n_neighbors=self.n_neighbors,
+            attachment=self.attachment if self.impostors == "loose" else 0.0,
+        )
+        # a sample whose class has no other impostor among the candidates has no eq.-(4) term
+        ok = torch.isfinite(loss)
+        w = w * ok
+        return (torch.where(ok, loss, torch.zeros_like(loss)) * w).sum() / w.sum().clamp_min(1e-12)
+
+    def _validation_outputs(self, net, aux, data, idx):
+        emb = data.outputs(net, idx)
+        return _finite(self._class_log_proba(emb, aux.vectors, aux.labels, aux.log_weights, aux.n_classes))
+
+    def _class_log_proba(self, emb, vectors, labels, log_weights, n_classes, index=None):
+        """Eq. (3) over all impostors, or rbf-solver eq. (4) over the nearest ``n_neighbors``.
+
+        ``vectors`` are the impostors (needed unless ``index`` searches them).
+        """
+        if self.n_neighbors is None or self.n_neighbors >= len(labels):
+            # float64 distances: float32 matrix products round differently with the batch size
+            emb, vectors = emb.double(), vectors.double()
+            log_weights = None if log_weights is None else log_weights.double()
+            out = []
+            for start in range(0, len(emb), 1024):
+                lk = rbf_log_kernel(squared_distances(emb[start : start + 1024], vectors), self.sigma, log_weights)
+                out.append(class_log_proba(lk, labels, n_classes))
+            return torch.cat(out) if out else torch.empty(0, n_classes, dtype=torch.float64)
+        if index is None:
+            lk = rbf_log_kernel(squared_distances(emb, vectors), self.sigma, log_weights)
+            lk, cols = torch.topk(lk, int(self.n_neighbors), dim=1)
+        else:
+            d, cols = index.search(emb.detach().cpu().numpy(), int(self.n_neighbors))
+            cols = torch.from_numpy(cols).to(emb.device)
+            valid = cols >= 0
+            cols = cols.clamp_min(0)
+            lw = None if log_weights is None else log_weights[cols]
+            lk = rbf_log_kernel(torch.from_numpy(d).to(emb.device), self.sigma, lw)
+            lk = lk.masked_fill(~valid, float("-inf"))
+        return class_log_proba(lk, labels[cols], n_classes)
+
+    def _end_training(self, net, aux, data, y, train_idx, val_idx):
+        vectors = aux.vectors.detach()
+        labels = aux.labels
+        log_w = None if aux.log_weights is None else aux.log_weights.detach()
+        if val_idx is not None:  # the held-out samples vote too
+            extra = aux.initial_val if self.impostors == "fixed" else data.outputs(net, val_idx)
+            extra_labels = y[torch.as_tensor(val_idx)].to(labels.device)
+        index = aux.training_index
+        if index is None:
+            all_vectors = vectors if val_idx is None else torch.cat([vectors, extra])
+            index = self._make_index().fit(all_vectors.cpu().numpy())
+        elif val_idx is not None:
+            index.add(extra.cpu().numpy())
+        if val_idx is not None:
+            labels = torch.cat([labels, extra_labels])
+            if log_w is not None:
+                log_w = torch.cat([log_w, torch.zeros(len(val_idx), device=log_w.device)])
+        self.index_ = index
+        self.impostor_labels_ = labels.cpu().numpy()
+        self.impostor_weights_ = None if log_w is None else log_w.exp().cpu().numpy()
+        self.impostor_memory_bytes_ = index.memory_bytes
+
+    # ------------------------------------------------------------- prediction
+    def _embeddings(self, X):
+        return super()._outputs(X)
+
+    def _outputs(self, X):
+        emb = self._embeddings(X)
+        labels = torch.as_tensor(self.impostor_labels_, device=emb.device)
+        log_w = None
+        if self.impostor_weights_ is not None:
+            log_w = torch.as_tensor(np.log(self.impostor_weights_), device=emb.device)
+        if self.n_neighbors is None or self.n_neighbors >= len(labels):  # exact sum over every impostor
+            vectors = torch.from_numpy(self.index_.reconstruct()).to(emb.device)
+            return self._class_log_proba(emb, vectors, labels, log_w, len(self.classes_))
+        return self._class_log_proba(emb, None, labels, log_w, len(self.classes_), index=self.index_)
+
+    def predict_proba(self, X):
+        """Class probabilities of the RBF rule (eq. 3); rows sum to 1.
+
+        Computed in log space, so rows stay finite and normalised even when every kernel
+        value underflows (a tiny ``sigma`` or a far-away input).
+
+        Parameters
+        ----------
+        X : array-like
+            Features, or images when ``extractor`` is set.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_classes)
+        """
+        with torch.inference_mode():
+            return torch.softmax(self._outputs(X).double(), dim=1).cpu().numpy()
+
+    def transform(self, X):
+        """The learned embedding ``f(x)`` (in the impostors' space).
+
+        Serves metric learning and retrieval, including classes never seen in training
+        (evaluate with :func:`skfg.metrics.recall_at_k` and :func:`skfg.metrics.nmi_kmeans`).
+
+        Parameters
+        ----------
+        X : array-like
+            Features, or images when ``extractor`` is set.
+
+        Returns
+        -------
+        embedding : ndarray of shape (n_samples, embedding_dim)
+        """
+        check_is_fitted(self, "module_")
+        with torch.inference_mode():
+            return self._embeddings(X).float().cpu().numpy()
+
+
+def _finite(log_proba):
+    """Log-probabilities with ``-inf`` (classes with no candidate impostor) made finite."""
+    return log_proba.float().clamp_min(-1e4)

@@ -1,0 +1,324 @@
+"""Nearest-neighbour index over embeddings: exact, HNSW, IVF and PQ/OPQ-compressed.
+
+One small class, :class:`NearestNeighborIndex`, wraps faiss (and a torch brute-force
+search for small sets) behind ``fit`` / ``search`` / ``reconstruct``. Every search returns
+*squared* L2 distances and row indices, nearest first. The index pickles: faiss indexes
+are serialised to bytes (a GPU index is moved to the CPU first).
+
+Methods
+-------
+``"brute"``  torch, exact; no faiss needed (the fallback for small sets).
+``"exact"``  faiss ``IndexFlatL2``.
+``"hnsw"``   faiss ``IndexHNSWFlat`` (graph, approximate, no training).
+``"ivf"``    faiss ``IndexIVFFlat`` (inverted lists, approximate, k-means training).
+``"pq"``     faiss ``IndexPQ``: ``code_size`` bytes per vector (lossy compression).
+``"opq"``    an OPQ rotation before the PQ (better codes, slower training).
+``"ivfpq"``  inverted lists over PQ codes (compressed *and* fast at millions of vectors).
+
+For the compressed methods, distances are computed to the *decoded* vectors (ADC), so
+they equal the distances to :meth:`NearestNeighborIndex.reconstruct`'s output.
+"""
+
+import math
+
+import numpy as np
+import torch
+
+METHODS = ("brute", "exact", "hnsw", "ivf", "pq", "opq", "ivfpq")
+COMPRESSED = ("pq", "opq", "ivfpq")
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as exc:  # pragma: no cover - faiss-cpu is a dependency
+        raise ImportError("this index method needs faiss: pip install faiss-cpu (or use method='brute')") from exc
+    return faiss
+
+
+def squared_distances(queries, points):
+    """``(n, m)`` squared L2 distances between the rows of two tensors (clamped at 0)."""
+    d = (queries * queries).sum(1, keepdim=True) - 2 * queries @ points.T + (points * points).sum(1)
+    return d.clamp_min_(0)
+
+
+class NearestNeighborIndex:
+    """A nearest-neighbour index over the rows of a float matrix (squared L2 distance).
+
+    Parameters
+    ----------
+    method : {"brute", "exact", "hnsw", "ivf", "pq", "opq", "ivfpq"}, default="exact"
+        See the module docstring.
+    code_size : int, default=16
+        Bytes per vector of the compressed methods (``"pq"``, ``"opq"``, ``"ivfpq"``): the
+        number of PQ sub-quantizers, each an 8-bit code. Must divide the dimension.
+    n_lists : int or None, default=None
+        IVF cells; ``None`` picks ``4 * sqrt(n)`` (at most ``n // 39``, at least 1).
+    n_probe : int or None, default=None
+        IVF cells visited per query; ``None`` picks ``max(8, n_lists // 8)``.
+    hnsw_m : int, default=32
+        HNSW graph degree.
+    ef_search : int, default=128
+        HNSW search breadth (higher: better recall, slower).
+    random_state : int, default=0
+        Seed of faiss's k-means (IVF, PQ, OPQ training).
+
+    Attributes
+    ----------
+    n_vectors_ : int
+    dim_ : int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfg.index import NearestNeighborIndex
+    >>> X = np.array([[0, 0], [1, 0], [0, 3]], dtype=np.float32)
+    >>> d, i = NearestNeighborIndex("brute").fit(X).search([[0.9, 0.0]], 2)
+    >>> i.tolist(), [round(float(v), 2) for v in d[0]]
+    ([[1, 0]], [0.01, 0.81])
+    """
+
+    def __init__(self, method="exact", *, code_size=16, n_lists=None, n_probe=None, hnsw_m=32, ef_search=128,
+                 random_state=0):
+        if method not in METHODS:
+            raise ValueError(f"Unknown index method {method!r}; valid: {', '.join(METHODS)}")
+        self.method = method
+        self.code_size = code_size
+        self.n_lists = n_lists
+        self.n_probe = n_probe
+        self.hnsw_m = hnsw_m
+        self.ef_search = ef_search
+        self.random_state = random_state
+
+    # ---------------------------------------------------------------- building
+    def _check(self, X, what="X"):
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        if X.ndim != 2:
+            raise ValueError(f"{what} must be 2-D (n, dim); got shape {X.shape}")
+        if not np.isfinite(X).all():
+            raise ValueError(f"{what} contains NaN or infinite values")
+        return X
+
+    def _pq_sizes(self, n, d):
+        m = int(self.code_size)
+        if m < 1 or d % m:
+            divisors = [k for k in range(1, d + 1) if d % k == 0]
+            raise ValueError(
+                f"code_size={self.code_size} must divide the dimension {d}; valid sizes: "
+                f"{', '.join(map(str, divisors[:12]))}{', ...' if len(divisors) > 12 else ''}"
+            )
+        if n < 256:
+            raise ValueError(
+                f"{self.method!r} compression trains 256 centroids per sub-quantizer and needs at "
+                f"least 256 vectors; got {n}. Use method='exact' for small sets."
+            )
+        return m
+
+    def _resolved_lists(self, n):
+        if self.n_lists is not None:
+            return int(self.n_lists)
+        return int(max(1, min(4 * math.sqrt(n), n // 39)))
+
+    def fit(self, X):
+        """Build the index over the rows of ``X`` (training the quantizers it needs).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, dim)
+
+        Returns
+        -------
+        self
+        """
+        X = self._check(X)
+        n, d = X.shape
+        if n == 0:
+            raise ValueError("cannot build an index over 0 vectors")
+        self.n_vectors_, self.dim_ = n, d
+        if self.method == "brute":
+            self._vectors = torch.from_numpy(X.copy())
+            self._index = None
+            return self
+        faiss = _faiss()
+        if self.method == "exact":
+            index = faiss.IndexFlatL2(d)
+        elif self.method == "hnsw":
+            index = faiss.IndexHNSWFlat(d, int(self.hnsw_m))
+            index.hnsw.efSearch = int(self.ef_search)
+        elif self.method == "ivf":
+            index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, self._resolved_lists(n))
+        else:
+            m = self._pq_sizes(n, d)
+            if self.method == "pq":
+                index = faiss.IndexPQ(d, m, 8)  # not index_factory("PQm"): that turns on slow polysemous training
+            elif self.method == "opq":
+                opq = faiss.OPQMatrix(d, m)
+                opq.niter = 10  # faiss's default 50 took ~70 s at 100k vectors
+                index = faiss.IndexPreTransform(opq, faiss.IndexPQ(d, m, 8))
+            else:
+                index = faiss.IndexIVFPQ(faiss.IndexFlatL2(d), d, self._resolved_lists(n), m, 8)
+        self._seed(index)
+        if not index.is_trained:
+            index.train(X)
+        index.add(X)
+        self._index = index
+        self._vectors = None
+        self._set_probe()
+        return self
+
+    def _seed(self, index):
+        """Seed every k-means faiss runs while training ``index`` (reproducible codes)."""
+        faiss = _faiss()
+        for obj in (index, getattr(index, "index", None), getattr(index, "pq", None)):
+            if obj is None:
+                continue
+            obj = faiss.downcast_index(obj) if isinstance(obj, faiss.Index) else obj
+            if hasattr(obj, "cp"):
+                obj.cp.seed = int(self.random_state)
+            if hasattr(obj, "pq"):
+                obj.pq.cp.seed = int(self.random_state)
+        if hasattr(index, "chain"):
+            for i in range(index.chain.size()):
+                t = faiss.downcast_VectorTransform(index.chain.at(i))
+                if hasattr(t, "pq") and t.pq is not None:
+                    t.pq.cp.seed = int(self.random_state)
+
+    def _set_probe(self):
+        if self.method in ("ivf", "ivfpq"):
+            nlist = self._index.nlist
+            self._index.nprobe = int(self.n_probe) if self.n_probe is not None else max(8, nlist // 8)
+
+    def add(self, X):
+        """Append rows to a fitted index (compressed methods encode them with the trained codebooks).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, dim)
+
+        Returns
+        -------
+        self
+        """
+        self._fitted()
+        X = self._check(X)
+        if X.shape[1] != self.dim_:
+            raise ValueError(f"X has {X.shape[1]} dimensions; the index holds {self.dim_}-dimensional vectors")
+        if self._index is None:
+            self._vectors = torch.cat([self._vectors, torch.from_numpy(X.copy())])
+        else:
+            self._index.add(X)
+        self.n_vectors_ += len(X)
+        return self
+
+    # --------------------------------------------------------------- querying
+    def _fitted(self):
+        if not hasattr(self, "n_vectors_"):
+            raise RuntimeError("this NearestNeighborIndex is not fitted yet; call fit(X) first")
+
+    def search(self, queries, k):
+        """The ``k`` nearest rows of each query.
+
+        Parameters
+        ----------
+        queries : array-like of shape (n_queries, dim)
+        k : int
+            Clipped to the number of indexed vectors.
+
+        Returns
+        -------
+        distances : ndarray of shape (n_queries, k), float32
+            Squared L2 distances, ascending.
+        indices : ndarray of shape (n_queries, k), int64
+            Row numbers of the indexed vectors (-1 where an approximate index found fewer).
+        """
+        self._fitted()
+        Q = self._check(queries, "queries")
+        if Q.shape[1] != self.dim_:
+            raise ValueError(f"queries have {Q.shape[1]} dimensions; the index holds {self.dim_}-dimensional vectors")
+        k = int(min(k, self.n_vectors_))
+        if k < 1:
+            raise ValueError(f"k must be >= 1; got {k}")
+        if self._index is None:
+            out_d, out_i = [], []
+            for start in range(0, len(Q), 1024):
+                d = squared_distances(torch.from_numpy(Q[start : start + 1024]), self._vectors)
+                v, i = torch.topk(d, k, dim=1, largest=False)
+                out_d.append(v.numpy())
+                out_i.append(i.numpy())
+            if not out_d:
+                return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
+            return np.concatenate(out_d), np.concatenate(out_i).astype(np.int64)
+        d, i = self._index.search(Q, k)
+        return d, i.astype(np.int64)
+
+    def reconstruct(self):
+        """All indexed vectors as stored: exact copies, or the decoded PQ codes.
+
+        Returns
+        -------
+        vectors : ndarray of shape (n_vectors, dim), float32
+        """
+        self._fitted()
+        if self._index is None:
+            return self._vectors.numpy().copy()
+        if self.method == "ivfpq":
+            self._index.make_direct_map()
+        return self._index.reconstruct_n(0, self.n_vectors_)
+
+    @property
+    def memory_bytes(self):
+        """Bytes held by the stored vectors or codes, plus codebooks/rotations/centroids."""
+        self._fitted()
+        n, d = self.n_vectors_, self.dim_
+        if self.method in ("brute", "exact", "hnsw", "ivf"):
+            extra = 0
+            if self.method == "hnsw":
+                extra = n * int(self.hnsw_m) * 2 * 4  # neighbour lists (level 0 has 2*M links)
+            if self.method == "ivf":
+                extra = self._index.nlist * d * 4 + n * 8  # centroids + ids
+            return n * d * 4 + extra
+        m = int(self.code_size)
+        codebooks = m * 256 * (d // m) * 4
+        extra = d * d * 4 if self.method == "opq" else 0
+        if self.method == "ivfpq":
+            extra = self._index.nlist * d * 4 + n * 8
+        return n * m + codebooks + extra
+
+    @property
+    def code_bytes_per_vector(self):
+        """Bytes that each indexed vector occupies (``code_size`` for the compressed methods)."""
+        self._fitted()
+        if self.method in COMPRESSED:
+            return int(self._index.sa_code_size()) if self.method != "ivfpq" else int(self.code_size)
+        return self.dim_ * 4
+
+    # ---------------------------------------------------------------- pickling
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        index = state.pop("_index", None)
+        if index is not None:
+            faiss = _faiss()
+            if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__:  # pragma: no cover - no GPU
+                index = faiss.index_gpu_to_cpu(index)
+            state["_faiss_bytes"] = faiss.serialize_index(index).tobytes()
+        vectors = state.pop("_vectors", None)
+        if vectors is not None:
+            state["_vectors_np"] = vectors.numpy()
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        blob = state.pop("_faiss_bytes", None)
+        vectors = state.pop("_vectors_np", None)
+        self.__dict__.update(state)
+        if "n_vectors_" not in state:
+            return
+        self._index = None if blob is None else _faiss().deserialize_index(np.frombuffer(blob, dtype=np.uint8))
+        self._vectors = None if vectors is None else torch.from_numpy(np.array(vectors))
+        if self._index is not None:
+            self._set_probe()
+            if self.method == "hnsw":
+                self._index.hnsw.efSearch = int(self.ef_search)
+
+    def __repr__(self):
+        return f"NearestNeighborIndex(method={self.method!r})"

@@ -1,0 +1,128 @@
+"""Losses and the RBF prediction rule of the impostor networks, as small torch functions.
+
+Notation of impostor-networks.txt section 3: embeddings ``y = f(x)``, impostors
+``c_1..c_M`` with labels ``l_j``, Gaussian kernel ``g(y, c; sigma) = exp(-||y - c||^2 / (2 sigma^2))``
+(eq. 2), optionally times a learned weight ``w_j`` per impostor (rbf-solver eq. 2). Every
+function works in log space (log-sum-exp), so nothing underflows for a tiny ``sigma``.
+"""
+
+import torch
+
+from .index import squared_distances
+
+
+def rbf_log_kernel(sq_dist, sigma, log_weights=None):
+    """``log(w_j g(y, c_j; sigma)) = -d^2 / (2 sigma^2) + log w_j`` (eq. 2).
+
+    Parameters
+    ----------
+    sq_dist : Tensor of shape (n, K)
+        Squared distances from each embedding to K impostors.
+    sigma : float
+    log_weights : Tensor of shape (n, K) or (K,), optional
+        Log of the per-impostor weights.
+    """
+    out = sq_dist * (-0.5 / sigma**2)
+    return out if log_weights is None else out + log_weights
+
+
+def class_log_proba(log_kernel, labels, n_classes):
+    """Log of the RBF prediction rule (eq. 3; rbf-solver eq. 4 when the columns are the
+    nearest neighbours only): ``log p(l) = log sum_{j: l_j = l} k_j - log sum_j k_j``.
+
+    Parameters
+    ----------
+    log_kernel : Tensor of shape (n, K)
+        Log kernel values (``-inf`` for excluded impostors).
+    labels : LongTensor of shape (n, K) or (K,)
+        Class of each column's impostor.
+    n_classes : int
+
+    Returns
+    -------
+    log_proba : Tensor of shape (n, n_classes)
+        Normalised log probabilities, computed in float64; ``-inf`` for a class with no
+        impostor among the columns.
+    """
+    s = log_kernel.double()
+    top = s.max(dim=1, keepdim=True).values
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    e = torch.exp(s - top)
+    labels = labels.expand_as(e) if labels.dim() == 1 else labels
+    sums = torch.zeros(len(e), n_classes, dtype=e.dtype, device=e.device).scatter_add_(1, labels, e)
+    return torch.log_softmax(torch.log(sums) + top, dim=1)
+
+
+def impostor_nll(log_kernel, column_labels, targets):
+    """Per-sample NCA loss of eq. (4): ``-log(sum_{j: l_j = l_i} k_ij / sum_j k_ij)``.
+
+    Self-exclusion is the caller's: set each sample's own impostor to ``-inf`` first
+    (see :func:`exclude_self`).
+
+    Parameters
+    ----------
+    log_kernel : Tensor of shape (n, K)
+    column_labels : LongTensor of shape (n, K) or (K,)
+    targets : LongTensor of shape (n,)
+
+    Returns
+    -------
+    loss : Tensor of shape (n,)
+        ``inf`` for a sample with no impostor of its own class among the columns.
+    """
+    labels = column_labels.expand_as(log_kernel) if column_labels.dim() == 1 else column_labels
+    same = labels == targets[:, None]
+    num = torch.logsumexp(log_kernel.masked_fill(~same, float("-inf")), dim=1)
+    return torch.logsumexp(log_kernel, dim=1) - num
+
+
+def exclude_self(log_kernel, own):
+    """Set column ``own[i]`` of row ``i`` to ``-inf`` (rows with ``own[i] < 0`` untouched)."""
+    rows = torch.nonzero(own >= 0).squeeze(1)
+    out = log_kernel.clone()
+    out[rows, own[rows]] = float("-inf")
+    return out
+
+
+def impostor_loss(embeddings, targets, impostors, labels, sigma, *, own=None, log_weights=None,
+                  n_neighbors=None, attachment=0.0):
+    """Per-sample loss of the impostor networks: eq. (4), or eq. (6) with ``attachment > 0``.
+
+    Parameters
+    ----------
+    embeddings : Tensor of shape (n, d)
+        ``f(x_i)`` for a mini-batch.
+    targets : LongTensor of shape (n,)
+    impostors : Tensor of shape (M, d)
+    labels : LongTensor of shape (M,)
+    sigma : float
+    own : LongTensor of shape (n,), optional
+        Row of each sample's own impostor (``-1``: none). It is left out of the sums and,
+        with ``attachment``, pulled towards ``f(x_i)``.
+    log_weights : Tensor of shape (M,), optional
+        Learned impostor weights (rbf-solver eq. 2), in log space.
+    n_neighbors : int, optional
+        Sum over the ``n_neighbors`` nearest impostors only (rbf-solver eq. 4), found
+        exactly among the current impostors.
+    attachment : float
+        ``lambda`` of eq. (6): adds ``lambda ||f(x_i) - c_i||^2``.
+
+    Returns
+    -------
+    loss : Tensor of shape (n,)
+        ``inf`` where no impostor of the sample's class is among the candidates.
+    """
+    lk = rbf_log_kernel(squared_distances(embeddings, impostors), sigma, log_weights)
+    if own is not None:
+        lk = exclude_self(lk, own)
+    column_labels = labels
+    if n_neighbors is not None and n_neighbors < lk.shape[1]:
+        lk, cols = torch.topk(lk, int(n_neighbors), dim=1)  # largest kernel = nearest (weights included)
+        column_labels = labels[cols]
+    loss = impostor_nll(lk, column_labels, targets)
+    if attachment and own is not None:
+        has = own >= 0
+        gap = torch.zeros_like(loss)
+        gap[has] = ((embeddings[has] - impostors[own[has]]) ** 2).sum(1)
+        loss = loss + attachment * gap
+    return loss

@@ -1,0 +1,191 @@
+import io
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
+
+from skfg import CNNFeatureExtractor, ImpostorClassifier
+from skfg.datasets import make_fine_grained
+from skfg.losses import class_log_proba, impostor_loss, rbf_log_kernel
+from skfg.metrics import entropy
+
+
+def small(**kw):
+    return ImpostorClassifier(**{"max_epochs": 6, "random_state": 0, "embedding_dim": 16, **kw})
+
+
+@pytest.fixture(scope="module")
+def images():
+    return make_fine_grained(n_classes=3, n_per_class=8, image_size=40, random_state=0)
+
+
+def test_rbf_rule_on_a_hand_computable_example():
+    # impostors (0,0):A, (1,0):B, (0,2):A; query (0.5, 0), sigma = 1
+    C = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    labels = torch.tensor([0, 1, 0])
+    q = torch.tensor([[0.5, 0.0]])
+    k = np.exp(-np.array([0.25, 0.25, 4.25]) / 2)  # eq. (2)
+    expected = np.array([k[0] + k[2], k[1]]) / k.sum()  # eq. (3)
+    lk = rbf_log_kernel(((q[:, None] - C[None]) ** 2).sum(-1), 1.0)
+    np.testing.assert_allclose(class_log_proba(lk, labels, 2).exp().numpy()[0], expected, rtol=1e-6)
+
+
+def test_loss_with_self_exclusion_equals_numpy():
+    rng = np.random.RandomState(0)
+    emb, imp = rng.randn(5, 3), rng.randn(8, 3)
+    labels, targets, own = rng.randint(0, 2, 8), np.array([0, 1, 0, 1, 1]), np.array([2, -1, 0, 7, 5])
+    sigma, lam = 0.8, 0.5
+    expected = []
+    for i in range(5):
+        k = np.exp(-((emb[i] - imp) ** 2).sum(1) / (2 * sigma**2))
+        keep = np.arange(8) != own[i]
+        loss = -np.log(k[keep & (labels == targets[i])].sum() / k[keep].sum())  # eq. (4)
+        if own[i] >= 0:
+            loss += lam * ((emb[i] - imp[own[i]]) ** 2).sum()  # eq. (6)
+        expected.append(loss)
+    t = lambda a: torch.as_tensor(a)
+    got = impostor_loss(t(emb), t(targets), t(imp), t(labels), sigma, own=t(own), attachment=lam)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
+    # rbf-solver eq. (4): the sums restricted to the 3 nearest candidates
+    trunc = impostor_loss(t(emb), t(targets), t(imp), t(labels), sigma, own=t(own), n_neighbors=3)
+    i = 1
+    k = np.exp(-((emb[i] - imp) ** 2).sum(1) / (2 * sigma**2))
+    near = np.argsort(-k)[:3]
+    same = near[labels[near] == targets[i]]
+    want = -np.log(k[same].sum() / k[near].sum()) if len(same) else np.inf
+    np.testing.assert_allclose(trunc[i].item(), want, rtol=1e-6)
+
+
+def test_scale_normalisation_gives_unit_mean_impostor_norm(features):
+    X, y = features
+    for dim in (None, 7):
+        clf = ImpostorClassifier(impostors="fixed", embedding_dim=dim, validation_fraction=0, random_state=0).fit(X, y)
+        norms = np.linalg.norm(clf.index_.reconstruct(), axis=1)
+        assert clf.index_.n_vectors_ == len(X)
+        if dim is None:  # nothing trains: impostors are the initial embeddings of every sample
+            assert clf.n_iter_ == 0
+            np.testing.assert_allclose(norms.mean(), 1.0, rtol=1e-5)
+            np.testing.assert_allclose(clf.transform(X), clf.index_.reconstruct(), rtol=1e-5, atol=1e-6)
+
+
+def test_predict_proba_is_eq3_over_the_learned_embedding(features):
+    X, y = features
+    clf = small(impostors="loose", sigma=0.5).fit(X, y)
+    emb, imp = clf.transform(X[:7]).astype(np.float64), clf.index_.reconstruct().astype(np.float64)
+    k = np.exp(-((emb[:, None] - imp[None]) ** 2).sum(-1) / (2 * 0.5**2))
+    expected = np.stack([k[:, clf.impostor_labels_ == c].sum(1) for c in range(3)], 1) / k.sum(1, keepdims=True)
+    np.testing.assert_allclose(clf.predict_proba(X[:7]), expected, rtol=1e-4, atol=1e-7)
+    assert (clf.predict(X) == clf.classes_[clf.predict_proba(X).argmax(1)]).all()
+    assert clf.score(X, y) > 0.9
+
+
+@pytest.mark.parametrize("scheme", ["fixed", "tied", "loose"])
+def test_schemes_train_and_move_impostors_as_documented(features, scheme):
+    X, y = features
+    kw = dict(impostors=scheme, validation_fraction=0, max_epochs=5, refresh_every=2, lr=1e-2)
+    clf = small(**kw).fit(X, y)
+    init = small(**dict(kw, max_epochs=1, lr=1e-12)).fit(X, y).index_.reconstruct()
+    moved = np.abs(clf.index_.reconstruct() - init).max()
+    if scheme == "fixed":
+        assert moved < 1e-6  # the initial embeddings, untouched
+    else:
+        assert moved > 1e-3  # tied: reset at epoch 2 and 4; loose: trained
+    if scheme == "tied":  # after the last refresh the impostors are the embeddings of epoch 4
+        assert not np.allclose(clf.index_.reconstruct(), clf.transform(X), atol=1e-6)
+    assert clf.score(X, y) > 0.8
+
+
+def test_loose_attachment_pulls_impostors_to_embeddings(features):
+    X, y = features
+    gaps = []
+    for lam in (0.0, 10.0):
+        clf = small(attachment=lam, validation_fraction=0, lr=1e-2, max_epochs=10).fit(X, y)
+        gaps.append(np.linalg.norm(clf.transform(X) - clf.index_.reconstruct(), axis=1).mean())
+    assert gaps[1] < gaps[0]
+
+
+def test_learn_weights_and_neighbour_truncation(features):
+    X, y = features
+    clf = small(learn_weights=True, lr=1e-2).fit(X, y)
+    assert clf.impostor_weights_.shape == (len(X),) and not np.allclose(clf.impostor_weights_, 1.0)
+    full = clf.predict_proba(X)
+    clf.set_params(n_neighbors=len(X))  # every impostor: the exact sum
+    np.testing.assert_allclose(clf.predict_proba(X), full, rtol=1e-6)
+    knn = small(n_neighbors=5, index="hnsw").fit(X, y)
+    proba = knn.predict_proba(X)
+    assert ((proba > 0).sum(1) <= 5).all()  # only the 5 nearest impostors vote
+    np.testing.assert_allclose(proba.sum(1), 1.0)
+    exact = small(n_neighbors=5, index="exact").fit(X, y).predict_proba(X)
+    np.testing.assert_allclose(proba, exact, rtol=1e-5, atol=1e-6)
+
+
+def test_pq_compressed_fixed_impostors_train_against_the_decoded_vectors():
+    rng = np.random.RandomState(0)
+    y = np.repeat(np.arange(6), 60)
+    X = (rng.randn(len(y), 32) + 5 * np.eye(32)[y]).astype(np.float32)
+    clf = ImpostorClassifier(impostors="fixed", index="pq", code_size=4, embedding_dim=32, max_epochs=3,
+                             random_state=0).fit(X, y)
+    assert clf.index_.code_bytes_per_vector == 4
+    assert clf.impostor_memory_bytes_ < 32 * 4 * len(X)
+    plain = ImpostorClassifier(impostors="fixed", embedding_dim=32, max_epochs=3, random_state=0).fit(X, y)
+    assert clf.score(X, y) > 0.9 and plain.score(X, y) > 0.9
+    buf = io.BytesIO()
+    joblib.dump(clf, buf)
+    buf.seek(0)
+    np.testing.assert_array_equal(joblib.load(buf).predict_proba(X), clf.predict_proba(X))
+
+
+def test_tiny_sigma_keeps_probabilities_finite(features):
+    X, y = features
+    clf = small(sigma=1e-3, max_epochs=2).fit(X, y)
+    proba = clf.predict_proba(X * 100)  # far away from every impostor: all kernels underflow
+    assert np.isfinite(proba).all()
+    np.testing.assert_allclose(proba.sum(1), 1.0)
+    assert np.isfinite(clf.open_set_score(X)).all()
+
+
+def test_errors_name_the_problem(features):
+    X, y = features
+    with pytest.raises(ValueError, match="sigma"):
+        ImpostorClassifier(sigma=0).fit(X, y)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        ImpostorClassifier().fit(X, np.zeros(len(X)))
+    clf = small(max_epochs=1).fit(X, y)
+    with pytest.raises(ValueError, match="features"):
+        clf.predict(X[:, :4])
+    with pytest.raises(ValueError, match="code_size=3 must divide"):
+        ImpostorClassifier(impostors="fixed", index="pq", code_size=3, embedding_dim=16).fit(np.r_[X, X, X], np.r_[y, y, y])
+
+
+def test_open_set_score_is_prediction_entropy(features):
+    X, y = features
+    clf = small().fit(X, y)
+    np.testing.assert_allclose(clf.open_set_score(X), entropy(clf.predict_proba(X)))
+
+
+def test_grid_search_over_sigma_extracts_each_image_once(images, stem_inputs):
+    X, y = images
+    pipe = Pipeline([("cnn", CNNFeatureExtractor(image_size=40)), ("clf", small(impostors="fixed", embedding_dim=None))])
+    search = GridSearchCV(pipe, {"clf__sigma": [0.2, 0.5, 1.0]}, cv=2).fit(X, y)
+    # 3 sigmas x 2 folds + the refit: 7 fits, yet every image goes through the CNN once
+    assert sum(n for n in stem_inputs if n > 1) == len(X)
+    assert search.best_params_["clf__sigma"] in (0.2, 0.5, 1.0)
+    assert search.best_estimator_.named_steps["clf"].n_iter_ == 0  # fixed, no projection: nothing to train
+
+
+def test_end_to_end_trains_requested_stages_and_round_trips(images):
+    X, y = images
+    ext = CNNFeatureExtractor(image_size=40)
+    clf = small(extractor=ext, trainable_blocks=1, embedding_dim=None, max_epochs=2, lr=1e-2).fit(X, y)
+    before = CNNFeatureExtractor(image_size=40).fit().network_.state_dict()
+    after = clf.module_.trunk.state_dict()
+    changed = {k.split(".")[1] for k in before if not torch.equal(before[k], after[k]) and before[k].is_floating_point()}
+    assert changed == {clf.module_.stages[-1]}
+    assert clf.transform(X).shape == (len(X), ext.fit().n_features_out_)
+    buf = io.BytesIO()
+    joblib.dump(clf, buf)
+    buf.seek(0)
+    np.testing.assert_array_equal(joblib.load(buf).predict_proba(X), clf.predict_proba(X))

@@ -1,0 +1,100 @@
+import pickle
+
+import faiss
+import numpy as np
+import pytest
+
+from skfg.index import NearestNeighborIndex
+
+
+@pytest.fixture(autouse=True)
+def _one_faiss_thread():
+    faiss.omp_set_num_threads(1)  # 2 threads were often slower than 1 on small searches
+
+
+def embeddings(n, d, seed=0, n_clusters=50, intrinsic=16):
+    """Random embedding-like data: clustered, low intrinsic dimension, plus noise.
+
+    (Isotropic Gaussian data of full dimension is no model of CNN embeddings: every
+    approximate index degrades on it, as its nearest neighbours are barely nearer.)
+    """
+    rng = np.random.RandomState(seed)
+    centres = rng.randn(n_clusters, intrinsic) * 3
+    z = centres[rng.randint(n_clusters, size=n)] + rng.randn(n, intrinsic)
+    return (z @ rng.randn(intrinsic, d) / np.sqrt(intrinsic) + 0.05 * rng.randn(n, d)).astype(np.float32)
+
+
+def recall_at_10(index, X, Q):
+    _, truth = NearestNeighborIndex("brute").fit(X).search(Q, 10)
+    _, found = index.search(Q, 10)
+    return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)])
+
+
+def test_exact_search_equals_brute_force():
+    rng = np.random.RandomState(0)
+    X, Q = rng.randn(500, 24).astype(np.float32), rng.randn(40, 24).astype(np.float32)
+    d_exact, i_exact = NearestNeighborIndex("exact").fit(X).search(Q, 7)
+    d_brute, i_brute = NearestNeighborIndex("brute").fit(X).search(Q, 7)
+    full = ((Q[:, None, :] - X[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(i_exact, i_brute)
+    np.testing.assert_array_equal(i_exact, np.argsort(full, axis=1)[:, :7])
+    np.testing.assert_allclose(d_exact, np.sort(full, axis=1)[:, :7], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(d_brute, d_exact, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["hnsw", "ivf"])
+def test_approximate_recall_at_defaults(method):
+    data = embeddings(20200, 64)
+    X, Q = data[:20000], data[20000:]  # queries from the same distribution, not indexed
+    assert recall_at_10(NearestNeighborIndex(method).fit(X), X, Q) >= 0.95
+
+
+def test_pq_stores_code_size_bytes_per_vector_and_decodes():
+    X = embeddings(2000, 64)
+    index = NearestNeighborIndex("pq", code_size=16).fit(X)
+    assert index.code_bytes_per_vector == 16
+    assert index.memory_bytes == 2000 * 16 + 16 * 256 * 4 * 4  # codes + codebooks
+    decoded = index.reconstruct()
+    assert decoded.shape == X.shape
+    rel = np.linalg.norm(decoded - X) / np.linalg.norm(X)
+    assert rel < 0.5
+    # ADC: distances are exact distances to the decoded vectors
+    d, i = index.search(X[:5], 3)
+    np.testing.assert_allclose(d, ((X[:5, None] - decoded[i]) ** 2).sum(-1), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["brute", "exact", "hnsw", "ivf", "pq", "ivfpq"])
+def test_pickle_round_trip_gives_identical_results(method):
+    X = embeddings(3000, 32)
+    index = NearestNeighborIndex(method, code_size=8).fit(X)
+    clone = pickle.loads(pickle.dumps(index))
+    for a, b in zip(index.search(X[:50], 5), clone.search(X[:50], 5)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(index.reconstruct(), clone.reconstruct())
+
+
+def test_add_appends_and_keeps_codebooks():
+    X = embeddings(1000, 32)
+    index = NearestNeighborIndex("pq", code_size=8).fit(X[:800])
+    before = index.reconstruct()
+    index.add(X[800:])
+    assert index.n_vectors_ == 1000
+    np.testing.assert_array_equal(index.reconstruct()[:800], before)
+    brute = NearestNeighborIndex("brute").fit(X[:10]).add(X[10:20])
+    assert brute.search(X[15:16], 1)[1][0, 0] == 15
+
+
+def test_errors_name_the_problem():
+    with pytest.raises(ValueError, match="Unknown index method 'annoy'"):
+        NearestNeighborIndex("annoy")
+    with pytest.raises(ValueError, match="code_size=7 must divide the dimension 32"):
+        NearestNeighborIndex("pq", code_size=7).fit(embeddings(300, 32))
+    with pytest.raises(ValueError, match="at least 256 vectors"):
+        NearestNeighborIndex("pq", code_size=8).fit(embeddings(100, 32))
+    index = NearestNeighborIndex("exact").fit(embeddings(10, 8))
+    with pytest.raises(ValueError, match="queries have 9 dimensions"):
+        index.search(np.zeros((1, 9)), 1)
+    with pytest.raises(ValueError, match="NaN"):
+        index.search(np.full((1, 8), np.nan), 1)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        NearestNeighborIndex().search(np.zeros((1, 8)), 1)
