@@ -13,6 +13,7 @@ def demo_classifiers():
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import LinearSVC
 
+    from .impostor import ImpostorClassifier
     from .softmax import SoftmaxClassifier
 
     return [
@@ -20,6 +21,7 @@ def demo_classifiers():
         ("LinearSVC", LinearSVC()),
         ("SoftmaxClassifier", SoftmaxClassifier(random_state=0)),
         ("SoftmaxClassifier(embedding_dim=512)", SoftmaxClassifier(512, random_state=0)),
+        ("ImpostorClassifier(impostors='loose')", ImpostorClassifier(impostors="loose", random_state=0)),
     ]
 
 

@@ -305,7 +305,7 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
         emb = data.outputs(net, idx)
         return _finite(self._class_log_proba(emb, aux.vectors, aux.labels, aux.log_weights, aux.n_classes))
 
-    def _class_log_proba(self, emb, vectors, labels, log_weights, n_classes, index=None):
+    def _class_log_proba(self, emb, vectors, labels, log_weights, n_classes, index=None, sq_norms=None):
         """Eq. (3) over all impostors, or rbf-solver eq. (4) over the nearest ``n_neighbors``.
 
         ``vectors`` are the impostors (needed unless ``index`` searches them).
@@ -314,9 +314,11 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
             # float64 distances: float32 matrix products round differently with the batch size
             emb, vectors = emb.double(), vectors.double()
             log_weights = None if log_weights is None else log_weights.double()
+            sq_norms = (vectors * vectors).sum(1) if sq_norms is None else sq_norms
             out = []
             for start in range(0, len(emb), 1024):
-                lk = rbf_log_kernel(squared_distances(emb[start : start + 1024], vectors), self.sigma, log_weights)
+                d = squared_distances(emb[start : start + 1024], vectors, sq_norms)
+                lk = rbf_log_kernel(d, self.sigma, log_weights)
                 out.append(class_log_proba(lk, labels, n_classes))
             return torch.cat(out) if out else torch.empty(0, n_classes, dtype=torch.float64)
         if index is None:
@@ -358,15 +360,29 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
     def _embeddings(self, X):
         return super()._outputs(X)
 
+    def _impostor_table(self, device):
+        """Decoded impostors (float64), labels and log-weights, cached between predict calls."""
+        cache = getattr(self, "_table_cache", None)
+        if cache is None or cache[0] is not self.index_ or cache[1] != str(device):
+            vectors = torch.from_numpy(self.index_.reconstruct()).to(device).double()
+            labels = torch.as_tensor(self.impostor_labels_, device=device)
+            log_w = None
+            if self.impostor_weights_ is not None:
+                log_w = torch.as_tensor(np.log(self.impostor_weights_), device=device)
+            sq_norms = (vectors * vectors).sum(1)
+            self._table_cache = cache = (self.index_, str(device), vectors, labels, log_w, sq_norms)
+        return cache[2:]
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_table_cache", None)
+        return state
+
     def _outputs(self, X):
         emb = self._embeddings(X)
-        labels = torch.as_tensor(self.impostor_labels_, device=emb.device)
-        log_w = None
-        if self.impostor_weights_ is not None:
-            log_w = torch.as_tensor(np.log(self.impostor_weights_), device=emb.device)
+        vectors, labels, log_w, sq_norms = self._impostor_table(emb.device)
         if self.n_neighbors is None or self.n_neighbors >= len(labels):  # exact sum over every impostor
-            vectors = torch.from_numpy(self.index_.reconstruct()).to(emb.device)
-            return self._class_log_proba(emb, vectors, labels, log_w, len(self.classes_))
+            return self._class_log_proba(emb, vectors, labels, log_w, len(self.classes_), sq_norms=sq_norms)
         return self._class_log_proba(emb, None, labels, log_w, len(self.classes_), index=self.index_)
 
     def predict_proba(self, X):

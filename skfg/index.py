@@ -36,9 +36,14 @@ def _faiss():
     return faiss
 
 
-def squared_distances(queries, points):
-    """``(n, m)`` squared L2 distances between the rows of two tensors (clamped at 0)."""
-    d = (queries * queries).sum(1, keepdim=True) - 2 * queries @ points.T + (points * points).sum(1)
+def squared_distances(queries, points, points_sq_norms=None):
+    """``(n, m)`` squared L2 distances between the rows of two tensors (clamped at 0).
+
+    ``points_sq_norms`` (``(points * points).sum(1)``) may be passed when it is reused.
+    """
+    if points_sq_norms is None:
+        points_sq_norms = (points * points).sum(1)
+    d = (queries * queries).sum(1, keepdim=True) - 2 * queries @ points.T + points_sq_norms
     return d.clamp_min_(0)
 
 

@@ -1,0 +1,285 @@
+"""Impostor networks on stanford_cars_a, all rows measured in one run (issue 4).
+
+Sections (default backbone, 160 px, CPU; sigma chosen on the ``val`` split):
+1. Table 1 on frozen features: linear/kernel/kNN baselines, SoftmaxClassifier (+512-d
+   "ConvNet-extra"), Impostor tied / fixed / loose; then end to end with one training
+   budget: SoftmaxClassifier vs Impostor fixed vs loose.
+2. Cost: the RBF rule's share of the per-image predict time including the CNN; search
+   latency and recall@10 vs the number of impostors M (synthetic, d=512).
+3. Compression: fixed impostors with PQ / OPQ codes of 8-64 bytes.
+4. Metric learning: train on the first 49 classes, Recall@K and NMI on the other 49.
+5. Open set: entropy of seen vs unseen classes, KS distance.
+
+    python benchmarks/impostor.py --quick     # 20 classes, 96 px, M up to 1e5, minutes
+    python benchmarks/impostor.py             # full (about an hour on 2 cores)
+"""
+
+import argparse
+import time
+
+import faiss
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.svm import SVC, LinearSVC
+
+from _common import DATA, write_results
+from skfg import CNNFeatureExtractor, ImpostorClassifier, SoftmaxClassifier
+from skfg.datasets import load_image_folder
+from skfg.index import NearestNeighborIndex
+from skfg.metrics import entropy, ks_distance, nmi_kmeans, recall_at_k
+
+SIGMAS = (0.3, 0.6, 1.0)
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def select_on_val(make, grid, data):
+    """Fit ``make(value)`` for each value on train, keep the best on val; returns (model, value, seconds)."""
+    Ftr, ytr, Fva, yva = data
+    best, total = None, 0.0
+    for value in grid:
+        model, sec = timed(lambda: make(value).fit(Ftr, ytr))
+        total += sec
+        score = model.score(Fva, yva)
+        if best is None or score > best[0]:
+            best = (score, model, value)
+    return best[1], best[2], total
+
+
+def softmax_embedding(clf, F):
+    """The 512-d hidden layer of SoftmaxClassifier(embedding_dim=512) (for retrieval)."""
+    net = clf.module_
+    with torch.inference_mode():
+        return net.head[1](net.head[0](net.features(torch.as_tensor(F)))).numpy()
+
+
+def synthetic_embeddings(n, d, rng, n_clusters=1000, intrinsic=32):
+    """Clustered, low-intrinsic-dimension vectors: a stand-in for CNN embeddings."""
+    centres = rng.randn(n_clusters, intrinsic).astype(np.float32) * 3
+    proj = (rng.randn(intrinsic, d) / np.sqrt(intrinsic)).astype(np.float32)
+    out = np.empty((n, d), np.float32)
+    for s in range(0, n, 100_000):
+        m = min(100_000, n - s)
+        z = centres[rng.randint(n_clusters, size=m)] + rng.randn(m, intrinsic).astype(np.float32)
+        out[s : s + m] = z @ proj + 0.05 * rng.randn(m, d).astype(np.float32)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--e2e-epochs", type=int, default=6, help="epochs of every end-to-end row")
+    parser.add_argument("--skip-e2e", action="store_true")
+    args = parser.parse_args()
+    faiss.omp_set_num_threads(1)
+    name = "impostor" + ("_quick" if args.quick else "")
+    root = DATA / "stanford_cars_a"
+    splits = {s: load_image_folder(root / s) for s in ("train", "val", "test")}
+    classes = sorted(set(splits["train"][1]))
+    size, sizes_m, e2e_epochs, sigmas = 160, (10_000, 100_000, 1_000_000), args.e2e_epochs, SIGMAS
+    if args.quick:
+        keep = classes[:20]
+        splits = {s: (X[np.isin(y, keep)], y[np.isin(y, keep)]) for s, (X, y) in splits.items()}
+        classes, size, sizes_m, e2e_epochs, sigmas = keep, 96, (10_000, 100_000), 1, (0.6,)
+    (Xtr, ytr), (Xva, yva), (Xte, yte) = splits["train"], splits["val"], splits["test"]
+    ext = CNNFeatureExtractor(image_size=size)
+    (Ftr, Fva, Fte), extract_s = timed(lambda: [ext.fit().transform(X) for X in (Xtr, Xva, Xte)])
+    data = (Ftr, ytr, Fva, yva)
+    payload = {"dataset": "stanford_cars_a", "image_size": size, "backbone": "efficientnet_lite0", "device": "cpu",
+               "n_train": len(ytr), "n_val": len(yva), "n_test": len(yte), "n_classes": len(classes)}
+    rows, results = [], []
+
+    def record(section, method, model, fit_s, param="", F_test=Fte, note=""):
+        acc = model.score(F_test, yte)
+        _, pred_s = timed(lambda: model.predict(F_test))
+        row = {"section": section, "method": method, "param": param, "test_accuracy": acc, "fit_s": fit_s,
+               "predict_ms_per_image": 1000 * pred_s / len(yte), "note": note}
+        results.append(row)
+        rows.append((section, method, param, f"{acc:.3f}", f"{fit_s:.0f}", f"{row['predict_ms_per_image']:.3f}", note))
+        print(rows[-1], flush=True)
+        return acc
+
+    def save():
+        payload["results"] = results
+        write_results(name, payload, rows, ("section", "method", "selected", "test acc", "fit s", "predict ms/img", "note"),
+                      notes=notes())
+
+    summary = {}
+
+    def notes():
+        return "\n".join(f"- {k}: {v}" for k, v in summary.items())
+
+    # ---------------------------------------------------------------- 1. Table 1, frozen features
+    sec = "1 frozen"
+    m, v, s = select_on_val(lambda c: LinearSVC(C=c), (0.1, 1.0), data)
+    record(sec, "LinearSVC", m, s, f"C={v}")
+    m, v, s = select_on_val(lambda c: LogisticRegression(C=c, max_iter=2000), (1.0, 10.0), data)
+    record(sec, "LogisticRegression", m, s, f"C={v}")
+    m, v, s = select_on_val(lambda c: SVC(C=c), (1.0, 10.0), data)
+    record(sec, "SVC(rbf) (paper's RBF-SVM)", m, s, f"C={v}")
+
+    def knn(sigma):
+        return KNeighborsClassifier(10, weights=lambda d: np.exp(-(d**2) / (2 * sigma**2)), algorithm="brute")
+
+    m, v, s = select_on_val(knn, (0.3, 0.5, 0.8), data)
+    record(sec, "kNN (k=10, Gaussian weights)", m, s, f"sigma={v}")
+    m, s = timed(lambda: SoftmaxClassifier(random_state=0).fit(Ftr, ytr))
+    acc_softmax = record(sec, "SoftmaxClassifier (ConvNet)", m, s)
+    m, s = timed(lambda: SoftmaxClassifier(embedding_dim=512, random_state=0).fit(Ftr, ytr))
+    acc_extra = record(sec, "SoftmaxClassifier 512 (ConvNet-extra)", m, s)
+    head = {}
+    for scheme in ("tied", "fixed", "loose"):
+        m, v, s = select_on_val(lambda sg: ImpostorClassifier(sg, impostors=scheme, random_state=0), sigmas, data)
+        head[scheme] = (record(sec, f"Impostor {scheme} (512-d)", m, s, f"sigma={v}"), v, m)
+    m, v, s = select_on_val(lambda sg: ImpostorClassifier(sg, impostors="fixed", embedding_dim=None), (0.2, 0.3, 0.5), data)
+    record(sec, "RBF vote, no training (fixed, no projection)", m, s, f"sigma={v}")
+    linear_best = max(r["test_accuracy"] for r in results[:2])
+    summary["head-mode loose vs ConvNet-extra"] = f"{head['loose'][0]:.3f} vs {acc_extra:.3f} (target: >=)"
+    summary["head-mode loose vs best linear baseline"] = f"{head['loose'][0]:.3f} vs {linear_best:.3f} (stretch: >=)"
+    save()
+
+    # ---------------------------------------------------------------- 2. cost
+    sigma_loose, loose = head["loose"][1], head["loose"][2]
+    single = CNNFeatureExtractor(image_size=size, batch_size=1, cache=False).fit()
+    imgs = Xte[:40]
+    single.transform(imgs[:2])  # warm-up
+    cnn_ms = 1000 * min(timed(lambda: [single.transform(imgs[i : i + 1]) for i in range(len(imgs))])[1]
+                        for _ in range(2)) / len(imgs)
+    loose.predict_proba(Fte[:2])
+    rbf_ms = 1000 * min(timed(lambda: [loose.predict_proba(Fte[i : i + 1]) for i in range(len(imgs))])[1]
+                        for _ in range(2)) / len(imgs)
+    n_imp = loose.index_.n_vectors_
+    payload["cost_per_image"] = {"cnn_ms": cnn_ms, "impostor_head_ms": rbf_ms, "n_impostors": n_imp,
+                                 "rbf_share": rbf_ms / (cnn_ms + rbf_ms)}
+    rows.append(("2 cost", f"per image, batch 1: CNN {cnn_ms:.1f} ms + projection and RBF rule over M={n_imp} "
+                 f"{rbf_ms:.2f} ms", "", "", "", f"{cnn_ms + rbf_ms:.1f}", f"RBF share {100 * rbf_ms / (cnn_ms + rbf_ms):.1f}%"))
+    summary["RBF share of per-image time"] = f"{100 * rbf_ms / (cnn_ms + rbf_ms):.1f}% at M={n_imp} (target <= 5%)"
+    print(rows[-1], flush=True)
+
+    rng = np.random.RandomState(0)
+    scaling = []
+    for M in sizes_m:
+        Xs = synthetic_embeddings(M + 200, 512, rng)
+        base, Q = Xs[:M], Xs[M:]
+        exact, build_s = timed(lambda: NearestNeighborIndex("exact").fit(base))
+        (_, truth), exact_s = timed(lambda: exact.search(Q, 10))
+        knn_sk, _ = timed(lambda: KNeighborsClassifier(10, algorithm="brute").fit(base, np.zeros(M)))
+        _, sk_s = timed(lambda: knn_sk.kneighbors(Q, 10))
+        n_lists = int(min(1024, 4 * np.sqrt(M)))
+        configs = [("exact (faiss flat)", exact, build_s)]
+        if M <= 100_000:
+            hnsw, s = timed(lambda: NearestNeighborIndex("hnsw").fit(base))
+            configs.append(("hnsw (M=32, ef=128)", hnsw, s))
+        for probe in (8, 32):
+            ivf, s = timed(lambda: NearestNeighborIndex("ivf", n_lists=n_lists, n_probe=probe).fit(base))
+            configs.append((f"ivf ({n_lists} lists, nprobe {probe})", ivf, s))
+        ivfpq, s = timed(lambda: NearestNeighborIndex("ivfpq", code_size=64, n_lists=n_lists, n_probe=32).fit(base))
+        configs.append((f"ivfpq (64 B, {n_lists} lists, nprobe 32)", ivfpq, s))
+        row_sk = {"M": M, "method": "sklearn KNeighborsClassifier(brute)", "ms_per_query": 1000 * sk_s / len(Q),
+                  "recall_at_10": 1.0, "speedup_vs_sklearn": 1.0}
+        scaling.append(row_sk)
+        rows.append(("2 scaling", row_sk["method"], f"M={M}", "recall 1.000", "", f"{row_sk['ms_per_query']:.3f}", ""))
+        for label, index, s in configs:
+            (_, found), q_s = timed(lambda: index.search(Q, 10))
+            recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)]))
+            r = {"M": M, "method": label, "build_s": s, "ms_per_query": 1000 * q_s / len(Q), "recall_at_10": recall,
+                 "speedup_vs_sklearn": sk_s / q_s, "memory_mb": index.memory_bytes / 2**20}
+            scaling.append(r)
+            rows.append(("2 scaling", label, f"M={M}", f"recall {recall:.3f}", f"{s:.0f}", f"{r['ms_per_query']:.3f}",
+                         f"{r['speedup_vs_sklearn']:.1f}x sklearn, {r['memory_mb']:.0f} MB"))
+            print(rows[-1], flush=True)
+        del Xs, base, exact, configs, knn_sk
+    payload["scaling"] = scaling
+    top = [r for r in scaling if r["M"] == sizes_m[-1] and r["recall_at_10"] >= 0.9 and "exact" not in r["method"]
+           and "sklearn" not in r["method"]]
+    if top:
+        best = max(top, key=lambda r: r["speedup_vs_sklearn"])
+        summary[f"fastest approximate index at M={sizes_m[-1]} with recall@10>=0.9"] = (
+            f"{best['method']}: {best['speedup_vs_sklearn']:.0f}x sklearn brute, recall {best['recall_at_10']:.3f}")
+    save()
+
+    # ---------------------------------------------------------------- 3. compression (fixed scheme)
+    sigma_fixed = head["fixed"][1]
+    plain_bytes = head["fixed"][2].impostor_memory_bytes_
+    for method in ("pq", "opq"):
+        for code in (8, 16, 32, 64):
+            m, s = timed(lambda: ImpostorClassifier(sigma_fixed, impostors="fixed", index=method, code_size=code,
+                                                    random_state=0).fit(Ftr, ytr))
+            codes = m.index_.n_vectors_ * code
+            acc = record("3 compression", f"Impostor fixed, {method.upper()} {code} B", m, s, f"sigma={sigma_fixed}",
+                         note=f"codes {codes / 1024:.0f} KB ({plain_bytes / codes:.0f}x less), with codebooks "
+                              f"{m.impostor_memory_bytes_ / 1024:.0f} KB ({plain_bytes / m.impostor_memory_bytes_:.1f}x)")
+            results[-1].update(code_bytes=codes, total_bytes=m.impostor_memory_bytes_, plain_bytes=plain_bytes)
+            if method == "pq" and code == 16:
+                summary["PQ 16 B vs uncompressed fixed"] = (
+                    f"{acc:.3f} vs {head['fixed'][0]:.3f}; codes {plain_bytes / codes:.0f}x smaller, "
+                    f"{plain_bytes / m.impostor_memory_bytes_:.1f}x with codebooks")
+    save()
+
+    # ---------------------------------------------------------------- 4-5. unseen classes
+    seen = classes[: len(classes) // 2]
+    tr, te_seen = np.isin(ytr, seen), np.isin(yte, seen)
+    F_seen_tr, y_seen_tr = Ftr[tr], ytr[tr]
+    models = {
+        "SoftmaxClassifier": SoftmaxClassifier(random_state=0).fit(F_seen_tr, y_seen_tr),
+        "SoftmaxClassifier 512": SoftmaxClassifier(embedding_dim=512, random_state=0).fit(F_seen_tr, y_seen_tr),
+        "Impostor fixed": ImpostorClassifier(sigma_fixed, impostors="fixed", random_state=0).fit(F_seen_tr, y_seen_tr),
+        "Impostor loose": ImpostorClassifier(sigma_loose, impostors="loose", random_state=0).fit(F_seen_tr, y_seen_tr),
+    }
+    F_unseen, y_unseen = Fte[~te_seen], yte[~te_seen]
+    embeds = {"raw features (L2-normalised GAP)": F_unseen,
+              "SoftmaxClassifier 512 hidden layer": softmax_embedding(models["SoftmaxClassifier 512"], F_unseen),
+              "Impostor fixed transform": models["Impostor fixed"].transform(F_unseen),
+              "Impostor loose transform": models["Impostor loose"].transform(F_unseen)}
+    payload["metric_learning"] = {}
+    for label, E in embeds.items():
+        rec = recall_at_k(E, y_unseen, (1, 2, 4, 8))
+        nmi = nmi_kmeans(E, y_unseen)
+        payload["metric_learning"][label] = {"recall": rec, "nmi": nmi}
+        rows.append(("4 metric learning", label, f"{len(set(y_unseen))} unseen classes",
+                     " ".join(f"R@{k} {v:.3f}" for k, v in rec.items()), "", "", f"NMI {nmi:.3f}"))
+        print(rows[-1], flush=True)
+    payload["open_set"] = {}
+    for label in ("SoftmaxClassifier", "Impostor fixed", "Impostor loose"):
+        m = models[label]
+        h_seen, h_unseen = m.open_set_score(Fte[te_seen]), m.open_set_score(F_unseen)
+        ks = ks_distance(h_seen, h_unseen)
+        payload["open_set"][label] = {"ks": ks, "entropy_seen_mean": float(h_seen.mean()),
+                                      "entropy_unseen_mean": float(h_unseen.mean()),
+                                      "seen_accuracy": m.score(Fte[te_seen], yte[te_seen])}
+        rows.append(("5 open set", label, "", f"KS {ks:.3f}", "", "",
+                     f"entropy seen {h_seen.mean():.2f} / unseen {h_unseen.mean():.2f}"))
+        print(rows[-1], flush=True)
+    summary["open-set KS (softmax / fixed / loose)"] = " / ".join(
+        f"{payload['open_set'][k]['ks']:.3f}" for k in ("SoftmaxClassifier", "Impostor fixed", "Impostor loose"))
+    save()
+
+    # ---------------------------------------------------------------- 1b. end to end, one budget
+    if not args.skip_e2e:
+        common = dict(extractor=CNNFeatureExtractor(image_size=size), trainable_blocks=1, max_epochs=e2e_epochs,
+                      random_state=0)
+        e2e = {}
+        for label, make in (
+            ("SoftmaxClassifier", lambda: SoftmaxClassifier(**common)),
+            ("Impostor fixed", lambda: ImpostorClassifier(sigma_fixed, impostors="fixed", **common)),
+            ("Impostor loose", lambda: ImpostorClassifier(sigma_loose, impostors="loose", **common)),
+        ):
+            m, s = timed(lambda: make().fit(Xtr, ytr))
+            e2e[label] = record("1 end to end", f"{label}, trainable_blocks=1", m, s,
+                                f"{e2e_epochs} epochs" + (", sigma from head mode" if "Impostor" in label else ""),
+                                F_test=Xte)
+            save()
+        summary["end-to-end loose vs softmax"] = (
+            f"{e2e['Impostor loose']:.3f} vs {e2e['SoftmaxClassifier']:.3f} (target: +1 point)")
+    payload["extract_seconds"] = extract_s
+    save()
+
+
+if __name__ == "__main__":
+    main()
