@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.svm import LinearSVC
 
-from skfg import CNNFeatureExtractor, SoftmaxClassifier
+from skfg import CNNFeatureExtractor, ImpostorClassifier, SoftmaxClassifier
 from skfg.datasets import load_image_folder
 
 
@@ -38,3 +38,14 @@ def test_stanford_cars_a_softmax_classifier_defaults(cars):
     acc = SoftmaxClassifier(random_state=0).fit(Ftr, ytr).score(Fte, yte)
     print(f"stanford_cars_a SoftmaxClassifier accuracy: {acc:.3f}")
     assert acc >= 0.43
+
+
+@pytest.mark.data
+def test_stanford_cars_a_impostor_loose_defaults(cars):
+    """Loose impostors with a 512-d projection: 47.9 % measured with these defaults (sigma=0.6)."""
+    Ftr, ytr, Fte, yte = cars
+    clf = ImpostorClassifier(random_state=0).fit(Ftr, ytr)
+    acc = clf.score(Fte, yte)
+    print(f"stanford_cars_a ImpostorClassifier(loose) accuracy: {acc:.3f}")
+    assert acc >= 0.44
+    assert clf.index_.n_vectors_ == len(ytr)  # the validation split votes too
