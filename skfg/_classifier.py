@@ -302,7 +302,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         proba : ndarray of shape (n_samples, n_classes)
         """
         with torch.inference_mode():
-            return self._proba(self._outputs(X)).cpu().numpy().astype(np.float64)
+            return self._proba(self._outputs(X).double()).cpu().numpy()  # float64: rows sum to 1
 
     def predict(self, X):
         """Predicted labels: ``classes_[argmax(predict_proba(X))]``."""

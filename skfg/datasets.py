@@ -242,3 +242,53 @@ def make_fine_grained(n_classes=10, n_per_class=20, image_size=64, random_state=
     if return_boxes:
         return X, y, boxes
     return X, y
+
+
+def low_shot_split(y, n_base_classes, n_shots, random_state=None):
+    """Base / novel split of the low-shot protocol (imprinted-weights section 6.1.1).
+
+    The first ``n_base_classes`` classes (in sorted order) are *base* classes and keep
+    every training sample; each remaining *novel* class keeps ``n_shots`` random samples
+    (all of them when it has fewer).
+
+    Parameters
+    ----------
+    y : array-like of shape (n_samples,)
+        Training labels.
+    n_base_classes : int
+        Number of base classes, ``1 <= n_base_classes < n_classes``.
+    n_shots : int
+        Exemplars per novel class, ``>= 1``.
+    random_state : int, RandomState or None
+        Seeds the choice of the novel exemplars.
+
+    Returns
+    -------
+    base_idx : ndarray of int
+        Indices (into ``y``) of every sample of the base classes, ascending.
+    novel_idx : ndarray of int
+        Indices of the chosen novel exemplars, ascending.
+
+    Examples
+    --------
+    >>> from skfg.datasets import low_shot_split
+    >>> y = ["a", "a", "a", "b", "b", "b", "c", "c"]
+    >>> base, novel = low_shot_split(y, n_base_classes=1, n_shots=1, random_state=0)
+    >>> base.tolist(), [y[i] for i in novel]
+    ([0, 1, 2], ['b', 'c'])
+    """
+    from sklearn.utils.validation import column_or_1d
+
+    y = column_or_1d(np.asarray(y))
+    classes = np.unique(y)
+    if not 1 <= int(n_base_classes) < len(classes):
+        raise ValueError(f"n_base_classes must be in [1, {len(classes) - 1}] for {len(classes)} classes; got {n_base_classes}")
+    if int(n_shots) < 1:
+        raise ValueError(f"n_shots must be >= 1; got {n_shots}")
+    rng = check_random_state(random_state)
+    base_idx = np.flatnonzero(np.isin(y, classes[: int(n_base_classes)]))
+    novel = []
+    for c in classes[int(n_base_classes):]:
+        members = np.flatnonzero(y == c)
+        novel.append(rng.choice(members, size=min(int(n_shots), len(members)), replace=False))
+    return base_idx, np.sort(np.concatenate(novel))

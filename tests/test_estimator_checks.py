@@ -12,7 +12,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from skfg import ImpostorClassifier, SoftmaxClassifier
+from skfg import ImpostorClassifier, ImprintedClassifier, SoftmaxClassifier
 
 CLASSIFIERS = [
     SoftmaxClassifier(max_epochs=30, random_state=0),
@@ -20,6 +20,8 @@ CLASSIFIERS = [
     ImpostorClassifier(embedding_dim=16, max_epochs=20, random_state=0),
     ImpostorClassifier(impostors="fixed", embedding_dim=None, random_state=0),
     ImpostorClassifier(impostors="tied", embedding_dim=8, refresh_every=2, max_epochs=10, random_state=0),
+    ImprintedClassifier(max_epochs=30, random_state=0),
+    ImprintedClassifier(embedding_dim=16, scale=8.0, max_epochs=30, random_state=0),
 ]
 
 

@@ -1,0 +1,303 @@
+"""``ImprintedClassifier``: a cosine classifier whose new classes are imprinted (Qi et al.).
+
+imprinted-weights.txt: L2-normalised embeddings and L2-normalised class weights without
+bias, times a scale ``s`` (eq. 8); a new class gets the normalised mean of its exemplars'
+normalised embeddings as its weight row (section 4.2), instantly, without a gradient step.
+"""
+
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import TransformerMixin
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from torch import nn
+
+from ._classifier import BaseTorchClassifier, _FeatureData, _predict_images
+from .images import ImageSource
+
+
+class _CosineHead(nn.Module):
+    """``s * normalize(W) @ normalize(embed(x))`` (eq. 6-8): no bias, one scale ``s``."""
+
+    def __init__(self, n_features, embedding_dim, n_classes, scale):
+        super().__init__()
+        self.embed = None if embedding_dim is None else nn.Linear(n_features, embedding_dim)
+        dim = n_features if embedding_dim is None else embedding_dim
+        self.weight = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_classes, dim)))
+        if scale == "learn":
+            self.scale = nn.Parameter(torch.tensor(10.0))
+        else:
+            self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def embedding(self, x):
+        """Unit-length embedding ``phi(x)``."""
+        return F.normalize(x if self.embed is None else self.embed(x), dim=1)
+
+    def forward(self, x):
+        return self.scale * self.embedding(x) @ F.normalize(self.weight, dim=1).T
+
+
+def _label_kind(values):
+    kind = np.asarray(values).dtype.kind
+    if kind == "O":
+        kinds = {("str" if isinstance(v, str) else "number") for v in values}
+        return kinds.pop() if len(kinds) == 1 else "mixed"
+    return "str" if kind in "US" else "number"
+
+
+class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
+    """Cosine softmax classifier with a learned scale; new classes are added by imprinting.
+
+    The classifier of imprinted-weights eq. (8): ``p(c | x) = softmax_c(s * w_c . phi(x))``
+    with unit-length embeddings ``phi(x)`` and unit-length class weights ``w_c`` (no bias),
+    so the prediction is the nearest class template (eq. 7). :meth:`imprint` adds a class
+    from a few exemplars without any training: its weight is the normalised mean of their
+    normalised embeddings (section 4.2).
+
+    Parameters
+    ----------
+    embedding_dim : int or None, default=None
+        Width of a learned linear embedding layer before the normalisation; ``None``
+        normalises the (standardised) input features themselves.
+    scale : "learn" or float, default="learn"
+        ``s`` of eq. (8): one trainable scalar (initialised to 10), or a fixed value.
+    extractor, trainable_blocks, augment, cache_frozen, optimizer, lr, backbone_lr_scale,
+    weight_decay, momentum, schedule, max_epochs, batch_size, validation_fraction,
+    n_iter_no_change, random_state, device, checkpoint_dir, verbose :
+        As in :class:`skfg.SoftmaxClassifier`.
+
+    Attributes
+    ----------
+    classes_ : ndarray
+        The trained classes (sorted), then the imprinted ones in the order they came.
+    class_weights_ : ndarray of shape (n_classes, dim)
+        Unit-length class templates ``w_c``.
+    scale_ : float
+        The scale ``s``.
+    imprint_counts_ : ndarray of shape (n_classes,)
+        Exemplars averaged into each imprinted class (0 for trained classes).
+    module_, history_, best_epoch_, n_iter_, interrupted_, n_features_in_ :
+        As in :class:`skfg.SoftmaxClassifier`.
+
+    See Also
+    --------
+    skfg.datasets.low_shot_split : The base / novel split of the paper's protocol.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfg import ImprintedClassifier
+    >>> rng = np.random.RandomState(0)
+    >>> centres = 4 * np.eye(6)[:3]
+    >>> X = np.repeat(centres, 20, axis=0) + rng.randn(60, 6)
+    >>> y = np.repeat(["a", "b", "c"], 20)
+    >>> clf = ImprintedClassifier(random_state=0).fit(X, y)
+    >>> new = 4 * np.eye(6)[3] + rng.randn(2, 6)       # two exemplars of a new class
+    >>> clf.imprint(new, ["d", "d"]).classes_.tolist()
+    ['a', 'b', 'c', 'd']
+    >>> clf.predict([4 * np.eye(6)[3]]).tolist()
+    ['d']
+    """
+
+    _parameter_constraints = {
+        **BaseTorchClassifier._parameter_constraints,
+        "embedding_dim": [Interval(Integral, 1, None, closed="left"), None],
+        "scale": [StrOptions({"learn"}), Interval(Real, 0, None, closed="neither")],
+    }
+
+    def __init__(
+        self,
+        embedding_dim=None,
+        *,
+        scale="learn",
+        extractor=None,
+        trainable_blocks=0,
+        augment=True,
+        cache_frozen=True,
+        optimizer="adam",
+        lr=3e-3,
+        backbone_lr_scale=0.1,
+        weight_decay=0.0,
+        momentum=0.9,
+        schedule="cosine",
+        max_epochs=60,
+        batch_size="auto",
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        random_state=None,
+        device="auto",
+        checkpoint_dir=None,
+        verbose=False,
+    ):
+        self.embedding_dim = embedding_dim
+        self.scale = scale
+        self.extractor = extractor
+        self.trainable_blocks = trainable_blocks
+        self.augment = augment
+        self.cache_frozen = cache_frozen
+        self.optimizer = optimizer
+        self.lr = lr
+        self.backbone_lr_scale = backbone_lr_scale
+        self.weight_decay = weight_decay
+        self.momentum = momentum
+        self.schedule = schedule
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.random_state = random_state
+        self.device = device
+        self.checkpoint_dir = checkpoint_dir
+        self.verbose = verbose
+
+    def _make_head(self, n_features, n_classes):
+        return _CosineHead(n_features, self.embedding_dim, n_classes, self.scale)
+
+    def _end_training(self, net, aux, data, y, train_idx, val_idx):
+        net.head.weight.copy_(F.normalize(net.head.weight, dim=1))  # stored templates are unit length
+        self.imprint_counts_ = np.zeros(int(y.max()) + 1, dtype=np.int64)
+        self._imprint_sums = np.zeros((int(y.max()) + 1, net.head.weight.shape[1]))
+
+    @property
+    def class_weights_(self):
+        check_is_fitted(self, "module_")
+        return F.normalize(self.module_.head.weight.detach(), dim=1).cpu().numpy()
+
+    @property
+    def scale_(self):
+        check_is_fitted(self, "module_")
+        return float(self.module_.head.scale.detach())
+
+    # ------------------------------------------------------------- embeddings
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
+
+    def transform(self, X):
+        """Unit-length embeddings ``phi(x)``, the input of the cosine layer.
+
+        Parameters
+        ----------
+        X : array-like
+            Features, or images when ``extractor`` is set.
+
+        Returns
+        -------
+        embedding : ndarray of shape (n_samples, dim), float32
+        """
+        return self._embed(X)
+
+    def _embed(self, X, augment=0):
+        """``phi(X)``; with ``augment=n`` (images only) the normalised mean over n random crops/flips."""
+        check_is_fitted(self, "module_")
+        net = self.module_.eval()
+        with torch.inference_mode():
+            if self.extractor is None:
+                if augment:
+                    raise ValueError("augment= needs images: it is only available with extractor=")
+                X = validate_data(self, X, dtype=np.float32, reset=False)
+                feats = _FeatureData(X, self.device_).outputs(_EmbeddingView(net), np.arange(len(X)))
+                return feats.cpu().numpy()
+            source = ImageSource(X)
+            idx = np.arange(len(source))
+            if not augment:
+                return _predict_images(_EmbeddingView(net), source, idx, self.extractor_, self.device_).cpu().numpy()
+            from .images import ImageDataset, train_transform
+            from ._classifier import _to_input
+
+            spec_mean, spec_std = _backbone_norm(self.extractor_)
+            ds = ImageDataset(source, np.zeros(len(source), dtype=np.int64), train_transform(self.extractor_.image_size))
+            out = []
+            for start in range(0, len(idx), 32):
+                total = 0
+                for _ in range(int(augment)):
+                    batch = torch.stack([ds[i][0] for i in idx[start : start + 32]])
+                    total = total + _EmbeddingView(net)(_to_input(batch, spec_mean, spec_std, self.device_))
+                out.append(F.normalize(total, dim=1))
+            return torch.cat(out).cpu().numpy()
+
+    # -------------------------------------------------------------- imprinting
+    def imprint(self, X, y, augment=0):
+        """Add classes (or refine imprinted ones) from exemplars, without training.
+
+        For a label not in ``classes_`` a new weight row is the normalised mean of the
+        exemplars' normalised embeddings (section 4.2, "Average embedding"). For a label
+        imprinted before, the row becomes the normalised mean over all its exemplars so
+        far (a running sum and count), so imprinting one exemplar at a time equals
+        imprinting them together. Trained classes cannot be imprinted.
+
+        Parameters
+        ----------
+        X : array-like
+            Exemplars: features, or images when ``extractor`` is set.
+        y : array-like of shape (n_samples,)
+            Their labels, of the same type as ``classes_`` (strings or numbers).
+        augment : int, default=0
+            With ``extractor``: random crops/flips averaged per exemplar ("Imprinting+Aug").
+
+        Returns
+        -------
+        self
+        """
+        check_is_fitted(self, "module_")
+        y = column_or_1d(y, warn=True)
+        n = len(ImageSource(X)) if self.extractor is not None else len(X)
+        if len(y) != n:
+            raise ValueError(f"X has {n} samples but y has {len(y)} labels.")
+        if len(y) == 0:
+            return self
+        kind, known_kind = _label_kind(y), _label_kind(self.classes_)
+        if kind != known_kind:
+            raise ValueError(
+                f"imprint got {kind} labels ({y[0]!r}, ...) but classes_ holds {known_kind} labels "
+                f"({self.classes_[0]!r}, ...); use labels of the same type."
+            )
+        trained = [c for c in np.unique(y) if c in self.classes_ and self.imprint_counts_[self._class_index(c)] == 0]
+        if trained:
+            raise ValueError(
+                f"labels {trained[:5]} are trained classes; imprint adds new classes (or refines "
+                "imprinted ones). Fine-tune with partial_fit instead."
+            )
+        emb = self._embed(X, augment=augment).astype(np.float64)
+        new = [c for c in dict.fromkeys(y.tolist()) if c not in set(self.classes_.tolist())]
+        if new:
+            self.classes_ = np.concatenate([self.classes_, np.asarray(new, dtype=self.classes_.dtype)
+                                            if self.classes_.dtype.kind != "U" else np.asarray(new)])
+            self.imprint_counts_ = np.r_[self.imprint_counts_, np.zeros(len(new), dtype=np.int64)]
+            self._imprint_sums = np.r_[self._imprint_sums, np.zeros((len(new), emb.shape[1]))]
+        codes = np.array([self._class_index(c) for c in y])
+        np.add.at(self._imprint_sums, codes, emb)
+        np.add.at(self.imprint_counts_, codes, 1)
+        head = self.module_.head
+        rows = F.normalize(torch.as_tensor(self._imprint_sums[np.unique(codes)]), dim=1).to(head.weight)
+        weight = head.weight.detach()
+        if len(new):
+            weight = torch.cat([weight, torch.zeros(len(new), weight.shape[1], device=weight.device)])
+        weight[torch.as_tensor(np.unique(codes))] = rows
+        head.weight = nn.Parameter(weight)
+        return self
+
+    def _class_index(self, label):
+        return int(np.flatnonzero(self.classes_ == label)[0])
+
+
+class _EmbeddingView(nn.Module):
+    """A FeatureNet whose output is the head's normalised embedding instead of the logits."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, start=None):
+        return self.net.head.embedding(self.net.features(x, start))
+
+
+def _backbone_norm(extractor):
+    from .backbones import get_backbone_spec
+
+    spec = get_backbone_spec(extractor.backbone)
+    return spec.mean, spec.std

@@ -1,0 +1,133 @@
+import io
+
+import joblib
+import numpy as np
+import pytest
+import torch
+
+from skfg import CNNFeatureExtractor, ImprintedClassifier
+from skfg.datasets import low_shot_split, make_fine_grained
+
+
+def small(**kw):
+    return ImprintedClassifier(**{"max_epochs": 15, "random_state": 0, **kw})
+
+
+@pytest.fixture
+def blobs():
+    """3 base classes around the first axes of R^6, and exemplars of 2 novel ones."""
+    rng = np.random.RandomState(0)
+    y = np.repeat(["a", "b", "c"], 30)
+    X = (4 * np.eye(6)[np.repeat([0, 1, 2], 30)] + 0.5 * rng.randn(90, 6)).astype(np.float32)
+    novel_X = (4 * np.eye(6)[[3, 3, 3, 4, 4]] + 0.5 * rng.randn(5, 6)).astype(np.float32)
+    return X, y, novel_X, np.array(["d", "d", "d", "e", "e"])
+
+
+def test_one_exemplar_gives_its_normalised_embedding(blobs):
+    X, y, nX, ny = blobs
+    clf = small().fit(X, y)
+    phi = clf.transform(nX[:1])
+    clf.imprint(nX[:1], ny[:1])
+    w = clf.class_weights_
+    np.testing.assert_allclose(np.linalg.norm(w, axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(w[3], phi[0] / np.linalg.norm(phi[0]), rtol=1e-5, atol=1e-6)
+    assert clf.classes_.tolist() == ["a", "b", "c", "d"]
+
+
+def test_average_rule_and_incremental_order_independence(blobs):
+    X, y, nX, ny = blobs
+    base = small().fit(X, y)
+    phi = base.transform(nX)
+    together = joblib.load(_dump(base)).imprint(nX, ny)
+    mean = phi[:3].mean(0)
+    np.testing.assert_allclose(together.class_weights_[3], mean / np.linalg.norm(mean), rtol=1e-5, atol=1e-6)
+    one_by_one = joblib.load(_dump(base))
+    for i in [4, 2, 0, 3, 1]:  # another order, one exemplar at a time
+        one_by_one.imprint(nX[i : i + 1], ny[i : i + 1])
+    assert one_by_one.classes_.tolist() == ["a", "b", "c", "e", "d"]  # new classes in order of arrival
+    order = [one_by_one.classes_.tolist().index(c) for c in together.classes_]
+    np.testing.assert_allclose(one_by_one.class_weights_[order], together.class_weights_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(together.imprint_counts_, [0, 0, 0, 3, 2])
+    # the base templates are untouched
+    np.testing.assert_array_equal(together.class_weights_[:3], base.class_weights_)
+
+
+def test_predict_proba_uses_the_scale(blobs):
+    X, y, nX, ny = blobs
+    clf = small(scale=5.0).fit(X, y).imprint(nX, ny)
+    proba = clf.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(1), 1.0)
+    assert (clf.predict(X) == clf.classes_[proba.argmax(1)]).all()
+    cos = clf.transform(X) @ clf.class_weights_.T
+    np.testing.assert_allclose(proba, torch.softmax(torch.as_tensor(5.0 * cos, dtype=torch.float64), 1).numpy(),
+                               rtol=1e-4, atol=1e-6)
+    assert clf.scale_ == 5.0
+    learned = small(max_epochs=30).fit(X, y)
+    assert learned.scale_ != 10.0  # "learn": one trainable scalar, initialised to 10
+
+
+def test_imprinting_keeps_base_predictions_with_a_margin():
+    # hand-built: with embedding_dim=None and no training, templates are set by hand
+    rng = np.random.RandomState(0)
+    X = np.r_[np.tile([1.0, 0, 0], (20, 1)), np.tile([0, 1.0, 0], (20, 1))] + 0.01 * rng.randn(40, 3)
+    y = np.repeat([10, 20], 20)
+    clf = small(max_epochs=1).fit(X, y)
+    before = clf.predict(X)
+    Q = clf.transform(X)
+    clf.imprint(np.tile([-1.0, -1.0, 0.0], (1, 1)) + 0.01 * rng.randn(1, 3), [30])
+    new_w = clf.class_weights_[2]
+    base_scores = Q @ clf.class_weights_[:2].T
+    assert (base_scores.max(1) > Q @ new_w + 0.1).all()  # every input is nearer a base template by a margin
+    np.testing.assert_array_equal(clf.predict(X), before)
+
+
+def test_label_types_and_errors(blobs):
+    X, y, nX, ny = blobs
+    clf = small(max_epochs=2).fit(X, y)
+    with pytest.raises(ValueError, match="got number labels .* classes_ holds str labels"):
+        clf.imprint(nX[:1], [7])
+    with pytest.raises(ValueError, match="trained classes"):
+        clf.imprint(nX[:1], ["a"])
+    with pytest.raises(ValueError, match="5 samples but y has 2"):
+        clf.imprint(nX, ny[:2])
+    ints = small(max_epochs=2).fit(X, np.repeat([3, 1, 2], 30)).imprint(nX[:1], [-5])
+    assert ints.classes_.tolist() == [1, 2, 3, -5] and ints.predict(nX).dtype.kind == "i"
+
+
+def test_joblib_round_trip_after_imprinting(blobs):
+    X, y, nX, ny = blobs
+    clf = small().fit(X, y).imprint(nX, ny)
+    loaded = joblib.load(_dump(clf))
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    assert loaded.classes_.tolist() == clf.classes_.tolist()
+    loaded.imprint(nX[:1], ny[:1])  # the running sums survive pickling
+    assert loaded.imprint_counts_.tolist() == [0, 0, 0, 4, 2]
+
+
+def test_imprinting_with_an_extractor_and_augmentation():
+    X, y = make_fine_grained(n_classes=4, n_per_class=6, image_size=40, random_state=0)
+    base, novel = low_shot_split(y, n_base_classes=3, n_shots=2, random_state=0)
+    clf = small(extractor=CNNFeatureExtractor(image_size=40), max_epochs=2).fit(X[base], y[base])
+    plain = joblib.load(_dump(clf)).imprint(X[novel], y[novel])
+    aug = clf.imprint(X[novel], y[novel], augment=3)
+    assert plain.classes_.tolist() == aug.classes_.tolist() == sorted(set(y[base])) + [y[novel][0]]
+    np.testing.assert_allclose(np.linalg.norm(aug.class_weights_, axis=1), 1.0, rtol=1e-5)
+    assert not np.allclose(plain.class_weights_[-1], aug.class_weights_[-1])  # random crops differ
+
+
+def test_low_shot_split_protocol():
+    y = np.repeat(np.arange(5), [4, 4, 4, 1, 6])
+    base, novel = low_shot_split(y, n_base_classes=2, n_shots=3, random_state=0)
+    assert set(y[base]) == {0, 1} and len(base) == 8
+    assert np.bincount(y[novel], minlength=5).tolist() == [0, 0, 3, 1, 3]  # capped by what a class has
+    again = low_shot_split(y, 2, 3, random_state=0)[1]
+    np.testing.assert_array_equal(novel, again)
+    with pytest.raises(ValueError, match="n_base_classes"):
+        low_shot_split(y, 5, 1)
+
+
+def _dump(est):
+    buf = io.BytesIO()
+    joblib.dump(est, buf)
+    buf.seek(0)
+    return buf
