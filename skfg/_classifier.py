@@ -219,6 +219,22 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         net.mean.copy_(feats.mean(0))
         net.scale.fill_(float(feats.var(0, unbiased=False).mean().sqrt().clamp_min(1e-6)))
 
+        result = self._train(net, data, y_enc, sample_weight, train_idx, val_idx, device, generator,
+                             self.max_epochs, self._signature(y_enc, sample_weight, len(X)))
+        # Training finished: set the fitted attributes together.
+        self.module_ = net.eval()
+        self.classes_ = classes
+        self.device_ = device
+        self.history_ = result["history"]
+        self.best_epoch_ = result["best_epoch"]
+        self.n_iter_ = len(result["history"])
+        self.interrupted_ = result["interrupted"]
+        return self
+
+    def _train(self, net, data, y_enc, sample_weight, train_idx, val_idx, device, generator, max_epochs, signature):
+        """Train ``net`` (already standardised) on ``data[train_idx]``; the shared part of
+        ``fit`` and of warm-started training. ``train_idx`` may repeat samples
+        (oversampling); ``signature=None`` disables checkpoints."""
         y_all = torch.as_tensor(y_enc)
         with torch.no_grad():
             aux = self._begin_training(net, data, y_all, train_idx, val_idx)
@@ -238,7 +254,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
                 out = self._validation_outputs(net, aux, data, val_idx)
                 return (out.argmax(1) == y_val).float().mean(), self._loss(out, y_val, w_val)
 
-        groups = [{"params": list(net.head.parameters()), "lr_scale": 1.0}]
+        groups = [{"params": [p for p in net.head.parameters() if p.requires_grad], "lr_scale": 1.0}]
         if net.trunk is not None:
             groups.append({"params": list(net.trunk_parameters()), "lr_scale": self.backbone_lr_scale})
         groups += [dict(g, params=list(g["params"])) for g in self._aux_param_groups(aux)]
@@ -249,13 +265,13 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
                 data.loader(train_idx, y_enc, sample_weight, self._batch_size(len(train_idx)), generator, self.augment),
                 step,
                 optimizer=optimizer,
-                scheduler=make_scheduler(optimizer, self.schedule, self.max_epochs),
-                max_epochs=self.max_epochs,
+                scheduler=make_scheduler(optimizer, self.schedule, max_epochs),
+                max_epochs=max_epochs,
                 validate=validate,
                 patience=self.n_iter_no_change if val_idx is not None else None,
                 generator=generator,
-                checkpoint_dir=self.checkpoint_dir,
-                signature=self._signature(y_enc, sample_weight, len(X)),
+                checkpoint_dir=self.checkpoint_dir if signature is not None else None,
+                signature=signature or "",
                 verbose=self.verbose,
                 epoch_callback=lambda epoch: self._epoch_start(net, aux, data, epoch),
             )
@@ -265,15 +281,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         net.eval()
         with torch.no_grad():
             self._end_training(net, aux, data, y_all, train_idx, val_idx)
-        # Training finished: set the fitted attributes together.
-        self.module_ = net.eval()
-        self.classes_ = classes
-        self.device_ = device
-        self.history_ = result["history"]
-        self.best_epoch_ = result["best_epoch"]
-        self.n_iter_ = len(result["history"])
-        self.interrupted_ = result["interrupted"]
-        return self
+        return result
 
     def _aux_param_groups(self, aux):
         """Optimiser groups of ``aux`` (``{"params", "lr_scale", "weight_decay"}``)."""

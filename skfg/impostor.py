@@ -5,6 +5,7 @@ votes over reference points, the *impostors*, one per training image
 (impostor-networks.txt section 3, rbf-solver.txt section 3).
 """
 
+import weakref
 from numbers import Integral, Real
 
 import numpy as np
@@ -19,6 +20,9 @@ from .index import COMPRESSED, METHODS, NearestNeighborIndex, squared_distances
 from .losses import class_log_proba, impostor_loss, rbf_log_kernel
 
 IMPOSTOR_SCHEMES = ("fixed", "tied", "loose")
+
+# fitted index -> its decoded impostors as torch tensors (freed with the index)
+_TABLES = weakref.WeakKeyDictionary()
 
 
 class _Embedding(nn.Module):
@@ -364,22 +368,18 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
         return super()._outputs(X)
 
     def _impostor_table(self, device):
-        """Decoded impostors (float64), labels and log-weights, cached between predict calls."""
-        cache = getattr(self, "_table_cache", None)
-        if cache is None or cache[0] is not self.index_ or cache[1] != str(device):
+        """Decoded impostors (float64), labels, log-weights and squared norms, cached between
+        predict calls (outside the estimator: predicting must not change its ``__dict__``)."""
+        cache = _TABLES.get(self.index_)
+        if cache is None or cache[0] is not self.impostor_labels_ or cache[1] != str(device):
             vectors = torch.from_numpy(self.index_.reconstruct()).to(device).double()
             labels = torch.as_tensor(self.impostor_labels_, device=device)
             log_w = None
             if self.impostor_weights_ is not None:
                 log_w = torch.as_tensor(np.log(self.impostor_weights_), device=device)
             sq_norms = (vectors * vectors).sum(1)
-            self._table_cache = cache = (self.index_, str(device), vectors, labels, log_w, sq_norms)
+            _TABLES[self.index_] = cache = (self.impostor_labels_, str(device), vectors, labels, log_w, sq_norms)
         return cache[2:]
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("_table_cache", None)
-        return state
 
     def _outputs(self, X):
         emb = self._embeddings(X)

@@ -15,7 +15,10 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 from torch import nn
 
-from ._classifier import BaseTorchClassifier, _FeatureData, _predict_images
+from sklearn.base import clone
+
+from ._classifier import BaseTorchClassifier, _FeatureData, _ImageData, _predict_images
+from ._training import make_generator
 from .images import ImageSource
 
 
@@ -64,6 +67,14 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         normalises the (standardised) input features themselves.
     scale : "learn" or float, default="learn"
         ``s`` of eq. (8): one trainable scalar (initialised to 10), or a fixed value.
+    fine_tune_epochs : int, default=0
+        Epochs of fine-tuning after :meth:`partial_fit` imprints new classes
+        ("Imprinting+FT"); 0 only imprints.
+    replay : {"data", "weights"}, default="data"
+        What keeps the base classes during that fine-tuning: ``"data"`` stores the
+        training data given to ``fit`` (features, or the image references) and trains on
+        it too; ``"weights"`` stores nothing and trains only the new templates and the
+        scale.
     extractor, trainable_blocks, augment, cache_frozen, optimizer, lr, backbone_lr_scale,
     weight_decay, momentum, schedule, max_epochs, batch_size, validation_fraction,
     n_iter_no_change, random_state, device, checkpoint_dir, verbose :
@@ -106,6 +117,8 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         **BaseTorchClassifier._parameter_constraints,
         "embedding_dim": [Interval(Integral, 1, None, closed="left"), None],
         "scale": [StrOptions({"learn"}), Interval(Real, 0, None, closed="neither")],
+        "fine_tune_epochs": [Interval(Integral, 0, None, closed="left")],
+        "replay": [StrOptions({"data", "weights"})],
     }
 
     def __init__(
@@ -113,6 +126,8 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         embedding_dim=None,
         *,
         scale="learn",
+        fine_tune_epochs=0,
+        replay="data",
         extractor=None,
         trainable_blocks=0,
         augment=True,
@@ -134,6 +149,8 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
     ):
         self.embedding_dim = embedding_dim
         self.scale = scale
+        self.fine_tune_epochs = fine_tune_epochs
+        self.replay = replay
         self.extractor = extractor
         self.trainable_blocks = trainable_blocks
         self.augment = augment
@@ -158,8 +175,111 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
 
     def _end_training(self, net, aux, data, y, train_idx, val_idx):
         net.head.weight.copy_(F.normalize(net.head.weight, dim=1))  # stored templates are unit length
-        self.imprint_counts_ = np.zeros(int(y.max()) + 1, dtype=np.int64)
-        self._imprint_sums = np.zeros((int(y.max()) + 1, net.head.weight.shape[1]))
+
+    def fit(self, X, y, sample_weight=None):
+        """Train the embedding and the cosine classifier on the base classes.
+
+        Parameters
+        ----------
+        X : array-like
+            Features ``(n_samples, n_features)``, or images when ``extractor`` is set.
+        y : array-like of shape (n_samples,)
+        sample_weight : array-like of shape (n_samples,), optional
+
+        Returns
+        -------
+        self
+        """
+        super().fit(X, y, sample_weight)
+        dim = self.module_.head.weight.shape[1]
+        self.imprint_counts_ = np.zeros(len(self.classes_), dtype=np.int64)
+        self._imprint_sums = np.zeros((len(self.classes_), dim))
+        # what partial_fit replays when fine-tuning (features, or the image references)
+        self._replay = (self._replay_inputs(X), self.classes_[self._encode(y)]) if self.replay == "data" else None
+        return self
+
+    def _replay_inputs(self, X):
+        if self.extractor is None:
+            return validate_data(self, X, dtype=np.float32, reset=False)
+        return X if isinstance(X, list) else np.asarray(X)  # paths or pixels, as given
+
+    def _encode(self, y):
+        index = {c: i for i, c in enumerate(self.classes_.tolist())}
+        return np.array([index[c] for c in np.asarray(y).tolist()], dtype=np.int64)
+
+    def partial_fit(self, X, y):
+        """Imprint the new classes in ``(X, y)``, then fine-tune (``fine_tune_epochs > 0``).
+
+        The paper's low-shot learning step: labels not in ``classes_`` (or imprinted
+        before) are imprinted (:meth:`imprint`). Then, with ``fine_tune_epochs > 0``,
+        the model trains for that many epochs on ``(X, y)`` together with the base
+        training data (``replay="data"``), every class sampled equally often by
+        oversampling the small ones ("Imprinting+FT"). With ``replay="weights"`` no base
+        data is kept: the embedding and the base-class templates stay fixed, and only the
+        new templates and the scale train. On an unfitted model, ``partial_fit`` is ``fit``.
+
+        Parameters
+        ----------
+        X : array-like
+            Features, or images when ``extractor`` is set.
+        y : array-like of shape (n_samples,)
+
+        Returns
+        -------
+        self
+        """
+        if not hasattr(self, "module_"):
+            return self.fit(X, y)
+        y = column_or_1d(y, warn=True)
+        known = set(self.classes_.tolist())
+        novel = np.array([c not in known or self.imprint_counts_[self._class_index(c)] > 0 for c in y.tolist()])
+        if novel.any():
+            sel = np.flatnonzero(novel)
+            self.imprint(_take(X, sel, self.extractor is not None), y[sel])
+        if self.fine_tune_epochs > 0:
+            self._fine_tune(X, y)
+        return self
+
+    def _fine_tune(self, X, y):
+        net, device = self.module_, self.device_
+        y_enc = self._encode(y)
+        if self.replay == "data":
+            base_X, base_y = self._replay
+            X_all = _concat(base_X, X, self.extractor is not None)
+            y_all = np.r_[self._encode(base_y), y_enc]
+        else:
+            X_all, y_all = X, y_enc
+        # oversample: every class contributes as many samples per epoch as the largest one
+        rng = np.random.RandomState(self.random_state if isinstance(self.random_state, int) else None)
+        counts = np.bincount(y_all, minlength=len(self.classes_))
+        target = counts.max()
+        idx = np.concatenate([np.r_[m, rng.choice(m, target - len(m))] if len(m) < target else m
+                              for m in (np.flatnonzero(y_all == c) for c in range(len(self.classes_))) if len(m)])
+        frozen = []
+        if self.replay == "weights":  # keep the embedding and the base templates
+            frozen = [p for p in net.parameters() if p.requires_grad and p is not net.head.weight
+                      and p is not getattr(net.head, "scale", None)]
+            for p in frozen:
+                p.requires_grad_(False)
+            base = torch.as_tensor(self.imprint_counts_ == 0, device=net.head.weight.device)
+            hook = net.head.weight.register_hook(lambda g: g.masked_fill(base[:, None], 0.0))
+        try:
+            if self.extractor is None:
+                X_all = np.asarray(X_all, dtype=np.float32)
+                data = _FeatureData(X_all, device)
+            else:
+                ext = clone(self.extractor).fit()
+                data = _ImageData(ImageSource(X_all), net, ext, device, prefix_cache=self.cache_frozen and not self.augment)
+            result = self._train(net, data, y_all, np.ones(len(y_all), dtype=np.float32), idx, None, device,
+                                 make_generator(self.random_state), self.fine_tune_epochs, None)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+            if self.replay == "weights":
+                hook.remove()
+        self.module_ = net.eval()
+        self.history_ = self.history_ + result["history"]
+        self.n_iter_ = len(self.history_)
 
     @property
     def class_weights_(self):
@@ -283,6 +403,28 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
 
     def _class_index(self, label):
         return int(np.flatnonzero(self.classes_ == label)[0])
+
+
+def _take(X, idx, images):
+    """Rows ``idx`` of features or of an image collection."""
+    if images and isinstance(X, list):
+        return [X[i] for i in idx]
+    return np.asarray(X)[idx] if not hasattr(X, "iloc") else X.iloc[idx]
+
+
+def _concat(a, b, images):
+    """Base data followed by new data (features, or image collections of the same kind)."""
+    if images:
+        if isinstance(a, list) or isinstance(b, list):
+            return list(a) + list(b)
+        try:
+            return np.concatenate([np.asarray(a), np.asarray(b)])
+        except ValueError as exc:
+            raise ValueError(
+                "cannot replay the base images together with the new ones (different kinds or "
+                f"image sizes: {exc}); pass paths, or lists of images"
+            ) from exc
+    return np.concatenate([np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)])
 
 
 class _EmbeddingView(nn.Module):

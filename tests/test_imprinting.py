@@ -131,3 +131,27 @@ def _dump(est):
     joblib.dump(est, buf)
     buf.seek(0)
     return buf
+
+
+@pytest.mark.parametrize("replay", ["data", "weights"])
+def test_partial_fit_imprints_then_fine_tunes(blobs, replay):
+    X, y, nX, ny = blobs
+    base = small(fine_tune_epochs=3, replay=replay).fit(X, y)
+    imprinted = joblib.load(_dump(base)).set_params(fine_tune_epochs=0).partial_fit(nX, ny)
+    tuned = base.partial_fit(nX, ny)
+    assert tuned.classes_.tolist() == ["a", "b", "c", "d", "e"]
+    assert tuned.n_iter_ == imprinted.n_iter_ + 3
+    assert not np.allclose(tuned.class_weights_[3:], imprinted.class_weights_[3:])  # the novel templates trained
+    if replay == "weights":  # embedding and base templates untouched
+        np.testing.assert_array_equal(tuned.class_weights_[:3], imprinted.class_weights_[:3])
+        np.testing.assert_array_equal(tuned.transform(X), imprinted.transform(X))
+    XX, yy = np.r_[X, nX], np.r_[y, ny]
+    if replay == "data":  # replaying the base data repairs what imprinting cost the base classes
+        assert tuned.score(XX, yy) > imprinted.score(XX, yy)
+
+
+def test_partial_fit_on_an_unfitted_model_is_fit(blobs):
+    X, y, _, _ = blobs
+    a = small().partial_fit(X, y)
+    b = small().fit(X, y)
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
