@@ -14,6 +14,7 @@ def demo_classifiers():
     from sklearn.svm import LinearSVC
 
     from .impostor import ImpostorClassifier
+    from .imprinting import ImprintedClassifier
     from .softmax import SoftmaxClassifier
 
     return [
@@ -22,6 +23,7 @@ def demo_classifiers():
         ("SoftmaxClassifier", SoftmaxClassifier(random_state=0)),
         ("SoftmaxClassifier(embedding_dim=512)", SoftmaxClassifier(512, random_state=0)),
         ("ImpostorClassifier(impostors='loose')", ImpostorClassifier(impostors="loose", random_state=0)),
+        ("ImprintedClassifier", ImprintedClassifier(random_state=0)),
     ]
 
 
