@@ -15,6 +15,7 @@ Sections (default backbone, 160 px, CPU; sigma chosen on the ``val`` split):
 """
 
 import argparse
+import os
 import time
 
 import faiss
@@ -71,12 +72,81 @@ def synthetic_embeddings(n, d, rng, n_clusters=1000, intrinsic=32):
     return out
 
 
+def cost_and_scaling(loose, Xte, Fte, size, sizes_m, payload, rows, summary):
+    """Section 2: the impostor head's share of per-image time, and search latency vs M."""
+    single = CNNFeatureExtractor(image_size=size, batch_size=1, cache=False).fit()
+    imgs = Xte[:40]
+    single.transform(imgs[:2])  # warm-up
+    cnn_ms = 1000 * min(timed(lambda: [single.transform(imgs[i : i + 1]) for i in range(len(imgs))])[1]
+                        for _ in range(2)) / len(imgs)
+    loose.predict_proba(Fte[:2])
+    rbf_ms = 1000 * min(timed(lambda: [loose.predict_proba(Fte[i : i + 1]) for i in range(len(imgs))])[1]
+                        for _ in range(3)) / len(imgs)
+    n_imp = loose.index_.n_vectors_
+    payload["cost_per_image"] = {"cnn_ms": cnn_ms, "impostor_head_ms": rbf_ms, "n_impostors": n_imp,
+                                 "rbf_share": rbf_ms / (cnn_ms + rbf_ms)}
+    rows.append(("2 cost", f"per image, batch 1: CNN (decode + forward) {cnn_ms:.1f} ms + impostor head "
+                 f"(projection + RBF rule over M={n_imp}) {rbf_ms:.2f} ms", "", "", "", f"{cnn_ms + rbf_ms:.1f}",
+                 f"RBF share {100 * rbf_ms / (cnn_ms + rbf_ms):.1f}%"))
+    summary["RBF share of per-image time"] = f"{100 * rbf_ms / (cnn_ms + rbf_ms):.1f}% at M={n_imp} (target <= 5%)"
+    print(rows[-1], flush=True)
+
+    # batch search of 200 queries: faiss and sklearn both get every core
+    faiss.omp_set_num_threads(os.cpu_count())
+    rng = np.random.RandomState(0)
+    scaling = []
+    for M in sizes_m:
+        Xs = synthetic_embeddings(M + 200, 512, rng)
+        base, Q = Xs[:M], Xs[M:]
+        exact, build_s = timed(lambda: NearestNeighborIndex("exact").fit(base))
+        (_, truth), exact_s = timed(lambda: exact.search(Q, 10))
+        knn_sk, _ = timed(lambda: KNeighborsClassifier(10, algorithm="brute").fit(base, np.zeros(M)))
+        _, sk_s = timed(lambda: knn_sk.kneighbors(Q, 10))
+        n_lists = int(min(1024, 4 * np.sqrt(M)))
+        configs = [("exact (faiss flat)", exact, build_s, None)]
+        if M <= 100_000:
+            hnsw, s = timed(lambda: NearestNeighborIndex("hnsw").fit(base))
+            configs.append(("hnsw (M=32, ef=128)", hnsw, s, None))
+        ivf, ivf_s = timed(lambda: NearestNeighborIndex("ivf", n_lists=n_lists, n_probe=8).fit(base))
+        for probe in (2, 8, 32):  # the same IVF index, searching more cells
+            configs.append((f"ivf ({n_lists} lists, nprobe {probe})", ivf, ivf_s, probe))
+        ivfpq, s = timed(lambda: NearestNeighborIndex("ivfpq", code_size=64, n_lists=n_lists, n_probe=32).fit(base))
+        configs.append((f"ivfpq (64 B, {n_lists} lists, nprobe 32)", ivfpq, s, None))
+        row_sk = {"M": M, "method": "sklearn KNeighborsClassifier(brute)", "ms_per_query": 1000 * sk_s / len(Q),
+                  "recall_at_10": 1.0, "speedup_vs_sklearn": 1.0}
+        scaling.append(row_sk)
+        rows.append(("2 scaling", row_sk["method"], f"M={M}", "recall 1.000", "", f"{row_sk['ms_per_query']:.3f}", ""))
+        for label, index, s, probe in configs:
+            if probe is not None:
+                index.n_probe = probe
+                index._set_probe()
+            (_, found), q_s = timed(lambda: index.search(Q, 10))
+            recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)]))
+            r = {"M": M, "method": label, "build_s": s, "ms_per_query": 1000 * q_s / len(Q), "recall_at_10": recall,
+                 "speedup_vs_sklearn": sk_s / q_s, "memory_mb": index.memory_bytes / 2**20}
+            scaling.append(r)
+            rows.append(("2 scaling", label, f"M={M}", f"recall {recall:.3f}", f"{s:.0f}", f"{r['ms_per_query']:.3f}",
+                         f"{r['speedup_vs_sklearn']:.1f}x sklearn, {r['memory_mb']:.0f} MB"))
+            print(rows[-1], flush=True)
+        del Xs, base, exact, configs, knn_sk, ivf
+    faiss.omp_set_num_threads(1)
+    payload["scaling"] = scaling
+    top = [r for r in scaling if r["M"] == sizes_m[-1] and r["recall_at_10"] >= 0.9 and "exact" not in r["method"]
+           and "sklearn" not in r["method"]]
+    if top:
+        best = max(top, key=lambda r: r["speedup_vs_sklearn"])
+        summary[f"fastest approximate index at M={sizes_m[-1]} with recall@10>=0.9"] = (
+            f"{best['method']}: {best['speedup_vs_sklearn']:.0f}x sklearn brute, recall {best['recall_at_10']:.3f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--e2e-epochs", type=int, default=5, help="epochs of every end-to-end row")
     parser.add_argument("--e2e-blocks", type=int, default=2, help="trainable_blocks of the end-to-end rows")
     parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--cost-only", action="store_true",
+                        help="only section 2 (timings), for a quiet machine; writes impostor_cost.*")
     args = parser.parse_args()
     faiss.omp_set_num_threads(1)
     name = "impostor" + ("_quick" if args.quick else "")
@@ -116,6 +186,13 @@ def main():
     def notes():
         return "\n".join(f"- {k}: {v}" for k, v in summary.items())
 
+    if args.cost_only:
+        name = "impostor_cost" + ("_quick" if args.quick else "")
+        loose, fit_s = timed(lambda: ImpostorClassifier(random_state=0).fit(Ftr, ytr))
+        cost_and_scaling(loose, Xte, Fte, size, sizes_m, payload, rows, summary)
+        save()
+        return
+
     # ---------------------------------------------------------------- 1. Table 1, frozen features
     sec = "1 frozen"
     m, v, s = select_on_val(lambda c: LinearSVC(C=c), (0.1, 1.0), data)
@@ -146,66 +223,8 @@ def main():
     save()
 
     # ---------------------------------------------------------------- 2. cost
-    sigma_loose, loose = head["loose"][1], head["loose"][2]
-    single = CNNFeatureExtractor(image_size=size, batch_size=1, cache=False).fit()
-    imgs = Xte[:40]
-    single.transform(imgs[:2])  # warm-up
-    cnn_ms = 1000 * min(timed(lambda: [single.transform(imgs[i : i + 1]) for i in range(len(imgs))])[1]
-                        for _ in range(2)) / len(imgs)
-    loose.predict_proba(Fte[:2])
-    rbf_ms = 1000 * min(timed(lambda: [loose.predict_proba(Fte[i : i + 1]) for i in range(len(imgs))])[1]
-                        for _ in range(2)) / len(imgs)
-    n_imp = loose.index_.n_vectors_
-    payload["cost_per_image"] = {"cnn_ms": cnn_ms, "impostor_head_ms": rbf_ms, "n_impostors": n_imp,
-                                 "rbf_share": rbf_ms / (cnn_ms + rbf_ms)}
-    rows.append(("2 cost", f"per image, batch 1: CNN {cnn_ms:.1f} ms + projection and RBF rule over M={n_imp} "
-                 f"{rbf_ms:.2f} ms", "", "", "", f"{cnn_ms + rbf_ms:.1f}", f"RBF share {100 * rbf_ms / (cnn_ms + rbf_ms):.1f}%"))
-    summary["RBF share of per-image time"] = f"{100 * rbf_ms / (cnn_ms + rbf_ms):.1f}% at M={n_imp} (target <= 5%)"
-    print(rows[-1], flush=True)
-
-    rng = np.random.RandomState(0)
-    scaling = []
-    for M in sizes_m:
-        Xs = synthetic_embeddings(M + 200, 512, rng)
-        base, Q = Xs[:M], Xs[M:]
-        exact, build_s = timed(lambda: NearestNeighborIndex("exact").fit(base))
-        (_, truth), exact_s = timed(lambda: exact.search(Q, 10))
-        knn_sk, _ = timed(lambda: KNeighborsClassifier(10, algorithm="brute").fit(base, np.zeros(M)))
-        _, sk_s = timed(lambda: knn_sk.kneighbors(Q, 10))
-        n_lists = int(min(1024, 4 * np.sqrt(M)))
-        configs = [("exact (faiss flat)", exact, build_s)]
-        if M <= 100_000:
-            hnsw, s = timed(lambda: NearestNeighborIndex("hnsw").fit(base))
-            configs.append(("hnsw (M=32, ef=128)", hnsw, s))
-        ivf, ivf_s = timed(lambda: NearestNeighborIndex("ivf", n_lists=n_lists, n_probe=8).fit(base))
-        configs.append((f"ivf ({n_lists} lists, nprobe 8)", ivf, ivf_s))
-        ivfpq, s = timed(lambda: NearestNeighborIndex("ivfpq", code_size=64, n_lists=n_lists, n_probe=32).fit(base))
-        configs.append((f"ivfpq (64 B, {n_lists} lists, nprobe 32)", ivfpq, s))
-        row_sk = {"M": M, "method": "sklearn KNeighborsClassifier(brute)", "ms_per_query": 1000 * sk_s / len(Q),
-                  "recall_at_10": 1.0, "speedup_vs_sklearn": 1.0}
-        scaling.append(row_sk)
-        rows.append(("2 scaling", row_sk["method"], f"M={M}", "recall 1.000", "", f"{row_sk['ms_per_query']:.3f}", ""))
-        for label, index, s in configs + [(f"ivf ({n_lists} lists, nprobe 32)", ivf, None)]:
-            if s is None:  # the same IVF index, searching more cells
-                index.n_probe = 32
-                index._set_probe()
-                s = ivf_s
-            (_, found), q_s = timed(lambda: index.search(Q, 10))
-            recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)]))
-            r = {"M": M, "method": label, "build_s": s, "ms_per_query": 1000 * q_s / len(Q), "recall_at_10": recall,
-                 "speedup_vs_sklearn": sk_s / q_s, "memory_mb": index.memory_bytes / 2**20}
-            scaling.append(r)
-            rows.append(("2 scaling", label, f"M={M}", f"recall {recall:.3f}", f"{s:.0f}", f"{r['ms_per_query']:.3f}",
-                         f"{r['speedup_vs_sklearn']:.1f}x sklearn, {r['memory_mb']:.0f} MB"))
-            print(rows[-1], flush=True)
-        del Xs, base, exact, configs, knn_sk
-    payload["scaling"] = scaling
-    top = [r for r in scaling if r["M"] == sizes_m[-1] and r["recall_at_10"] >= 0.9 and "exact" not in r["method"]
-           and "sklearn" not in r["method"]]
-    if top:
-        best = max(top, key=lambda r: r["speedup_vs_sklearn"])
-        summary[f"fastest approximate index at M={sizes_m[-1]} with recall@10>=0.9"] = (
-            f"{best['method']}: {best['speedup_vs_sklearn']:.0f}x sklearn brute, recall {best['recall_at_10']:.3f}")
+    sigma_loose = head["loose"][1]
+    cost_and_scaling(head["loose"][2], Xte, Fte, size, sizes_m, payload, rows, summary)
     save()
 
     # ---------------------------------------------------------------- 3. compression (fixed scheme)
