@@ -205,9 +205,9 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
 
     def _encode(self, y):
         index = {c: i for i, c in enumerate(self.classes_.tolist())}
-        return np.array([index[c] for c in np.asarray(y).tolist()], dtype=np.int64)
+        return np.array([index[c] for c in np.asarray(y).ravel().tolist()], dtype=np.int64)
 
-    def partial_fit(self, X, y):
+    def partial_fit(self, X, y, classes=None):
         """Imprint the new classes in ``(X, y)``, then fine-tune (``fine_tune_epochs > 0``).
 
         The paper's low-shot learning step: labels not in ``classes_`` (or imprinted
@@ -223,6 +223,9 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         X : array-like
             Features, or images when ``extractor`` is set.
         y : array-like of shape (n_samples,)
+        classes : array-like, optional
+            Accepted for scikit-learn compatibility and ignored: new classes are taken
+            from ``y`` and imprinted.
 
         Returns
         -------
@@ -231,6 +234,10 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         if not hasattr(self, "module_"):
             return self.fit(X, y)
         y = column_or_1d(y, warn=True)
+        if self.extractor is None:
+            X = validate_data(self, X, dtype=np.float32, reset=False)
+        elif len(ImageSource(X)) != len(y):
+            raise ValueError(f"X has {len(ImageSource(X))} images but y has {len(y)} labels.")
         known = set(self.classes_.tolist())
         novel = np.array([c not in known or self.imprint_counts_[self._class_index(c)] > 0 for c in y.tolist()])
         if novel.any():
