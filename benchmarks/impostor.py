@@ -139,12 +139,39 @@ def cost_and_scaling(loose, Xte, Fte, size, sizes_m, payload, rows, summary):
             f"{best['method']}: {best['speedup_vs_sklearn']:.0f}x sklearn brute, recall {best['recall_at_10']:.3f}")
 
 
+def end_to_end(args, size, epochs, sigma_fixed, sigma_loose, Xtr, ytr, Xte, record, save, summary, methods=None):
+    """Section 1b: SoftmaxClassifier vs Impostor fixed vs loose, trained end to end with one budget."""
+    common = dict(extractor=CNNFeatureExtractor(image_size=size), trainable_blocks=args.e2e_blocks, max_epochs=epochs,
+                  random_state=0)
+    e2e = {}
+    for label, key, make in (
+        ("SoftmaxClassifier", "softmax", lambda: SoftmaxClassifier(**common)),
+        ("Impostor fixed", "fixed", lambda: ImpostorClassifier(sigma_fixed, impostors="fixed", **common)),
+        ("Impostor loose", "loose", lambda: ImpostorClassifier(sigma_loose, impostors="loose", **common)),
+    ):
+        if methods and key not in methods:
+            continue
+        m, s = timed(lambda: make().fit(Xtr, ytr))
+        e2e[label] = record("1 end to end", f"{label}, trainable_blocks={args.e2e_blocks}", m, s,
+                            f"{epochs} epochs" + (", sigma from head mode" if "Impostor" in label else ""),
+                            F_test=Xte)
+        save()
+    if "Impostor loose" in e2e and "SoftmaxClassifier" in e2e:
+        summary["end-to-end loose vs softmax"] = (
+            f"{e2e['Impostor loose']:.3f} vs {e2e['SoftmaxClassifier']:.3f} (target: +1 point)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--e2e-epochs", type=int, default=5, help="epochs of every end-to-end row")
     parser.add_argument("--e2e-blocks", type=int, default=2, help="trainable_blocks of the end-to-end rows")
     parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--e2e-only", nargs="*", metavar="METHOD",
+                        help="only the end-to-end rows (softmax, fixed, loose), sigma from --sigmas; "
+                             "writes impostor_e2e.*")
+    parser.add_argument("--sigmas", type=float, nargs=2, default=(0.3, 1.0), metavar=("FIXED", "LOOSE"),
+                        help="with --e2e-only: sigma of the fixed and loose rows (the head-mode choices)")
     parser.add_argument("--cost-only", action="store_true",
                         help="only section 2 (timings), for a quiet machine; writes impostor_cost.*")
     args = parser.parse_args()
@@ -160,7 +187,10 @@ def main():
         classes, size, sizes_m, e2e_epochs, sigmas = keep, 96, (10_000, 100_000), 1, (0.6,)
     (Xtr, ytr), (Xva, yva), (Xte, yte) = splits["train"], splits["val"], splits["test"]
     ext = CNNFeatureExtractor(image_size=size)
-    (Ftr, Fva, Fte), extract_s = timed(lambda: [ext.fit().transform(X) for X in (Xtr, Xva, Xte)])
+    if args.e2e_only is not None:  # images only
+        (Ftr, Fva, Fte), extract_s = (None, None, None), 0.0
+    else:
+        (Ftr, Fva, Fte), extract_s = timed(lambda: [ext.fit().transform(X) for X in (Xtr, Xva, Xte)])
     data = (Ftr, ytr, Fva, yva)
     payload = {"dataset": "stanford_cars_a", "image_size": size, "backbone": "efficientnet_lite0", "device": "cpu",
                "n_train": len(ytr), "n_val": len(yva), "n_test": len(yte), "n_classes": len(classes)}
@@ -186,6 +216,10 @@ def main():
     def notes():
         return "\n".join(f"- {k}: {v}" for k, v in summary.items())
 
+    if args.e2e_only is not None:
+        name = "impostor_e2e" + ("_quick" if args.quick else "")
+        end_to_end(args, size, e2e_epochs, *args.sigmas, Xtr, ytr, Xte, record, save, summary, args.e2e_only)
+        return
     if args.cost_only:
         name = "impostor_cost" + ("_quick" if args.quick else "")
         loose, fit_s = timed(lambda: ImpostorClassifier(random_state=0).fit(Ftr, ytr))
@@ -285,21 +319,7 @@ def main():
 
     # ---------------------------------------------------------------- 1b. end to end, one budget
     if not args.skip_e2e:
-        common = dict(extractor=CNNFeatureExtractor(image_size=size), trainable_blocks=args.e2e_blocks, max_epochs=e2e_epochs,
-                      random_state=0)
-        e2e = {}
-        for label, make in (
-            ("SoftmaxClassifier", lambda: SoftmaxClassifier(**common)),
-            ("Impostor fixed", lambda: ImpostorClassifier(sigma_fixed, impostors="fixed", **common)),
-            ("Impostor loose", lambda: ImpostorClassifier(sigma_loose, impostors="loose", **common)),
-        ):
-            m, s = timed(lambda: make().fit(Xtr, ytr))
-            e2e[label] = record("1 end to end", f"{label}, trainable_blocks={args.e2e_blocks}", m, s,
-                                f"{e2e_epochs} epochs" + (", sigma from head mode" if "Impostor" in label else ""),
-                                F_test=Xte)
-            save()
-        summary["end-to-end loose vs softmax"] = (
-            f"{e2e['Impostor loose']:.3f} vs {e2e['SoftmaxClassifier']:.3f} (target: +1 point)")
+        end_to_end(args, size, e2e_epochs, sigma_fixed, sigma_loose, Xtr, ytr, Xte, record, save, summary)
     payload["extract_seconds"] = extract_s
     save()
 

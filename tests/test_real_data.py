@@ -48,4 +48,4 @@ def test_stanford_cars_a_impostor_loose_defaults(cars):
     acc = clf.score(Fte, yte)
     print(f"stanford_cars_a ImpostorClassifier(loose) accuracy: {acc:.3f}")
     assert acc >= 0.44
-    assert clf.index_.n_vectors_ == len(ytr)  # the validation split votes too
+    assert clf.index_.n_vectors_ == len(ytr) - round(0.1 * len(ytr))  # loose: held-out samples do not vote
