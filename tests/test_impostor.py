@@ -110,7 +110,7 @@ def test_loose_attachment_pulls_impostors_to_embeddings(features):
 def test_learn_weights_and_neighbour_truncation(features):
     X, y = features
     clf = small(learn_weights=True, lr=1e-2).fit(X, y)
-    assert clf.impostor_weights_.shape == (len(X),) and not np.allclose(clf.impostor_weights_, 1.0)
+    assert clf.impostor_weights_.shape == (clf.index_.n_vectors_,) and not np.allclose(clf.impostor_weights_, 1.0)
     full = clf.predict_proba(X)
     clf.set_params(n_neighbors=len(X))  # every impostor: the exact sum
     np.testing.assert_allclose(clf.predict_proba(X), full, rtol=1e-6)
