@@ -264,7 +264,7 @@ def main():
     # ---------------------------------------------------------------- 3. compression (fixed scheme)
     sigma_fixed = head["fixed"][1]
     plain_bytes = head["fixed"][2].impostor_memory_bytes_
-    for method in ("pq", "opq"):
+    for method in ("pq", "opq") if len(ytr) * 0.9 >= 512 else ("pq",):  # OPQ needs >= 512 impostors
         for code in (8, 16, 32, 64):
             m, s = timed(lambda: ImpostorClassifier(sigma_fixed, impostors="fixed", index=method, code_size=code,
                                                     random_state=0).fit(Ftr, ytr))

@@ -117,6 +117,12 @@ class NearestNeighborIndex:
                 f"{self.method!r} compression trains 256 centroids per sub-quantizer and needs at "
                 f"least 256 vectors; got {n}. Use method='exact' for small sets."
             )
+        if self.method == "opq" and n < d:
+            # faiss's OPQ training corrupts memory (crashes the process) with fewer vectors than dimensions
+            raise ValueError(
+                f"'opq' learns a {d}x{d} rotation and needs at least as many vectors as dimensions "
+                f"({d}); got {n}. Use method='pq' for this set."
+            )
         return m
 
     def _resolved_lists(self, n):

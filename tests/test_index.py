@@ -89,6 +89,8 @@ def test_errors_name_the_problem():
         NearestNeighborIndex("annoy")
     with pytest.raises(ValueError, match="code_size=7 must divide the dimension 32"):
         NearestNeighborIndex("pq", code_size=7).fit(embeddings(300, 32))
+    with pytest.raises(ValueError, match="at least as many vectors as dimensions"):
+        NearestNeighborIndex("opq", code_size=8).fit(embeddings(300, 512))  # would crash inside faiss
     with pytest.raises(ValueError, match="at least 256 vectors"):
         NearestNeighborIndex("pq", code_size=8).fit(embeddings(100, 32))
     index = NearestNeighborIndex("exact").fit(embeddings(10, 8))
