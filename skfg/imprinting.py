@@ -392,19 +392,19 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         emb = self._embed(X, augment=augment).astype(np.float64)
         new = [c for c in dict.fromkeys(y.tolist()) if c not in set(self.classes_.tolist())]
         if new:
-            self.classes_ = np.concatenate([self.classes_, np.asarray(new, dtype=self.classes_.dtype)
-                                            if self.classes_.dtype.kind != "U" else np.asarray(new)])
+            self.classes_ = np.concatenate([self.classes_, np.asarray(new)])
             self.imprint_counts_ = np.r_[self.imprint_counts_, np.zeros(len(new), dtype=np.int64)]
             self._imprint_sums = np.r_[self._imprint_sums, np.zeros((len(new), emb.shape[1]))]
-        codes = np.array([self._class_index(c) for c in y])
+        codes = self._encode(y)
         np.add.at(self._imprint_sums, codes, emb)
         np.add.at(self.imprint_counts_, codes, 1)
+        touched = np.unique(codes)
         head = self.module_.head
-        rows = F.normalize(torch.as_tensor(self._imprint_sums[np.unique(codes)]), dim=1).to(head.weight)
+        rows = F.normalize(torch.as_tensor(self._imprint_sums[touched]), dim=1).to(head.weight)
         weight = head.weight.detach()
         if len(new):
             weight = torch.cat([weight, torch.zeros(len(new), weight.shape[1], device=weight.device)])
-        weight[torch.as_tensor(np.unique(codes))] = rows
+        weight[torch.as_tensor(touched)] = rows
         head.weight = nn.Parameter(weight)
         return self
 
