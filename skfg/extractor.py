@@ -239,6 +239,12 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
             feats = pool_stage_outputs(maps, self.layers_, self.pooling, self.k, self.normalize)
         return feats.float().cpu().numpy()
 
+    def _decode_jobs(self):
+        """Decode threads: ``n_jobs``, or for ``None`` 0 on the CPU and up to 4 on a GPU."""
+        if self.n_jobs is None:
+            return 0 if self.device_ == "cpu" else min(4, os.cpu_count() or 1)
+        return self.n_jobs
+
     def transform(self, X):
         """Features of the images in X.
 
@@ -281,10 +287,7 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
             return out
         self.network_.eval()
         transform = eval_transform(self.image_size, self.resize)
-        n_jobs = self.n_jobs
-        if n_jobs is None:
-            n_jobs = 0 if self.device_ == "cpu" else min(4, os.cpu_count() or 1)
-        batches = iter_batches(source, transform, self.batch_size, todo, n_jobs)
+        batches = iter_batches(source, transform, self.batch_size, todo, self._decode_jobs())
         progress = None
         if self.verbose:
             from tqdm.auto import tqdm

@@ -1,0 +1,281 @@
+import io
+import math
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedShuffleSplit
+from sklearn.pipeline import Pipeline
+from sklearn.svm import LinearSVC
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from skfg import CNNFeatureExtractor, EarlyExitClassifier
+from skfg.datasets import make_fine_grained
+from skfg.sequential import bh_threshold
+
+LAYERS = ["stage3", "stage5", "head"]
+
+
+def layered(n_per_class=40, n_classes=3, seed=0):
+    """Two 'layers': a weak one (classes overlap) and a strong one."""
+    rng = np.random.RandomState(seed)
+    y = np.repeat(np.arange(n_classes), n_per_class)
+    onehot = np.eye(4)[y]
+    return np.c_[rng.randn(len(y), 4) + 2 * onehot, rng.randn(len(y), 4) + 8 * onehot], y
+
+
+@pytest.fixture(scope="module")
+def images():
+    train = make_fine_grained(n_classes=4, n_per_class=12, image_size=48, random_state=0)
+    test = make_fine_grained(n_classes=4, n_per_class=5, image_size=48, random_state=1)
+    return train, test
+
+
+@pytest.fixture(scope="module")
+def image_model(images):
+    (X, y), _ = images
+    ext = CNNFeatureExtractor(layers=LAYERS, image_size=48, batch_size=4, cache=False)
+    return EarlyExitClassifier(extractor=ext, alpha=0.5, random_state=0).fit(X, y)
+
+
+# ------------------------------------------------------------------ thresholds
+def test_bh_threshold_is_the_kth_largest_score():
+    S = [0.3, 2.0, -1.0, 0.9, 1.5, 0.1, 0.7, 1.1, -0.4, 0.5]  # sorted: 2.0 1.5 1.1 0.9 0.7 ...
+    assert bh_threshold(S, alpha=0.3) == 1.1  # floor(0.3 * 10) = 3rd largest
+    # Benjamini-Hochberg: layer m of M uses floor(alpha * m * n / M)
+    assert bh_threshold(S, alpha=0.3, m=1, n_layers=3) == 2.0  # floor(1.0) = 1st
+    assert bh_threshold(S, alpha=0.3, m=2, n_layers=3) == 1.5  # floor(2.0) = 2nd
+    assert bh_threshold(S, alpha=0.25, m=2, n_layers=3) == 2.0  # floor(1.67) = 1st
+    assert bh_threshold(S, alpha=0.05) == math.inf  # rank 0: nobody exits
+    assert bh_threshold(S, alpha=50.0) == -1.0  # rank beyond n: the smallest score
+
+
+def test_fitted_thresholds_follow_the_training_algorithm():
+    X, y = layered()
+    clf = EarlyExitClassifier(feature_groups=[4, 4], alpha=0.3, train_fraction=0.75, random_state=3).fit(X, y)
+    # the algorithm by hand: stratified split (K = ceil(0.75 N)), SVM on the first part,
+    # max inter-class scores on the rest, the floor(alpha * 1 * (N - K) / 2)-th largest
+    K = math.ceil(0.75 * len(y))
+    split = StratifiedShuffleSplit(1, train_size=K, test_size=len(y) - K, random_state=np.random.RandomState(3))
+    tr, va = (np.sort(i) for i in next(split.split(X, y)))
+    X1 = X[:, :4] / np.linalg.norm(X[:, :4], axis=1, keepdims=True)
+    scores = LinearSVC().fit(X1[tr], y[tr]).decision_function(X1[va])
+    scores[np.arange(len(va)), y[va]] = -np.inf
+    inter = np.sort(scores.max(1))[::-1]
+    rank = math.floor(0.3 * 1 * (len(y) - K) / 2)
+    assert rank >= 2
+    assert clf.thresholds_[0] == pytest.approx(inter[rank - 1])
+    assert clf.thresholds_[-1] == -np.inf
+    np.testing.assert_allclose(clf.alphas_, [0.15, 0.3])
+    fixed = clone(clf).set_params(thresholds="fixed").fit(X, y)
+    np.testing.assert_allclose(fixed.alphas_, [0.3, 0.3])
+    assert fixed.thresholds_[0] == pytest.approx(inter[math.floor(0.3 * (len(y) - K)) - 1])
+    # step 13: the kept classifiers are retrained on all the data
+    full = LinearSVC().fit(X1, y)
+    np.testing.assert_allclose(clf.estimators_[0].coef_, full.coef_)
+
+
+def test_tiny_alpha_sends_everything_to_the_last_layer_and_huge_alpha_exits_first():
+    X, y = layered()
+    _, exits = EarlyExitClassifier(feature_groups=[4, 4], alpha=1e-6, random_state=0).fit(X, y).predict(X, True)
+    assert (exits == 1).all()
+    clf = EarlyExitClassifier(feature_groups=[2, 2, 4], alpha=1e6, random_state=0).fit(X, y)
+    _, exits = clf.predict(X, return_exit=True)
+    assert (exits == 0).mean() > 0.9
+
+
+def test_exits_follow_eq_3():
+    X, y = layered()
+    clf = EarlyExitClassifier(feature_groups=[4, 4], alpha=0.2, random_state=0).fit(X, y)
+    y_pred, exits = clf.predict(X, return_exit=True)
+    first, last = clf.estimators_
+    X1 = X[:, :4] / np.linalg.norm(X[:, :4], axis=1, keepdims=True)
+    X2 = X[:, 4:] / np.linalg.norm(X[:, 4:], axis=1, keepdims=True)
+    s1 = first.decision_function(X1)
+    confident = s1.max(1) > clf.thresholds_[0]
+    assert 0 < confident.sum() < len(y)  # both exits used
+    np.testing.assert_array_equal(exits, np.where(confident, 0, 1))
+    expected = np.where(confident, s1.argmax(1), last.decision_function(X2).argmax(1))
+    np.testing.assert_array_equal(y_pred, expected)
+    staged = list(clf.staged_predict(X))
+    np.testing.assert_array_equal(staged[0], s1.argmax(1))
+    np.testing.assert_array_equal(clf.decision_function(X)[confident], s1[confident])
+
+
+# --------------------------------------------------------------- feature mode
+def test_feature_groups_from_a_dataframe_with_layer_prefixed_names():
+    X, y = layered()
+    names = [f"stage2_{i}" for i in range(4)] + [f"head_{i}" for i in range(4)]
+    clf = EarlyExitClassifier(alpha=0.2, random_state=0).fit(pd.DataFrame(X, columns=names), y)
+    assert clf.exit_names_ == ["stage2", "head"]
+    assert clf.feature_groups_ == [slice(0, 4), slice(4, 8)]
+    by_list = EarlyExitClassifier(feature_groups=[4, 4], alpha=0.2, random_state=0).fit(X, y)
+    np.testing.assert_array_equal(clf.predict(pd.DataFrame(X, columns=names)), by_list.predict(X))
+    assert EarlyExitClassifier().fit(X, y).exit_names_ == ["all"]  # no names: one layer
+
+
+def test_predict_proba_with_a_probabilistic_estimator():
+    X, y = layered()
+    clf = EarlyExitClassifier(LogisticRegression(), feature_groups=[4, 4], alpha=0.2, random_state=0).fit(X, y)
+    # LogisticRegression has decision_function: exits use it; proba from the deciding layer
+    proba = clf.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(1), 1.0)
+    np.testing.assert_array_equal(clf.classes_[proba.argmax(1)], clf.predict(X))
+    assert not hasattr(EarlyExitClassifier(), "predict_proba")  # LinearSVC has none
+
+
+@pytest.mark.parametrize(
+    "groups, match",
+    [([3, 3], "sum to the 8 features"), ([slice(0, 4), slice(4, 12)], "within the 8 features"),
+     ([], "empty"), ({"a": "0:4"}, "expected a slice"), ([slice(0, 4), 4], "expected a slice")],
+)
+def test_bad_feature_groups(groups, match):
+    X, y = layered()
+    with pytest.raises(ValueError, match=match):
+        EarlyExitClassifier(feature_groups=groups).fit(X, y)
+
+
+def test_estimator_without_scores_and_one_class_are_refused():
+    X, y = layered()
+    with pytest.raises(ValueError, match="neither decision_function nor predict_proba"):
+        EarlyExitClassifier(_NoScores()).fit(X, y)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        EarlyExitClassifier().fit(X, np.zeros(len(y)))
+    clf = EarlyExitClassifier(feature_groups=[4, 4]).fit(X, y)
+    with pytest.raises(ValueError, match="8 features"):
+        clf.predict(X[:, :6])
+
+
+class _NoScores:
+    def fit(self, X, y):
+        return self
+
+    def get_params(self, deep=True):
+        return {}
+
+
+def test_binary_and_string_labels_and_joblib():
+    X, y = layered(n_classes=2)
+    labels = np.array(["left", "right"])[y]
+    clf = EarlyExitClassifier(feature_groups=[4, 4], alpha=0.2, random_state=0).fit(X, labels)
+    y_pred, exits = clf.predict(X, return_exit=True)
+    assert set(y_pred) <= {"left", "right"} and clf.score(X, labels) > 0.9
+    assert clf.decision_function(X).shape == (len(y),)
+    buf = io.BytesIO()
+    joblib.dump(clf, buf)
+    buf.seek(0)
+    loaded = joblib.load(buf)
+    np.testing.assert_array_equal(loaded.predict(X, return_exit=True)[1], exits)
+
+
+@parametrize_with_checks(
+    [
+        EarlyExitClassifier(random_state=0),
+        EarlyExitClassifier(LogisticRegression(), thresholds="fixed", alpha=0.3, random_state=0),
+    ],
+    expected_failed_checks=lambda est: est._expected_failed_checks,
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+# ----------------------------------------------------------------- image mode
+def count_stage_inputs(network):
+    counts = {}
+
+    def hook(name):
+        def record(module, inputs):
+            counts[name] = counts.get(name, 0) + inputs[0].shape[0]
+
+        return record
+
+    handles = [network.stages[n].register_forward_pre_hook(hook(n)) for n in network.stage_names]
+    return counts, handles
+
+
+def test_image_mode_skips_deeper_stages_for_exited_samples(image_model, images):
+    _, (Xt, yt) = images
+    net = image_model.extractor_.network_
+    counts, handles = count_stage_inputs(net)
+    try:
+        y_pred, exits = image_model.predict(Xt, return_exit=True)
+    finally:
+        for h in handles:
+            h.remove()
+    n = len(Xt)
+    per_exit = np.bincount(exits, minlength=3)
+    assert per_exit[0] > 0 and per_exit[0] < n  # some exit early, some go on
+    names = net.stage_names
+    for name in names:
+        # samples entering a stage = samples that have not exited at an earlier exit
+        exited_before = sum(per_exit[m] for m, e in enumerate(LAYERS) if names.index(e) < names.index(name))
+        assert counts.get(name, 0) == n - exited_before, name
+    assert counts["head"] == per_exit[2] < n
+
+
+def test_image_mode_equals_the_pipeline_on_the_same_images(image_model, images):
+    (X, y), (Xt, yt) = images
+    ext = CNNFeatureExtractor(layers=LAYERS, image_size=48, batch_size=4, cache=False).fit()
+    pipe = Pipeline([("cnn", ext), ("clf", EarlyExitClassifier(feature_groups=ext.feature_groups_, alpha=0.5,
+                                                                random_state=0))]).fit(X, y)
+    np.testing.assert_allclose(pipe[-1].thresholds_, image_model.thresholds_, rtol=1e-6)
+    y_img, e_img = image_model.predict(Xt, return_exit=True)
+    y_pipe, e_pipe = pipe[-1].predict(ext.transform(Xt), return_exit=True)
+    np.testing.assert_array_equal(y_img, y_pipe)
+    np.testing.assert_array_equal(e_img, e_pipe)
+    np.testing.assert_array_equal(image_model.predict(Xt), pipe.predict(Xt))
+    # staged_predict runs every layer for every image
+    staged = list(image_model.staged_predict(Xt))
+    assert len(staged) == 3 and all(len(s) == len(Xt) for s in staged)
+
+
+def test_image_mode_joblib_round_trip(image_model, images):
+    _, (Xt, _) = images
+    buf = io.BytesIO()
+    joblib.dump(image_model, buf)
+    buf.seek(0)
+    loaded = joblib.load(buf)
+    a, b = image_model.predict(Xt, return_exit=True), loaded.predict(Xt, return_exit=True)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_layers_must_be_in_forward_order(images):
+    (X, y), _ = images
+    ext = CNNFeatureExtractor(layers=["head", "stage3"], image_size=48, cache=False)
+    with pytest.raises(ValueError, match="not in forward order"):
+        EarlyExitClassifier(extractor=ext).fit(X, y)
+
+
+def test_fine_tuning_step_trains_the_backbone_with_branch_heads(images):
+    (X, y), (Xt, _) = images
+    ext = CNNFeatureExtractor(layers=["stage5", "head"], image_size=48, cache=False)
+    clf = EarlyExitClassifier(extractor=ext, alpha=0.5, fine_tune_epochs=1, trainable_blocks=2,
+                              fine_tune_params={"augment": False, "batch_size": 8}, random_state=0).fit(X, y)
+    base = ext.fit().network_.state_dict()
+    tuned = clf.extractor_.network_.state_dict()
+    changed = [k for k in base if not torch.equal(base[k], tuned[k])]
+    assert changed and all(k.startswith(("stages.stage7", "stages.head")) for k in changed)
+    assert clf.extractor_._weights_fingerprint != ext._weights_fingerprint
+    a = clf.predict(Xt, return_exit=True)
+    buf = io.BytesIO()
+    joblib.dump(clf, buf)
+    buf.seek(0)
+    b = joblib.load(buf).predict(Xt, return_exit=True)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_a_failed_fit_keeps_the_previous_model():
+    X, y = layered()
+    clf = EarlyExitClassifier(feature_groups=[4, 4], alpha=0.2, random_state=0).fit(X, y)
+    before = clf.predict(X, return_exit=True)
+    with pytest.raises(ValueError, match="sum to the 8 features"):
+        clf.set_params(feature_groups=[2, 2]).fit(X, y)
+    assert clf.feature_groups_ == [slice(0, 4), slice(4, 8)]
+    after = clf.predict(X, return_exit=True)
+    np.testing.assert_array_equal(before[1], after[1])
