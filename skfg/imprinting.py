@@ -17,9 +17,9 @@ from torch import nn
 
 from sklearn.base import clone
 
-from ._classifier import BaseTorchClassifier, _FeatureData, _ImageData, _predict_images
+from ._classifier import BaseTorchClassifier, _FeatureData, _ImageData, _predict_images, _to_input
 from ._training import make_generator
-from .images import ImageSource
+from .images import ImageSource, iter_batches, train_transform
 
 
 class _CosineHead(nn.Module):
@@ -331,21 +331,16 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
                 return feats.cpu().numpy()
             source = ImageSource(X)
             idx = np.arange(len(source))
+            view = _EmbeddingView(net)
             if not augment:
-                return _predict_images(_EmbeddingView(net), source, idx, self.extractor_, self.device_).cpu().numpy()
-            from .images import ImageDataset, train_transform
-            from ._classifier import _to_input
-
-            spec_mean, spec_std = _backbone_norm(self.extractor_)
-            ds = ImageDataset(source, np.zeros(len(source), dtype=np.int64), train_transform(self.extractor_.image_size))
-            out = []
-            for start in range(0, len(idx), 32):
-                total = 0
-                for _ in range(int(augment)):
-                    batch = torch.stack([ds[i][0] for i in idx[start : start + 32]])
-                    total = total + _EmbeddingView(net)(_to_input(batch, spec_mean, spec_std, self.device_))
-                out.append(F.normalize(total, dim=1))
-            return torch.cat(out).cpu().numpy()
+                return _predict_images(view, source, idx, self.extractor_, self.device_).cpu().numpy()
+            # "Imprinting+Aug": the normalised sum over ``augment`` random crops/flips
+            tf, (mean, std) = train_transform(self.extractor_.image_size), _backbone_norm(self.extractor_)
+            total = 0
+            for _ in range(int(augment)):
+                total = total + torch.cat([view(_to_input(b, mean, std, self.device_)) for _, b in
+                                           iter_batches(source, tf, self.extractor_.batch_size, idx, n_jobs=0)])
+            return F.normalize(total, dim=1).cpu().numpy()
 
     # -------------------------------------------------------------- imprinting
     def imprint(self, X, y, augment=0):

@@ -210,6 +210,11 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
         layer never exits.
     alphas_ : ndarray of shape (n_exits,)
         The false-acceptance rate of each layer.
+    inter_class_scores_ : list of ndarray
+        Per layer, the held-out maximal inter-class scores the threshold was taken from
+        (empty for the last layer). ``bh_threshold(inter_class_scores_[m], a, m + 1,
+        n_exits)`` gives the threshold another ``alpha`` would have given, without
+        retraining.
     exit_names_ : list of str
         The layers, in forward order.
     feature_groups_ : list of slice
@@ -406,11 +411,11 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
         rng = check_random_state(self.random_state)
         train, held_out = self._split(y_enc, len(classes), rng)
         seed = None if self.random_state is None else int(rng.randint(2**31 - 1))
-        estimators, thresholds, alphas = [], [], []
+        estimators, thresholds, alphas, inter_scores = [], [], [], []
         for m in range(n_exits):
             Xm = self._layer_features(X, groups[m])
             alpha_m = self.alpha * (m + 1) / n_exits if self.thresholds == "bh" else self.alpha
-            threshold = -np.inf  # the last layer always decides (step 6 of inference)
+            threshold, inter = -np.inf, np.empty(0)  # the last layer always decides
             if m < n_exits - 1:
                 threshold = np.inf
                 if len(held_out):  # steps 6-12
@@ -421,11 +426,13 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
             estimators.append(self._fit_estimator(Xm, y_enc, sample_weight, seed))  # step 13
             thresholds.append(threshold)
             alphas.append(alpha_m)
+            inter_scores.append(inter)
         # everything trained: set the fitted attributes together
         self.classes_ = classes
         self.estimators_ = estimators
         self.thresholds_ = np.asarray(thresholds, dtype=np.float64)
         self.alphas_ = np.asarray(alphas, dtype=np.float64)
+        self.inter_class_scores_ = inter_scores
         self.exit_names_ = names
         self.feature_groups_ = groups
         if extractor is not None:

@@ -279,3 +279,12 @@ def test_a_failed_fit_keeps_the_previous_model():
     assert clf.feature_groups_ == [slice(0, 4), slice(4, 8)]
     after = clf.predict(X, return_exit=True)
     np.testing.assert_array_equal(before[1], after[1])
+
+
+def test_stored_held_out_scores_give_the_thresholds_of_another_alpha():
+    X, y = layered()
+    clf = EarlyExitClassifier(feature_groups=[2, 2, 4], alpha=0.1, random_state=0).fit(X, y)
+    other = clone(clf).set_params(alpha=0.3).fit(X, y)
+    for m in range(2):
+        assert bh_threshold(clf.inter_class_scores_[m], 0.3, m + 1, 3) == other.thresholds_[m]
+    assert len(clf.inter_class_scores_[-1]) == 0
