@@ -139,22 +139,40 @@ def cost_and_scaling(loose, Xte, Fte, size, sizes_m, payload, rows, summary):
             f"{best['method']}: {best['speedup_vs_sklearn']:.0f}x sklearn brute, recall {best['recall_at_10']:.3f}")
 
 
-def end_to_end(args, size, epochs, sigma_fixed, sigma_loose, Xtr, ytr, Xte, record, save, summary, methods=None):
-    """Section 1b: SoftmaxClassifier vs Impostor fixed vs loose, trained end to end with one budget."""
+def end_to_end(args, size, epochs, sigma_fixed, sigma_loose, Xtr, ytr, Xte, record, save, summary, methods=None,
+               val=None):
+    """Section 1b: SoftmaxClassifier vs Impostor fixed vs loose, trained end to end with one budget.
+
+    With ``args.e2e_loose_grid`` and ``val = (Xva, yva)``, the loose sigma is chosen on val
+    among the grid (each value trained with the same budget; only the chosen one is a row).
+    """
     common = dict(extractor=CNNFeatureExtractor(image_size=size), trainable_blocks=args.e2e_blocks, max_epochs=epochs,
                   random_state=0)
     e2e = {}
-    for label, key, make in (
-        ("SoftmaxClassifier", "softmax", lambda: SoftmaxClassifier(**common)),
-        ("Impostor fixed", "fixed", lambda: ImpostorClassifier(sigma_fixed, impostors="fixed", **common)),
-        ("Impostor loose", "loose", lambda: ImpostorClassifier(sigma_loose, impostors="loose", **common)),
+    loose_grid = list(getattr(args, "e2e_loose_grid", None) or [sigma_loose])
+    for label, key, grid, make in (
+        ("SoftmaxClassifier", "softmax", [None], lambda sg: SoftmaxClassifier(**common)),
+        ("Impostor fixed", "fixed", [sigma_fixed], lambda sg: ImpostorClassifier(sg, impostors="fixed", **common)),
+        ("Impostor loose", "loose", loose_grid, lambda sg: ImpostorClassifier(sg, impostors="loose", **common)),
     ):
         if methods and key not in methods:
             continue
-        m, s = timed(lambda: make().fit(Xtr, ytr))
-        e2e[label] = record("1 end to end", f"{label}, trainable_blocks={args.e2e_blocks}", m, s,
-                            f"{epochs} epochs" + (", sigma from head mode" if "Impostor" in label else ""),
-                            F_test=Xte)
+        fits = []
+        for sg in grid:
+            m, s = timed(lambda: make(sg).fit(Xtr, ytr))
+            score = m.score(*val) if len(grid) > 1 else None
+            fits.append((score, sg, m, s))
+            if score is not None:
+                print(f"{label} sigma={sg}: val {score:.3f} ({s:.0f} s)", flush=True)
+        score, sg, m, s = max(fits, key=lambda f: -1 if f[0] is None else f[0])
+        if sg is None:
+            how = ""
+        elif len(grid) > 1:
+            how = f", sigma={sg} chosen on val from {grid} (val {', '.join(f'{f[0]:.3f}' for f in fits)})"
+        else:
+            how = f", sigma={sg} from head mode"
+        e2e[label] = record("1 end to end", f"{label}, trainable_blocks={args.e2e_blocks}", m,
+                            sum(f[3] for f in fits), f"{epochs} epochs{how}", F_test=Xte)
         save()
     if "Impostor loose" in e2e and "SoftmaxClassifier" in e2e:
         summary["end-to-end loose vs softmax"] = (
@@ -172,6 +190,8 @@ def main():
                              "writes impostor_e2e.*")
     parser.add_argument("--sigmas", type=float, nargs=2, default=(0.3, 1.0), metavar=("FIXED", "LOOSE"),
                         help="with --e2e-only: sigma of the fixed and loose rows (the head-mode choices)")
+    parser.add_argument("--e2e-loose-grid", type=float, nargs="+", default=None, metavar="SIGMA",
+                        help="choose the end-to-end loose sigma on val among these (fit s: the whole grid)")
     parser.add_argument("--cost-only", action="store_true",
                         help="only section 2 (timings), for a quiet machine; writes impostor_cost.*")
     args = parser.parse_args()
@@ -218,7 +238,8 @@ def main():
 
     if args.e2e_only is not None:
         name = "impostor_e2e" + ("_quick" if args.quick else "")
-        end_to_end(args, size, e2e_epochs, *args.sigmas, Xtr, ytr, Xte, record, save, summary, args.e2e_only)
+        end_to_end(args, size, e2e_epochs, *args.sigmas, Xtr, ytr, Xte, record, save, summary, args.e2e_only,
+                   val=(Xva, yva))
         return
     if args.cost_only:
         name = "impostor_cost" + ("_quick" if args.quick else "")
@@ -319,7 +340,8 @@ def main():
 
     # ---------------------------------------------------------------- 1b. end to end, one budget
     if not args.skip_e2e:
-        end_to_end(args, size, e2e_epochs, sigma_fixed, sigma_loose, Xtr, ytr, Xte, record, save, summary)
+        end_to_end(args, size, e2e_epochs, sigma_fixed, sigma_loose, Xtr, ytr, Xte, record, save, summary,
+                   val=(Xva, yva))
     payload["extract_seconds"] = extract_s
     save()
 

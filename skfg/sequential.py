@@ -26,6 +26,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, validate_data
 from torch import nn
 
+from .backbones import state_fingerprint
 from .images import ImageSource, eval_transform, iter_batches, normalize_batch
 from .pooling import global_pool, l2_normalize
 from .softmax import SoftmaxClassifier
@@ -326,7 +327,6 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
         for name, s in zip(names, slices):
             if not isinstance(s, slice) or s.step not in (None, 1):
                 raise ValueError(f"feature_groups[{name!r}] = {s!r}: expected a slice of columns or a column count.")
-            a, b, _ = s.indices(n_features)
             if s.start is None or s.stop is None or not 0 <= s.start < s.stop <= n_features:
                 raise ValueError(
                     f"feature_groups[{name!r}] = {s!r} is not a non-empty column range within the "
@@ -389,24 +389,25 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
             )
         if self.extractor is None:
             X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
-            names, groups = self._groups_from_param(X, X.shape[1])
-            extractor = None
         else:
             y = column_or_1d(y, warn=True)
-            source = ImageSource(X)
-            if len(y) != len(source):
-                raise ValueError(f"X has {len(source)} images but y has {len(y)} labels.")
-            check_classification_targets(y)
-            extractor = self._fit_extractor(source, y)
-            names = list(extractor.layers_)
-            groups = [extractor.feature_groups_[n] for n in names]
-            X = extractor.transform(source)
+            X = ImageSource(X)
+            if len(y) != len(X):
+                raise ValueError(f"X has {len(X)} images but y has {len(y)} labels.")
         check_classification_targets(y)
         classes, y_enc = np.unique(y, return_inverse=True)
         if len(classes) < 2:
             raise ValueError(f"EarlyExitClassifier needs samples of at least 2 classes; got one class: {classes[0]!r}.")
         if sample_weight is not None:
-            sample_weight = _check_sample_weight(sample_weight, X)
+            sample_weight = _check_sample_weight(sample_weight, np.empty((len(y), 1)))
+        extractor = None
+        if self.extractor is None:
+            names, groups = self._groups_from_param(X, X.shape[1])
+        else:  # features of every exit through the extractor (and its cache)
+            extractor = self._fit_extractor(X, y)
+            names = list(extractor.layers_)
+            groups = [extractor.feature_groups_[n] for n in names]
+            X = extractor.transform(X)
         n_exits = len(groups)
         rng = check_random_state(self.random_state)
         train, held_out = self._split(y_enc, len(classes), rng)
@@ -441,8 +442,6 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
 
     def _fit_extractor(self, source, y):
         """Fit a clone of the extractor (and fine-tune it with branch heads: step 1)."""
-        from .backbones import state_fingerprint
-
         extractor = clone(self.extractor).fit()
         order = extractor.network_.stage_names
         positions = [order.index(n) for n in extractor.layers_]
