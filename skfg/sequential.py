@@ -10,6 +10,8 @@ correction ``alpha_m = alpha * m / M`` (eq. 4).
 """
 
 import math
+import re
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -27,6 +29,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, colu
 from torch import nn
 
 from .backbones import state_fingerprint
+from .extractor import CNNFeatureExtractor
 from .images import ImageSource, eval_transform, iter_batches, normalize_batch
 from .pooling import global_pool, l2_normalize
 from .softmax import SoftmaxClassifier
@@ -167,8 +170,9 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
     estimator : classifier or None, default=None
         Cloned for every layer; needs ``decision_function`` or ``predict_proba`` (the
         scores ``s_m^(c)``). ``None`` is ``LinearSVC()`` (one-versus-all, squared hinge).
-    alpha : float, default=0.1
-        Overall false-acceptance rate of the early decisions.
+    alpha : float in (0, 1], default=0.1
+        Overall false-acceptance rate of the early decisions. Held-out samples are
+        counted unweighted (zero-weight samples are left out).
     thresholds : {"bh", "fixed"}, default="bh"
         ``"bh"``: layer ``m`` of ``M`` gets ``alpha_m = alpha * m / M``
         (Benjamini-Hochberg); ``"fixed"``: ``alpha_m = alpha`` for every layer.
@@ -214,7 +218,8 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
     inter_class_scores_ : list of ndarray
         Per layer, the held-out maximal inter-class scores the threshold was taken from
         (empty for the last layer). ``bh_threshold(inter_class_scores_[m], a, m + 1,
-        n_exits)`` gives the threshold another ``alpha`` would have given, without
+        n_exits)`` (``thresholds="bh"``) or ``bh_threshold(inter_class_scores_[m], a)``
+        (``"fixed"``) gives the threshold another ``alpha`` would have given, without
         retraining.
     exit_names_ : list of str
         The layers, in forward order.
@@ -245,12 +250,12 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
 
     _parameter_constraints = {
         "estimator": [None, HasMethods(["fit"])],
-        "alpha": [Interval(Real, 0, None, closed="neither")],
+        "alpha": [Interval(Real, 0, 1, closed="right")],
         "thresholds": [StrOptions({"bh", "fixed"})],
         "train_fraction": [Interval(Real, 0, 1, closed="neither")],
         "feature_groups": [None, dict, list, tuple],
         "normalize": ["boolean"],
-        "extractor": [None, HasMethods(["fit", "transform"])],
+        "extractor": [None, CNNFeatureExtractor],
         "fine_tune_epochs": [Interval(Integral, 0, None, closed="left")],
         "trainable_blocks": [Interval(Integral, 0, None, closed="left"), StrOptions({"all"})],
         "fine_tune_params": [None, dict],
@@ -302,7 +307,8 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
         if groups is None:
             names = getattr(self, "feature_names_in_", None)
             if names is not None:
-                prefixes = [str(n).rsplit("_", 1)[0] if "_" in str(n) else None for n in names]
+                matches = [re.fullmatch(r"(.+)_(\d+)", str(n)) for n in names]  # "<layer>_<i>"
+                prefixes = [mt.group(1) if mt else None for mt in matches]
                 if None not in prefixes:
                     bounds = [0] + [i for i in range(1, len(prefixes)) if prefixes[i] != prefixes[i - 1]]
                     layer_names = [prefixes[b] for b in bounds]
@@ -345,7 +351,7 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
     def _split(self, y, n_classes, rng):
         """Indices ``(train, held_out)`` with ``K = ceil(N * train_fraction)`` (step 6)."""
         n = len(y)
-        k = int(math.ceil(n * self.train_fraction))
+        k = int(math.ceil(n * self.train_fraction - 1e-9))
         if n - k < 1:
             return np.arange(n), np.arange(0)
         counts = np.bincount(y, minlength=n_classes)
@@ -374,19 +380,30 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
             images) when ``extractor`` is set.
         y : array-like of shape (n_samples,)
         sample_weight : array-like of shape (n_samples,), optional
-            Passed to every layer's ``estimator.fit``.
+            Passed to every layer's ``estimator.fit`` (and to the fine-tuning).
 
         Returns
         -------
         self
         """
         self._validate_params()
+        before = dict(self.__dict__)
+        try:
+            return self._fit(X, y, sample_weight)
+        except BaseException:  # a failed fit leaves the previous model as it was
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+
+    def _fit(self, X, y, sample_weight):
         est = self.estimator if self.estimator is not None else LinearSVC()
         if not (hasattr(est, "decision_function") or hasattr(est, "predict_proba")):
             raise ValueError(
                 f"estimator={est!r} has neither decision_function nor predict_proba; the early "
                 "exits need confidence scores."
             )
+        if self.extractor is None and self.fine_tune_epochs:
+            raise ValueError("fine_tune_epochs > 0 needs extractor=: features given as X cannot be fine-tuned.")
         if self.extractor is None:
             X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         else:
@@ -404,13 +421,19 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
         if self.extractor is None:
             names, groups = self._groups_from_param(X, X.shape[1])
         else:  # features of every exit through the extractor (and its cache)
-            extractor = self._fit_extractor(X, y)
+            extractor = self._fit_extractor(X, y, sample_weight)
             names = list(extractor.layers_)
             groups = [extractor.feature_groups_[n] for n in names]
             X = extractor.transform(X)
         n_exits = len(groups)
         rng = check_random_state(self.random_state)
         train, held_out = self._split(y_enc, len(classes), rng)
+        if sample_weight is not None:  # zero-weight samples give no held-out score
+            held_out = held_out[sample_weight[held_out] > 0]
+        if len(held_out) == 0 and len(groups) > 1:
+            warnings.warn(
+                f"No held-out samples to set the exit thresholds (n={len(y)}, train_fraction="
+                f"{self.train_fraction}): every sample will go to the last layer.", UserWarning, stacklevel=3)
         seed = None if self.random_state is None else int(rng.randint(2**31 - 1))
         estimators, thresholds, alphas, inter_scores = [], [], [], []
         for m in range(n_exits):
@@ -419,7 +442,8 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
             threshold, inter = -np.inf, np.empty(0)  # the last layer always decides
             if m < n_exits - 1:
                 threshold = np.inf
-                if len(held_out):  # steps 6-12
+                # steps 6-12 (a split whose first part has one class gives no early exit)
+                if len(held_out) and len(np.unique(y_enc[train])) > 1:
                     sw = None if sample_weight is None else sample_weight[train]
                     part = self._fit_estimator(Xm[train], y_enc[train], sw, seed)
                     inter = _max_inter_class(_scores(part, Xm[held_out], len(classes)), y_enc[held_out])
@@ -436,11 +460,14 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
         self.inter_class_scores_ = inter_scores
         self.exit_names_ = names
         self.feature_groups_ = groups
+        stale = ("n_features_in_", "feature_names_in_") if extractor is not None else ("extractor_",)
+        for name in stale:  # left by an earlier fit in the other mode
+            self.__dict__.pop(name, None)
         if extractor is not None:
             self.extractor_ = extractor
         return self
 
-    def _fit_extractor(self, source, y):
+    def _fit_extractor(self, source, y, sample_weight=None):
         """Fit a clone of the extractor (and fine-tune it with branch heads: step 1)."""
         extractor = clone(self.extractor).fit()
         order = extractor.network_.stage_names
@@ -453,12 +480,18 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
         if self.fine_tune_epochs == 0:
             return extractor
         params = dict(self.fine_tune_params or {})
+        clash = sorted(set(params) & {"extractor", "max_epochs", "trainable_blocks", "embedding_dim", "dropout"})
+        if clash:
+            raise ValueError(
+                f"fine_tune_params cannot set {clash}: the extractor, fine_tune_epochs and trainable_blocks "
+                "are parameters of EarlyExitClassifier, and the branch heads are linear."
+            )
         params.setdefault("random_state", self.random_state)
         params.setdefault("verbose", self.verbose)
         tuner = _BranchSoftmax(extractor=self.extractor, trainable_blocks=self.trainable_blocks,
                                max_epochs=self.fine_tune_epochs, **params)
         tuner._groups = [extractor.feature_groups_[n] for n in extractor.layers_]
-        tuner.fit(source, y)
+        tuner.fit(source, y, sample_weight=sample_weight)
         trunk = tuner.module_.trunk.requires_grad_(False).eval()
         extractor.network_ = trunk.to(extractor.device_, memory_format=torch.channels_last)
         extractor._weights_fingerprint = state_fingerprint(extractor.network_)
@@ -474,7 +507,10 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
         extra = s if output == "decision" else None
         if output == "proba":
             extra = np.asarray(self.estimators_[m].predict_proba(Xm), dtype=np.float64)
-        return s.argmax(1), s.max(1) > self.thresholds_[m], extra  # eq. (2), (3)
+        done = s.max(1) > self.thresholds_[m]  # eq. (3)
+        if m == len(self.estimators_) - 1:
+            done[:] = True  # the last layer always decides
+        return s.argmax(1), done, extra  # eq. (2)
 
     def _run_features(self, X, output=None):
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)

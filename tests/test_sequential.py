@@ -83,7 +83,7 @@ def test_tiny_alpha_sends_everything_to_the_last_layer_and_huge_alpha_exits_firs
     X, y = layered()
     _, exits = EarlyExitClassifier(feature_groups=[4, 4], alpha=1e-6, random_state=0).fit(X, y).predict(X, True)
     assert (exits == 1).all()
-    clf = EarlyExitClassifier(feature_groups=[2, 2, 4], alpha=1e6, random_state=0).fit(X, y)
+    clf = EarlyExitClassifier(feature_groups=[2, 2, 4], alpha=1.0, thresholds="fixed", random_state=0).fit(X, y)
     _, exits = clf.predict(X, return_exit=True)
     assert (exits == 0).mean() > 0.9
 
@@ -276,7 +276,9 @@ def test_a_failed_fit_keeps_the_previous_model():
     before = clf.predict(X, return_exit=True)
     with pytest.raises(ValueError, match="sum to the 8 features"):
         clf.set_params(feature_groups=[2, 2]).fit(X, y)
-    assert clf.feature_groups_ == [slice(0, 4), slice(4, 8)]
+    with pytest.raises(ValueError, match="sum to the 6 features"):
+        clf.set_params(feature_groups=[4, 4]).fit(X[:, :6], y)  # a new width, and a failure
+    assert clf.feature_groups_ == [slice(0, 4), slice(4, 8)] and clf.n_features_in_ == 8
     after = clf.predict(X, return_exit=True)
     np.testing.assert_array_equal(before[1], after[1])
 
@@ -288,3 +290,58 @@ def test_stored_held_out_scores_give_the_thresholds_of_another_alpha():
     for m in range(2):
         assert bh_threshold(clf.inter_class_scores_[m], 0.3, m + 1, 3) == other.thresholds_[m]
     assert len(clf.inter_class_scores_[-1]) == 0
+
+
+def test_exit_needs_a_score_strictly_above_the_threshold():
+    X, y = layered()
+    clf = EarlyExitClassifier(feature_groups=[4, 4], alpha=0.2, random_state=0).fit(X, y)
+    X1 = X[:, :4] / np.linalg.norm(X[:, :4], axis=1, keepdims=True)
+    top = clf.estimators_[0].decision_function(X1).max(1)
+    clf.thresholds_[0] = top[5]  # eq. (3) is strict: sample 5 itself does not exit
+    _, exits = clf.predict(X, return_exit=True)
+    assert exits[5] == 1
+    np.testing.assert_array_equal(exits == 0, top > top[5])
+
+
+def test_binary_with_a_tiny_class_and_the_sign_of_the_decision():
+    rng = np.random.RandomState(0)
+    X = rng.randn(40, 4)
+    y = np.r_[np.zeros(39, int), 1]
+    X[-1] += 3
+    for seed in range(8):  # the unstratified fallback split may hold the lone sample out
+        clf = EarlyExitClassifier(feature_groups=[2, 2], alpha=0.5, random_state=seed).fit(X, y)
+        d = clf.decision_function(X)
+        np.testing.assert_array_equal(clf.predict(X), clf.classes_[(d > 0).astype(int)])
+
+
+def test_misuse_of_the_fine_tuning_parameters_and_no_held_out_data(images):
+    X, y = layered()
+    with pytest.raises(ValueError, match="needs extractor="):
+        EarlyExitClassifier(fine_tune_epochs=1).fit(X, y)
+    (Xi, yi), _ = images
+    ext = CNNFeatureExtractor(layers=["stage5", "head"], image_size=48, cache=False)
+    with pytest.raises(ValueError, match=r"cannot set \['max_epochs'\]"):
+        EarlyExitClassifier(extractor=ext, fine_tune_epochs=1, fine_tune_params={"max_epochs": 3}).fit(Xi, yi)
+    with pytest.warns(UserWarning, match="No held-out samples"):
+        clf = EarlyExitClassifier(feature_groups=[4, 4], train_fraction=0.999).fit(X, y)
+    assert clf.thresholds_[0] == np.inf
+
+
+def test_dataframe_names_without_layer_suffixes_are_one_layer():
+    X, y = layered()
+    names = ["sepal_length", "sepal_width", "petal_length", "petal_width"] * 2
+    names = [f"{n}{i // 4}" for i, n in enumerate(names)]
+    assert EarlyExitClassifier().fit(pd.DataFrame(X, columns=names), y).exit_names_ == ["all"]
+
+
+def test_zero_weight_samples_do_not_move_the_thresholds():
+    X, y = layered()
+    w = np.ones(len(y))
+    w[::7] = 0
+    clf = EarlyExitClassifier(feature_groups=[4, 4], alpha=0.2, random_state=0).fit(X, y, sample_weight=w)
+    assert np.isfinite(clf.thresholds_[0])
+    rng = np.random.RandomState(0)
+    Xw = X.copy()
+    Xw[w == 0] = rng.randn((w == 0).sum(), 8) * 50  # garbage in zero-weight rows
+    other = clone(clf).fit(Xw, y, sample_weight=w)
+    np.testing.assert_allclose(other.thresholds_, clf.thresholds_, rtol=1e-6)
