@@ -177,6 +177,7 @@ def end_to_end(args, size, epochs, sigma_fixed, sigma_loose, Xtr, ytr, Xte, reco
     if "Impostor loose" in e2e and "SoftmaxClassifier" in e2e:
         summary["end-to-end loose vs softmax"] = (
             f"{e2e['Impostor loose']:.3f} vs {e2e['SoftmaxClassifier']:.3f} (target: +1 point)")
+        save()
 
 
 def main():
