@@ -21,6 +21,7 @@ downloaded), so only the default backbone has accuracy rows.
 
     python benchmarks/early_exit.py --quick   # 20 classes, a few minutes
     python benchmarks/early_exit.py           # all 98 classes, ~15 minutes on 2 cores
+    python benchmarks/early_exit.py --image-size 224   # -> results/early_exit_224px.*
 """
 
 import argparse
@@ -197,7 +198,8 @@ def main():
         + (f"met by {met}." if ok else "not met.")
     )
     header = ("classifier", "layers / alpha", "accuracy %", "ms/image", "speed-up", "exits", "note")
-    write_results("early_exit_quick" if args.quick else "early_exit", payload, rows, header, notes)
+    name = "early_exit" + ("" if args.image_size == 160 else f"_{args.image_size}px") + ("_quick" if args.quick else "")
+    write_results(name, payload, rows, header, notes)
 
 
 if __name__ == "__main__":
