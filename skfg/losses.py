@@ -1,4 +1,5 @@
-"""Losses and the RBF prediction rule of the impostor networks, as small torch functions.
+"""Losses and the RBF prediction rule of the impostor networks, and ELoPE's class-mean
+embedding loss, as small torch functions.
 
 Notation of impostor-networks.txt section 3: embeddings ``y = f(x)``, impostors
 ``c_1..c_M`` with labels ``l_j``, Gaussian kernel ``g(y, c; sigma) = exp(-||y - c||^2 / (2 sigma^2))``
@@ -7,6 +8,7 @@ function works in log space (log-sum-exp), so nothing underflows for a tiny ``si
 """
 
 import torch
+import torch.nn.functional as F
 
 from .index import squared_distances
 
@@ -129,3 +131,93 @@ def impostor_loss(embeddings, targets, impostors, labels, sigma, *, own=None, lo
         gap[has] = ((embeddings[has] - impostors[own[has]]) ** 2).sum(1)
         loss = loss + attachment * gap
     return loss
+
+
+# ------------------------------------------------------------ ELoPE embedding losses
+def update_class_means(means, embeddings, targets, alpha=0.5):
+    """ELoPE eq. (6)-(7): class means moved towards this batch's embeddings.
+
+    ``mu_c^t = mu_c^{t-1} - alpha * sum_n d(c_n, c) (mu_c^{t-1} - f(x_n)) / (1 + sum_n d(c_n, c))``.
+    The result depends on ``embeddings`` (keep it in the graph: the paper backpropagates
+    through the update); classes absent from the batch keep their mean.
+
+    Parameters
+    ----------
+    means : Tensor of shape (n_classes, d)
+        ``mu^{t-1}`` (no gradient).
+    embeddings : Tensor of shape (n, d)
+        ``f(x_n)``, L2-normalised.
+    targets : LongTensor of shape (n,)
+    alpha : float
+        Learning rate of the means.
+
+    Returns
+    -------
+    Tensor of shape (n_classes, d)
+    """
+    onehot = F.one_hot(targets, means.shape[0]).to(embeddings.dtype)  # (n, C)
+    counts = onehot.sum(0)[:, None]
+    delta = (counts * means - onehot.T @ embeddings) / (1 + counts)  # eq. (7)
+    return means - alpha * delta  # eq. (6)
+
+
+def class_mean_loss(embeddings, targets, means, *, alpha=0.5, gamma=16.0, margin=0.75):
+    """ELoPE's embedding loss ``L_e = L_w + L_b`` (eq. 5, 9, 10), on updated class means.
+
+    ``L_w = 1/(2N) sum_n ||f(x_n) - mu_{c_n}^t||^2`` and
+    ``L_b = gamma/(4|P|) sum_{(k,c) in P} max(m - ||mu_k^t - mu_c^t||^2, 0)^2`` over the
+    unordered pairs ``P`` of classes present in the batch (0 with fewer than two). The
+    defaults are the paper's Table 2.
+
+    Parameters
+    ----------
+    embeddings : Tensor of shape (n, d)
+        Embedding-layer outputs; L2-normalised here.
+    targets : LongTensor of shape (n,)
+    means : Tensor of shape (n_classes, d)
+        Class means of the previous iteration (a buffer, no gradient).
+    alpha, gamma, margin : float
+
+    Returns
+    -------
+    loss : Tensor (scalar)
+    new_means : Tensor of shape (n_classes, d)
+        ``mu^t``, detached: store it for the next iteration.
+
+    Examples
+    --------
+    >>> import torch
+    >>> emb = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    >>> loss, means = class_mean_loss(emb, torch.tensor([0, 1]), torch.zeros(2, 2))
+    >>> means.tolist()   # each mean moves halfway (alpha=0.5, 1 sample: /2) to its sample
+    [[0.25, 0.0], [0.0, 0.25]]
+    """
+    f = F.normalize(embeddings, dim=1)
+    mu = update_class_means(means, f, targets, alpha)
+    within = ((f - mu[targets]) ** 2).sum(1).mean() / 2  # eq. (9)
+    present = torch.unique(targets)
+    if len(present) < 2:
+        between = f.new_zeros(())
+    else:
+        k, c = torch.triu_indices(len(present), len(present), offset=1, device=f.device)
+        d2 = ((mu[present[k]] - mu[present[c]]) ** 2).sum(1)
+        between = gamma / (4 * len(d2)) * (margin - d2).clamp_min(0).pow(2).sum()  # eq. (10)
+    return within + between, mu.detach()
+
+
+def center_loss(embeddings, targets, centers, *, alpha=0.5):
+    """Center loss (Wen et al.), the baseline of ELoPE's embedding loss.
+
+    ``1/(2N) sum_n ||f(x_n) - c_{y_n}||^2`` against the centres *before* this batch's
+    update; the centres then move by eq. (6)-(7) without gradient.
+
+    Returns
+    -------
+    loss : Tensor (scalar)
+    new_centers : Tensor of shape (n_classes, d), detached
+    """
+    f = F.normalize(embeddings, dim=1)
+    loss = ((f - centers[targets]) ** 2).sum(1).mean() / 2
+    with torch.no_grad():
+        new = update_class_means(centers, f.detach(), targets, alpha)
+    return loss, new

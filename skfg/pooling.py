@@ -8,18 +8,24 @@ average pooling.
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 POOLINGS = ("gap", "gmp", "kmax")
 
 
-def kmax_pool(x, k):
+def kmax_pool(x, k, weights=None):
     """Global k-max pooling (ELoPE eq. 3): mean of the ``k`` largest values per channel.
+
+    With ``weights`` (K values), the weighted version of eq. (4):
+    ``1/K sum_k w_k S_{d,k}`` over the activations sorted in descending order.
 
     Parameters
     ----------
     x : Tensor of shape (n, C, H, W)
     k : int
         Number of maxima averaged; clipped to ``H * W``.
+    weights : Tensor of shape (k,), optional
+        ``w_k`` of eq. (4); the first ``H * W`` are used when ``k`` is clipped.
 
     Returns
     -------
@@ -27,7 +33,30 @@ def kmax_pool(x, k):
     """
     flat = x.flatten(2)
     k = min(int(k), flat.shape[-1])
-    return flat.topk(k, dim=-1, sorted=False).values.mean(-1)
+    if weights is None:
+        return flat.topk(k, dim=-1, sorted=False).values.mean(-1)
+    top = flat.topk(k, dim=-1, sorted=True).values  # S_{d,1..K}, descending (eq. 2)
+    return (top * weights[:k]).mean(-1)
+
+
+class WeightedKMaxPool(nn.Module):
+    """Global k-max pooling with K learnable weights (ELoPE eq. 4), initialised to 1.
+
+    With all weights 1 it is plain k-max pooling (eq. 3). The paper's schedule trains
+    with plain k-max first, then fine-tunes the weights.
+
+    Parameters
+    ----------
+    k : int, default=4
+    """
+
+    def __init__(self, k=4):
+        super().__init__()
+        self.k = int(k)
+        self.weight = nn.Parameter(torch.ones(self.k))
+
+    def forward(self, x):
+        return kmax_pool(x, self.k, self.weight)
 
 
 def global_pool(x, method="gap", k=4):

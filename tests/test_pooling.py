@@ -30,3 +30,18 @@ def test_unknown_pooling_names_valid_ones():
 def test_l2_normalize_rows():
     x = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
     np.testing.assert_allclose(l2_normalize(x).numpy(), [[0.6, 0.8], [0.0, 0.0]])
+
+
+def test_weighted_kmax_with_unit_weights_is_plain_kmax_eq4():
+    from skfg.pooling import WeightedKMaxPool
+
+    x = torch.randn(3, 5, 4, 4, generator=torch.Generator().manual_seed(0))
+    pool = WeightedKMaxPool(k=4)
+    torch.testing.assert_close(pool(x), kmax_pool(x, 4))
+    # eq. (4) by hand: 1/K sum_k w_k S_k over the sorted activations of channel 0 = 1..9
+    y = torch.arange(1.0, 10.0).view(1, 1, 3, 3)
+    w = torch.tensor([2.0, 0.0, 1.0])
+    assert kmax_pool(y, 3, w).item() == pytest.approx((2 * 9 + 0 * 8 + 1 * 7) / 3)
+    # the weights train
+    pool(x).sum().backward()
+    assert pool.weight.grad is not None and pool.weight.grad.shape == (4,)
