@@ -51,6 +51,26 @@ def randomise_novel(clf, seed):
     return clf
 
 
+def summarise(runs, methods, shots):
+    """Table rows and JSON records (mean ± std over draws) of ``runs[(method, n)] = [(all, novel), ...]``.
+
+    A method measured at only some n leaves the other cells empty; one never measured has no row.
+    """
+    rows, results = [], []
+    for part, j in (("novel classes", 1), ("all classes", 0)):
+        for m in methods:
+            cells = []
+            for n in shots:
+                v = np.array([r[j] for r in runs.get((m, n), [])])
+                cells.append(f"{100 * v.mean():.1f} ± {100 * v.std():.1f}" if len(v) else "")
+                if len(v):
+                    results.append({"method": m, "n": n, "part": part, "accuracy_mean": float(v.mean()),
+                                    "accuracy_std": float(v.std()), "draws": v.tolist()})
+            if any(cells):
+                rows.append((part, m, *cells))
+    return rows, results
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
@@ -123,16 +143,7 @@ def main():
             print(n, draw, {k: f"{a:.3f}/{b:.3f}" for k, (a, b) in res.items()}, flush=True)
 
     methods = ["Rand-noFT", "Imprinting", "Rand+FT", "Imprinting+FT", "AllClassJoint", "Nearest neighbour (all exemplars)"]
-    rows, results = [], []
-    for part, j in (("novel classes", 1), ("all classes", 0)):
-        for m in methods:
-            cells = []
-            for n in shots:
-                v = np.array([r[j] for r in runs[(m, n)]])
-                cells.append(f"{100 * v.mean():.1f} ± {100 * v.std():.1f}")
-                results.append({"method": m, "n": n, "part": part, "accuracy_mean": float(v.mean()),
-                                "accuracy_std": float(v.std()), "draws": v.tolist()})
-            rows.append((part, m, *cells))
+    rows, results = summarise(runs, methods, shots)
     write_results(
         "imprinting" + ("_quick" if args.quick else ""),
         {"dataset": "stanford_cars_a", "image_size": 160, "features": "frozen efficientnet_lite0 GAP",
@@ -199,18 +210,7 @@ def end_to_end(args, Xtr, ytr, Xte, yte):
             print(n, draw, {k: f"{a:.3f}/{b:.3f}" for k, (a, b) in res.items()}, flush=True)
     methods = ["Rand-noFT", "Imprinting", "Imprinting+Aug", "Rand+FT", "Imprinting+FT",
                "Nearest neighbour (all exemplars)"]
-    rows, results = [], []
-    for part, j in (("novel classes", 1), ("all classes", 0)):
-        for m in methods:
-            cells = []
-            for n in shots:
-                v = np.array([r[j] for r in runs.get((m, n), [])])
-                cells.append(f"{100 * v.mean():.1f} ± {100 * v.std():.1f}" if len(v) else "")
-                if len(v):
-                    results.append({"method": m, "n": n, "part": part, "accuracy_mean": float(v.mean()),
-                                    "accuracy_std": float(v.std()), "draws": v.tolist()})
-            if any(cells):
-                rows.append((part, m, *cells))
+    rows, results = summarise(runs, methods, shots)
     write_results(
         "imprinting_e2e" + ("_quick" if args.quick else ""),
         {"dataset": "stanford_cars_a", "image_size": 160, "features": "efficientnet_lite0 trained end to end",

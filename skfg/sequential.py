@@ -29,9 +29,8 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, colu
 from torch import nn
 
 from .backbones import state_fingerprint
-from .extractor import CNNFeatureExtractor
+from .extractor import CNNFeatureExtractor, pool_stage_outputs
 from .images import ImageSource, eval_transform, iter_batches, normalize_batch
-from .pooling import global_pool, l2_normalize
 from .softmax import SoftmaxClassifier
 
 __all__ = ["EarlyExitClassifier", "bh_threshold"]
@@ -512,35 +511,41 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
             done[:] = True  # the last layer always decides
         return s.argmax(1), done, extra  # eq. (2)
 
+    def _exit(self, m, Xm, alive, result, output):
+        """Decide layer ``m`` for samples ``alive`` (features ``Xm``); record the samples that
+        exit in ``result = (codes, exits, extra)`` and return the mask of those that go on."""
+        codes, exits, extra = result
+        c, done, e = self._decide(m, Xm, output)
+        rows = alive[done]
+        codes[rows], exits[rows] = c[done], m
+        if output:
+            extra[rows] = e[done]
+        return ~done
+
+    def _empty_result(self, n, output):
+        extra = np.zeros((n, len(self.classes_))) if output else None
+        return np.zeros(n, dtype=int), np.full(n, -1), extra
+
     def _run_features(self, X, output=None):
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
-        n = len(X)
-        codes, exits = np.zeros(n, dtype=int), np.full(n, -1)
-        extra = np.zeros((n, len(self.classes_))) if output else None
-        alive = np.arange(n)
-        for m in range(len(self.estimators_)):
+        result = self._empty_result(len(X), output)
+        alive = np.arange(len(X))
+        for m, cols in enumerate(self.feature_groups_):
             if len(alive) == 0:
                 break
-            c, done, e = self._decide(m, self._layer_features(X[alive], self.feature_groups_[m]), output)
-            rows = alive[done]
-            codes[rows], exits[rows] = c[done], m
-            if output:
-                extra[rows] = e[done]
-            alive = alive[~done]
-        return codes, exits, extra
+            alive = alive[self._exit(m, self._layer_features(X[alive], cols), alive, result, output)]
+        return result
 
     def _run_images(self, X, output=None):
         """Extractor mode: the backbone stage by stage; exited samples leave the batch."""
         ext = self.extractor_
         net = ext.network_.eval()
         source = ImageSource(X)
-        n = len(source)
-        codes, exits = np.zeros(n, dtype=int), np.full(n, -1)
-        extra = np.zeros((n, len(self.classes_))) if output else None
+        result = self._empty_result(len(source), output)
         exit_at = {name: m for m, name in enumerate(self.exit_names_)}
         stages = net.stage_names[: net.stage_names.index(self.exit_names_[-1]) + 1]
         tf = eval_transform(ext.image_size, ext.resize)
-        for idx, batch in iter_batches(source, tf, ext.batch_size, np.arange(n), ext._decode_jobs()):
+        for idx, batch in iter_batches(source, tf, ext.batch_size, np.arange(len(source)), ext._decode_jobs()):
             h = normalize_batch(batch.to(ext.device_), net.mean, net.std)
             h = h.contiguous(memory_format=torch.channels_last)
             alive = np.asarray(idx)
@@ -549,23 +554,16 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
                     h = net.stages[name](h)
                     if name not in exit_at:
                         continue
-                    m = exit_at[name]
-                    v = global_pool(h, ext.pooling, ext.k)  # the extractor's pooling, as in transform
-                    v = (l2_normalize(v) if ext.normalize else v).float().cpu().numpy()
-                    Xm = v.astype(np.float64)
-                    if self.normalize:
-                        Xm = Xm / np.maximum(np.linalg.norm(Xm, axis=1, keepdims=True), 1e-12)
-                    c, done, e = self._decide(m, Xm, output)
-                    rows = alive[done]
-                    codes[rows], exits[rows] = c[done], m
-                    if output:
-                        extra[rows] = e[done]
-                    alive = alive[~done]
+                    # the extractor's own pooling, so the features equal those of transform
+                    v = pool_stage_outputs({name: h}, [name], ext.pooling, ext.k, ext.normalize)
+                    Xm = self._layer_features(v.float().cpu().numpy(), slice(None))
+                    go_on = self._exit(exit_at[name], Xm, alive, result, output)
+                    alive = alive[go_on]
                     if len(alive) == 0:
                         break
-                    if done.any():  # (boolean indexing drops channels-last: restore it)
-                        h = h[torch.as_tensor(~done, device=h.device)].contiguous(memory_format=torch.channels_last)
-        return codes, exits, extra
+                    if not go_on.all():  # (boolean indexing drops channels-last: restore it)
+                        h = h[torch.as_tensor(go_on, device=h.device)].contiguous(memory_format=torch.channels_last)
+        return result
 
     def _run(self, X, output=None):
         check_is_fitted(self, "estimators_")
