@@ -31,7 +31,7 @@ import time
 import numpy as np
 from sklearn.svm import LinearSVC
 
-from _common import DATA, write_results
+from _common import DATA, alternating_ms, write_results
 from skfg import CNNFeatureExtractor, EarlyExitClassifier
 from skfg.datasets import load_image_folder
 from skfg.sequential import bh_threshold
@@ -43,22 +43,6 @@ def load(split, n_classes):
     X, y = load_image_folder(DATA / "stanford_cars_a" / split)
     keep = np.isin(y, np.unique(y)[:n_classes])
     return X[keep], y[keep]
-
-
-def alternating_ms(predictors, X, repeats):
-    """Per predictor, mean over images of the best-of-``repeats`` time of one image (ms).
-
-    The predictors run one after the other on each image, so a slow spell of the machine
-    hits all of them alike.
-    """
-    best = np.full((len(predictors), len(X)), np.inf)
-    for _ in range(repeats):
-        for i in range(len(X)):
-            for k, predict in enumerate(predictors):
-                t = time.perf_counter()
-                predict(X[i : i + 1])
-                best[k, i] = min(best[k, i], time.perf_counter() - t)
-    return 1000 * best.mean(1)
 
 
 def with_thresholds(clf, scheme, alpha):

@@ -116,6 +116,14 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
     def _end_training(self, net, aux, data, y, train_idx, val_idx):
         """Called with the restored best weights; set head-specific fitted attributes."""
 
+    def _check_params(self):
+        """Checks of parameter combinations, before any work (raise ``ValueError``)."""
+
+    def _pool_weight_epochs(self):
+        """Epochs of the second step of ELoPE's schedule for ``pooling="kmax_weighted"``
+        (0: the pooling weights train from the start)."""
+        return 0
+
     # ---------------------------------------------------------------- fitting
     def _batch_size(self, n_train):
         """``"auto"``: 64, but small enough for at least 8 mini-batches per epoch."""
@@ -198,6 +206,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         self
         """
         self._validate_params()
+        self._check_params()
         X, classes, y_enc, sample_weight = self._validate_inputs(X, y, sample_weight)
         device = resolve_device(self.device)
         generator = make_generator(self.random_state)
@@ -219,8 +228,22 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         net.mean.copy_(feats.mean(0))
         net.scale.fill_(float(feats.var(0, unbiased=False).mean().sqrt().clamp_min(1e-6)))
 
+        signature = self._signature(y_enc, sample_weight, len(X))
+        n_second = self._pool_weight_epochs() if net.pools is not None else 0
+        if n_second:  # ELoPE's two steps: plain k-max first (weights fixed at 1) ...
+            net.pools.requires_grad_(False)
         result = self._train(net, data, y_enc, sample_weight, train_idx, val_idx, device, generator,
-                             self.max_epochs, self._signature(y_enc, sample_weight, len(X)))
+                             self.max_epochs, signature)
+        if n_second:  # ... then everything at lr / 10 (the pooling weights at lr)
+            net.pools.requires_grad_(True)
+            second = self._train(net, data, y_enc, sample_weight, train_idx, val_idx, device, generator,
+                                 n_second, signature + ":weighted", lr_scale=0.1)
+            first = len(result["history"])
+            result = {
+                "history": result["history"] + [dict(h, epoch=h["epoch"] + first) for h in second["history"]],
+                "best_epoch": first + second["best_epoch"],
+                "interrupted": result["interrupted"] or second["interrupted"],
+            }
         # Training finished: set the fitted attributes together.
         self.module_ = net.eval()
         self.classes_ = classes
@@ -231,10 +254,12 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         self.interrupted_ = result["interrupted"]
         return self
 
-    def _train(self, net, data, y_enc, sample_weight, train_idx, val_idx, device, generator, max_epochs, signature):
+    def _train(self, net, data, y_enc, sample_weight, train_idx, val_idx, device, generator, max_epochs, signature,
+               lr_scale=1.0):
         """Train ``net`` (already standardised) on ``data[train_idx]``; the shared part of
         ``fit`` and of warm-started training. ``train_idx`` may repeat samples
-        (oversampling); ``signature=None`` disables checkpoints."""
+        (oversampling); ``signature=None`` disables checkpoints; ``lr_scale`` multiplies
+        every learning rate."""
         y_all = torch.as_tensor(y_enc)
         with torch.no_grad():
             aux = self._begin_training(net, data, y_all, train_idx, val_idx)
@@ -257,9 +282,12 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         groups = [{"params": [p for p in net.head.parameters() if p.requires_grad], "lr_scale": 1.0}]
         if net.trunk is not None:
             groups.append({"params": list(net.trunk_parameters()), "lr_scale": self.backbone_lr_scale})
+            # the K weights of weighted k-max pooling start at 1 (decay would pull them to 0);
+            # new parameters, they keep the full rate when the rest is tuned at lr * lr_scale
+            groups.append({"params": net.pool_parameters(), "lr_scale": 1.0 / lr_scale, "weight_decay": 0.0})
         groups += [dict(g, params=list(g["params"])) for g in self._aux_param_groups(aux)]
         if any(p.requires_grad for g in groups for p in g["params"]):
-            optimizer = make_optimizer(groups, self.optimizer, self.lr, self.weight_decay, self.momentum)
+            optimizer = make_optimizer(groups, self.optimizer, self.lr * lr_scale, self.weight_decay, self.momentum)
             result = fit_loop(
                 module,
                 data.loader(train_idx, y_enc, sample_weight, self._batch_size(len(train_idx)), generator, self.augment),
@@ -369,6 +397,10 @@ class _FeatureData:
     def forward(self, net, x):
         return net(x)
 
+    def features(self, net, x):
+        """The head's input (standardised pooled features) of a training batch."""
+        return net.features(x)
+
     def outputs(self, net, idx):
         return torch.cat([net(self.X[c].to(self.device)) for c in _chunks(idx, 4096)])
 
@@ -420,6 +452,10 @@ class _ImageData:
 
     def forward(self, net, x):
         return net(x, self.start) if self.prefix_cache else net(x)
+
+    def features(self, net, x):
+        """The head's input (standardised pooled features) of a training batch."""
+        return net.features(x, self.start) if self.prefix_cache else net.features(x)
 
     def outputs(self, net, idx):
         if self.cut:

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from .extractor import pool_stage_outputs
+from .pooling import WeightedKMaxPool
 
 
 class FeatureNet(nn.Module):
@@ -20,6 +21,9 @@ class FeatureNet(nn.Module):
     layers, pooling, k, normalize : as in :class:`skfg.CNNFeatureExtractor`.
     frozen : list of str
         Stage names that are not trained.
+
+    With a trunk and ``pooling="kmax_weighted"``, each layer has its own
+    :class:`~skfg.pooling.WeightedKMaxPool` (ELoPE eq. 4) in ``pools``.
     """
 
     def __init__(self, head, n_features, trunk=None, layers=(), pooling="gap", k=4, normalize=True, frozen=()):
@@ -31,6 +35,9 @@ class FeatureNet(nn.Module):
         self.frozen = list(frozen)
         self.register_buffer("mean", torch.zeros(n_features))
         self.register_buffer("scale", torch.ones(n_features))
+        self.pools = None
+        if trunk is not None and pooling == "kmax_weighted":
+            self.pools = nn.ModuleDict({name: WeightedKMaxPool(k) for name in self.layers})
         if trunk is not None:
             names = trunk.stage_names
             self.stages = names[: max(names.index(n) for n in self.layers) + 1]
@@ -50,6 +57,10 @@ class FeatureNet(nn.Module):
             for name in self.frozen:  # frozen BatchNorm keeps its running statistics
                 self.trunk.stages[name].eval()
         return self
+
+    def pool_parameters(self):
+        """The learned pooling weights (empty unless ``pooling="kmax_weighted"``)."""
+        return [] if self.pools is None else list(self.pools.parameters())
 
     def trunk_parameters(self):
         return [] if self.trunk is None else [p for p in self.trunk.parameters() if p.requires_grad]
@@ -71,7 +82,7 @@ class FeatureNet(nn.Module):
                 x = self.trunk.stages[name](x)
             if name in self.layers:
                 maps[name] = x
-        return pool_stage_outputs(maps, self.layers, self.pooling, self.k, self.normalize)
+        return pool_stage_outputs(maps, self.layers, self.pooling, self.k, self.normalize, self.pools)
 
     def features(self, x, start=None):
         return (self.pooled(x, start) - self.mean) / self.scale

@@ -37,11 +37,15 @@ def resolve_layers(layers, stage_names):
     return layers
 
 
-def pool_stage_outputs(maps, layers, pooling="gap", k=4, normalize=True):
-    """Pool each stage's map (and L2-normalise it) and concatenate, in ``layers`` order."""
+def pool_stage_outputs(maps, layers, pooling="gap", k=4, normalize=True, pools=None):
+    """Pool each stage's map (and L2-normalise it) and concatenate, in ``layers`` order.
+
+    ``pools`` maps a layer name to a pooling module (learned weighted k-max pooling)
+    used instead of ``pooling``.
+    """
     parts = []
     for name in layers:
-        v = global_pool(maps[name], pooling, k)
+        v = pools[name](maps[name]) if pools is not None and name in pools else global_pool(maps[name], pooling, k)
         parts.append(l2_normalize(v) if normalize else v)
     return torch.cat(parts, dim=1)
 
@@ -63,10 +67,13 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
         Nothing is ever downloaded.
     layers : "last", str or list of str, default="last"
         Stages whose outputs become features, e.g. ``["stage4", "stage6", "head"]``.
-    pooling : {"gap", "gmp", "kmax"}, default="gap"
+    pooling : {"gap", "gmp", "kmax", "kmax_weighted"}, default="gap"
         Global average, global max, or global k-max pooling (ELoPE eq. 3).
+        ``"kmax_weighted"`` (eq. 4) learns K weights over the sorted maxima when a
+        classifier fine-tunes this extractor (``SoftmaxClassifier(extractor=...)``);
+        here, with no learned weights, it equals ``"kmax"``.
     k : int, default=4
-        Number of maxima averaged by ``pooling="kmax"``.
+        Number of maxima averaged by the k-max poolings.
     normalize : bool, default=True
         L2-normalise each layer's pooled vector.
     image_size : int, default=224
@@ -222,8 +229,8 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
             "backbone": self.backbone,
             "weights": self._weights_fingerprint,
             "layers": self.layers_,
-            "pooling": self.pooling,
-            "k": self.k if self.pooling == "kmax" else None,
+            "pooling": "kmax" if self.pooling == "kmax_weighted" else self.pooling,  # same features
+            "k": self.k if self.pooling.startswith("kmax") else None,
             "normalize": bool(self.normalize),
             "image_size": int(self.image_size),
             "resize": self.resize,

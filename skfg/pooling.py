@@ -3,14 +3,16 @@
 ``global_pool(x, "kmax", k)`` is the global k-max pooling of ELoPE eq. (2)-(3): for each
 channel d, sort the I*J activations in descending order (S_d) and average the first K,
 GKMP(y)_d = 1/K sum_{k<=K} S_{d,k}. K = 1 gives global max pooling, K = I*J global
-average pooling.
+average pooling. ``"kmax_weighted"`` is eq. (4), with K learned weights: a network that
+trains it holds a :class:`WeightedKMaxPool` per layer; without learned weights (all 1,
+e.g. in :class:`skfg.CNNFeatureExtractor`) it equals ``"kmax"``.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-POOLINGS = ("gap", "gmp", "kmax")
+POOLINGS = ("gap", "gmp", "kmax", "kmax_weighted")
 
 
 def kmax_pool(x, k, weights=None):
@@ -60,12 +62,13 @@ class WeightedKMaxPool(nn.Module):
 
 
 def global_pool(x, method="gap", k=4):
-    """Pool a ``(n, C, H, W)`` map to ``(n, C)`` with ``"gap"``, ``"gmp"`` or ``"kmax"``."""
+    """Pool a ``(n, C, H, W)`` map to ``(n, C)`` with ``"gap"``, ``"gmp"`` or ``"kmax"``
+    (``"kmax_weighted"`` with all weights 1 is ``"kmax"``)."""
     if method == "gap":
         return x.mean(dim=(2, 3))
     if method == "gmp":
         return x.amax(dim=(2, 3))
-    if method == "kmax":
+    if method in ("kmax", "kmax_weighted"):
         return kmax_pool(x, k)
     raise ValueError(f"Unknown pooling {method!r}; valid: {', '.join(POOLINGS)}")
 

@@ -478,8 +478,14 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
             )
         if self.fine_tune_epochs == 0:
             return extractor
+        if extractor.pooling == "kmax_weighted":
+            raise ValueError(
+                "fine_tune_epochs with pooling='kmax_weighted' would learn pooling weights that the "
+                "stage-by-stage prediction does not use; use pooling='kmax'."
+            )
         params = dict(self.fine_tune_params or {})
-        clash = sorted(set(params) & {"extractor", "max_epochs", "trainable_blocks", "embedding_dim", "dropout"})
+        clash = sorted(set(params) & {"extractor", "max_epochs", "trainable_blocks", "embedding_dim", "dropout",
+                                      "embedding_loss", "kmax_weight_epochs"})
         if clash:
             raise ValueError(
                 f"fine_tune_params cannot set {clash}: the extractor, fine_tune_epochs and trainable_blocks "

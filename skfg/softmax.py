@@ -2,10 +2,22 @@
 
 from numbers import Integral, Real
 
-from sklearn.utils._param_validation import Interval
+import numpy as np
+import torch
+from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
 from ._classifier import BaseTorchClassifier
+from .losses import center_loss, class_mean_loss
+
+
+class _ClassMeans(nn.Module):
+    """The class means (or centres) of the embedding loss: state trained with the
+    network (checkpointed), not parameters."""
+
+    def __init__(self, n_classes, dim):
+        super().__init__()
+        self.register_buffer("means", torch.zeros(n_classes, dim))
 
 
 class SoftmaxClassifier(BaseTorchClassifier):
@@ -22,12 +34,43 @@ class SoftmaxClassifier(BaseTorchClassifier):
     and flip augmentation (``augment``). With ``augment=False`` and frozen first stages,
     their output is computed once per image and reused every epoch (frozen-prefix cache).
 
+    ELoPE's embedding layer (``embedding_loss``): the hidden layer of ``embedding_dim``
+    units is trained with ``L = L_CE + lambda L_e`` (ELoPE eq. 1), where ``L_e`` pulls the
+    L2-normalised embeddings to their class means and pushes the means of the classes
+    in a mini-batch apart (eq. 5-10; :func:`skfg.losses.class_mean_loss`). With an
+    extractor whose ``pooling="kmax_weighted"``, the K weights of the global k-max
+    pooling (eq. 4) are learned too; ``kmax_weight_epochs`` gives the paper's two-step
+    schedule.
+
     Parameters
     ----------
     embedding_dim : int or None, default=None
         Width of the extra hidden layer (ReLU); ``None`` is a linear softmax.
     dropout : float, default=0.0
         Dropout before the last layer.
+    embedding_loss : {None, "class_means", "within", "center"}, default=None
+        Loss on the hidden layer's output (its linear part, before the ReLU), added to
+        the cross-entropy with weight ``embedding_loss_weight``; needs ``embedding_dim``.
+        ``"class_means"``: ELoPE's ``L_w + L_b`` (eq. 5, 9, 10), class means updated
+        every mini-batch by eq. 6-7 with the update kept in backpropagation;
+        ``"within"``: ``L_w`` only; ``"center"``: the center loss (Wen et al.), the
+        baseline, centres updated without gradient. Class means start as the class
+        means of the initial embeddings. Samples of zero weight do not enter it.
+    embedding_loss_weight : float, default=2.0
+        ``lambda`` of ELoPE eq. 1 (Table 2).
+    class_mean_rate : float, default=0.5
+        ``alpha`` of eq. 6, the update rate of the class means (Table 2).
+    between_weight : float, default=16.0
+        ``gamma`` of eq. 10, the weight of the between-class part (Table 2).
+    between_margin : float, default=0.75
+        ``m`` of eq. 10: class means closer than this (squared distance of normalised
+        vectors) are pushed apart (Table 2).
+    kmax_weight_epochs : int, default=0
+        With an extractor whose ``pooling="kmax_weighted"``: 0 trains the pooling
+        weights with everything else from the start; ``n > 0`` is ELoPE's two-step
+        schedule: ``max_epochs`` with the weights fixed at 1 (plain k-max), then ``n``
+        more epochs training everything at ``lr / 10``, the new weights at ``lr``; the best
+        epoch (on validation) of the second step is kept.
     extractor : CNNFeatureExtractor or None, default=None
         ``None``: ``X`` holds features. Otherwise ``X`` holds images and this extractor's
         backbone, layers, pooling and preprocessing are used and fine-tuned.
@@ -70,6 +113,8 @@ class SoftmaxClassifier(BaseTorchClassifier):
         Class labels.
     module_ : torch.nn.Module
         The trained network.
+    class_means_ : ndarray of shape (n_classes, embedding_dim) or None
+        With ``embedding_loss``: the class means (centres) at the end of training.
     history_ : list of dict
         Per epoch: ``epoch``, ``loss``, ``val_score`` (accuracy), ``val_loss``,
         ``seconds``, ``lr``.
@@ -102,6 +147,12 @@ class SoftmaxClassifier(BaseTorchClassifier):
         **BaseTorchClassifier._parameter_constraints,
         "embedding_dim": [Interval(Integral, 1, None, closed="left"), None],
         "dropout": [Interval(Real, 0, 1, closed="left")],
+        "embedding_loss": [StrOptions({"class_means", "within", "center"}), None],
+        "embedding_loss_weight": [Interval(Real, 0, None, closed="left")],
+        "class_mean_rate": [Interval(Real, 0, 1, closed="right")],
+        "between_weight": [Interval(Real, 0, None, closed="left")],
+        "between_margin": [Interval(Real, 0, None, closed="left")],
+        "kmax_weight_epochs": [Interval(Integral, 0, None, closed="left")],
     }
 
     def __init__(
@@ -109,6 +160,12 @@ class SoftmaxClassifier(BaseTorchClassifier):
         embedding_dim=None,
         *,
         dropout=0.0,
+        embedding_loss=None,
+        embedding_loss_weight=2.0,
+        class_mean_rate=0.5,
+        between_weight=16.0,
+        between_margin=0.75,
+        kmax_weight_epochs=0,
         extractor=None,
         trainable_blocks=0,
         augment=True,
@@ -130,6 +187,12 @@ class SoftmaxClassifier(BaseTorchClassifier):
     ):
         self.embedding_dim = embedding_dim
         self.dropout = dropout
+        self.embedding_loss = embedding_loss
+        self.embedding_loss_weight = embedding_loss_weight
+        self.class_mean_rate = class_mean_rate
+        self.between_weight = between_weight
+        self.between_margin = between_margin
+        self.kmax_weight_epochs = kmax_weight_epochs
         self.extractor = extractor
         self.trainable_blocks = trainable_blocks
         self.augment = augment
@@ -149,6 +212,55 @@ class SoftmaxClassifier(BaseTorchClassifier):
         self.checkpoint_dir = checkpoint_dir
         self.verbose = verbose
 
+    def _check_params(self):
+        if self.embedding_loss is not None and self.embedding_dim is None:
+            raise ValueError(
+                f"embedding_loss={self.embedding_loss!r} needs an embedding layer: set embedding_dim "
+                "(ELoPE uses 512)."
+            )
+        if self.kmax_weight_epochs and getattr(self.extractor, "pooling", None) != "kmax_weighted":
+            raise ValueError(
+                f"kmax_weight_epochs={self.kmax_weight_epochs} fine-tunes weighted k-max pooling: it needs "
+                "extractor=CNNFeatureExtractor(pooling='kmax_weighted')."
+            )
+
+    def _pool_weight_epochs(self):
+        return self.kmax_weight_epochs
+
+    # ELoPE's embedding loss: the class means live in ``aux`` (a buffer, checkpointed).
+    def _begin_training(self, net, data, y, train_idx, val_idx):
+        if self.embedding_loss is None:
+            return None
+        feats = (data.pooled(net, train_idx).float() - net.mean) / net.scale
+        emb = nn.functional.normalize(net.head[0](feats), dim=1)
+        y_train = y[train_idx].to(emb.device)
+        aux = _ClassMeans(int(y.max()) + 1, emb.shape[1]).to(emb.device)
+        aux.means.index_add_(0, y_train, emb)
+        counts = torch.bincount(y_train, minlength=len(aux.means)).clamp_min(1)
+        aux.means /= counts[:, None].to(emb.dtype)
+        return aux
+
+    def _aux_param_groups(self, aux):
+        return []  # the class means are buffers updated by eq. 6-7, not by the optimiser
+
+    def _training_loss(self, net, aux, data, x, t, w, idx):
+        if aux is None:
+            return super()._training_loss(net, aux, data, x, t, w, idx)
+        emb = net.head[0](data.features(net, x))  # the embedding layer's output
+        loss = self._loss(net.head[1:](emb), t, w)
+        keep = w > 0
+        if self.embedding_loss == "center":
+            extra, means = center_loss(emb[keep], t[keep], aux.means, alpha=self.class_mean_rate)
+        else:
+            gamma = self.between_weight if self.embedding_loss == "class_means" else 0.0
+            extra, means = class_mean_loss(emb[keep], t[keep], aux.means, alpha=self.class_mean_rate,
+                                           gamma=gamma, margin=self.between_margin)
+        aux.means.copy_(means)
+        return loss + self.embedding_loss_weight * extra  # eq. (1)
+
+    def _end_training(self, net, aux, data, y, train_idx, val_idx):
+        self.class_means_ = None if aux is None else aux.means.cpu().numpy().astype(np.float64)
+
     def _make_head(self, n_features, n_classes):
         if self.embedding_dim is None:
             return nn.Sequential(nn.Dropout(self.dropout), nn.Linear(n_features, n_classes))
@@ -158,3 +270,4 @@ class SoftmaxClassifier(BaseTorchClassifier):
             nn.Dropout(self.dropout),
             nn.Linear(self.embedding_dim, n_classes),
         )
+
