@@ -75,3 +75,13 @@ class TorchStateMixin:
             module = self._make_module(key)
             module.load_state_dict(state_from_bytes(blob, map_location=device))
             setattr(self, key, module.to(device).eval())
+
+
+def image_transformer_tags(tags):
+    """sklearn tags of a transformer whose X holds images (paths, arrays, PIL images)."""
+    tags.input_tags.one_d_array = True  # image paths
+    tags.input_tags.two_d_array = False
+    tags.input_tags.three_d_array = True
+    tags.input_tags.string = True
+    tags.transformer_tags.preserves_dtype = []
+    return tags

@@ -11,7 +11,7 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import TorchStateMixin, resolve_device
+from ._base import TorchStateMixin, image_transformer_tags, resolve_device
 from ._cache import get_feature_cache
 from .backbones import build_backbone, get_backbone_spec, list_backbones, probe_channels
 from .backbones import state_fingerprint
@@ -325,10 +325,4 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
         return np.asarray(names, dtype=object)
 
     def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.one_d_array = True  # image paths
-        tags.input_tags.two_d_array = False
-        tags.input_tags.three_d_array = True
-        tags.input_tags.string = True
-        tags.transformer_tags.preserves_dtype = []
-        return tags
+        return image_transformer_tags(super().__sklearn_tags__())

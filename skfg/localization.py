@@ -1,0 +1,735 @@
+"""``ObjectCropper``: ELoPE's lightweight localization module as a transformer (images -> crops).
+
+elope.txt section 5: the mean over the channels of the last convolutional layer of a
+trained classification model is a heat map of the object. A small network made of the
+first layers of that model, fed a 64 x 64 version of the image, learns to predict that
+map (smooth L1 loss, the model frozen); the box is the smallest rectangle around the
+pixels of the min-max normalised map that exceed ``tau``.
+"""
+
+import copy
+import math
+from collections import OrderedDict
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import BaseEstimator, TransformerMixin, clone
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import HasMethods, Interval
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from ._base import TorchStateMixin, image_transformer_tags, resolve_device
+from ._training import fit_loop, make_generator, make_optimizer, make_scheduler
+from .backbones import build_backbone, count_parameters, get_backbone_spec, state_fingerprint
+from .extractor import CNNFeatureExtractor
+from .images import ImageSource, eval_transform, normalize_batch
+
+__all__ = ["ObjectCropper", "box_iou", "heatmap_to_box"]
+
+DEFAULT_TEACHER = "efficientnet_lite0"
+_MAX_GRID = 512  # heatmap_to_box upsamples to the image size, at most this many cells a side
+
+
+# ------------------------------------------------------------------ boxes
+def heatmap_to_box(heatmap, image_shape, tau=0.3, upsample=True):
+    """Bounding box of the object in a heat map (ELoPE section 5, last paragraph).
+
+    The map is min-max normalised and binarised at ``tau``; the box is the smallest
+    rectangle containing every cell whose value is strictly greater than ``tau``,
+    mapped to the image's pixel coordinates (the map is taken to cover the whole image).
+
+    Parameters
+    ----------
+    heatmap : array-like of shape (I, J)
+        Any finite values; only their order matters.
+    image_shape : tuple of int
+        ``(height, width, ...)`` of the image the map covers (numpy order: rows first).
+    tau : float in [0, 1), default=0.3
+        Binarisation threshold on the normalised map (ELoPE Table 2: 0.3 on birds,
+        0.2 on cars and aircraft).
+    upsample : bool, default=True
+        Resize the map bilinearly to the image size (at most 512 cells a side) before
+        normalising and thresholding, so the box edges fall between map cells instead
+        of on the coarse ``I x J`` grid. ``False`` thresholds the ``I x J`` cells
+        themselves, as the paper describes it.
+
+    Returns
+    -------
+    box : ndarray of shape (4,), float64
+        ``(x0, y0, x1, y1)`` in pixels, ``0 <= x0 < x1 <= width`` and
+        ``0 <= y0 < y1 <= height`` (the far edges are exclusive, as in
+        :func:`skfg.datasets.make_fine_grained`). A constant map gives the whole image.
+
+    Raises
+    ------
+    ValueError
+        If the map is not 2-D, holds NaN or infinite values, or ``tau`` is outside [0, 1).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfg.localization import heatmap_to_box
+    >>> m = np.zeros((4, 4)); m[1:3, 2] = 1.0           # a hot block: rows 1-2, column 2
+    >>> heatmap_to_box(m, (40, 80), upsample=False).tolist()   # cells are 10 x 20 pixels
+    [40.0, 10.0, 60.0, 30.0]
+    >>> heatmap_to_box(np.ones((7, 7)), (30, 50)).tolist()     # no object found: everything
+    [0.0, 0.0, 50.0, 30.0]
+    """
+    m = np.asarray(heatmap, dtype=np.float64)
+    if m.ndim != 2 or m.size == 0:
+        raise ValueError(f"heatmap must be a non-empty 2-D array, got shape {m.shape}.")
+    if not np.isfinite(m).all():
+        raise ValueError("heatmap holds NaN or infinite values.")
+    height, width = int(image_shape[0]), int(image_shape[1])
+    if height < 1 or width < 1:
+        raise ValueError(f"image_shape must be (height, width) of at least 1 pixel, got {tuple(image_shape)}.")
+    _check_tau(tau)
+    if upsample:
+        size = (min(height, _MAX_GRID), min(width, _MAX_GRID))
+        if size != m.shape:
+            t = torch.from_numpy(m)[None, None]
+            m = F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+    lo, hi = m.min(), m.max()
+    if hi - lo <= 1e-12 * max(1.0, abs(hi), abs(lo)):  # constant: no object found, keep it all
+        return np.array([0.0, 0.0, float(width), float(height)])
+    mask = (m - lo) / (hi - lo) > tau  # never empty: the maximum is 1 > tau
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    h, w = m.shape
+    return np.array([cols[0] * width / w, rows[0] * height / h, (cols[-1] + 1) * width / w, (rows[-1] + 1) * height / h])
+
+
+def _check_tau(tau):
+    if isinstance(tau, bool) or not isinstance(tau, Real) or not 0 <= tau < 1:
+        raise ValueError(f"tau must be a number in [0, 1), got {tau!r}.")
+
+
+def box_iou(boxes_a, boxes_b):
+    """Intersection over union of boxes ``(x0, y0, x1, y1)``, row by row.
+
+    The measure of ELoPE Table 4: a box counts as correct when its IoU with the
+    ground-truth box is at least 0.5.
+
+    Parameters
+    ----------
+    boxes_a, boxes_b : array-like of shape (4,) or (n, 4)
+        Broadcast against each other.
+
+    Returns
+    -------
+    iou : float or ndarray of shape (n,)
+        In [0, 1]; 0 where the union is empty.
+
+    Examples
+    --------
+    >>> from skfg.localization import box_iou
+    >>> float(box_iou([0, 0, 10, 10], [5, 0, 15, 10]))   # overlap 50, union 150
+    0.3333333333333333
+    """
+    a, b = np.asarray(boxes_a, dtype=np.float64), np.asarray(boxes_b, dtype=np.float64)
+    if a.shape[-1] != 4 or b.shape[-1] != 4:
+        raise ValueError(f"boxes must have 4 coordinates (x0, y0, x1, y1) in the last axis; got {a.shape} and {b.shape}.")
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = iw * ih
+    area = lambda c: np.clip(c[..., 2] - c[..., 0], 0, None) * np.clip(c[..., 3] - c[..., 1], 0, None)  # noqa: E731
+    union = area(a) + area(b) - inter
+    iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    return iou[()] if iou.ndim == 0 else iou
+
+
+# ---------------------------------------------------------------- modules
+class _Student(nn.Module):
+    """The localization module: the teacher's first stages, a 1x1 convolution to one
+    channel, and a resize to the teacher's heat-map size ``(I, J)`` (section 5)."""
+
+    def __init__(self, stages, in_channels, heatmap_shape):
+        super().__init__()
+        self.stages = nn.Sequential(stages)
+        self.to_map = nn.Conv2d(in_channels, 1, kernel_size=1)
+        nn.init.zeros_(self.to_map.weight)  # starts at a constant map (bias: the mean target)
+        self.heatmap_shape = tuple(int(v) for v in heatmap_shape)
+
+    def forward(self, x):
+        m = self.to_map(self.stages(x))
+        if tuple(m.shape[-2:]) != self.heatmap_shape:  # antialiased when shrinking
+            m = F.interpolate(m, size=self.heatmap_shape, mode="bilinear", align_corners=False, antialias=True)
+        return m[:, 0]
+
+
+def _student_stages(network, n_stages):
+    """Copies (fresh weights, shared with nothing) of the first ``n_stages`` stages."""
+    names = network.stage_names
+    return OrderedDict((name, copy.deepcopy(network.stages[name])) for name in names[:n_stages])
+
+
+def _build_student(network, n_stages, input_size, heatmap_shape):
+    stages = nn.Sequential(_student_stages(network, n_stages)).float().cpu()
+    was_training = stages.training
+    stages.eval()
+    with torch.no_grad():
+        channels = int(stages(torch.zeros(1, 3, input_size, input_size)).shape[1])
+    stages.train(was_training)
+    return _Student(OrderedDict(stages.named_children()), channels, heatmap_shape)
+
+
+class _Teacher:
+    """The frozen teacher: a StagedNetwork, its input normalisation, and its input size.
+
+    A plain object, not an ``nn.Module``: it is not pickled with the cropper (see
+    ``ObjectCropper.__getstate__``); it is found again from the ``teacher`` parameter.
+    """
+
+    def __init__(self, network, backbone, image_size):
+        self.network = network
+        self.backbone = backbone
+        self.image_size = int(image_size)
+        spec = get_backbone_spec(backbone)
+        self.mean, self.std = spec.mean, spec.std
+        self.layer = network.stage_names[-1]  # the last convolutional stage
+
+    @property
+    def device(self):
+        return next(self.network.parameters()).device
+
+    @torch.no_grad()
+    def heatmaps(self, batch):
+        """uint8 ``(n, 3, S, S)`` -> mean over channels of the last stage, ``(n, I, J)`` on the CPU."""
+        net = self.network
+        was_training = net.training
+        net.eval()  # the caller's network: put back as it was
+        try:
+            x = normalize_batch(batch.to(self.device), self.mean, self.std)
+            x = x.to(next(net.parameters()).dtype).contiguous(memory_format=torch.channels_last)
+            for _, out in net.forward_stages(x):
+                pass
+        finally:
+            net.train(was_training)
+        return out.float().mean(1).cpu()
+
+
+def _unwrap(teacher):
+    """A ``sklearn.frozen.FrozenEstimator`` -> the estimator it holds."""
+    try:
+        from sklearn.frozen import FrozenEstimator
+    except ImportError:  # pragma: no cover - scikit-learn < 1.6
+        return teacher
+    return teacher.estimator if isinstance(teacher, FrozenEstimator) else teacher
+
+
+def _resolve_teacher(teacher):
+    """The ``teacher`` parameter -> a :class:`_Teacher` (the network is never modified)."""
+    teacher = _unwrap(teacher)
+    if teacher is None:
+        network = build_backbone(DEFAULT_TEACHER, "imagenet").to(memory_format=torch.channels_last)
+        return _Teacher(network, DEFAULT_TEACHER, 224)
+    if isinstance(teacher, CNNFeatureExtractor):
+        ext = teacher if hasattr(teacher, "network_") else clone(teacher).fit()
+        return _Teacher(ext.network_, ext.backbone, ext.image_size)
+    module, ext = getattr(teacher, "module_", None), getattr(teacher, "extractor_", None)
+    if module is not None and getattr(module, "trunk", None) is not None and ext is not None:
+        return _Teacher(module.trunk, ext.backbone, ext.image_size)
+    name = type(teacher).__name__
+    if module is not None or hasattr(teacher, "classes_"):
+        raise ValueError(
+            f"teacher={name} was fitted on features, not images: it has no CNN whose heat maps "
+            "could be learned. Give a classifier fitted with extractor=CNNFeatureExtractor(...), "
+            "a CNNFeatureExtractor, or None."
+        )
+    raise ValueError(
+        f"teacher={name} is not fitted. ObjectCropper never trains the teacher (it has no "
+        "labels): fit the classifier first (with extractor=...). To keep a fitted teacher "
+        "through clone (Pipeline, GridSearchCV), wrap it in sklearn.frozen.FrozenEstimator."
+    )
+
+
+# -------------------------------------------------------------- estimator
+class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
+    """Crop images to the object, with ELoPE's lightweight localization module.
+
+    A scikit-learn transformer for the start of a pipeline: images in, images cropped
+    to the object out (ELoPE section 5)::
+
+        Pipeline([("crop", ObjectCropper()), ("cnn", CNNFeatureExtractor()),
+                  ("clf", SoftmaxClassifier())])
+
+    ``fit`` needs images only (no labels, no boxes). A *teacher* CNN sees each whole
+    training image, squashed to ``teacher_size x teacher_size``; the mean over the
+    channels of its last convolutional stage is the image's heat map, ``I x J`` cells
+    (7 x 7 for EfficientNet-Lite0 at 224 px). The *student* (the localization module)
+    is a copy of the teacher's first ``student_stages`` stages, initialised from the
+    teacher's weights as in the paper, followed by a 1x1 convolution to one channel
+    and a resize to ``I x J``. It sees the image at ``input_size x input_size``
+    (64 in the paper) and is trained with the smooth L1 loss to reproduce the teacher's
+    maps while the teacher stays frozen. At prediction only the student runs; its map
+    is min-max normalised, binarised at ``tau``, and the smallest rectangle around the
+    cells above ``tau`` is the box (:func:`heatmap_to_box`), in pixels of each original
+    image.
+
+    Parameters
+    ----------
+    teacher : None, CNNFeatureExtractor or fitted classifier, default=None
+        Whose heat maps are learned.
+
+        - ``None``: EfficientNet-Lite0 with its ImageNet weights (``build_backbone``).
+        - A :class:`skfg.CNNFeatureExtractor` (fitted or not; an unfitted one is fitted
+          on a clone): its backbone and weights; ``teacher_size=None`` takes its
+          ``image_size``.
+        - A classifier fitted on images, with ``module_.trunk`` and ``extractor_``, e.g.
+          ``SoftmaxClassifier(extractor=..., trainable_blocks=...)``: its fine-tuned
+          CNN, the paper's "trained classification model". Wrap it in
+          ``sklearn.frozen.FrozenEstimator`` to keep it fitted through ``clone``.
+
+        The teacher is never modified.
+    teacher_size : int or None, default=None
+        Side of the square (squashed, so the map covers the whole image) teacher input;
+        ``None``: the teacher extractor's ``image_size`` (224 for ``teacher=None``).
+        Sets the heat-map size: ``teacher_size / 32`` cells a side for the registered
+        backbones.
+    input_size : int, default=64
+        Side of the square student input (the paper's 64 x 64).
+    student_stages : int, default=4
+        How many first stages of the teacher's backbone the student copies. For
+        EfficientNet-Lite0, 4 is ``stem`` to ``stage3``: 55,545 parameters with the
+        1x1 convolution, 8 x 8 x 40 features at 64 px, 9.3 M multiply-adds (the paper's
+        ResNet-50 module has 220,000 parameters; ``student_stages=5`` gives 254,065).
+    tau : float in [0, 1), default=0.3
+        Box threshold on the min-max normalised map (Table 2: 0.3 for birds, 0.2 for
+        cars and aircraft). Used at prediction; can be changed after ``fit``.
+    upsample : bool, default=True
+        Resize the ``I x J`` map bilinearly to the image before thresholding (finer
+        boxes); ``False`` thresholds the coarse cells (see :func:`heatmap_to_box`).
+    augment : bool, default=True
+        Flip a random half of each training batch horizontally, image and target map
+        together.
+    lr : float, default=1e-3
+        Adam learning rate (cosine schedule).
+    max_epochs : int, default=30
+        Training epochs at most.
+    batch_size : int, default=32
+        Training images per step.
+    validation_fraction : float in [0, 1), default=0.1
+        Held-out share of the training images; the epoch with the lowest held-out
+        smooth L1 loss is kept. 0 keeps the last epoch.
+    n_iter_no_change : int or None, default=5
+        Stop after this many epochs without a lower held-out loss (``None``: never).
+    random_state : int, RandomState or None, default=None
+        Seeds the split, the initialisation of the 1x1 convolution, the batches and the
+        flips (the same value gives identical CPU runs).
+    device : str, default="auto"
+        Device of the student: ``"auto"`` is CUDA when present, else the CPU. A given
+        teacher runs where its network is.
+    verbose : bool, default=False
+        Progress of the training.
+
+    Attributes
+    ----------
+    student_ : torch.nn.Module
+        The trained localization module, in eval mode on ``device_``. Maps a normalised
+        ``(n, 3, input_size, input_size)`` batch to ``(n, I, J)`` maps.
+    heatmap_shape_ : tuple of int
+        ``(I, J)``, the teacher's (and the student's) map size.
+    teacher_backbone_ : str
+        The teacher's backbone.
+    teacher_layer_ : str
+        The teacher stage whose channel mean is the heat map (its last stage).
+    teacher_size_ : int
+        The teacher's input side.
+    n_parameters_ : int
+        Parameters of ``student_``.
+    flops_ : int
+        Multiply-adds (MACs, the paper's "FLOPs" of Table 3) of one student forward
+        pass on ``1 x 3 x input_size x input_size``, convolutions only, counted with
+        :class:`torch.utils.flop_counter.FlopCounterMode` (which counts 2 FLOPs per
+        multiply-add; its count is halved here).
+    history_ : list of dict
+        Per epoch: loss, val_loss, seconds, lr (from :func:`skfg._training.fit_loop`).
+    best_epoch_ : int
+        The epoch whose weights were kept.
+    n_iter_ : int
+        Epochs run.
+    device_ : str
+        The student's device.
+
+    See Also
+    --------
+    heatmap_to_box : The box step on its own.
+    box_iou : Intersection over union, the measure of the paper's Table 4.
+
+    Notes
+    -----
+    Deliberate choices beyond the paper:
+
+    - The targets are the teacher's maps min-max normalised per image: the box step
+      normalises anyway, and normalised targets give every image the same weight in
+      the loss whatever the scale of its activations. The 1x1 convolution starts at
+      zero with the mean target as bias (a constant map).
+    - The student's BatchNorm layers keep the teacher's running statistics (eval mode)
+      while their scale and shift train, so training and prediction behave the same
+      even on few, small batches.
+    - ``upsample=True`` thresholds the bilinearly upsampled map (finer boxes).
+
+    The teacher is not pickled with the cropper (a pretrained backbone would add
+    ~19 MB and the student does not need it). ``source="teacher"`` after loading
+    finds the teacher again from the ``teacher`` parameter (rebuilt for ``None``, the
+    extractor or classifier pickled as the parameter otherwise) and refuses with a
+    ``ValueError`` if its weights differ from the ones the student learned from.
+
+    The paper's teacher is the fine-tuned classifier. A pretrained-only teacher
+    (``None``) highlights whatever ImageNet features fire on; on the synthetic images
+    of :func:`skfg.datasets.make_fine_grained` its maps do not find the object (see
+    ``docs/localization.rst`` for measured numbers).
+
+    References
+    ----------
+    H. Hanselmann and H. Ney, "ELoPE: Fine-Grained Visual Classification with Efficient
+    Localization, Pooling and Embedding" (``papers/elope.txt``): section 5 (the module),
+    Table 2 (``tau``), Table 3 (cost) and Table 4 (IoU >= 0.5 accuracy).
+
+    Examples
+    --------
+    >>> from skfg.localization import ObjectCropper
+    >>> from skfg.datasets import make_fine_grained
+    >>> X, _ = make_fine_grained(n_classes=2, n_per_class=4, image_size=64, random_state=0)
+    >>> crop = ObjectCropper(teacher_size=128, max_epochs=2, random_state=0).fit(X)
+    >>> crop.heatmap_shape_, crop.predict_boxes(X).shape
+    ((4, 4), (8, 4))
+    >>> crops = crop.transform(X)                  # PIL images, each its own size
+    >>> len(crops), crops[0].mode
+    (8, 'RGB')
+    """
+
+    _parameter_constraints = {
+        "teacher": [None, HasMethods(["fit"])],
+        "teacher_size": [Interval(Integral, 32, None, closed="left"), None],
+        "input_size": [Interval(Integral, 16, None, closed="left")],
+        "student_stages": [Interval(Integral, 1, None, closed="left")],
+        "tau": [Interval(Real, 0, 1, closed="left")],
+        "upsample": ["boolean"],
+        "augment": ["boolean"],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), None],
+        "random_state": ["random_state"],
+        "device": [str, None],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        teacher=None,
+        *,
+        teacher_size=None,
+        input_size=64,
+        student_stages=4,
+        tau=0.3,
+        upsample=True,
+        augment=True,
+        lr=1e-3,
+        max_epochs=30,
+        batch_size=32,
+        validation_fraction=0.1,
+        n_iter_no_change=5,
+        random_state=None,
+        device="auto",
+        verbose=False,
+    ):
+        self.teacher = teacher
+        self.teacher_size = teacher_size
+        self.input_size = input_size
+        self.student_stages = student_stages
+        self.tau = tau
+        self.upsample = upsample
+        self.augment = augment
+        self.lr = lr
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.random_state = random_state
+        self.device = device
+        self.verbose = verbose
+
+    # ---------------------------------------------------------------- fitting
+    def fit(self, X, y=None):
+        """Compute the teacher's heat maps of X and train the student to predict them.
+
+        Parameters
+        ----------
+        X : array-like
+            Training images: paths, a uint8 array ``(n, H, W, 3)`` or a list of PIL
+            images (any sizes).
+        y : ignored
+            Not used: the heat maps need no labels.
+
+        Returns
+        -------
+        self : ObjectCropper
+
+        Raises
+        ------
+        skfg.images.ImageDecodeError
+            If an image cannot be read (the message names it).
+        ValueError
+            For an invalid parameter or teacher. A failed fit leaves the estimator as it
+            was before.
+        """
+        self._validate_params()
+        before = dict(self.__dict__)
+        try:
+            return self._fit(X)
+        except BaseException:  # a failed fit leaves the previous model as it was
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+
+    def _fit(self, X):
+        source = ImageSource(X)
+        device = resolve_device(self.device)
+        teacher = _resolve_teacher(self.teacher)
+        teacher_size = int(self.teacher_size or teacher.image_size)
+        names = teacher.network.stage_names
+        if self.student_stages >= len(names):
+            raise ValueError(
+                f"student_stages={self.student_stages}, but the teacher backbone {teacher.backbone!r} has "
+                f"{len(names)} stages ({', '.join(names)}); the student copies at most {len(names) - 1}."
+            )
+        inputs, targets = self._training_data(source, teacher, teacher_size)
+        heatmap_shape = tuple(targets.shape[1:])
+        generator = make_generator(self.random_state)  # seeds the 1x1 convolution too
+        try:
+            student = _build_student(teacher.network, self.student_stages, self.input_size, heatmap_shape)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"input_size={self.input_size} is too small for {self.student_stages} stages of "
+                f"{teacher.backbone!r}: {exc}"
+            ) from exc
+        with torch.no_grad():
+            student.to_map.bias.fill_(float(targets.mean()))
+        student = student.to(device)
+        result = self._train(student, inputs, targets, teacher, device, generator)
+        # Trained: set the fitted attributes together.
+        self.student_ = student.eval()
+        self.device_ = device
+        self.heatmap_shape_ = heatmap_shape
+        self.teacher_backbone_ = teacher.backbone
+        self.teacher_layer_ = teacher.layer
+        self.teacher_size_ = teacher_size
+        self.n_parameters_ = int(count_parameters(student))
+        self.flops_ = _count_macs(student, self.input_size, device)
+        self.history_ = result["history"]
+        self.best_epoch_ = result["best_epoch"]
+        self.n_iter_ = len(result["history"])
+        self._teacher = teacher
+        self._teacher_fingerprint = state_fingerprint(teacher.network)
+        return self
+
+    def _training_data(self, source, teacher, teacher_size):
+        """Decode every image once: uint8 student inputs ``(n, 3, s, s)`` and the teacher's
+        min-max normalised maps ``(n, I, J)``."""
+        t_tf, s_tf = eval_transform(teacher_size, "squash"), eval_transform(self.input_size, "squash")
+        chunk = 4 if teacher.device.type == "cpu" else 32  # small batches are fastest on CPUs
+        inputs, maps = [], []
+        for start in range(0, len(source), chunk):
+            images = [source.load(i) for i in range(start, min(start + chunk, len(source)))]
+            maps.append(teacher.heatmaps(torch.stack([t_tf(im) for im in images])))
+            inputs.append(torch.stack([s_tf(im) for im in images]))
+        return torch.cat(inputs), _minmax(torch.cat(maps))
+
+    def _train(self, student, inputs, targets, teacher, device, generator):
+        n = len(inputs)
+        rng = check_random_state(self.random_state)
+        n_val = int(round(self.validation_fraction * n))
+        order = rng.permutation(n)
+        if n_val < 1 or n - n_val < 1:
+            train_idx, val_idx = np.arange(n), None
+        else:
+            train_idx, val_idx = np.sort(order[n_val:]), np.sort(order[:n_val])
+        loader = DataLoader(TensorDataset(inputs[train_idx], targets[train_idx]),
+                            batch_size=self.batch_size, shuffle=True, generator=generator)
+
+        def prepare(x):
+            x = normalize_batch(x.to(device), teacher.mean, teacher.std)
+            return x.contiguous(memory_format=torch.channels_last)
+
+        def step(batch):
+            x, t = batch
+            if self.augment:  # the same horizontal flip for the image and its map
+                flip = torch.rand(len(x), generator=generator) < 0.5
+                x, t = x.clone(), t.clone()
+                x[flip], t[flip] = x[flip].flip(-1), t[flip].flip(-1)
+            return F.smooth_l1_loss(student(prepare(x)), t.to(device)), len(x)
+
+        validate = None
+        if val_idx is not None:
+            x_val, t_val = inputs[val_idx], targets[val_idx].to(device)
+
+            def validate():
+                pred = torch.cat([student(prepare(x_val[i : i + 256])) for i in range(0, len(x_val), 256)])
+                loss = F.smooth_l1_loss(pred, t_val)
+                return -loss, loss
+
+        def set_train_mode():
+            # BatchNorm keeps the teacher's running statistics (eval mode) while its scale
+            # and shift train: batch statistics of a few small batches would make the
+            # training and the inference behaviour differ (Lite0's BatchNorm momentum is
+            # 0.01, so its running statistics would lag far behind).
+            student.train()
+            for module in student.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
+        optimizer = make_optimizer([{"params": student.parameters()}], "adam", self.lr)
+        return fit_loop(
+            student,
+            loader,
+            step,
+            optimizer=optimizer,
+            scheduler=make_scheduler(optimizer, "cosine", self.max_epochs),
+            max_epochs=self.max_epochs,
+            validate=validate,
+            patience=self.n_iter_no_change if val_idx is not None else None,
+            generator=generator,
+            verbose=self.verbose,
+            set_train_mode=set_train_mode,
+        )
+
+    def _make_module(self, name):
+        network = build_backbone(self.teacher_backbone_, weights=None)
+        return _build_student(network, self.student_stages, self.input_size, self.heatmap_shape_)
+
+    # ------------------------------------------------------------- prediction
+    def _get_teacher(self):
+        teacher = getattr(self, "_teacher", None)
+        if teacher is None:  # unpickled: find it again from the parameter
+            teacher = _resolve_teacher(self.teacher)
+            if state_fingerprint(teacher.network) != self._teacher_fingerprint:
+                raise ValueError(
+                    "source='teacher' needs the teacher the student learned from, which is not "
+                    "pickled with the cropper; the current `teacher` parameter has other weights "
+                    "(refitted or replaced). Use source='student', or fit the cropper again."
+                )
+            self._teacher = teacher
+        return teacher
+
+    def _maps(self, source, source_kind, keep_images=False):
+        """Yield ``(image, map)`` for every image: the PIL image (or its size) and its
+        ``(I, J)`` heat map from the student or the teacher."""
+        check_is_fitted(self, "student_")
+        if source_kind not in ("student", "teacher"):
+            raise ValueError(f"source must be 'student' or 'teacher', got {source_kind!r}.")
+        if source_kind == "teacher":
+            teacher = self._get_teacher()
+            tf, chunk = eval_transform(self.teacher_size_, "squash"), 4 if teacher.device.type == "cpu" else 32
+        else:
+            spec = get_backbone_spec(self.teacher_backbone_)
+            tf, chunk = eval_transform(self.input_size, "squash"), 64
+        for start in range(0, len(source), chunk):
+            images = [source.load(i) for i in range(start, min(start + chunk, len(source)))]
+            batch = torch.stack([tf(im) for im in images])
+            if source_kind == "teacher":
+                maps = _minmax(teacher.heatmaps(batch))
+            else:
+                x = normalize_batch(batch.to(self.device_), spec.mean, spec.std)
+                self.student_.eval()
+                with torch.inference_mode():
+                    maps = self.student_(x.contiguous(memory_format=torch.channels_last)).float().cpu()
+            for im, m in zip(images, maps.numpy()):
+                yield (im if keep_images else im.size), m
+
+    def predict_heatmaps(self, X, source="student"):
+        """The ``I x J`` heat maps of the images.
+
+        Parameters
+        ----------
+        X : array-like
+            Images (paths, uint8 arrays, PIL images).
+        source : {"student", "teacher"}, default="student"
+            ``"student"``: the localization module's prediction. ``"teacher"``: the
+            teacher's map (mean over the channels of its last stage), min-max
+            normalised per image as in training.
+
+        Returns
+        -------
+        heatmaps : ndarray of shape (n_images, I, J), float32
+            Each covers its whole image.
+        """
+        source_ = ImageSource(X)
+        return np.stack([m for _, m in self._maps(source_, source)]).astype(np.float32)
+
+    def predict_boxes(self, X, source="student"):
+        """Object boxes in pixels of each original image.
+
+        Parameters
+        ----------
+        X : array-like
+            Images (paths, uint8 arrays, PIL images), each of any size.
+        source : {"student", "teacher"}, default="student"
+            Whose heat map gives the box: the localization module's, or the teacher's
+            own (the paper's Table 4 compares the two).
+
+        Returns
+        -------
+        boxes : ndarray of shape (n_images, 4), float64
+            ``(x0, y0, x1, y1)`` with ``0 <= x0 < x1 <= width`` and
+            ``0 <= y0 < y1 <= height`` of each image (far edges exclusive).
+        """
+        _check_tau(self.tau)
+        source_ = ImageSource(X)
+        return np.stack([heatmap_to_box(m, (size[1], size[0]), self.tau, self.upsample)
+                         for size, m in self._maps(source_, source)])
+
+    def transform(self, X):
+        """The images cropped to their predicted boxes.
+
+        Parameters
+        ----------
+        X : array-like
+            Images (paths, uint8 arrays, PIL images), each of any size.
+
+        Returns
+        -------
+        crops : list of PIL.Image.Image
+            RGB crops, each of its own size (the box rounded outwards to whole pixels),
+            ready for :class:`skfg.CNNFeatureExtractor`.
+        """
+        _check_tau(self.tau)
+        crops = []
+        for image, m in self._maps(ImageSource(X), "student", keep_images=True):
+            width, height = image.size
+            x0, y0, x1, y1 = heatmap_to_box(m, (height, width), self.tau, self.upsample)
+            box = (math.floor(x0), math.floor(y0), max(math.ceil(x1), math.floor(x0) + 1),
+                   max(math.ceil(y1), math.floor(y0) + 1))
+            crops.append(image.crop(box))
+        return crops
+
+    # ------------------------------------------------------------- pickling
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_teacher", None)  # found again from the `teacher` parameter when needed
+        return state
+
+    def __sklearn_tags__(self):
+        return image_transformer_tags(super().__sklearn_tags__())
+
+
+def _minmax(maps):
+    """Per-map min-max normalisation to [0, 1]; a constant map becomes all zeros."""
+    flat = maps.flatten(1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    return ((flat - lo) / (hi - lo).clamp_min(1e-12)).view_as(maps)
+
+
+def _count_macs(module, input_size, device):
+    """Multiply-adds of one forward pass on ``1 x 3 x s x s`` (FlopCounterMode counts 2 per MAC)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 3, input_size, input_size, device=device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(x)
+    return int(counter.get_total_flops()) // 2
