@@ -353,7 +353,7 @@ def test_default_teacher_and_student_find_a_real_object():
     raises=AssertionError,
     reason="measured: the ImageNet teacher's channel mean does not find the cartoon bird of "
     "make_fine_grained (0 % IoU >= 0.5 for teacher and student at tau 0.3-0.5; boxes cover "
-    "nearly the whole image). A teacher fine-tuned 25 epochs on the birds reaches ~30 %.",
+    "nearly the whole image). With a teacher fine-tuned on the birds see the next test.",
 )
 def test_pretrained_teacher_localises_the_synthetic_bird():
     X, _ = make_fine_grained(n_classes=10, n_per_class=10, image_size=128, random_state=0)
@@ -362,3 +362,27 @@ def test_pretrained_teacher_localises_the_synthetic_bird():
     hit_student = np.mean(box_iou(crop.predict_boxes(X_test), truth) >= 0.5)
     hit_teacher = np.mean(box_iou(crop.predict_boxes(X_test, source="teacher"), truth) >= 0.5)
     assert hit_student > 0.5 and hit_teacher > 0.5, (hit_student, hit_teacher)
+
+
+def test_fine_tuned_teacher_localises_the_synthetic_bird():
+    """The paper's setting: the teacher is a classifier trained on the data set (GKMP, the
+    last 3 stages, 30 epochs at 224 px: about a minute on 2 CPU cores); ``tau`` is chosen
+    on the training images' boxes, then IoU >= 0.5 is counted on held-out images for the
+    student and for the teacher's own map (Table 4). Measured: student 51 %, teacher 30 %
+    (100 test images); the student beats its teacher, as in the paper (68.9 vs 58.6 %)."""
+    X, y, boxes = make_fine_grained(n_classes=10, n_per_class=30, image_size=128, random_state=0, return_boxes=True)
+    X_test, _, truth = make_fine_grained(n_classes=10, n_per_class=10, image_size=128, random_state=1, return_boxes=True)
+    teacher = SoftmaxClassifier(
+        extractor=CNNFeatureExtractor(image_size=224, pooling="kmax", resize="squash"),
+        trainable_blocks=3, max_epochs=30, augment=False, random_state=0,
+    ).fit(X, y)
+    crop = ObjectCropper(FrozenEstimator(teacher), teacher_size=224, random_state=0).fit(X)
+
+    def hit_rate(tau, Xs, truth_boxes, source="student"):
+        crop.set_params(tau=tau)
+        return np.mean(box_iou(crop.predict_boxes(Xs, source=source), truth_boxes) >= 0.5)
+
+    taus = np.round(np.arange(0.3, 0.85, 0.05), 2)
+    tau = taus[int(np.argmax([hit_rate(t, X, boxes) for t in taus]))]
+    student, teacher_rate = hit_rate(tau, X_test, truth), hit_rate(tau, X_test, truth, "teacher")
+    assert student >= 0.45 and student >= teacher_rate + 0.1, (tau, student, teacher_rate)
