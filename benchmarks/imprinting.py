@@ -74,7 +74,8 @@ def summarise(runs, methods, shots):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--ft-epochs", type=int, default=10)
+    parser.add_argument("--ft-epochs", type=int, nargs="+", default=[10, 40],
+                        help="fine-tuning budgets, each its own Rand+FT / Imprinting+FT rows")
     parser.add_argument("--cache", default=True, help="feature cache: a directory to reuse features across runs")
     parser.add_argument("--e2e", action="store_true", help="the end-to-end protocol (results/imprinting_e2e.*)")
     parser.add_argument("--e2e-epochs", type=int, default=5)
@@ -91,7 +92,7 @@ def main():
     Ftr, Fte = ext.transform(Xtr), ext.transform(Xte)
     shots, draws = ((1, 5), 1) if args.quick else ((1, 2, 5, 10, 20), 3)
     if args.quick:
-        args.ft_epochs = min(args.ft_epochs, 3)
+        args.ft_epochs = sorted({min(e, 3) for e in args.ft_epochs})
     classes = np.unique(ytr)
     n_base = len(classes) // 2
     novel_test = ~np.isin(yte, classes[:n_base])
@@ -120,11 +121,12 @@ def main():
             one.imprint(Fn[c0], yn[c0])
             imprint_ms.append(1000 * (time.perf_counter() - t))
             res["Rand-noFT"] = scores(randomise_novel(copy(imp), draw).predict)
-            tuned = copy(base).set_params(fine_tune_epochs=args.ft_epochs).partial_fit(Fn, yn)
-            res["Imprinting+FT"] = scores(tuned.predict)
-            rand = randomise_novel(copy(imp), draw).set_params(fine_tune_epochs=args.ft_epochs)
-            rand._fine_tune(Fn, yn)  # partial_fit's fine-tuning step, from random novel templates
-            res["Rand+FT"] = scores(rand.predict)
+            for ep in args.ft_epochs:  # the same fine-tuning (default fine_tune_lr) from both starts
+                tuned = copy(base).set_params(fine_tune_epochs=ep).partial_fit(Fn, yn)
+                res[f"Imprinting+FT ({ep} ep)"] = scores(tuned.predict)
+                rand = randomise_novel(copy(imp), draw).set_params(fine_tune_epochs=ep)
+                rand._fine_tune(Fn, yn)  # partial_fit's fine-tuning step, from random novel templates
+                res[f"Rand+FT ({ep} ep)"] = scores(rand.predict)
             joint_X = np.r_[Ftr[base_idx], Fn]
             joint_y = np.r_[ytr[base_idx], yn]
             # AllClassJoint: a plain softmax classifier on base + novel, novel oversampled
@@ -142,13 +144,15 @@ def main():
                 runs.setdefault((k, n), []).append(v)
             print(n, draw, {k: f"{a:.3f}/{b:.3f}" for k, (a, b) in res.items()}, flush=True)
 
-    methods = ["Rand-noFT", "Imprinting", "Rand+FT", "Imprinting+FT", "AllClassJoint", "Nearest neighbour (all exemplars)"]
+    methods = ["Rand-noFT", "Imprinting",
+               *[f"{m} ({ep} ep)" for ep in args.ft_epochs for m in ("Rand+FT", "Imprinting+FT")],
+               "AllClassJoint", "Nearest neighbour (all exemplars)"]
     rows, results = summarise(runs, methods, shots)
     write_results(
         "imprinting" + ("_quick" if args.quick else ""),
         {"dataset": "stanford_cars_a", "image_size": 160, "features": "frozen efficientnet_lite0 GAP",
          "n_base_classes": int(n_base), "n_novel_classes": int(len(classes) - n_base), "draws": draws,
-         "fine_tune_epochs": args.ft_epochs, "base_fit_seconds": base_fit_s,
+         "fine_tune_epochs": args.ft_epochs, "fine_tune_lr": base.fine_tune_lr, "base_fit_seconds": base_fit_s,
          "imprint_one_class_ms": {"median": float(np.median(imprint_ms)), "max": float(np.max(imprint_ms))},
          "results": results},
         rows,
@@ -156,7 +160,8 @@ def main():
         notes=(f"Top-1 test accuracy (%), mean ± std over {draws} draws of the novel exemplars; base model "
                f"fitted once on {len(base_idx)} images of {n_base} classes. Imprinting one class (features "
                f"given, CNN excluded): median {np.median(imprint_ms):.2f} ms, max {np.max(imprint_ms):.2f} ms. "
-               f"Fine-tuning: {args.ft_epochs} epochs on base + novel data, classes oversampled to equal counts. "
+               f"Fine-tuning: {' or '.join(map(str, args.ft_epochs))} epochs (ep) at lr {base.fine_tune_lr:g} on "
+               "base + novel data, classes oversampled to equal counts. "
                "Imprinting+Aug needs images and is not part of this frozen-feature run."),
     )
 

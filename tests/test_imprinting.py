@@ -150,6 +150,20 @@ def test_partial_fit_imprints_then_fine_tunes(blobs, replay):
         assert tuned.score(XX, yy) > imprinted.score(XX, yy)
 
 
+def test_fine_tune_lr_sets_the_fine_tuning_step(blobs):
+    X, y, nX, ny = blobs
+    base = small(fine_tune_epochs=3).fit(X, y)
+    imprinted = joblib.load(_dump(base)).set_params(fine_tune_epochs=0).partial_fit(nX, ny)
+    still = joblib.load(_dump(base)).set_params(fine_tune_lr=1e-9).partial_fit(nX, ny)
+    moved = joblib.load(_dump(base)).set_params(fine_tune_lr=1e-2).partial_fit(nX, ny)
+    assert still.n_iter_ == moved.n_iter_ == imprinted.n_iter_ + 3
+    np.testing.assert_allclose(still.class_weights_, imprinted.class_weights_, atol=1e-5)
+    change = np.abs(moved.class_weights_ - imprinted.class_weights_).max()
+    assert change > 1e-2, change
+    with pytest.raises(ValueError, match="fine_tune_lr"):
+        small(fine_tune_lr=0).fit(X, y)
+
+
 def test_partial_fit_on_an_unfitted_model_is_fit(blobs):
     X, y, _, _ = blobs
     a = small().partial_fit(X, y)
