@@ -237,7 +237,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         if n_second:  # ... then everything at lr / 10 (the pooling weights at lr)
             net.pools.requires_grad_(True)
             second = self._train(net, data, y_enc, sample_weight, train_idx, val_idx, device, generator,
-                                 n_second, signature + ":weighted", lr_scale=0.1)
+                                 n_second, signature + ":weighted", lr_scale=0.1, pool_lr_scale=10.0)
             first = len(result["history"])
             result = {
                 "history": result["history"] + [dict(h, epoch=h["epoch"] + first) for h in second["history"]],
@@ -255,11 +255,12 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         return self
 
     def _train(self, net, data, y_enc, sample_weight, train_idx, val_idx, device, generator, max_epochs, signature,
-               lr_scale=1.0):
+               lr_scale=1.0, pool_lr_scale=1.0):
         """Train ``net`` (already standardised) on ``data[train_idx]``; the shared part of
         ``fit`` and of warm-started training. ``train_idx`` may repeat samples
         (oversampling); ``signature=None`` disables checkpoints; ``lr_scale`` multiplies
-        every learning rate."""
+        every learning rate; ``pool_lr_scale`` multiplies the rate of the weighted k-max
+        pooling weights once more (ELoPE's second step: 10, the new weights at ``lr``)."""
         y_all = torch.as_tensor(y_enc)
         with torch.no_grad():
             aux = self._begin_training(net, data, y_all, train_idx, val_idx)
@@ -282,9 +283,8 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         groups = [{"params": [p for p in net.head.parameters() if p.requires_grad], "lr_scale": 1.0}]
         if net.trunk is not None:
             groups.append({"params": list(net.trunk_parameters()), "lr_scale": self.backbone_lr_scale})
-            # the K weights of weighted k-max pooling start at 1 (decay would pull them to 0);
-            # new parameters, they keep the full rate when the rest is tuned at lr * lr_scale
-            groups.append({"params": net.pool_parameters(), "lr_scale": 1.0 / lr_scale, "weight_decay": 0.0})
+            # the K weights of weighted k-max pooling start at 1 (decay would pull them to 0)
+            groups.append({"params": net.pool_parameters(), "lr_scale": pool_lr_scale, "weight_decay": 0.0})
         groups += [dict(g, params=list(g["params"])) for g in self._aux_param_groups(aux)]
         if any(p.requires_grad for g in groups for p in g["params"]):
             optimizer = make_optimizer(groups, self.optimizer, self.lr * lr_scale, self.weight_decay, self.momentum)
