@@ -381,8 +381,8 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
     The paper's teacher is the fine-tuned classifier. A pretrained-only teacher
     (``None``) highlights whatever ImageNet features fire on; on the synthetic images
     of :func:`skfg.datasets.make_fine_grained` its maps do not find the object. With a
-    classifier fine-tuned on those images as teacher, about half of the student's boxes
-    reach IoU >= 0.5 and the teacher's own maps about a third. Choose ``tau`` on a few
+    classifier fine-tuned on those images as teacher, half to two thirds of the student's
+    boxes reach IoU >= 0.5, and under a third of the teacher's own. Choose ``tau`` on a few
     images with boxes (``docs/localization.rst`` has the measured numbers).
 
     References

@@ -366,12 +366,13 @@ def test_pretrained_teacher_localises_the_synthetic_bird():
 
 def test_fine_tuned_teacher_localises_the_synthetic_bird():
     """The paper's setting: the teacher is a classifier trained on the data set (GKMP, the
-    last 3 stages, 30 epochs at 224 px: about a minute on 2 CPU cores); ``tau`` is chosen
-    on the training images' boxes, then IoU >= 0.5 is counted on held-out images for the
-    student and for the teacher's own map (Table 4). Measured: student 51 %, teacher 30 %
-    (100 test images); the student beats its teacher, as in the paper (68.9 vs 58.6 %)."""
-    X, y, boxes = make_fine_grained(n_classes=10, n_per_class=30, image_size=128, random_state=0, return_boxes=True)
-    X_test, _, truth = make_fine_grained(n_classes=10, n_per_class=10, image_size=128, random_state=1, return_boxes=True)
+    last 3 stages, 30 epochs at 224 px: 2-3 minutes on 2 CPU cores for 600 images); ``tau``
+    is chosen on the training images' boxes, then IoU >= 0.5 is counted on held-out images
+    for the student and for the teacher's own map (Table 4). Measured: tau 0.65, student
+    65 %, teacher 31 % (400 test images; with half the training images, 51 / 30 %).
+    The student beats its teacher, as in the paper (68.9 vs 58.6 % on CUB)."""
+    X, y, boxes = make_fine_grained(n_classes=20, n_per_class=30, image_size=128, random_state=0, return_boxes=True)
+    X_test, _, truth = make_fine_grained(n_classes=20, n_per_class=20, image_size=128, random_state=1, return_boxes=True)
     teacher = SoftmaxClassifier(
         extractor=CNNFeatureExtractor(image_size=224, pooling="kmax", resize="squash"),
         trainable_blocks=3, max_epochs=30, augment=False, random_state=0,
@@ -385,4 +386,4 @@ def test_fine_tuned_teacher_localises_the_synthetic_bird():
     taus = np.round(np.arange(0.3, 0.85, 0.05), 2)
     tau = taus[int(np.argmax([hit_rate(t, X, boxes) for t in taus]))]
     student, teacher_rate = hit_rate(tau, X_test, truth), hit_rate(tau, X_test, truth, "teacher")
-    assert student >= 0.45 and student >= teacher_rate + 0.1, (tau, student, teacher_rate)
+    assert student > 0.5 and student >= teacher_rate + 0.1, (tau, student, teacher_rate)  # most images
