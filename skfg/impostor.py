@@ -268,8 +268,9 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
         with torch.no_grad():
             all_idx = np.arange(len(y))
             emb = data.outputs(net, all_idx)
-            net.head.scale.fill_(float(emb[train_idx].norm(dim=1).mean().clamp_min(1e-12)))
-            emb = emb / net.head.scale
+            norm = float(emb[train_idx].norm(dim=1).mean().clamp_min(1e-12))
+            net.head.scale.mul_(norm)  # relative to the current scale: a warm start keeps it consistent
+            emb = emb / norm
         vectors = emb[train_idx]
         training_index = None
         if self.impostors == "fixed" and self.index in COMPRESSED:

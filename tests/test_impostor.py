@@ -71,6 +71,24 @@ def test_scale_normalisation_gives_unit_mean_impostor_norm(features):
             np.testing.assert_allclose(clf.transform(X), clf.index_.reconstruct(), rtol=1e-5, atol=1e-6)
 
 
+
+def test_scale_normalisation_of_a_warm_started_network_keeps_embeddings_on_the_impostors(features):
+    # Training again from a fitted network (e.g. a second training step) re-normalises
+    # relative to the scale it already has: the embeddings still coincide with the impostors.
+    from skfg._classifier import _FeatureData
+
+    X, y = features
+    clf = small(impostors="fixed", validation_fraction=0).fit(X, y)
+    net, y_enc = clf.module_, np.unique(y, return_inverse=True)[1]
+    first = float(net.head.scale)
+    assert abs(first - 1.0) > 1e-3  # the first fit did divide by the mean norm
+    data, idx = _FeatureData(X.astype(np.float32), "cpu"), np.arange(len(X))
+    with torch.no_grad():
+        aux = clf._begin_training(net, data, torch.as_tensor(y_enc), idx, None)
+        emb = data.outputs(net, idx)
+    np.testing.assert_allclose(emb.norm(dim=1).mean().item(), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(emb.numpy(), aux.vectors.numpy(), rtol=1e-5, atol=1e-6)
+
 def test_predict_proba_is_eq3_over_the_learned_embedding(features):
     X, y = features
     clf = small(impostors="loose", sigma=0.5).fit(X, y)
