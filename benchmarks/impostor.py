@@ -147,7 +147,7 @@ def end_to_end(args, size, epochs, sigma_fixed, sigma_loose, Xtr, ytr, Xte, reco
     among the grid (each value trained with the same budget; only the chosen one is a row).
     """
     common = dict(extractor=CNNFeatureExtractor(image_size=size), trainable_blocks=args.e2e_blocks, max_epochs=epochs,
-                  random_state=0)
+                  head_epochs=args.e2e_head_epochs, lr=args.e2e_lr, random_state=0)
     e2e = {}
     loose_grid = list(getattr(args, "e2e_loose_grid", None) or [sigma_loose])
     for label, key, grid, make in (
@@ -172,7 +172,8 @@ def end_to_end(args, size, epochs, sigma_fixed, sigma_loose, Xtr, ytr, Xte, reco
         else:
             how = f", sigma={sg} from head mode"
         e2e[label] = record("1 end to end", f"{label}, trainable_blocks={args.e2e_blocks}", m,
-                            sum(f[3] for f in fits), f"{epochs} epochs{how}", F_test=Xte)
+                            sum(f[3] for f in fits), f"{args.e2e_head_epochs} head + {epochs} epochs, "
+                            f"lr {args.e2e_lr:g}{how}", F_test=Xte)
         save()
     if "Impostor loose" in e2e and "SoftmaxClassifier" in e2e:
         summary["end-to-end loose vs softmax"] = (
@@ -185,6 +186,9 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--e2e-epochs", type=int, default=5, help="epochs of every end-to-end row")
     parser.add_argument("--e2e-blocks", type=int, default=2, help="trainable_blocks of the end-to-end rows")
+    parser.add_argument("--e2e-head-epochs", type=int, default=15,
+                        help="head_epochs of every end-to-end row (the head first trains on frozen features)")
+    parser.add_argument("--e2e-lr", type=float, default=3e-3, help="lr of every end-to-end row")
     parser.add_argument("--skip-e2e", action="store_true")
     parser.add_argument("--e2e-only", nargs="*", metavar="METHOD",
                         help="only the end-to-end rows (softmax, fixed, loose), sigma from --sigmas; "

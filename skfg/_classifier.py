@@ -60,6 +60,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         "trainable_blocks": [Interval(Integral, 0, None, closed="left"), StrOptions({"all"})],
         "augment": ["boolean"],
         "cache_frozen": ["boolean"],
+        "head_epochs": [Interval(Integral, 0, None, closed="left")],
         "optimizer": [StrOptions(set(OPTIMIZERS))],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "backbone_lr_scale": [Interval(Real, 0, None, closed="left")],
@@ -224,11 +225,17 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         # standard deviation: per-dimension scales would amplify the drift of features
         # that are tiny on their own (L2-normalised) once the CNN trains.
         net.eval()  # BatchNorm statistics untouched
-        feats = data.pooled(net, train_idx).float()
+        warm_up = self.extractor is not None and self.head_epochs > 0
+        pooled = data.pooled(net, np.arange(len(y_enc)) if warm_up else train_idx).float()
+        feats = pooled[torch.as_tensor(train_idx)] if warm_up else pooled
         net.mean.copy_(feats.mean(0))
         net.scale.fill_(float(feats.var(0, unbiased=False).mean().sqrt().clamp_min(1e-6)))
 
         signature = self._signature(y_enc, sample_weight, len(X))
+        head_result = None
+        if warm_up:  # linear probing, then fine-tuning: the head first learns on the frozen CNN's features
+            head_result = self._warm_up_head(net, pooled, y_enc, sample_weight, train_idx, val_idx, device, generator,
+                                             signature)
         n_second = self._pool_weight_epochs() if net.pools is not None else 0
         if n_second:  # ELoPE's two steps: plain k-max first (weights fixed at 1) ...
             net.pools.requires_grad_(False)
@@ -238,12 +245,9 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
             net.pools.requires_grad_(True)
             second = self._train(net, data, y_enc, sample_weight, train_idx, val_idx, device, generator,
                                  n_second, signature + ":weighted", lr_scale=0.1, pool_lr_scale=10.0)
-            first = len(result["history"])
-            result = {
-                "history": result["history"] + [dict(h, epoch=h["epoch"] + first) for h in second["history"]],
-                "best_epoch": first + second["best_epoch"],
-                "interrupted": result["interrupted"] or second["interrupted"],
-            }
+            result = _chain(result, second)
+        if head_result is not None:
+            result = _chain(head_result, result)
         # Training finished: set the fitted attributes together.
         self.module_ = net.eval()
         self.classes_ = classes
@@ -253,6 +257,16 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         self.n_iter_ = len(result["history"])
         self.interrupted_ = result["interrupted"]
         return self
+
+    def _warm_up_head(self, net, pooled, y_enc, sample_weight, train_idx, val_idx, device, generator, signature):
+        """``head_epochs`` of training the head alone on the frozen CNN's pooled features
+        (``pooled``: every sample, computed once without augmentation). The head module is
+        shared with ``net``, so the end-to-end training starts from it."""
+        head_net = FeatureNet(net.head, pooled.shape[1]).to(device)
+        head_net.mean.copy_(net.mean)
+        head_net.scale.copy_(net.scale)
+        return self._train(head_net, _FeatureData(pooled.cpu(), device), y_enc, sample_weight, train_idx, val_idx,
+                           device, generator, self.head_epochs, signature + ":head")
 
     def _train(self, net, data, y_enc, sample_weight, train_idx, val_idx, device, generator, max_epochs, signature,
                lr_scale=1.0, pool_lr_scale=1.0):
@@ -363,6 +377,16 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
             In nats, between 0 and ``log(n_classes)``.
         """
         return entropy(self.predict_proba(X))
+
+
+def _chain(first, second):
+    """The result of two consecutive ``_train`` calls as one (epochs numbered on)."""
+    n = len(first["history"])
+    return {
+        "history": first["history"] + [dict(h, epoch=h["epoch"] + n) for h in second["history"]],
+        "best_epoch": n + second["best_epoch"],
+        "interrupted": first["interrupted"] or second["interrupted"],
+    }
 
 
 def _to_input(batch, mean, std, device):

@@ -116,6 +116,11 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
         With ``extractor``: random resized crops and flips during training.
     cache_frozen : bool, default=True
         With ``extractor`` and ``augment=False``: reuse the frozen stages' outputs.
+    head_epochs : int, default=0
+        With ``extractor`` and trainable stages: first train the head alone for this
+        many epochs on the frozen CNN's features (computed once, without augmentation),
+        then everything for ``max_epochs`` (linear probing, then fine-tuning). The
+        fine-tuning then starts from a trained head instead of a random one.
     optimizer : {"adam", "adamw", "sgd"}, default="adam"
     lr : float, default=1e-3
     backbone_lr_scale : float, default=0.1
@@ -204,6 +209,7 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
         trainable_blocks=0,
         augment=True,
         cache_frozen=True,
+        head_epochs=0,
         optimizer="adam",
         lr=1e-3,
         backbone_lr_scale=0.1,
@@ -233,6 +239,7 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
         self.trainable_blocks = trainable_blocks
         self.augment = augment
         self.cache_frozen = cache_frozen
+        self.head_epochs = head_epochs
         self.optimizer = optimizer
         self.lr = lr
         self.backbone_lr_scale = backbone_lr_scale

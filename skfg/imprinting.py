@@ -82,7 +82,7 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         training data given to ``fit`` (features, or the image references) and trains on
         it too; ``"weights"`` stores nothing and trains only the new templates and the
         scale.
-    extractor, trainable_blocks, augment, cache_frozen, optimizer, lr, backbone_lr_scale,
+    extractor, trainable_blocks, augment, cache_frozen, head_epochs, optimizer, lr, backbone_lr_scale,
     weight_decay, momentum, schedule, max_epochs, batch_size, validation_fraction,
     n_iter_no_change, random_state, device, checkpoint_dir, verbose :
         As in :class:`skfg.SoftmaxClassifier`.
@@ -141,6 +141,7 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         trainable_blocks=0,
         augment=True,
         cache_frozen=True,
+        head_epochs=0,
         optimizer="adam",
         lr=3e-3,
         backbone_lr_scale=0.1,
@@ -165,6 +166,7 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         self.trainable_blocks = trainable_blocks
         self.augment = augment
         self.cache_frozen = cache_frozen
+        self.head_epochs = head_epochs
         self.optimizer = optimizer
         self.lr = lr
         self.backbone_lr_scale = backbone_lr_scale

@@ -20,11 +20,13 @@ they equal the distances to :meth:`NearestNeighborIndex.reconstruct`'s output.
 """
 
 import math
+import warnings
 
 import numpy as np
 import torch
 
 METHODS = ("brute", "exact", "hnsw", "ivf", "pq", "opq", "ivfpq")
+_MIN_POINTS = 39  # faiss's default training points per centroid
 COMPRESSED = ("pq", "opq", "ivfpq")
 
 
@@ -165,34 +167,52 @@ class NearestNeighborIndex:
             elif self.method == "opq":
                 opq = faiss.OPQMatrix(d, m)
                 opq.niter = 10  # faiss's default 50 took ~70 s at 100k vectors
+                opq_pq = faiss.ProductQuantizer(d, m, 8)  # the PQ the rotation is trained with
+                opq.pq = opq_pq
                 index = faiss.IndexPreTransform(opq, faiss.IndexPQ(d, m, 8))
             else:
                 index = faiss.IndexIVFPQ(faiss.IndexFlatL2(d), d, self._resolved_lists(n), m, 8)
-        self._seed(index)
+        self._configure_kmeans(index)
+        if self.method in COMPRESSED and n < _MIN_POINTS * 256:
+            warnings.warn(
+                f"{self.method!r}: training 256 centroids per sub-quantizer on {n} vectors (faiss recommends at "
+                f"least {_MIN_POINTS * 256}); the codes of a small set lose more precision. Compare the accuracy "
+                f"with method='exact'.",
+                UserWarning,
+                stacklevel=2,
+            )
         if not index.is_trained:
             index.train(X)
+        if self.method == "opq":
+            opq.pq = None  # drop the pointer to the training PQ before ``opq_pq`` is freed
         index.add(X)
         self._index = index
         self._vectors = None
         self._set_probe()
         return self
 
-    def _seed(self, index):
-        """Seed every k-means faiss runs while training ``index`` (reproducible codes)."""
+    def _configure_kmeans(self, index):
+        """Seed every k-means faiss runs while training ``index`` (reproducible codes) and
+        silence faiss's per-k-means "too few points" message (``fit`` warns once instead)."""
         faiss = _faiss()
+
+        def configure(cp):
+            cp.seed = int(self.random_state)
+            cp.min_points_per_centroid = 1
+
         for obj in (index, getattr(index, "index", None), getattr(index, "pq", None)):
             if obj is None:
                 continue
             obj = faiss.downcast_index(obj) if isinstance(obj, faiss.Index) else obj
             if hasattr(obj, "cp"):
-                obj.cp.seed = int(self.random_state)
+                configure(obj.cp)
             if hasattr(obj, "pq"):
-                obj.pq.cp.seed = int(self.random_state)
+                configure(obj.pq.cp)
         if hasattr(index, "chain"):
             for i in range(index.chain.size()):
                 t = faiss.downcast_VectorTransform(index.chain.at(i))
                 if hasattr(t, "pq") and t.pq is not None:
-                    t.pq.cp.seed = int(self.random_state)
+                    configure(t.pq.cp)
 
     def _set_probe(self):
         if self.method in ("ivf", "ivfpq"):

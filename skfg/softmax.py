@@ -81,6 +81,11 @@ class SoftmaxClassifier(BaseTorchClassifier):
     cache_frozen : bool, default=True
         With ``extractor`` and ``augment=False``: compute the frozen stages' output once
         per image and reuse it every epoch (memory: one feature map per image).
+    head_epochs : int, default=0
+        With ``extractor`` and trainable stages: first train the head alone for this
+        many epochs on the frozen CNN's features (computed once, without augmentation),
+        then everything for ``max_epochs`` (linear probing, then fine-tuning). The
+        fine-tuning then starts from a trained head instead of a random one.
     optimizer : {"adam", "adamw", "sgd"}, default="adam"
     lr : float, default=3e-3
         Learning rate of the head. The defaults (``lr``, ``weight_decay``, input
@@ -170,6 +175,7 @@ class SoftmaxClassifier(BaseTorchClassifier):
         trainable_blocks=0,
         augment=True,
         cache_frozen=True,
+        head_epochs=0,
         optimizer="adam",
         lr=3e-3,
         backbone_lr_scale=0.1,
@@ -197,6 +203,7 @@ class SoftmaxClassifier(BaseTorchClassifier):
         self.trainable_blocks = trainable_blocks
         self.augment = augment
         self.cache_frozen = cache_frozen
+        self.head_epochs = head_epochs
         self.optimizer = optimizer
         self.lr = lr
         self.backbone_lr_scale = backbone_lr_scale

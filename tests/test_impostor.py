@@ -7,7 +7,7 @@ import torch
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 
-from skfg import CNNFeatureExtractor, ImpostorClassifier
+from skfg import CNNFeatureExtractor, ImpostorClassifier, SoftmaxClassifier
 from skfg.datasets import make_fine_grained
 from skfg.losses import class_log_proba, impostor_loss, rbf_log_kernel
 from skfg.metrics import entropy
@@ -207,3 +207,27 @@ def test_end_to_end_trains_requested_stages_and_round_trips(images):
     joblib.dump(clf, buf)
     buf.seek(0)
     np.testing.assert_array_equal(joblib.load(buf).predict_proba(X), clf.predict_proba(X))
+
+
+@pytest.mark.parametrize("make", [lambda **kw: small(**kw), lambda **kw: SoftmaxClassifier(random_state=0, **kw)],
+                         ids=["impostor", "softmax"])
+def test_head_epochs_train_the_head_on_frozen_features_before_fine_tuning(images, monkeypatch, make):
+    X, y = images
+    clf = make(extractor=CNNFeatureExtractor(image_size=40), trainable_blocks=1, head_epochs=3, max_epochs=2,
+               n_iter_no_change=None)
+    calls = []
+    train = type(clf)._train
+
+    def spy(self, net, data, *args, **kw):
+        calls.append((net, type(data).__name__, [p.detach().clone() for p in net.head.parameters()]))
+        return train(self, net, data, *args, **kw)
+
+    monkeypatch.setattr(type(clf), "_train", spy)
+    clf.fit(X, y)
+    (head_net, head_data, head_start), (net, data, tune_start) = calls
+    assert (head_data, data) == ("_FeatureData", "_ImageData")
+    assert head_net.trunk is None and net is clf.module_ and head_net.head is net.head
+    # fine-tuning starts from the head the first phase trained, not from its random start
+    assert any(not torch.equal(a, b) for a, b in zip(head_start, tune_start))
+    assert [h["epoch"] for h in clf.history_] == [1, 2, 3, 4, 5] and clf.n_iter_ == 5
+    assert clf.score(X, y) > 0.5

@@ -100,3 +100,15 @@ def test_errors_name_the_problem():
         index.search(np.full((1, 8), np.nan), 1)
     with pytest.raises(RuntimeError, match="not fitted"):
         NearestNeighborIndex().search(np.zeros((1, 8)), 1)
+
+
+@pytest.mark.parametrize("method", ["pq", "opq", "ivfpq"])
+def test_small_training_set_warns_once_and_opq_is_seeded(method, capfd):
+    X = np.random.RandomState(0).randn(600, 32).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"on 600 vectors \(faiss recommends at least 9984\)") as record:
+        a = NearestNeighborIndex(method, code_size=8).fit(X)
+    assert len([w for w in record if issubclass(w.category, UserWarning)]) == 1
+    assert "WARNING clustering" not in capfd.readouterr().err  # faiss's one line per k-means is silenced
+    with pytest.warns(UserWarning):
+        b = NearestNeighborIndex(method, code_size=8).fit(X)
+    np.testing.assert_array_equal(a.reconstruct(), b.reconstruct())  # same random_state, same codes
