@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 METHODS = ("brute", "exact", "hnsw", "ivf", "pq", "opq", "ivfpq")
-_MIN_POINTS = 39  # faiss's default training points per centroid
 COMPRESSED = ("pq", "opq", "ivfpq")
+_MIN_POINTS = 39  # faiss's default training points per k-means centroid
 
 
 def _faiss():
@@ -173,10 +173,12 @@ class NearestNeighborIndex:
             else:
                 index = faiss.IndexIVFPQ(faiss.IndexFlatL2(d), d, self._resolved_lists(n), m, 8)
         self._configure_kmeans(index)
-        if self.method in COMPRESSED and n < _MIN_POINTS * 256:
+        # the largest k-means trained: 256 centroids per PQ sub-quantizer, or the IVF cells
+        centroids = max(256 if self.method in COMPRESSED else 0, getattr(index, "nlist", 0))
+        if n < _MIN_POINTS * centroids:
             warnings.warn(
-                f"{self.method!r}: training 256 centroids per sub-quantizer on {n} vectors (faiss recommends at "
-                f"least {_MIN_POINTS * 256}); the codes of a small set lose more precision. Compare the accuracy "
+                f"{self.method!r}: k-means with {centroids} centroids on {n} vectors (faiss recommends at least "
+                f"{_MIN_POINTS * centroids}); the centroids of a small set are less precise. Compare the accuracy "
                 f"with method='exact'.",
                 UserWarning,
                 stacklevel=2,

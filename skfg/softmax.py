@@ -82,10 +82,11 @@ class SoftmaxClassifier(BaseTorchClassifier):
         With ``extractor`` and ``augment=False``: compute the frozen stages' output once
         per image and reuse it every epoch (memory: one feature map per image).
     head_epochs : int, default=0
-        With ``extractor`` and trainable stages: first train the head alone for this
-        many epochs on the frozen CNN's features (computed once, without augmentation),
-        then everything for ``max_epochs`` (linear probing, then fine-tuning). The
-        fine-tuning then starts from a trained head instead of a random one.
+        With ``extractor``: first train the head alone for this many epochs on the frozen
+        CNN's features (computed once, without augmentation), then everything for
+        ``max_epochs`` (linear probing, then fine-tuning), so the fine-tuning starts from
+        a trained head instead of a random one. Whether it helps depends on the head:
+        choose it on validation data (see the training guide).
     optimizer : {"adam", "adamw", "sgd"}, default="adam"
     lr : float, default=3e-3
         Learning rate of the head. The defaults (``lr``, ``weight_decay``, input

@@ -1,4 +1,5 @@
 import pickle
+import warnings
 
 import faiss
 import numpy as np
@@ -105,10 +106,19 @@ def test_errors_name_the_problem():
 @pytest.mark.parametrize("method", ["pq", "opq", "ivfpq"])
 def test_small_training_set_warns_once_and_opq_is_seeded(method, capfd):
     X = np.random.RandomState(0).randn(600, 32).astype(np.float32)
-    with pytest.warns(UserWarning, match=r"on 600 vectors \(faiss recommends at least 9984\)") as record:
+    with pytest.warns(UserWarning, match=r"256 centroids on 600 vectors \(faiss recommends at least 9984\)") as record:
         a = NearestNeighborIndex(method, code_size=8).fit(X)
     assert len([w for w in record if issubclass(w.category, UserWarning)]) == 1
     assert "WARNING clustering" not in capfd.readouterr().err  # faiss's one line per k-means is silenced
     with pytest.warns(UserWarning):
         b = NearestNeighborIndex(method, code_size=8).fit(X)
     np.testing.assert_array_equal(a.reconstruct(), b.reconstruct())  # same random_state, same codes
+
+
+def test_ivf_with_more_cells_than_the_data_supports_warns():
+    X = np.random.RandomState(0).randn(600, 16).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"'ivf': k-means with 100 centroids on 600 vectors"):
+        NearestNeighborIndex("ivf", n_lists=100).fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        NearestNeighborIndex("ivf").fit(X)  # the default cell count needs no warning
