@@ -1,6 +1,5 @@
 """Loading image folders, checking images, and a synthetic fine-grained data set."""
 
-import os
 from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path

@@ -16,7 +16,6 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.linear_model._base import LinearClassifierMixin
 from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit

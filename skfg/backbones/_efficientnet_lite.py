@@ -8,7 +8,6 @@ Module and parameter names follow ``efficientnet_pytorch`` (``_conv_stem``, ``_b
 import math
 from collections import OrderedDict
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
