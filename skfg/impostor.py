@@ -117,13 +117,11 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
     cache_frozen : bool, default=True
         With ``extractor`` and ``augment=False``: reuse the frozen stages' outputs.
     head_epochs : int, default=0
-        With ``extractor``: first train the head alone for this many epochs on the frozen
-        CNN's features (computed once, without augmentation), then everything for
-        ``max_epochs`` (linear probing, then fine-tuning), so the fine-tuning starts from
-        a trained head instead of a random one. Whether it helps depends on the head:
-        choose it on validation data (see the training guide).
-        The loose and tied impostors are reset to the warmed-up embeddings before the
-        end-to-end epochs.
+        With ``extractor``: epochs of training the projection (and impostors) alone on the
+        frozen CNN's features before the end-to-end epochs, as in
+        :class:`skfg.SoftmaxClassifier`. The impostors are then reset to the warmed-up
+        embeddings. It speeds up the slowly learning random projection; choose it on
+        validation data.
     optimizer : {"adam", "adamw", "sgd"}, default="adam"
     lr : float, default=1e-3
     backbone_lr_scale : float, default=0.1
