@@ -61,6 +61,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         "augment": ["boolean"],
         "cache_frozen": ["boolean"],
         "head_epochs": [Interval(Integral, 0, None, closed="left")],
+        "warm_start": ["boolean"],
         "optimizer": [StrOptions(set(OPTIMIZERS))],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "backbone_lr_scale": [Interval(Real, 0, None, closed="left")],
@@ -164,16 +165,41 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         train, val = next(splitter.split(np.zeros(n), y))
         return np.sort(train), np.sort(val)
 
-    def _build_network(self, n_features, n_classes, trunk=None):
-        """The untrained FeatureNet: ``trunk`` (a StagedNetwork) with the subclass's head."""
+    def _build_network(self, n_features, n_classes, trunk=None, extractor=None, layers=None):
+        """The untrained FeatureNet: ``trunk`` (a StagedNetwork) with the subclass's head.
+
+        ``extractor`` and ``layers`` default to the fitted ``extractor_`` and ``layers_``."""
         head = self._make_head(n_features, n_classes)
         if trunk is None:
             return FeatureNet(head, n_features)
-        ext = self.extractor_
-        used = trunk.stage_names[: max(trunk.stage_names.index(n) for n in self.layers_) + 1]
+        ext = self.extractor_ if extractor is None else extractor
+        layers = self.layers_ if layers is None else layers
+        used = trunk.stage_names[: max(trunk.stage_names.index(n) for n in layers) + 1]
         n_train = len(used) if self.trainable_blocks == "all" else min(int(self.trainable_blocks), len(used))
         frozen = used[: len(used) - n_train]
-        return FeatureNet(head, n_features, trunk, self.layers_, ext.pooling, ext.k, ext.normalize, frozen)
+        return FeatureNet(head, n_features, trunk, layers, ext.pooling, ext.k, ext.normalize, frozen)
+
+    def _warm_start_from(self, net, classes):
+        """Load the previous fit's weights into ``net`` (built for this fit, so the
+        freezing of ``trainable_blocks`` is this fit's); clear errors when it cannot be the
+        same network. Returns a digest of the loaded state (for the checkpoint signature)."""
+        name = type(self).__name__
+        if not np.array_equal(classes, self.classes_):
+            raise ValueError(f"{name}(warm_start=True) needs the classes of the previous fit: it had "
+                             f"{len(self.classes_)} classes, y has {len(classes)} (or other labels).")
+        old, new = self.module_.state_dict(), net.state_dict()
+        if old.keys() != new.keys() or any(old[k].shape != new[k].shape for k in new):
+            diff = sorted(k for k in new.keys() | old.keys()
+                          if k not in old or k not in new or old[k].shape != new[k].shape)
+            raise ValueError(f"{name}(warm_start=True): the network of these parameters differs from the "
+                             f"previous fit's (e.g. in {', '.join(diff[:3])}); the number of features, "
+                             "embedding_dim, the extractor (or its absence) and the head must stay the same.")
+        net.load_state_dict(old)
+        h = hashlib.sha1()
+        for k in sorted(old):
+            h.update(k.encode())
+            h.update(old[k].detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
 
     def _make_module(self, name):
         if self.extractor is None:
@@ -206,32 +232,49 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         -------
         self
         """
+        previous = dict(self.__dict__)
+        try:
+            return self._fit(X, y, sample_weight)
+        except BaseException:  # a failed fit leaves the model as it was (fitted or not)
+            self.__dict__.clear()
+            self.__dict__.update(previous)
+            raise
+
+    def _fit(self, X, y, sample_weight):
         self._validate_params()
         self._check_params()
         X, classes, y_enc, sample_weight = self._validate_inputs(X, y, sample_weight)
         device = resolve_device(self.device)
         generator = make_generator(self.random_state)
         train_idx, val_idx = self._split(y_enc, len(classes), check_random_state(self.random_state))
+        warm = self.warm_start and hasattr(self, "module_")
+        fitted_ext = None
         if self.extractor is None:
-            net = self._build_network(X.shape[1], len(classes)).to(device)
-            data = _FeatureData(X, device)
+            net = self._build_network(X.shape[1], len(classes))
         else:
             ext = clone(self.extractor).fit()
-            self.extractor_ = clone(self.extractor)  # parameters only; the trained CNN is in module_
-            self.layers_, self.n_features_ = ext.layers_, ext.n_features_out_
-            net = self._build_network(ext.n_features_out_, len(classes), ext.network_).to(device)
-            data = _ImageData(X, net, ext, device, prefix_cache=self.cache_frozen and not self.augment)
-        # Centre the initial features per dimension and divide by one scale, their RMS
-        # standard deviation: per-dimension scales would amplify the drift of features
-        # that are tiny on their own (L2-normalised) once the CNN trains.
+            fitted_ext = (clone(self.extractor), ext.layers_, ext.n_features_out_)  # set once training is done
+            net = self._build_network(ext.n_features_out_, len(classes), ext.network_, fitted_ext[0], ext.layers_)
+        warm_digest = self._warm_start_from(net, classes) if warm else None
+        net = net.to(device)
+        data = _FeatureData(X, device) if self.extractor is None else _ImageData(
+            X, net, ext, device, prefix_cache=self.cache_frozen and not self.augment)
         net.eval()  # BatchNorm statistics untouched
         warm_up = self.extractor is not None and self.head_epochs > 0
-        pooled = data.pooled(net, np.arange(len(y_enc)) if warm_up else train_idx).float()
-        feats = pooled[torch.as_tensor(train_idx)] if warm_up else pooled
-        net.mean.copy_(feats.mean(0))
-        net.scale.fill_(float(feats.var(0, unbiased=False).mean().sqrt().clamp_min(1e-6)))
+        if warm_up or not warm:
+            pooled = data.pooled(net, np.arange(len(y_enc)) if warm_up else train_idx).float()
+        if not warm:
+            # Centre the initial features per dimension and divide by one scale, their RMS
+            # standard deviation: per-dimension scales would amplify the drift of features
+            # that are tiny on their own (L2-normalised) once the CNN trains. (A warm
+            # start keeps the previous fit's standardisation, which its weights expect.)
+            feats = pooled[torch.as_tensor(train_idx)] if warm_up else pooled
+            net.mean.copy_(feats.mean(0))
+            net.scale.fill_(float(feats.var(0, unbiased=False).mean().sqrt().clamp_min(1e-6)))
 
         signature = self._signature(y_enc, sample_weight, len(X))
+        if warm_digest is not None:  # a checkpoint resumes only the training that started from these weights
+            signature += ":warm:" + warm_digest
         head_result = None
         if warm_up:  # linear probing, then fine-tuning: the head first learns on the frozen CNN's features
             head_result = self._warm_up_head(net, pooled, y_enc, sample_weight, train_idx, val_idx, device, generator,
@@ -249,6 +292,8 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         if head_result is not None:
             result = _chain(head_result, result)
         # Training finished: set the fitted attributes together.
+        if fitted_ext is not None:
+            self.extractor_, self.layers_, self.n_features_ = fitted_ext  # the trained CNN is in module_
         self.module_ = net.eval()
         self.classes_ = classes
         self.device_ = device

@@ -82,7 +82,7 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         training data given to ``fit`` (features, or the image references) and trains on
         it too; ``"weights"`` stores nothing and trains only the new templates and the
         scale.
-    extractor, trainable_blocks, augment, cache_frozen, head_epochs, optimizer, lr, backbone_lr_scale,
+    extractor, trainable_blocks, augment, cache_frozen, head_epochs, warm_start, optimizer, lr, backbone_lr_scale,
     weight_decay, momentum, schedule, max_epochs, batch_size, validation_fraction,
     n_iter_no_change, random_state, device, checkpoint_dir, verbose :
         As in :class:`skfg.SoftmaxClassifier`.
@@ -142,6 +142,7 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         augment=True,
         cache_frozen=True,
         head_epochs=0,
+        warm_start=False,
         optimizer="adam",
         lr=3e-3,
         backbone_lr_scale=0.1,
@@ -167,6 +168,7 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         self.augment = augment
         self.cache_frozen = cache_frozen
         self.head_epochs = head_epochs
+        self.warm_start = warm_start
         self.optimizer = optimizer
         self.lr = lr
         self.backbone_lr_scale = backbone_lr_scale

@@ -87,6 +87,14 @@ class SoftmaxClassifier(BaseTorchClassifier):
         ``max_epochs`` (linear probing, then fine-tuning), so the fine-tuning starts from
         a trained head instead of a random one. Whether it helps depends on the head:
         choose it on validation data (see the training guide).
+    warm_start : bool, default=False
+        When ``True`` and the model is fitted, ``fit`` starts from the fitted network
+        (weights and input standardisation) instead of a new one, as scikit-learn's
+        ``warm_start``: the classes, the number of features and the network's parameters
+        (``embedding_dim``, the extractor) must be those of the previous fit, the
+        training parameters (``lr``, ``max_epochs``, ``trainable_blocks``...) may change.
+        ``history_`` and ``n_iter_`` then describe the new fit only. ``clone`` (and so
+        ``GridSearchCV``) starts afresh.
     optimizer : {"adam", "adamw", "sgd"}, default="adam"
     lr : float, default=3e-3
         Learning rate of the head. The defaults (``lr``, ``weight_decay``, input
@@ -177,6 +185,7 @@ class SoftmaxClassifier(BaseTorchClassifier):
         augment=True,
         cache_frozen=True,
         head_epochs=0,
+        warm_start=False,
         optimizer="adam",
         lr=3e-3,
         backbone_lr_scale=0.1,
@@ -205,6 +214,7 @@ class SoftmaxClassifier(BaseTorchClassifier):
         self.augment = augment
         self.cache_frozen = cache_frozen
         self.head_epochs = head_epochs
+        self.warm_start = warm_start
         self.optimizer = optimizer
         self.lr = lr
         self.backbone_lr_scale = backbone_lr_scale

@@ -156,6 +156,33 @@ def test_pq_compressed_fixed_impostors_train_against_the_decoded_vectors():
     np.testing.assert_array_equal(joblib.load(buf).predict_proba(X), clf.predict_proba(X))
 
 
+def test_warm_start_takes_the_new_schemes_impostors_from_the_trained_embeddings(features):
+    X, y = features
+    clf = small(impostors="loose", validation_fraction=0, lr=1e-2).fit(X, y)
+    emb = clf.transform(X)
+    emb /= np.linalg.norm(emb, axis=1).mean()  # protocol step 3, on the trained network
+    clf.set_params(impostors="fixed", warm_start=True, max_epochs=1, lr=1e-9).fit(X, y)
+    np.testing.assert_allclose(clf.index_.reconstruct(), emb, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(clf.transform(X), emb, rtol=1e-4, atol=1e-5)
+
+
+def test_warm_started_pq_recipe_compresses_the_trained_embeddings():
+    rng = np.random.RandomState(0)
+    y = np.repeat(np.arange(6), 60)
+    X = (rng.randn(len(y), 32) + 5 * np.eye(32)[y]).astype(np.float32)
+    kw = dict(impostors="fixed", index="pq", code_size=4, lr=1e-9, max_epochs=1, validation_fraction=0)
+    cold = ImpostorClassifier(embedding_dim=32, random_state=0, **kw).fit(X, y)
+    clf = ImpostorClassifier(impostors="loose", embedding_dim=32, max_epochs=10, lr=1e-2, random_state=0).fit(X, y)
+    emb = clf.transform(X)
+    emb /= np.linalg.norm(emb, axis=1).mean()
+    clf.set_params(warm_start=True, **kw).fit(X, y)
+    assert clf.index_.code_bytes_per_vector == 4
+    # the codes decode near the trained embeddings, not near the random start's
+    err = np.linalg.norm(clf.index_.reconstruct() - emb, axis=1).mean()
+    assert err < 0.5 * np.linalg.norm(cold.index_.reconstruct() - emb, axis=1).mean()
+    assert clf.score(X, y) > 0.9
+
+
 def test_tiny_sigma_keeps_probabilities_finite(features):
     X, y = features
     clf = small(sigma=1e-3, max_epochs=2).fit(X, y)

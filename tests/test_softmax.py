@@ -157,3 +157,57 @@ def test_image_input_errors_name_the_problem(images):
     X, y = images
     with pytest.raises(ValueError, match="24 images but y has 3 labels"):
         small(extractor=CNNFeatureExtractor(image_size=40)).fit(X, y[:3])
+
+
+def test_warm_start_continues_from_the_fitted_network(features):
+    X, y = features
+    clf = SoftmaxClassifier(embedding_dim=8, max_epochs=4, lr=1e-2, random_state=0).fit(X, y)
+    before = {k: v.clone() for k, v in clf.module_.state_dict().items()}
+    # a tiny learning rate: the warm fit must end where the first one did, standardisation included
+    # (X * 2 would change a fresh standardisation); a cold fit ends near its random start
+    clf.set_params(warm_start=True, max_epochs=1, lr=1e-9).fit(X * 2, y)
+    after = clf.module_.state_dict()
+    for k in before:
+        torch.testing.assert_close(after[k], before[k], rtol=1e-5, atol=1e-6)
+    assert clf.n_iter_ == 1 and len(clf.history_) == 1
+    cold = SoftmaxClassifier(embedding_dim=8, max_epochs=1, lr=1e-9, random_state=1).fit(X, y)
+    assert not torch.allclose(cold.module_.head[0].weight, before["head.0.weight"], atol=1e-3)
+
+
+def test_warm_start_mismatch_is_a_clear_error_and_keeps_the_model(features):
+    X, y = features
+    clf = SoftmaxClassifier(embedding_dim=8, max_epochs=2, random_state=0).fit(X, y)
+    proba = clf.predict_proba(X)
+    clf.set_params(warm_start=True)
+    with pytest.raises(ValueError, match="classes of the previous fit"):
+        clf.fit(X[y != "owl"], y[y != "owl"])
+    with pytest.raises(ValueError, match=r"differs from the previous fit's \(e.g. in head"):
+        clf.set_params(embedding_dim=4).fit(X, y)
+    with pytest.raises(ValueError, match="differs from the previous fit's"):
+        clf.set_params(embedding_dim=8).fit(X[:, :5], y)
+    np.testing.assert_array_equal(clf.predict_proba(X), proba)  # the failed fits changed nothing
+
+
+def test_warm_start_checkpoint_is_not_resumed_from_another_start(features, tmp_path):
+    X, y = features
+    # the first fit starts cold (nothing fitted yet), the second from its weights: same
+    # parameters, another run, so the first run's checkpoint must be refused, not resumed
+    clf = SoftmaxClassifier(max_epochs=2, random_state=0, warm_start=True, checkpoint_dir=str(tmp_path)).fit(X, y)
+    state = {k: v.clone() for k, v in clf.module_.state_dict().items()}
+    with pytest.raises(ValueError, match="different model"):
+        clf.fit(X, y)
+    for k, v in clf.module_.state_dict().items():
+        torch.testing.assert_close(v, state[k])
+
+
+def test_end_to_end_warm_start_keeps_the_fine_tuned_cnn(images):
+    X, y = images
+    clf = small(extractor=CNNFeatureExtractor(image_size=40), trainable_blocks=1, lr=1e-2).fit(X, y)
+    tuned = trunk_state(clf)
+    pretrained = CNNFeatureExtractor(image_size=40).fit().network_.state_dict()
+    assert any(not torch.equal(tuned[k].float(), pretrained[k].float()) for k in tuned)
+    clf.set_params(warm_start=True, max_epochs=1, lr=1e-9, trainable_blocks=2).fit(X, y)
+    for k, v in clf.module_.trunk.named_parameters():  # (BatchNorm statistics of the trained stages move)
+        torch.testing.assert_close(v.float(), tuned[k].float(), rtol=1e-5, atol=1e-6)
+    # this fit's trainable_blocks apply: stage 7 now trains (and is not frozen)
+    assert any(p.requires_grad for n, p in clf.module_.trunk.named_parameters() if n.split(".")[1] == "stage7")
