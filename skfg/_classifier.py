@@ -261,14 +261,15 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
             X, net, ext, device, prefix_cache=self.cache_frozen and not self.augment)
         net.eval()  # BatchNorm statistics untouched
         warm_up = self.extractor is not None and self.head_epochs > 0
-        if warm_up or not warm:
-            pooled = data.pooled(net, np.arange(len(y_enc)) if warm_up else train_idx).float()
+        pooled = None
+        if self.extractor is not None:  # one pass over the images, reused until the CNN trains
+            pooled = data.pooled(net, np.arange(len(y_enc))).float()
         if not warm:
             # Centre the initial features per dimension and divide by one scale, their RMS
             # standard deviation: per-dimension scales would amplify the drift of features
             # that are tiny on their own (L2-normalised) once the CNN trains. (A warm
             # start keeps the previous fit's standardisation, which its weights expect.)
-            feats = pooled[torch.as_tensor(train_idx)] if warm_up else pooled
+            feats = data.pooled(net, train_idx).float() if pooled is None else pooled[torch.as_tensor(train_idx)]
             net.mean.copy_(feats.mean(0))
             net.scale.fill_(float(feats.var(0, unbiased=False).mean().sqrt().clamp_min(1e-6)))
 
@@ -283,7 +284,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         if n_second:  # ELoPE's two steps: plain k-max first (weights fixed at 1) ...
             net.pools.requires_grad_(False)
         result = self._train(net, data, y_enc, sample_weight, train_idx, val_idx, device, generator,
-                             self.max_epochs, signature)
+                             self.max_epochs, signature, start_data=None if pooled is None else _PooledData(pooled))
         if n_second:  # ... then everything at lr / 10 (the pooling weights at lr)
             net.pools.requires_grad_(True)
             second = self._train(net, data, y_enc, sample_weight, train_idx, val_idx, device, generator,
@@ -314,15 +315,17 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
                            device, generator, self.head_epochs, signature + ":head")
 
     def _train(self, net, data, y_enc, sample_weight, train_idx, val_idx, device, generator, max_epochs, signature,
-               lr_scale=1.0, pool_lr_scale=1.0):
+               lr_scale=1.0, pool_lr_scale=1.0, start_data=None):
         """Train ``net`` (already standardised) on ``data[train_idx]``; the shared part of
         ``fit`` and of warm-started training. ``train_idx`` may repeat samples
         (oversampling); ``signature=None`` disables checkpoints; ``lr_scale`` multiplies
         every learning rate; ``pool_lr_scale`` multiplies the rate of the weighted k-max
-        pooling weights once more (ELoPE's second step: 10, the new weights at ``lr``)."""
+        pooling weights once more (ELoPE's second step: 10, the new weights at ``lr``);
+        ``start_data`` (a :class:`_PooledData` of the current CNN) serves ``_begin_training``
+        without another pass over the images."""
         y_all = torch.as_tensor(y_enc)
         with torch.no_grad():
-            aux = self._begin_training(net, data, y_all, train_idx, val_idx)
+            aux = self._begin_training(net, data if start_data is None else start_data, y_all, train_idx, val_idx)
         module = net if aux is None else torch.nn.ModuleDict({"net": net, "aux": aux})
 
         def step(batch):
@@ -475,6 +478,22 @@ class _FeatureData:
 
     def pooled(self, net, idx):
         return self.X[idx].to(self.device)
+
+
+class _PooledData:
+    """Every sample's pooled features (rows in sample order), computed once with the CNN
+    as it is before training: what ``_begin_training`` reads (initial impostors, class
+    means) while the CNN is unchanged, instead of a second pass over the images."""
+
+    def __init__(self, pooled):
+        self.X = pooled
+
+    def pooled(self, net, idx):
+        return self.X[torch.as_tensor(idx, device=self.X.device)]
+
+    def outputs(self, net, idx):
+        """``net``'s outputs: its head on the standardised pooled features (as ``net(x)``)."""
+        return torch.cat([net.head((self.pooled(net, c) - net.mean) / net.scale) for c in _chunks(idx, 4096)])
 
 
 class _ImageData:

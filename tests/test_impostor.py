@@ -211,6 +211,35 @@ def test_open_set_score_is_prediction_entropy(features):
     np.testing.assert_allclose(clf.open_set_score(X), entropy(clf.predict_proba(X)))
 
 
+@pytest.fixture
+def last_stage_inputs():
+    """Number of images entering the last convolution (320 -> 1280) of any EfficientNet-Lite0."""
+    from torch.nn.modules.module import register_module_forward_pre_hook
+
+    seen = []
+
+    def hook(module, inputs):
+        if isinstance(module, torch.nn.Conv2d) and (module.in_channels, module.out_channels) == (320, 1280):
+            seen.append(inputs[0].shape[0])
+
+    handle = register_module_forward_pre_hook(hook)
+    yield seen
+    handle.remove()
+
+
+@pytest.mark.parametrize("head_epochs", [0, 2])
+def test_end_to_end_fit_runs_the_cnn_once_per_image_before_training(images, last_stage_inputs, head_epochs):
+    # standardisation, the head warm-up and the initial impostors share one pass
+    X, y = images
+    clf = small(impostors="loose", extractor=CNNFeatureExtractor(image_size=40), trainable_blocks=1, max_epochs=1,
+                head_epochs=head_epochs, n_iter_no_change=None).fit(X, y)
+    n_val = round(0.1 * len(X))
+    # the pass before training, one augmented epoch over the training images, the
+    # validation images (loose: no pass after training); +1: the extractor's channel probe
+    assert sum(last_stage_inputs) == len(X) + (len(X) - n_val) + n_val + 1
+    assert clf.score(X, y) > 0.3
+
+
 def test_grid_search_over_sigma_extracts_each_image_once(images, stem_inputs):
     X, y = images
     pipe = Pipeline([("cnn", CNNFeatureExtractor(image_size=40)), ("clf", small(impostors="fixed", embedding_dim=None))])
