@@ -15,10 +15,12 @@ Sections (default backbone, 160 px, CPU; sigma chosen on the ``val`` split):
     python benchmarks/impostor.py             # full (about 1.5 hours on 2 cores)
     python benchmarks/impostor.py --e2e-only  # only the end-to-end rows (about 35 minutes)
     python benchmarks/impostor.py --compression-only  # only section 3 (about 20 minutes)
+    python benchmarks/impostor.py --e2e-only softmax loose --e2e-seeds 0 1 2  # the chosen ones, 3 seeds (~30 min)
 """
 
 import argparse
 import copy
+import json
 import os
 import time
 
@@ -29,7 +31,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.svm import SVC, LinearSVC
 
-from _common import DATA, write_results
+from _common import DATA, RESULTS, write_results
 from skfg import CNNFeatureExtractor, ImpostorClassifier, SoftmaxClassifier
 from skfg.datasets import load_image_folder
 from skfg.index import NearestNeighborIndex
@@ -250,6 +252,48 @@ def end_to_end(args, size, epochs, sigma_fixed, sigma_loose, Xtr, ytr, Xte, yte,
         save()
 
 
+def e2e_seeds(args, size, epochs, Xtr, ytr, Xte, yte, payload, rows, summary, methods=None):
+    """The end-to-end configurations chosen on val by the ``--e2e-only`` run (read from
+    ``results/impostor_e2e[_quick].json``: per method, the candidate with the best val accuracy),
+    refitted with each seed of ``args.e2e_seeds``: the seed-to-seed spread that the
+    single-seed table hides. Returns ``{method: [test accuracy per seed]}``."""
+    chosen_in = RESULTS / f"impostor_e2e{'_quick' if args.quick else ''}.json"
+    candidates = json.loads(chosen_in.read_text())["e2e_candidates"]
+    common = dict(extractor=CNNFeatureExtractor(image_size=size), trainable_blocks=args.e2e_blocks, max_epochs=epochs,
+                  lr=args.e2e_lr)
+    makers = {"softmax": ("SoftmaxClassifier", lambda sg, h, seed: SoftmaxClassifier(head_epochs=h, random_state=seed,
+                                                                                      **common)),
+              "fixed": ("Impostor fixed", lambda sg, h, seed: ImpostorClassifier(sg, impostors="fixed", head_epochs=h,
+                                                                                 random_state=seed, **common)),
+              "loose": ("Impostor loose", lambda sg, h, seed: ImpostorClassifier(sg, impostors="loose", head_epochs=h,
+                                                                                 random_state=seed, **common))}
+    accs = {}
+    for key, (label, make) in makers.items():
+        if methods and key not in methods:
+            continue
+        best = max((c for c in candidates if c["method"] == label), key=lambda c: c["val_accuracy"] or -1.0)
+        chosen = ([f"sigma={best['sigma']}"] if best["sigma"] is not None else []) + [f"head_epochs={best['head_epochs']}"]
+        accs[label] = []
+        for seed in args.e2e_seeds:
+            m, s = timed(lambda: make(best["sigma"], best["head_epochs"], seed).fit(Xtr, ytr))
+            acc = m.score(Xte, yte)
+            accs[label].append(acc)
+            payload.setdefault("results", []).append({"method": label, "sigma": best["sigma"],
+                                                      "head_epochs": best["head_epochs"], "seed": seed,
+                                                      "test_accuracy": acc, "fit_s": s})
+            rows.append(("1 end to end", label, f"{epochs} epochs, lr {args.e2e_lr:g}, {', '.join(chosen)}", seed,
+                         f"{acc:.3f}", f"{s:.0f}"))
+            print(rows[-1], flush=True)
+        a = np.array(accs[label])
+        rows.append(("1 end to end", label, "mean (sd) over seeds", ",".join(map(str, args.e2e_seeds)),
+                     f"{a.mean():.3f} ({a.std(ddof=1) if len(a) > 1 else 0:.3f})", ""))
+    if "Impostor loose" in accs and "SoftmaxClassifier" in accs:
+        diff = 100 * (np.array(accs["Impostor loose"]) - np.array(accs["SoftmaxClassifier"]))
+        summary["end-to-end loose - softmax, per seed"] = (
+            ", ".join(f"{d:+.1f}" for d in diff) + f" points; mean {diff.mean():+.1f} (target: +1)")
+    return accs
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
@@ -266,6 +310,9 @@ def main():
     parser.add_argument("--e2e-loose-grid", type=float, nargs="+", default=(0.3, 0.45), metavar="SIGMA",
                         help="choose the end-to-end loose sigma on val among these (fit s: the whole grid); "
                              "the head-mode sigma (1.0) starts from a nearly uniform vote end to end")
+    parser.add_argument("--e2e-seeds", type=int, nargs="+", metavar="SEED",
+                        help="with --e2e-only: refit the configurations that results/impostor_e2e.json chose on val "
+                             "with these seeds; writes impostor_e2e_seeds.*")
     parser.add_argument("--compression-only", action="store_true",
                         help="only section 3 (with its head-mode fixed and loose references); "
                              "writes impostor_compression.*")
@@ -313,6 +360,12 @@ def main():
     def notes():
         return "\n".join(f"- {k}: {v}" for k, v in summary.items())
 
+    if args.e2e_only is not None and args.e2e_seeds:
+        name = "impostor_e2e_seeds" + ("_quick" if args.quick else "")
+        e2e_seeds(args, size, e2e_epochs, Xtr, ytr, Xte, yte, payload, rows, summary, args.e2e_only)
+        write_results(name, payload, rows, ("section", "method", "configuration", "seed", "test acc", "fit s"),
+                      notes=notes())
+        return
     if args.e2e_only is not None:
         name = "impostor_e2e" + ("_quick" if args.quick else "")
         end_to_end(args, size, e2e_epochs, *args.sigmas, Xtr, ytr, Xte, yte, record, save, summary, payload,
