@@ -203,6 +203,18 @@ def cost_and_scaling(loose, Xte, Fte, size, sizes_m, payload, rows, summary):
             f"{best['method']}: {best['speedup_vs_sklearn']:.0f}x sklearn brute, recall {best['recall_at_10']:.3f}")
 
 
+E2E_LABELS = {"softmax": "SoftmaxClassifier", "fixed": "Impostor fixed", "loose": "Impostor loose"}
+
+
+def make_e2e(args, size, epochs, key, sigma, head_epochs, seed=0):
+    """An end-to-end row's estimator (the same budget for every method)."""
+    common = dict(extractor=CNNFeatureExtractor(image_size=size), trainable_blocks=args.e2e_blocks, max_epochs=epochs,
+                  lr=args.e2e_lr, head_epochs=head_epochs, random_state=seed)
+    if key == "softmax":
+        return SoftmaxClassifier(**common)
+    return ImpostorClassifier(sigma, impostors=key, **common)
+
+
 def end_to_end(args, size, epochs, sigma_fixed, sigma_loose, Xtr, ytr, Xte, yte, record, save, summary, payload,
                methods=None, val=None):
     """Section 1b: SoftmaxClassifier vs Impostor fixed vs loose, trained end to end with one budget.
@@ -212,24 +224,17 @@ def end_to_end(args, size, epochs, sigma_fixed, sigma_loose, Xtr, ytr, Xte, yte,
     are chosen on val, as the paper tunes each scheme's settings; every candidate is one
     row of the JSON, only the chosen one a row of the table (its fit s: the whole grid).
     """
-    common = dict(extractor=CNNFeatureExtractor(image_size=size), trainable_blocks=args.e2e_blocks, max_epochs=epochs,
-                  lr=args.e2e_lr, random_state=0)
     e2e = {}
     heads = list(args.e2e_head_epochs)
     loose_grid = list(getattr(args, "e2e_loose_grid", None) or [sigma_loose])
-    for label, key, sigmas, make in (
-        ("SoftmaxClassifier", "softmax", [None], lambda sg, h: SoftmaxClassifier(head_epochs=h, **common)),
-        ("Impostor fixed", "fixed", [sigma_fixed],
-         lambda sg, h: ImpostorClassifier(sg, impostors="fixed", head_epochs=h, **common)),
-        ("Impostor loose", "loose", loose_grid,
-         lambda sg, h: ImpostorClassifier(sg, impostors="loose", head_epochs=h, **common)),
-    ):
+    for key, sigmas in (("softmax", [None]), ("fixed", [sigma_fixed]), ("loose", loose_grid)):
         if methods and key not in methods:
             continue
+        label = E2E_LABELS[key]
         fits = []
         for h in heads:
             for sg in sigmas:
-                m, s = timed(lambda: make(sg, h).fit(Xtr, ytr))
+                m, s = timed(lambda: make_e2e(args, size, epochs, key, sg, h).fit(Xtr, ytr))
                 score = m.score(*val) if val is not None and len(heads) * len(sigmas) > 1 else None
                 test = m.score(Xte, yte)
                 fits.append((score, sg, h, m, s))
@@ -259,23 +264,15 @@ def e2e_seeds(args, size, epochs, Xtr, ytr, Xte, yte, payload, rows, summary, me
     single-seed table hides. Returns ``{method: [test accuracy per seed]}``."""
     chosen_in = RESULTS / f"impostor_e2e{'_quick' if args.quick else ''}.json"
     candidates = json.loads(chosen_in.read_text())["e2e_candidates"]
-    common = dict(extractor=CNNFeatureExtractor(image_size=size), trainable_blocks=args.e2e_blocks, max_epochs=epochs,
-                  lr=args.e2e_lr)
-    makers = {"softmax": ("SoftmaxClassifier", lambda sg, h, seed: SoftmaxClassifier(head_epochs=h, random_state=seed,
-                                                                                      **common)),
-              "fixed": ("Impostor fixed", lambda sg, h, seed: ImpostorClassifier(sg, impostors="fixed", head_epochs=h,
-                                                                                 random_state=seed, **common)),
-              "loose": ("Impostor loose", lambda sg, h, seed: ImpostorClassifier(sg, impostors="loose", head_epochs=h,
-                                                                                 random_state=seed, **common))}
     accs = {}
-    for key, (label, make) in makers.items():
+    for key, label in E2E_LABELS.items():
         if methods and key not in methods:
             continue
         best = max((c for c in candidates if c["method"] == label), key=lambda c: c["val_accuracy"] or -1.0)
         chosen = ([f"sigma={best['sigma']}"] if best["sigma"] is not None else []) + [f"head_epochs={best['head_epochs']}"]
         accs[label] = []
         for seed in args.e2e_seeds:
-            m, s = timed(lambda: make(best["sigma"], best["head_epochs"], seed).fit(Xtr, ytr))
+            m, s = timed(lambda: make_e2e(args, size, epochs, key, best["sigma"], best["head_epochs"], seed).fit(Xtr, ytr))
             acc = m.score(Xte, yte)
             accs[label].append(acc)
             payload.setdefault("results", []).append({"method": label, "sigma": best["sigma"],

@@ -284,7 +284,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         if n_second:  # ELoPE's two steps: plain k-max first (weights fixed at 1) ...
             net.pools.requires_grad_(False)
         result = self._train(net, data, y_enc, sample_weight, train_idx, val_idx, device, generator,
-                             self.max_epochs, signature, start_data=None if pooled is None else _PooledData(pooled))
+                             self.max_epochs, signature, start_data=None if pooled is None else _PooledData(pooled, device))
         if n_second:  # ... then everything at lr / 10 (the pooling weights at lr)
             net.pools.requires_grad_(True)
             second = self._train(net, data, y_enc, sample_weight, train_idx, val_idx, device, generator,
@@ -480,16 +480,10 @@ class _FeatureData:
         return self.X[idx].to(self.device)
 
 
-class _PooledData:
+class _PooledData(_FeatureData):
     """Every sample's pooled features (rows in sample order), computed once with the CNN
     as it is before training: what ``_begin_training`` reads (initial impostors, class
     means) while the CNN is unchanged, instead of a second pass over the images."""
-
-    def __init__(self, pooled):
-        self.X = pooled
-
-    def pooled(self, net, idx):
-        return self.X[torch.as_tensor(idx, device=self.X.device)]
 
     def outputs(self, net, idx):
         """``net``'s outputs: its head on the standardised pooled features (as ``net(x)``)."""
