@@ -115,8 +115,9 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
     def _epoch_start(self, net, aux, data, epoch):
         """Called before each training epoch (0-based; also after a resume)."""
 
-    def _end_training(self, net, aux, data, y, train_idx, val_idx):
-        """Called with the restored best weights; set head-specific fitted attributes."""
+    def _end_training(self, net, aux, data, y, train_idx, val_idx, sample_weight, generator):
+        """Called with the restored best weights (under ``torch.no_grad``); set head-specific
+        fitted attributes. ``sample_weight`` covers every sample (index it with ``train_idx``)."""
 
     def _check_params(self):
         """Checks of parameter combinations, before any work (raise ``ValueError``)."""
@@ -370,7 +371,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
             result = {"history": [], "best_epoch": 0, "interrupted": False}
         net.eval()
         with torch.no_grad():
-            self._end_training(net, aux, data, y_all, train_idx, val_idx)
+            self._end_training(net, aux, data, y_all, train_idx, val_idx, sample_weight, generator)
         return result
 
     def _aux_param_groups(self, aux):

@@ -187,7 +187,7 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
     def _make_head(self, n_features, n_classes):
         return _CosineHead(n_features, self.embedding_dim, n_classes, self.scale)
 
-    def _end_training(self, net, aux, data, y, train_idx, val_idx):
+    def _end_training(self, net, aux, data, y, train_idx, val_idx, sample_weight, generator):
         net.head.weight.copy_(F.normalize(net.head.weight, dim=1))  # stored templates are unit length
 
     def fit(self, X, y, sample_weight=None):

@@ -16,7 +16,10 @@ Methods
 ``"ivfpq"``  inverted lists over PQ codes (compressed *and* fast at millions of vectors).
 
 For the compressed methods, distances are computed to the *decoded* vectors (ADC), so
-they equal the distances to :meth:`NearestNeighborIndex.reconstruct`'s output.
+they equal the distances to :meth:`NearestNeighborIndex.reconstruct`'s output. For
+``"pq"`` and ``"opq"``, :meth:`NearestNeighborIndex.pq_codebooks` exposes the codes and
+codebooks, :func:`decode_pq` decodes them in torch (differentiably in the codebooks) and
+:meth:`NearestNeighborIndex.set_pq_centroids` stores tuned codebooks back.
 """
 
 import math
@@ -47,6 +50,27 @@ def squared_distances(queries, points, points_sq_norms=None):
         points_sq_norms = (points * points).sum(1)
     d = (queries * queries).sum(1, keepdim=True) - 2 * queries @ points.T + points_sq_norms
     return d.clamp_min_(0)
+
+
+def decode_pq(centroids, codes, rotation=None):
+    """Decode PQ codes in torch: differentiable in ``centroids`` (and ``rotation``).
+
+    Parameters
+    ----------
+    centroids : Tensor of shape (n_subquantizers, 256, dim // n_subquantizers)
+    codes : LongTensor of shape (n, n_subquantizers)
+    rotation : Tensor of shape (dim, dim), optional
+        OPQ's orthonormal ``A`` (codes encode ``A x``); decoding applies ``A^T``.
+
+    Returns
+    -------
+    vectors : Tensor of shape (n, dim)
+        Equal to :meth:`NearestNeighborIndex.reconstruct` for the same codebooks.
+    """
+    m = centroids.shape[0]
+    parts = centroids[torch.arange(m, device=codes.device), codes]  # (n, m, dsub): sub-vector j of row i
+    vectors = parts.reshape(len(codes), -1)
+    return vectors if rotation is None else vectors @ rotation  # rows: (A^T y)^T = y^T A
 
 
 class NearestNeighborIndex:
@@ -297,6 +321,60 @@ class NearestNeighborIndex:
         if self.method == "ivfpq":
             self._index.make_direct_map()
         return self._index.reconstruct_n(0, self.n_vectors_)
+
+    def _pq_parts(self):
+        """(the IndexPQ holding codes and codebooks, the OPQ transform or None)."""
+        self._fitted()
+        if self.method not in ("pq", "opq"):
+            raise ValueError(f"PQ codebooks are exposed for method 'pq' or 'opq'; this index is {self.method!r}")
+        faiss = _faiss()
+        if self.method == "pq":
+            return self._index, None
+        return faiss.downcast_index(self._index.index), faiss.downcast_VectorTransform(self._index.chain.at(0))
+
+    def pq_codebooks(self):
+        """Codes and codebooks of a ``"pq"`` / ``"opq"`` index (copies).
+
+        Returns
+        -------
+        centroids : ndarray of shape (code_size, 256, dim // code_size), float32
+        codes : ndarray of shape (n_vectors, code_size), int64
+            Row ``i`` decodes to the concatenation of ``centroids[j, codes[i, j]]``.
+        rotation : ndarray of shape (dim, dim) or None
+            OPQ's orthonormal rotation ``A`` (the codes encode ``A x``); ``None`` for PQ.
+        """
+        index, opq = self._pq_parts()
+        pq, faiss = index.pq, _faiss()
+        centroids = faiss.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub)
+        codes = faiss.vector_to_array(index.codes).reshape(index.ntotal, pq.code_size).astype(np.int64)
+        rotation = None if opq is None else faiss.vector_to_array(opq.A).reshape(opq.d_out, opq.d_in)
+        return centroids, codes, rotation
+
+    def set_pq_centroids(self, centroids):
+        """Replace the codebooks of a ``"pq"`` / ``"opq"`` index, keeping every code.
+
+        Searches and :meth:`reconstruct` then use the new centroids; vectors added later
+        are encoded with them.
+
+        Parameters
+        ----------
+        centroids : array-like of shape (code_size, 256, dim // code_size)
+
+        Returns
+        -------
+        self
+        """
+        index, _ = self._pq_parts()
+        pq, faiss = index.pq, _faiss()
+        centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        if centroids.shape != (pq.M, pq.ksub, pq.dsub):
+            raise ValueError(f"centroids must have shape {(pq.M, pq.ksub, pq.dsub)}; got {centroids.shape}")
+        if not np.isfinite(centroids).all():
+            raise ValueError("centroids contain NaN or infinite values")
+        faiss.copy_array_to_vector(centroids.ravel(), pq.centroids)
+        if pq.transposed_centroids.size() > 0:  # a cached layout some faiss versions search with
+            pq.sync_transposed_centroids()
+        return self
 
     @property
     def memory_bytes(self):

@@ -276,7 +276,7 @@ class SoftmaxClassifier(BaseTorchClassifier):
         aux.means.copy_(means)
         return loss + self.embedding_loss_weight * extra  # eq. (1)
 
-    def _end_training(self, net, aux, data, y, train_idx, val_idx):
+    def _end_training(self, net, aux, data, y, train_idx, val_idx, sample_weight, generator):
         self.class_means_ = None if aux is None else aux.means.cpu().numpy().astype(np.float64)
 
     def _make_head(self, n_features, n_classes):

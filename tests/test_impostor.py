@@ -183,6 +183,55 @@ def test_warm_started_pq_recipe_compresses_the_trained_embeddings():
     assert clf.score(X, y) > 0.9
 
 
+@pytest.mark.parametrize("method", ["pq", "opq"])
+def test_loose_pq_tunes_the_codebooks_of_the_compressed_impostors(method):
+    rng = np.random.RandomState(0)
+    y = np.repeat(np.arange(8), 50)
+    X = (rng.randn(len(y), 32) + 2.0 * np.eye(32)[y]).astype(np.float32)
+    kw = dict(impostors="loose", index=method, code_size=4, embedding_dim=32, max_epochs=8, lr=1e-2,
+              random_state=0)
+    plain = ImpostorClassifier(codebook_epochs=0, **kw).fit(X, y)
+    assert plain.codebook_history_ is None and plain.codebook_best_epoch_ is None
+    tuned = ImpostorClassifier(codebook_epochs=15, n_iter_no_change=None, **kw).fit(X, y)
+    assert len(tuned.codebook_history_) == 15 and 0 <= tuned.codebook_best_epoch_ <= 15
+    # the same network and codes; only the codebooks moved
+    np.testing.assert_array_equal(tuned.transform(X), plain.transform(X))
+    np.testing.assert_array_equal(tuned.index_.pq_codebooks()[1], plain.index_.pq_codebooks()[1])
+    assert tuned.index_.code_bytes_per_vector == 4
+    losses = [h["loss"] for h in tuned.codebook_history_]
+    assert losses[-1] < losses[0]  # eq. (4) on the decoded impostors goes down
+    if tuned.codebook_best_epoch_ == 0:  # the held-out samples preferred the untuned codebooks
+        np.testing.assert_array_equal(tuned.index_.reconstruct(), plain.index_.reconstruct())
+    else:
+        assert not np.allclose(tuned.index_.reconstruct(), plain.index_.reconstruct())
+    # prediction uses the tuned codebooks, and they survive a joblib round trip
+    buf = io.BytesIO()
+    joblib.dump(tuned, buf)
+    buf.seek(0)
+    np.testing.assert_array_equal(joblib.load(buf).predict_proba(X), tuned.predict_proba(X))
+
+
+def test_codebook_tuning_lowers_the_training_loss_of_the_decoded_impostors():
+    """Without held-out samples every tuning epoch is kept: the eq.-(4) loss of the final
+    embeddings against the decoded impostors is lower than with the untuned codebooks."""
+    rng = np.random.RandomState(1)
+    y = np.repeat(np.arange(8), 40)
+    X = (rng.randn(len(y), 16) + 1.5 * np.eye(16)[y % 16]).astype(np.float32)
+    kw = dict(impostors="loose", index="pq", code_size=2, embedding_dim=16, max_epochs=5, lr=1e-2,
+              validation_fraction=0, random_state=0)
+    plain = ImpostorClassifier(codebook_epochs=0, **kw).fit(X, y)
+    tuned = ImpostorClassifier(codebook_epochs=10, **kw).fit(X, y)
+    assert tuned.codebook_best_epoch_ == 10
+    emb, t = torch.from_numpy(tuned.transform(X)), torch.as_tensor(y)
+    own = torch.arange(len(y))
+
+    def loss(clf):
+        c = torch.from_numpy(clf.index_.reconstruct())
+        return impostor_loss(emb, t, c, torch.as_tensor(clf.impostor_labels_), clf.sigma, own=own).mean().item()
+
+    assert loss(tuned) < 0.95 * loss(plain)
+
+
 def test_tiny_sigma_keeps_probabilities_finite(features):
     X, y = features
     clf = small(sigma=1e-3, max_epochs=2).fit(X, y)
@@ -203,6 +252,8 @@ def test_errors_name_the_problem(features):
         clf.predict(X[:, :4])
     with pytest.raises(ValueError, match="code_size=3 must divide"):
         ImpostorClassifier(impostors="fixed", index="pq", code_size=3, embedding_dim=16).fit(np.r_[X, X, X], np.r_[y, y, y])
+    with pytest.raises(ValueError, match="codebook_epochs"):
+        ImpostorClassifier(codebook_epochs=-1).fit(X, y)
 
 
 def test_open_set_score_is_prediction_entropy(features):

@@ -5,7 +5,9 @@ import faiss
 import numpy as np
 import pytest
 
-from skfg.index import NearestNeighborIndex
+import torch
+
+from skfg.index import NearestNeighborIndex, decode_pq
 
 
 @pytest.fixture(autouse=True)
@@ -83,6 +85,35 @@ def test_add_appends_and_keeps_codebooks():
     np.testing.assert_array_equal(index.reconstruct()[:800], before)
     brute = NearestNeighborIndex("brute").fit(X[:10]).add(X[10:20])
     assert brute.search(X[15:16], 1)[1][0, 0] == 15
+
+
+@pytest.mark.parametrize("method", ["pq", "opq"])
+def test_pq_codebooks_decode_in_torch_and_tuned_centroids_are_searched(method):
+    X = embeddings(3000, 32)
+    index = NearestNeighborIndex(method, code_size=8).fit(X)
+    centroids, codes, rotation = index.pq_codebooks()
+    assert centroids.shape == (8, 256, 4) and codes.shape == (3000, 8) and codes.max() < 256
+    assert (rotation is None) == (method == "pq")
+
+    def decode(c):
+        return decode_pq(torch.from_numpy(c), torch.from_numpy(codes),
+                         None if rotation is None else torch.from_numpy(rotation)).numpy()
+
+    np.testing.assert_allclose(decode(centroids), index.reconstruct(), atol=1e-4)
+    moved = centroids * 1.5 + 0.2
+    index.set_pq_centroids(moved)
+    assert np.array_equal(index.pq_codebooks()[1], codes)  # codes kept
+    np.testing.assert_allclose(index.reconstruct(), decode(moved), atol=1e-4)
+    Q = X[:20] + 0.1
+    d, i = index.search(Q, 5)  # searched with the new centroids: brute force over the new decoding
+    bd, bi = NearestNeighborIndex("brute").fit(decode(moved)).search(Q, 5)
+    np.testing.assert_allclose(d, bd, rtol=1e-3, atol=1e-3)
+    clone = pickle.loads(pickle.dumps(index))
+    np.testing.assert_array_equal(clone.reconstruct(), index.reconstruct())
+    with pytest.raises(ValueError, match=r"centroids must have shape \(8, 256, 4\)"):
+        index.set_pq_centroids(moved[:4])
+    with pytest.raises(ValueError, match="'pq' or 'opq'; this index is 'exact'"):
+        NearestNeighborIndex("exact").fit(X).pq_codebooks()
 
 
 def test_errors_name_the_problem():
