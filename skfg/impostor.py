@@ -162,7 +162,8 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
         ``set_params(impostors="fixed", index="pq", warm_start=True).fit(X, y)``: the
         trained embeddings are compressed, and the network adapts to their codes (on
         stanford_cars_a features 16-byte PQ codes then lose 2.1 points instead of 5.2;
-        see ``docs/impostor.rst``).
+        ``impostors="loose", index="pq"`` with tuned codebooks loses none; see
+        ``docs/impostor.rst``).
     optimizer : {"adam", "adamw", "sgd"}, default="adam"
     lr : float, default=1e-3
     backbone_lr_scale : float, default=0.1

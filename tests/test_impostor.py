@@ -232,6 +232,16 @@ def test_codebook_tuning_lowers_the_training_loss_of_the_decoded_impostors():
     assert loss(tuned) < 0.95 * loss(plain)
 
 
+def test_end_to_end_loose_pq_tunes_the_codebooks_on_the_final_cnn_embeddings():
+    X, y = make_fine_grained(n_classes=4, n_per_class=75, image_size=32, random_state=0)
+    clf = ImpostorClassifier(extractor=CNNFeatureExtractor(image_size=32), impostors="loose", index="pq", code_size=8,
+                             embedding_dim=64, trainable_blocks=1, max_epochs=2, codebook_epochs=3, augment=False,
+                             random_state=0).fit(X, y)
+    assert len(clf.codebook_history_) == 3 and clf.index_.code_bytes_per_vector == 8
+    assert clf.index_.n_vectors_ == len(clf.impostor_labels_) < len(y)  # held-out samples do not vote (loose)
+    assert np.isfinite(clf.predict_proba(X[:5])).all()
+
+
 def test_tiny_sigma_keeps_probabilities_finite(features):
     X, y = features
     clf = small(sigma=1e-3, max_epochs=2).fit(X, y)
