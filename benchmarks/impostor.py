@@ -141,25 +141,25 @@ def loose_compressed(head, data, record, results, summary, methods, seeds):
             plain_acc, plain_bytes = head["loose"][0], head["loose"][2].impostor_memory_bytes_
         else:
             m, s = fit(seed)
-            plain_acc, plain_bytes = record(sec, f"Impostor loose, uncompressed{tag}", m, s, f"sigma={sigma}"), \
-                m.impostor_memory_bytes_
-        for method in methods:
-            for code in (8, 16, 32, 64) if seed == 0 else (16,):
-                for tuned in (True, False) if code == 16 else (True,):
-                    m, s = fit(seed, method, code, **({} if tuned else {"codebook_epochs": 0}))
-                    how = "codebooks tuned" if tuned else "compressed only"
-                    codes = m.index_.n_vectors_ * code
-                    note = (f"codes {codes / 1024:.0f} KB ({plain_bytes / codes:.0f}x less), with codebooks "
-                            f"{m.impostor_memory_bytes_ / 1024:.0f} KB ({plain_bytes / m.impostor_memory_bytes_:.1f}x)")
-                    if tuned:
-                        note += f"; kept tuning epoch {m.codebook_best_epoch_} of {len(m.codebook_history_)}"
-                    acc = record(sec, f"Impostor loose, {method.upper()} {code} B, {how}{tag}", m, s,
-                                 f"sigma={sigma}", note=note)
-                    results[-1].update(recipe="loose", seed=seed, code_bytes=codes, tuned=tuned,
-                                       total_bytes=m.impostor_memory_bytes_, plain_bytes=plain_bytes,
-                                       plain_accuracy=plain_acc)
-                    if code == 16:
-                        diffs.setdefault((method, tuned), []).append(100 * (acc - plain_acc))
+            plain_acc = record(sec, f"Impostor loose, uncompressed{tag}", m, s, f"sigma={sigma}")
+            plain_bytes = m.impostor_memory_bytes_
+        rows = [(method, code, tuned) for method in methods for code in ((8, 16, 32, 64) if seed == 0 else (16,))
+                for tuned in ((True, False) if code == 16 else (True,))]  # 16 B also without tuning
+        for method, code, tuned in rows:
+            m, s = fit(seed, method, code, **({} if tuned else {"codebook_epochs": 0}))
+            how = "codebooks tuned" if tuned else "compressed only"
+            codes = m.index_.n_vectors_ * code
+            note = (f"codes {codes / 1024:.0f} KB ({plain_bytes / codes:.0f}x less), with codebooks "
+                    f"{m.impostor_memory_bytes_ / 1024:.0f} KB ({plain_bytes / m.impostor_memory_bytes_:.1f}x)")
+            if tuned:
+                note += f"; kept tuning epoch {m.codebook_best_epoch_} of {len(m.codebook_history_)}"
+            acc = record(sec, f"Impostor loose, {method.upper()} {code} B, {how}{tag}", m, s,
+                         f"sigma={sigma}", note=note)
+            results[-1].update(recipe="loose", seed=seed, code_bytes=codes, tuned=tuned,
+                               total_bytes=m.impostor_memory_bytes_, plain_bytes=plain_bytes,
+                               plain_accuracy=plain_acc)
+            if code == 16:
+                diffs.setdefault((method, tuned), []).append(100 * (acc - plain_acc))
     for (method, tuned), d in diffs.items():
         how = "codebooks tuned" if tuned else "compressed only"
         summary[f"{method.upper()} 16 B vs uncompressed, loose, {how}, {len(d)} seed(s)"] = (

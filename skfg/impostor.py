@@ -14,9 +14,8 @@ from sklearn.base import TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from ._classifier import BaseTorchClassifier
+from ._classifier import BaseTorchClassifier, _FeatureData
 from ._training import fit_loop, make_optimizer, make_scheduler
 from .index import COMPRESSED, METHODS, NearestNeighborIndex, decode_pq, squared_distances
 from .losses import class_log_proba, impostor_loss, rbf_log_kernel
@@ -442,22 +441,18 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
         device = aux.labels.device
         book = _Codebooks(*index.pq_codebooks()).to(device)
         labels, log_w = aux.labels, None if aux.log_weights is None else aux.log_weights.detach()
-        emb = data.outputs(net, train_idx).detach()
-        rows = torch.arange(len(train_idx), device=device)  # impostor i belongs to training row i
-        targets = y[torch.as_tensor(train_idx)].to(device)
-        weights = torch.as_tensor(sample_weight[train_idx], dtype=torch.float32, device=device)
-        loader = DataLoader(TensorDataset(emb, targets, weights, rows), batch_size=self._batch_size(len(rows)),
-                            shuffle=True, generator=generator)
+        emb = _FeatureData(data.outputs(net, np.arange(len(y))).cpu(), device)  # every sample's final embedding
+        loader = emb.loader(train_idx, y, sample_weight, self._batch_size(len(train_idx)), generator, False)
 
         def step(batch):
-            e, t, w, own = batch
-            loss = impostor_loss(e, t, book(), labels, self.sigma, own=own, log_weights=log_w,
+            e, t, w, i = (v.to(device) for v in batch)
+            loss = impostor_loss(e, t, book(), labels, self.sigma, own=aux.own[i], log_weights=log_w,
                                  n_neighbors=self.n_neighbors)
             return _weighted_finite_mean(loss, w), len(t)
 
         validate = untuned = None
         if val_idx is not None:
-            val_emb = data.outputs(net, val_idx).detach()
+            val_emb = emb.X[val_idx].to(device)
             y_val = y[torch.as_tensor(val_idx)].to(device)
             w_val = torch.as_tensor(sample_weight[val_idx], dtype=torch.float32, device=device)
 
