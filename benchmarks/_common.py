@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skfg.cli import format_table
+from skfg._table import format_table
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"

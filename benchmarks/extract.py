@@ -21,7 +21,7 @@ from torchvision.datasets import ImageFolder
 from _common import DATA, write_results
 from skfg import CNNFeatureExtractor, clear_feature_cache
 from skfg.backbones import build_backbone
-from skfg.extractor import pool_stage_outputs
+from skfg.pooling import pool_stage_outputs
 
 
 def naive_features(root, size, indices, batch_size=32):

@@ -1,15 +1,78 @@
-"""What every skfg estimator that holds torch modules shares: device choice and pickling.
+"""What every skfg estimator shares: device choice, pickling, all-or-nothing ``fit``,
+the held-out split, and the checks of images and labels.
 
 Pickles store torch state as bytes (``torch.save`` of the state dicts), never live
 modules, and load them back with ``weights_only=True``. A model fitted on a GPU loads on a
 CPU-only machine, with a warning.
 """
 
+import functools
 import io
 import warnings
 
+import numpy as np
 import torch
+from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import column_or_1d
 from torch import nn
+
+from .images import ImageSource
+
+
+def atomic_fit(method):
+    """Decorate a method that changes the estimator (``fit``, ``partial_fit``) so that when
+    it raises (``KeyboardInterrupt`` included) the estimator's attributes are restored as
+    they were before the call: a failed fit never leaves a half-fitted model."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        before = dict(self.__dict__)
+        try:
+            return method(self, *args, **kwargs)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+
+    return wrapper
+
+
+def holdout_split(n_samples, n_holdout, y=None, random_state=None):
+    """Sorted ``(train, held_out)`` indices with ``n_holdout`` samples held out.
+
+    Stratified by ``y`` when every class has 2 samples and both parts can hold every
+    class, else a plain shuffle split; ``held_out`` is ``None`` when ``n_holdout`` leaves
+    either part empty.
+    """
+    n, n_holdout = int(n_samples), int(n_holdout)
+    if n_holdout < 1 or n - n_holdout < 1:
+        return np.arange(n), None
+    splitter = ShuffleSplit(1, test_size=n_holdout, random_state=random_state)
+    if y is not None:
+        counts = np.unique(y, return_counts=True)[1]
+        if counts.min() >= 2 and len(counts) <= n_holdout <= n - len(counts):
+            splitter = StratifiedShuffleSplit(1, test_size=n_holdout, random_state=random_state)
+    train, held_out = next(splitter.split(np.zeros(n), y))
+    return np.sort(train), np.sort(held_out)
+
+
+def check_images_and_labels(X, y):
+    """``(ImageSource(X), y as 1-D)``; a clear error when their lengths differ."""
+    source = ImageSource(X)
+    y = column_or_1d(y, warn=True)
+    if len(y) != len(source):
+        raise ValueError(f"X has {len(source)} images but y has {len(y)} labels.")
+    return source, y
+
+
+def encode_labels(y, estimator_name):
+    """``(classes, y_encoded)`` of classification targets; at least 2 classes."""
+    check_classification_targets(y)
+    classes, y_enc = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(f"{estimator_name} needs samples of at least 2 classes; got one class: {classes[0]!r}.")
+    return classes, y_enc
 
 
 def resolve_device(device):
@@ -77,11 +140,12 @@ class TorchStateMixin:
             setattr(self, key, module.to(device).eval())
 
 
-def image_transformer_tags(tags):
-    """sklearn tags of a transformer whose X holds images (paths, arrays, PIL images)."""
+def image_input_tags(tags):
+    """sklearn tags of an estimator whose X holds images (paths, arrays, PIL images)."""
     tags.input_tags.one_d_array = True  # image paths
     tags.input_tags.two_d_array = False
     tags.input_tags.three_d_array = True
     tags.input_tags.string = True
-    tags.transformer_tags.preserves_dtype = []
+    if tags.transformer_tags is not None:
+        tags.transformer_tags.preserves_dtype = []
     return tags

@@ -3,8 +3,7 @@
 import torch
 from torch import nn
 
-from .extractor import pool_stage_outputs
-from .pooling import WeightedKMaxPool
+from .pooling import WeightedKMaxPool, pool_stage_outputs
 
 
 class FeatureNet(nn.Module):

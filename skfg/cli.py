@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._table import format_table
+
 
 def demo_classifiers():
     """``(name, estimator)`` rows of the demo table; each new skfg estimator adds one."""
@@ -46,14 +48,6 @@ def _demo_data(args):
             return Xtr, ytr, Xte, yte, f"{root} ({split} split)"
     Xtr, Xte, ytr, yte = train_test_split(Xtr, ytr, test_size=0.25, stratify=ytr, random_state=0)
     return Xtr, ytr, Xte, yte, f"{root} (25% of train held out)"
-
-
-def format_table(rows, header):
-    """Rows of strings as an aligned plain-text (Markdown) table."""
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "| " + " | ".join(str(v).ljust(w) for v, w in zip(r, widths)) + " |"  # noqa: E731
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), sep, *map(line, rows)])
 
 
 def cmd_demo(args):

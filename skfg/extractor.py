@@ -11,12 +11,13 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import TorchStateMixin, image_transformer_tags, resolve_device
+from ._base import TorchStateMixin, image_input_tags, resolve_device
 from ._cache import get_feature_cache
-from .backbones import build_backbone, get_backbone_spec, list_backbones, probe_channels
-from .backbones import state_fingerprint
-from .images import ImageSource, eval_transform, iter_batches, normalize_batch
-from .pooling import POOLINGS, global_pool, l2_normalize
+from .backbones import build_backbone, get_backbone_spec, probe_channels, state_fingerprint
+from .images import ImageSource, decode_jobs, eval_transform, iter_batches, to_input
+from .pooling import POOLINGS, pool_stage_outputs
+
+__all__ = ["CNNFeatureExtractor", "pool_stage_outputs", "resolve_layers"]
 
 
 def resolve_layers(layers, stage_names):
@@ -35,19 +36,6 @@ def resolve_layers(layers, stage_names):
     if len(set(layers)) != len(layers):
         raise ValueError(f"layers has duplicates: {layers}")
     return layers
-
-
-def pool_stage_outputs(maps, layers, pooling="gap", k=4, normalize=True, pools=None):
-    """Pool each stage's map (and L2-normalise it) and concatenate, in ``layers`` order.
-
-    ``pools`` maps a layer name to a pooling module (learned weighted k-max pooling)
-    used instead of ``pooling``.
-    """
-    parts = []
-    for name in layers:
-        v = pools[name](maps[name]) if pools is not None and name in pools else global_pool(maps[name], pooling, k)
-        parts.append(l2_normalize(v) if normalize else v)
-    return torch.cat(parts, dim=1)
 
 
 class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
@@ -135,7 +123,7 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
     """
 
     _parameter_constraints = {
-        "backbone": [StrOptions(set(list_backbones()))],
+        "backbone": [str],  # checked against the registry at fit (register_backbone may add names)
         "weights": "no_validation",  # checked by build_backbone
         "layers": [str, list, tuple],
         "pooling": [StrOptions(set(POOLINGS))],
@@ -219,12 +207,29 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
     def _make_module(self, name):
         return build_backbone(self.backbone, weights=None).to(memory_format=torch.channels_last)
 
-    def _cache_key(self):
-        """Fingerprint of everything that determines the features, from the current parameters.
+    def input_normalization(self):
+        """``(mean, std)`` per channel with which images in [0, 1] are normalised for the backbone."""
+        spec = get_backbone_spec(self.backbone)
+        return spec.mean, spec.std
 
-        The weights' fingerprint is taken at ``fit``; code that changes ``network_``
-        afterwards (fine-tuning) must refresh ``_weights_fingerprint``.
+    def set_network(self, network):
+        """Use ``network``, a fine-tuned backbone of the same architecture, as ``network_``.
+
+        How a fine-tuning estimator hands its trained trunk to a fitted extractor: the
+        network is frozen, moved to ``device_`` (channels-last), and the feature cache
+        keys follow its weights. Returns ``self``.
         """
+        check_is_fitted(self, "network_")
+        old, new = self.network_.state_dict(), network.state_dict()
+        if old.keys() != new.keys() or any(old[k].shape != new[k].shape for k in old):
+            raise ValueError(f"set_network needs a {self.backbone!r} network of the same architecture as network_.")
+        self.network_ = network.requires_grad_(False).to(self.device_, memory_format=torch.channels_last).eval()
+        self._weights_fingerprint = state_fingerprint(self.network_)
+        return self
+
+    def _cache_key(self):
+        """Fingerprint of everything that determines the features, from the current parameters
+        (the weights' fingerprint is taken at ``fit`` and by :meth:`set_network`)."""
         settings = {
             "backbone": self.backbone,
             "weights": self._weights_fingerprint,
@@ -239,18 +244,11 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
 
     def _features(self, batch):
         """uint8 image batch -> float32 numpy features (no gradient)."""
-        x = normalize_batch(batch.to(self.device_), self.network_.mean, self.network_.std)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = to_input(batch, *self.input_normalization(), self.device_)
         with torch.inference_mode():
             maps = self.network_.forward_features(x, self.layers_)
             feats = pool_stage_outputs(maps, self.layers_, self.pooling, self.k, self.normalize)
         return feats.float().cpu().numpy()
-
-    def _decode_jobs(self):
-        """Decode threads: ``n_jobs``, or for ``None`` 0 on the CPU and up to 4 on a GPU."""
-        if self.n_jobs is None:
-            return 0 if self.device_ == "cpu" else min(4, os.cpu_count() or 1)
-        return self.n_jobs
 
     def transform(self, X):
         """Features of the images in X.
@@ -294,7 +292,7 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
             return out
         self.network_.eval()
         transform = eval_transform(self.image_size, self.resize)
-        batches = iter_batches(source, transform, self.batch_size, todo, self._decode_jobs())
+        batches = iter_batches(source, transform, self.batch_size, todo, decode_jobs(self.n_jobs, self.device_))
         progress = None
         if self.verbose:
             from tqdm.auto import tqdm
@@ -325,4 +323,4 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
         return np.asarray(names, dtype=object)
 
     def __sklearn_tags__(self):
-        return image_transformer_tags(super().__sklearn_tags__())
+        return image_input_tags(super().__sklearn_tags__())

@@ -2,8 +2,9 @@
 
 This is the only module that decodes images. Every estimator that takes images goes
 through :class:`ImageSource` (what X holds), :func:`eval_transform` /
-:func:`train_transform` (PIL image -> uint8 CHW tensor) and :func:`normalize_batch`
-(uint8 batch -> float batch with the backbone's mean/std).
+:func:`train_transform` (PIL image -> uint8 CHW tensor), :func:`iter_batches` (uint8
+batches) and :func:`to_input` (uint8 batch -> the network's input: normalised with the
+backbone's mean/std, channels-last, on the device); :func:`iter_inputs` chains the last two.
 """
 
 import hashlib
@@ -21,8 +22,11 @@ __all__ = [
     "ImageDataset",
     "ImageSource",
     "eval_transform",
+    "decode_jobs",
     "iter_batches",
+    "iter_inputs",
     "normalize_batch",
+    "to_input",
     "to_rgb",
     "train_transform",
 ]
@@ -292,3 +296,26 @@ def iter_batches(source, transform, batch_size, indices=None, n_jobs=1):
             for _, futures in pending:
                 for f in futures:
                     f.cancel()
+
+
+def to_input(batch, mean, std, device, dtype=None):
+    """uint8 ``(n, 3, H, W)`` -> the network's input: normalised, channels-last, on ``device``
+    (and cast to ``dtype`` when given)."""
+    x = normalize_batch(batch.to(device), mean, std)
+    if dtype is not None:
+        x = x.to(dtype)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def iter_inputs(source, transform, batch_size, mean, std, device, indices=None, n_jobs=0):
+    """Yield ``(indices, input batch)``: :func:`iter_batches` followed by :func:`to_input`."""
+    for idx, batch in iter_batches(source, transform, batch_size, indices, n_jobs):
+        yield idx, to_input(batch, mean, std, device)
+
+
+def decode_jobs(n_jobs, device):
+    """Decode threads for ``n_jobs``: as given, or for ``None`` 0 on the CPU (the network
+    already uses every core) and up to 4 on a GPU."""
+    if n_jobs is None:
+        return 0 if str(device) == "cpu" else min(4, os.cpu_count() or 1)
+    return int(n_jobs)

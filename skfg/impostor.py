@@ -15,10 +15,11 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from ._classifier import BaseTorchClassifier, _FeatureData
+from ._classifier import BaseTorchClassifier
+from ._data import FeatureData
 from ._training import fit_loop, make_optimizer, make_scheduler
-from .index import COMPRESSED, METHODS, NearestNeighborIndex, decode_pq, squared_distances
-from .losses import class_log_proba, impostor_loss, rbf_log_kernel
+from .index import COMPRESSED, METHODS, NearestNeighborIndex
+from .losses import ImpostorSet, PQCodebooks, class_log_proba, rbf_log_kernel, rbf_log_proba, weighted_finite_mean
 
 IMPOSTOR_SCHEMES = ("fixed", "tied", "loose")
 
@@ -40,42 +41,6 @@ class _Embedding(nn.Module):
 
     def forward(self, x):
         return (x if self.linear is None else self.linear(x)) / self.scale
-
-
-class _Impostors(nn.Module):
-    """The impostor set during training: positions (a parameter for ``"loose"``), labels,
-    optional log-weights (rbf-solver eq. 2, initialised to ``w = 1``)."""
-
-    def __init__(self, vectors, labels, trainable, learn_weights, n_classes):
-        super().__init__()
-        self.n_classes = n_classes
-        if trainable:
-            self.vectors = nn.Parameter(vectors.clone())
-        else:
-            self.register_buffer("vectors", vectors.clone())
-        self.register_buffer("labels", labels.clone())
-        self.log_weights = nn.Parameter(torch.zeros(len(labels))) if learn_weights else None
-
-
-class _Codebooks(nn.Module):
-    """Loose impostors under PQ compression: each impostor keeps its code, the codebooks
-    are the free parameters (``c_i = decode(code_i)``)."""
-
-    def __init__(self, centroids, codes, rotation):
-        super().__init__()
-        self.centroids = nn.Parameter(torch.as_tensor(centroids))
-        self.register_buffer("codes", torch.as_tensor(codes))
-        self.register_buffer("rotation", None if rotation is None else torch.as_tensor(rotation))
-
-    def forward(self):
-        return decode_pq(self.centroids, self.codes, self.rotation)
-
-
-def _weighted_finite_mean(loss, w):
-    """Weighted mean of per-sample losses, skipping ``inf`` ones (a sample whose class has
-    no other impostor among the candidates has no eq.-(4) term)."""
-    w = w * torch.isfinite(loss)
-    return (torch.where(w > 0, loss, torch.zeros_like(loss)) * w).sum() / w.sum().clamp_min(1e-12)
 
 
 class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
@@ -319,98 +284,72 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
     def _make_index(self):
         return NearestNeighborIndex(self.index, code_size=self.code_size, random_state=0)
 
-    def _begin_training(self, net, data, y, train_idx, val_idx):
-        if self.impostors == "fixed" and self.index in COMPRESSED:
-            self._make_index()._pq_sizes(len(train_idx), self.embedding_dim or net.mean.numel())  # fail early
+    def _begin_training(self, ctx):
+        net, train_idx, val_idx = ctx.net, ctx.train_idx, ctx.val_idx
+        if self.index in COMPRESSED:  # fail before training, not after it
+            self._make_index().check_trainable(len(train_idx), self.embedding_dim or net.mean.numel())
         # Protocol steps 1-3: initial embeddings are the impostors, divided by their mean norm.
         net.eval()
-        with torch.no_grad():
-            all_idx = np.arange(len(y))
-            emb = data.outputs(net, all_idx)
-            norm = float(emb[train_idx].norm(dim=1).mean().clamp_min(1e-12))
-            net.head.scale.mul_(norm)  # relative to the current scale: a warm start keeps it consistent
-            emb = emb / norm
+        emb = ctx.begin_data.outputs(net, np.arange(len(ctx.y)))
+        norm = float(emb[train_idx].norm(dim=1).mean().clamp_min(1e-12))
+        net.head.scale.mul_(norm)  # relative to the current scale: a warm start keeps it consistent
+        emb = emb / norm
         vectors = emb[train_idx]
         training_index = None
         if self.impostors == "fixed" and self.index in COMPRESSED:
             # train against the decoded impostors, so the network adapts to the compression
             training_index = self._make_index().fit(vectors.cpu().numpy())
             vectors = torch.from_numpy(training_index.reconstruct()).to(emb.device)
-        aux = _Impostors(vectors, y[train_idx].to(emb.device), self.impostors == "loose", self.learn_weights,
-                         n_classes=int(y.max()) + 1)
-        # bookkeeping for this fit only (plain attributes: not in the checkpointed state)
-        own = torch.full((len(y),), -1, dtype=torch.long)
+        own = torch.full((len(ctx.y),), -1, dtype=torch.long)
         own[torch.as_tensor(train_idx)] = torch.arange(len(train_idx))
-        aux.own, aux.train_idx, aux.training_index = own.to(emb.device), train_idx, training_index
-        aux.initial_val = emb[val_idx] if val_idx is not None else None
-        return aux
+        ctx.memo.update(training_index=training_index, initial_val=emb[val_idx] if val_idx is not None else None)
+        return ImpostorSet(vectors, ctx.labels(train_idx), int(ctx.y.max()) + 1, trainable=self.impostors == "loose",
+                           learn_weights=self.learn_weights, own=own.to(emb.device))
 
     def _aux_param_groups(self, aux):
         # impostor positions and weights: no weight decay (it would pull them to 0)
         return [{"params": aux.parameters(), "lr_scale": self.impostor_lr_scale, "weight_decay": 0.0}]
 
-    def _epoch_start(self, net, aux, data, epoch):
+    def _epoch_start(self, ctx, epoch):
         if self.impostors == "tied" and epoch > 0 and epoch % self.refresh_every == 0:
-            was_training = net.training
-            net.eval()
-            aux.vectors.copy_(data.outputs(net, aux.train_idx))
-            net.train(was_training)
+            was_training = ctx.net.training
+            ctx.net.eval()
+            ctx.aux.vectors.copy_(ctx.data.outputs(ctx.net, ctx.train_idx))
+            ctx.net.train(was_training)
 
-    def _training_loss(self, net, aux, data, x, t, w, idx):
-        emb = data.forward(net, x)
-        loss = impostor_loss(
-            emb, t, aux.vectors, aux.labels, self.sigma,
-            own=aux.own[idx], log_weights=aux.log_weights, n_neighbors=self.n_neighbors,
-            attachment=self.attachment if self.impostors == "loose" else 0.0,
-        )
-        return _weighted_finite_mean(loss, w)
+    def _training_loss(self, ctx, batch):
+        x, t, w, rows = batch
+        attachment = self.attachment if self.impostors == "loose" else 0.0
+        loss = ctx.aux(ctx.data.forward(ctx.net, x), t, rows, self.sigma, n_neighbors=self.n_neighbors,
+                       attachment=attachment)
+        return weighted_finite_mean(loss, w)
 
-    def _validation_outputs(self, net, aux, data, idx):
-        emb = data.outputs(net, idx)
-        return _finite(self._class_log_proba(emb, aux.vectors, aux.labels, aux.log_weights, aux.n_classes))
+    def _validation_outputs(self, ctx, idx):
+        return _finite(ctx.aux.log_proba(ctx.data.outputs(ctx.net, idx), self.sigma, self.n_neighbors))
 
-    def _class_log_proba(self, emb, vectors, labels, log_weights, n_classes, index=None, sq_norms=None):
-        """Eq. (3) over all impostors, or rbf-solver eq. (4) over the nearest ``n_neighbors``.
+    def _search_log_proba(self, emb, labels, log_weights):
+        """rbf-solver eq. (4) over the ``n_neighbors`` impostors that ``index_`` finds."""
+        d, cols = self.index_.search(emb.detach().cpu().numpy(), int(self.n_neighbors))
+        cols = torch.from_numpy(cols).to(emb.device)
+        valid = cols >= 0
+        cols = cols.clamp_min(0)
+        lw = None if log_weights is None else log_weights[cols]
+        lk = rbf_log_kernel(torch.from_numpy(d).to(emb.device), self.sigma, lw).masked_fill(~valid, float("-inf"))
+        return class_log_proba(lk, labels[cols], len(self.classes_))
 
-        ``vectors`` are the impostors (needed unless ``index`` searches them).
-        """
-        if self.n_neighbors is None or self.n_neighbors >= len(labels):
-            # float64 distances: float32 matrix products round differently with the batch size
-            emb, vectors = emb.double(), vectors.double()
-            log_weights = None if log_weights is None else log_weights.double()
-            sq_norms = (vectors * vectors).sum(1) if sq_norms is None else sq_norms
-            out = []
-            for start in range(0, len(emb), 1024):
-                d = squared_distances(emb[start : start + 1024], vectors, sq_norms)
-                lk = rbf_log_kernel(d, self.sigma, log_weights)
-                out.append(class_log_proba(lk, labels, n_classes))
-            return torch.cat(out) if out else torch.empty(0, n_classes, dtype=torch.float64)
-        if index is None:
-            lk = rbf_log_kernel(squared_distances(emb, vectors), self.sigma, log_weights)
-            lk, cols = torch.topk(lk, int(self.n_neighbors), dim=1)
-        else:
-            d, cols = index.search(emb.detach().cpu().numpy(), int(self.n_neighbors))
-            cols = torch.from_numpy(cols).to(emb.device)
-            valid = cols >= 0
-            cols = cols.clamp_min(0)
-            lw = None if log_weights is None else log_weights[cols]
-            lk = rbf_log_kernel(torch.from_numpy(d).to(emb.device), self.sigma, lw)
-            lk = lk.masked_fill(~valid, float("-inf"))
-        return class_log_proba(lk, labels[cols], n_classes)
-
-    def _end_training(self, net, aux, data, y, train_idx, val_idx, sample_weight, generator):
+    def _end_training(self, ctx):
+        aux, val_idx = ctx.aux, ctx.val_idx
         vectors = aux.vectors.detach()
         if self.impostors == "tied":  # constraint (5): c_i = f(x_i) with the final network
-            vectors = data.outputs(net, train_idx)
+            vectors = ctx.data.outputs(ctx.net, ctx.train_idx)
         labels = aux.labels
         log_w = None if aux.log_weights is None else aux.log_weights.detach()
-        held_out = val_idx
         if self.impostors == "loose":
             val_idx = None  # free impostors trail the embeddings: fresh held-out ones would outvote them
         if val_idx is not None:  # the held-out samples vote too
-            extra = aux.initial_val if self.impostors == "fixed" else data.outputs(net, val_idx)
-            extra_labels = y[torch.as_tensor(val_idx)].to(labels.device)
-        index = aux.training_index
+            extra = ctx.memo["initial_val"] if self.impostors == "fixed" else ctx.data.outputs(ctx.net, val_idx)
+            extra_labels = ctx.labels(val_idx).to(labels.device)
+        index = ctx.memo["training_index"]
         if index is None:
             all_vectors = vectors if val_idx is None else torch.cat([vectors, extra])
             index = self._make_index().fit(all_vectors.cpu().numpy())
@@ -422,13 +361,13 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
                 log_w = torch.cat([log_w, torch.zeros(len(val_idx), device=log_w.device)])
         self.codebook_history_ = self.codebook_best_epoch_ = None
         if self.impostors == "loose" and self.index in ("pq", "opq") and self.codebook_epochs > 0:
-            self._tune_codebooks(index, net, aux, data, y, train_idx, held_out, sample_weight, generator)
+            self._tune_codebooks(ctx, index)
         self.index_ = index
         self.impostor_labels_ = labels.cpu().numpy()
         self.impostor_weights_ = None if log_w is None else log_w.exp().cpu().numpy()
         self.impostor_memory_bytes_ = index.memory_bytes
 
-    def _tune_codebooks(self, index, net, aux, data, y, train_idx, val_idx, sample_weight, generator):
+    def _tune_codebooks(self, ctx, index):
         """Train the PQ codebooks of the compressed loose impostors (codes and network fixed).
 
         The loss is eq. (4) with ``c_i = decode(code_i)``, on the final embeddings of the
@@ -438,26 +377,25 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
         eq. (6)'s pull (lambda = 1) drew the codebooks back towards a plain k-means fit
         (stanford_cars_a, 16-byte PQ, two seeds: 44.9 / 44.0 % vs 46.3 / 44.5 % without).
         """
+        aux, val_idx = ctx.aux, ctx.val_idx
         device = aux.labels.device
-        book = _Codebooks(*index.pq_codebooks()).to(device)
-        labels, log_w = aux.labels, None if aux.log_weights is None else aux.log_weights.detach()
-        emb = _FeatureData(data.outputs(net, np.arange(len(y))).cpu(), device)  # every sample's final embedding
-        loader = emb.loader(train_idx, y, sample_weight, self._batch_size(len(train_idx)), generator, False)
+        log_w = None if aux.log_weights is None else aux.log_weights.detach()
+        book = PQCodebooks(*index.pq_codebooks(), aux.labels, aux.n_classes, log_weights=log_w, own=aux.own).to(device)
+        emb = FeatureData(ctx.data.outputs(ctx.net, np.arange(len(ctx.y))).cpu(), device)  # final embeddings
+        loader = emb.loader(ctx.train_idx, ctx.y, ctx.sample_weight, self._batch_size(len(ctx.train_idx)),
+                            ctx.generator, False)
 
         def step(batch):
-            e, t, w, i = (v.to(device) for v in batch)
-            loss = impostor_loss(e, t, book(), labels, self.sigma, own=aux.own[i], log_weights=log_w,
-                                 n_neighbors=self.n_neighbors)
-            return _weighted_finite_mean(loss, w), len(t)
+            e, t, w, rows = (v.to(device) for v in batch)
+            return weighted_finite_mean(book(e, t, rows, self.sigma, n_neighbors=self.n_neighbors), w), len(t)
 
         validate = untuned = None
         if val_idx is not None:
-            val_emb = emb.X[val_idx].to(device)
-            y_val = y[torch.as_tensor(val_idx)].to(device)
-            w_val = torch.as_tensor(sample_weight[val_idx], dtype=torch.float32, device=device)
+            val_emb, y_val = emb.X[val_idx].to(device), ctx.labels(val_idx)
+            w_val = torch.as_tensor(ctx.sample_weight[val_idx], dtype=torch.float32, device=device)
 
             def score():
-                out = _finite(self._class_log_proba(val_emb, book(), labels, log_w, aux.n_classes))
+                out = _finite(book.log_proba(val_emb, self.sigma, self.n_neighbors))
                 return (out.argmax(1) == y_val).float().mean(), self._loss(out, y_val, w_val)
 
             validate, untuned = score, [float(v) for v in score()]
@@ -468,7 +406,7 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
             result = fit_loop(book, loader, step, optimizer=optimizer,
                               scheduler=make_scheduler(optimizer, self.schedule, self.codebook_epochs),
                               max_epochs=self.codebook_epochs, validate=validate,
-                              patience=self.n_iter_no_change if validate else None, generator=generator,
+                              patience=self.n_iter_no_change if validate else None, generator=ctx.generator,
                               verbose=self.verbose)
         best_epoch = result["best_epoch"]
         if untuned is not None:
@@ -501,26 +439,9 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
         emb = self._embeddings(X)
         vectors, labels, log_w, sq_norms = self._impostor_table(emb.device)
         if self.n_neighbors is None or self.n_neighbors >= len(labels):  # exact sum over every impostor
-            return self._class_log_proba(emb, vectors, labels, log_w, len(self.classes_), sq_norms=sq_norms)
-        return self._class_log_proba(emb, None, labels, log_w, len(self.classes_), index=self.index_)
-
-    def predict_proba(self, X):
-        """Class probabilities of the RBF rule (eq. 3); rows sum to 1.
-
-        Computed in log space, so rows stay finite and normalised even when every kernel
-        value underflows (a tiny ``sigma`` or a far-away input).
-
-        Parameters
-        ----------
-        X : array-like
-            Features, or images when ``extractor`` is set.
-
-        Returns
-        -------
-        proba : ndarray of shape (n_samples, n_classes)
-        """
-        with torch.inference_mode():
-            return torch.softmax(self._outputs(X).double(), dim=1).cpu().numpy()
+            return rbf_log_proba(emb, vectors, labels, self.sigma, len(self.classes_), log_weights=log_w,
+                                 sq_norms=sq_norms)
+        return self._search_log_proba(emb, labels, log_w)
 
     def transform(self, X):
         """The learned embedding ``f(x)`` (in the impostors' space).

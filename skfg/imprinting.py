@@ -10,16 +10,16 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.base import TransformerMixin
+from sklearn.base import TransformerMixin, clone
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 from torch import nn
 
-from sklearn.base import clone
-
-from ._classifier import BaseTorchClassifier, _FeatureData, _ImageData, _predict_images, _to_input
+from ._base import atomic_fit, check_images_and_labels
+from ._classifier import BaseTorchClassifier
+from ._data import FeatureData, FitContext, predict_images
 from ._training import make_generator
-from .images import ImageSource, iter_batches, train_transform
+from .images import ImageSource, iter_inputs, train_transform
 
 
 class _CosineHead(nn.Module):
@@ -187,9 +187,11 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
     def _make_head(self, n_features, n_classes):
         return _CosineHead(n_features, self.embedding_dim, n_classes, self.scale)
 
-    def _end_training(self, net, aux, data, y, train_idx, val_idx, sample_weight, generator):
+    def _end_training(self, ctx):
+        net = ctx.net
         net.head.weight.copy_(F.normalize(net.head.weight, dim=1))  # stored templates are unit length
 
+    @atomic_fit
     def fit(self, X, y, sample_weight=None):
         """Train the embedding and the cosine classifier on the base classes.
 
@@ -250,8 +252,8 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         y = column_or_1d(y, warn=True)
         if self.extractor is None:
             X = validate_data(self, X, dtype=np.float32, reset=False)
-        elif len(ImageSource(X)) != len(y):
-            raise ValueError(f"X has {len(ImageSource(X))} images but y has {len(y)} labels.")
+        else:
+            check_images_and_labels(X, y)
         known = set(self.classes_.tolist())
         novel = np.array([c not in known or self.imprint_counts_[self._class_index(c)] > 0 for c in y.tolist()])
         if novel.any():
@@ -285,15 +287,10 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
             base = torch.as_tensor(self.imprint_counts_ == 0, device=net.head.weight.device)
             hook = net.head.weight.register_hook(lambda g: g.masked_fill(base[:, None], 0.0))
         try:
-            if self.extractor is None:
-                X_all = np.asarray(X_all, dtype=np.float32)
-                data = _FeatureData(X_all, device)
-            else:
-                ext = clone(self.extractor).fit()
-                data = _ImageData(ImageSource(X_all), net, ext, device, prefix_cache=self.cache_frozen and not self.augment)
-            result = self._train(net, data, y_all, np.ones(len(y_all), dtype=np.float32), idx, None, device,
-                                 make_generator(self.random_state), self.fine_tune_epochs, None,
-                                 lr_scale=self.fine_tune_lr / self.lr)
+            data = self._make_data(X_all, net, device, None if self.extractor is None else clone(self.extractor).fit())
+            ctx = FitContext(net, data, y_all, idx, None, np.ones(len(y_all), dtype=np.float32),
+                             make_generator(self.random_state), device)
+            result = self._train(ctx, self.fine_tune_epochs, None, lr_scale=self.fine_tune_lr / self.lr)
         finally:
             for p in frozen:
                 p.requires_grad_(True)
@@ -342,19 +339,19 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
                 if augment:
                     raise ValueError("augment= needs images: it is only available with extractor=")
                 X = validate_data(self, X, dtype=np.float32, reset=False)
-                feats = _FeatureData(X, self.device_).outputs(_EmbeddingView(net), np.arange(len(X)))
+                feats = FeatureData(X, self.device_).outputs(_EmbeddingView(net), np.arange(len(X)))
                 return feats.cpu().numpy()
             source = ImageSource(X)
             idx = np.arange(len(source))
             view = _EmbeddingView(net)
             if not augment:
-                return _predict_images(view, source, idx, self.extractor_, self.device_).cpu().numpy()
+                return predict_images(view, source, idx, self.extractor_, self.device_).cpu().numpy()
             # "Imprinting+Aug": the normalised sum over ``augment`` random crops/flips
-            tf, (mean, std) = train_transform(self.extractor_.image_size), _backbone_norm(self.extractor_)
-            total = 0
+            ext, total = self.extractor_, 0
+            tf = train_transform(ext.image_size)
             for _ in range(int(augment)):
-                total = total + torch.cat([view(_to_input(b, mean, std, self.device_)) for _, b in
-                                           iter_batches(source, tf, self.extractor_.batch_size, idx, n_jobs=0)])
+                batches = iter_inputs(source, tf, ext.batch_size, *ext.input_normalization(), self.device_, idx)
+                total = total + torch.cat([view(x) for _, x in batches])
             return F.normalize(total, dim=1).cpu().numpy()
 
     # -------------------------------------------------------------- imprinting
@@ -453,10 +450,3 @@ class _EmbeddingView(nn.Module):
 
     def forward(self, x, start=None):
         return self.net.head.embedding(self.net.features(x, start))
-
-
-def _backbone_norm(extractor):
-    from .backbones import get_backbone_spec
-
-    spec = get_backbone_spec(extractor.backbone)
-    return spec.mean, spec.std

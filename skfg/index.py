@@ -28,6 +28,10 @@ import warnings
 import numpy as np
 import torch
 
+from ._distances import decode_pq, squared_distances
+
+__all__ = ["COMPRESSED", "METHODS", "NearestNeighborIndex", "decode_pq", "squared_distances"]
+
 METHODS = ("brute", "exact", "hnsw", "ivf", "pq", "opq", "ivfpq")
 COMPRESSED = ("pq", "opq", "ivfpq")
 _MIN_POINTS = 39  # faiss's default training points per k-means centroid
@@ -39,38 +43,6 @@ def _faiss():
     except ImportError as exc:  # pragma: no cover - faiss-cpu is a dependency
         raise ImportError("this index method needs faiss: pip install faiss-cpu (or use method='brute')") from exc
     return faiss
-
-
-def squared_distances(queries, points, points_sq_norms=None):
-    """``(n, m)`` squared L2 distances between the rows of two tensors (clamped at 0).
-
-    ``points_sq_norms`` (``(points * points).sum(1)``) may be passed when it is reused.
-    """
-    if points_sq_norms is None:
-        points_sq_norms = (points * points).sum(1)
-    d = (queries * queries).sum(1, keepdim=True) - 2 * queries @ points.T + points_sq_norms
-    return d.clamp_min_(0)
-
-
-def decode_pq(centroids, codes, rotation=None):
-    """Decode PQ codes in torch: differentiable in ``centroids`` (and ``rotation``).
-
-    Parameters
-    ----------
-    centroids : Tensor of shape (n_subquantizers, 256, dim // n_subquantizers)
-    codes : LongTensor of shape (n, n_subquantizers)
-    rotation : Tensor of shape (dim, dim), optional
-        OPQ's orthonormal ``A`` (codes encode ``A x``); decoding applies ``A^T``.
-
-    Returns
-    -------
-    vectors : Tensor of shape (n, dim)
-        Equal to :meth:`NearestNeighborIndex.reconstruct` for the same codebooks.
-    """
-    m = centroids.shape[0]
-    parts = centroids[torch.arange(m, device=codes.device), codes]  # (n, m, dsub): sub-vector j of row i
-    vectors = parts.reshape(len(codes), -1)
-    return vectors if rotation is None else vectors @ rotation  # rows: (A^T y)^T = y^T A
 
 
 class NearestNeighborIndex:
@@ -130,7 +102,9 @@ class NearestNeighborIndex:
             raise ValueError(f"{what} contains NaN or infinite values")
         return X
 
-    def _pq_sizes(self, n, d):
+    def check_trainable(self, n, d):
+        """Raise a clear ``ValueError`` when ``n`` vectors of dimension ``d`` cannot train
+        this compressed index (before any work is spent on them); returns the bytes per code."""
         m = int(self.code_size)
         if m < 1 or d % m:
             divisors = [k for k in range(1, d + 1) if d % k == 0]
@@ -185,7 +159,7 @@ class NearestNeighborIndex:
         elif self.method == "ivf":
             index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, self._resolved_lists(n))
         else:
-            m = self._pq_sizes(n, d)
+            m = self.check_trainable(n, d)
             if self.method == "pq":
                 index = faiss.IndexPQ(d, m, 8)  # not index_factory("PQm"): that turns on slow polysemous training
             elif self.method == "opq":

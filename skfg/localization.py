@@ -16,129 +16,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, TransformerMixin, clone
+from sklearn.frozen import FrozenEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ._base import TorchStateMixin, image_transformer_tags, resolve_device
+from ._base import TorchStateMixin, atomic_fit, holdout_split, image_input_tags, resolve_device
+from ._boxes import box_iou, check_tau, heatmap_to_box
 from ._training import fit_loop, make_generator, make_optimizer, make_scheduler
 from .backbones import build_backbone, count_parameters, get_backbone_spec, state_fingerprint
 from .extractor import CNNFeatureExtractor
-from .images import ImageSource, eval_transform, normalize_batch
+from .images import ImageSource, eval_transform, to_input
 
 __all__ = ["ObjectCropper", "box_iou", "heatmap_to_box"]
 
 DEFAULT_TEACHER = "efficientnet_lite0"
-_MAX_GRID = 512  # heatmap_to_box upsamples to the image size, at most this many cells a side
-
-
-# ------------------------------------------------------------------ boxes
-def heatmap_to_box(heatmap, image_shape, tau=0.3, upsample=True):
-    """Bounding box of the object in a heat map (ELoPE section 5, last paragraph).
-
-    The map is min-max normalised and binarised at ``tau``; the box is the smallest
-    rectangle containing every cell whose value is strictly greater than ``tau``,
-    mapped to the image's pixel coordinates (the map is taken to cover the whole image).
-
-    Parameters
-    ----------
-    heatmap : array-like of shape (I, J)
-        Any finite values; only their order matters.
-    image_shape : tuple of int
-        ``(height, width, ...)`` of the image the map covers (numpy order: rows first).
-    tau : float in [0, 1), default=0.3
-        Binarisation threshold on the normalised map (ELoPE Table 2: 0.3 on birds,
-        0.2 on cars and aircraft).
-    upsample : bool, default=True
-        Resize the map bilinearly to the image size (at most 512 cells a side) before
-        normalising and thresholding, so the box edges fall between map cells instead
-        of on the coarse ``I x J`` grid. ``False`` thresholds the ``I x J`` cells
-        themselves, as the paper describes it.
-
-    Returns
-    -------
-    box : ndarray of shape (4,), float64
-        ``(x0, y0, x1, y1)`` in pixels, ``0 <= x0 < x1 <= width`` and
-        ``0 <= y0 < y1 <= height`` (the far edges are exclusive, as in
-        :func:`skfg.datasets.make_fine_grained`). A constant map gives the whole image.
-
-    Raises
-    ------
-    ValueError
-        If the map is not 2-D, holds NaN or infinite values, or ``tau`` is outside [0, 1).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from skfg.localization import heatmap_to_box
-    >>> m = np.zeros((4, 4)); m[1:3, 2] = 1.0           # a hot block: rows 1-2, column 2
-    >>> heatmap_to_box(m, (40, 80), upsample=False).tolist()   # cells are 10 x 20 pixels
-    [40.0, 10.0, 60.0, 30.0]
-    >>> heatmap_to_box(np.ones((7, 7)), (30, 50)).tolist()     # no object found: everything
-    [0.0, 0.0, 50.0, 30.0]
-    """
-    m = np.asarray(heatmap, dtype=np.float64)
-    if m.ndim != 2 or m.size == 0:
-        raise ValueError(f"heatmap must be a non-empty 2-D array, got shape {m.shape}.")
-    if not np.isfinite(m).all():
-        raise ValueError("heatmap holds NaN or infinite values.")
-    height, width = int(image_shape[0]), int(image_shape[1])
-    if height < 1 or width < 1:
-        raise ValueError(f"image_shape must be (height, width) of at least 1 pixel, got {tuple(image_shape)}.")
-    _check_tau(tau)
-    if upsample:
-        size = (min(height, _MAX_GRID), min(width, _MAX_GRID))
-        if size != m.shape:
-            t = torch.from_numpy(m)[None, None]
-            m = F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
-    lo, hi = m.min(), m.max()
-    if hi - lo <= 1e-12 * max(1.0, abs(hi), abs(lo)):  # constant: no object found, keep it all
-        return np.array([0.0, 0.0, float(width), float(height)])
-    mask = (m - lo) / (hi - lo) > tau  # never empty: the maximum is 1 > tau
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    h, w = m.shape
-    return np.array([cols[0] * width / w, rows[0] * height / h, (cols[-1] + 1) * width / w, (rows[-1] + 1) * height / h])
-
-
-def _check_tau(tau):
-    if isinstance(tau, bool) or not isinstance(tau, Real) or not 0 <= tau < 1:
-        raise ValueError(f"tau must be a number in [0, 1), got {tau!r}.")
-
-
-def box_iou(boxes_a, boxes_b):
-    """Intersection over union of boxes ``(x0, y0, x1, y1)``, row by row.
-
-    The measure of ELoPE Table 4: a box counts as correct when its IoU with the
-    ground-truth box is at least 0.5.
-
-    Parameters
-    ----------
-    boxes_a, boxes_b : array-like of shape (4,) or (n, 4)
-        Broadcast against each other.
-
-    Returns
-    -------
-    iou : float or ndarray of shape (n,)
-        In [0, 1]; 0 where the union is empty.
-
-    Examples
-    --------
-    >>> from skfg.localization import box_iou
-    >>> float(box_iou([0, 0, 10, 10], [5, 0, 15, 10]))   # overlap 50, union 150
-    0.3333333333333333
-    """
-    a, b = np.asarray(boxes_a, dtype=np.float64), np.asarray(boxes_b, dtype=np.float64)
-    if a.shape[-1] != 4 or b.shape[-1] != 4:
-        raise ValueError(f"boxes must have 4 coordinates (x0, y0, x1, y1) in the last axis; got {a.shape} and {b.shape}.")
-    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = iw * ih
-    area = lambda c: np.clip(c[..., 2] - c[..., 0], 0, None) * np.clip(c[..., 3] - c[..., 1], 0, None)  # noqa: E731
-    union = area(a) + area(b) - inter
-    iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-    return iou[()] if iou.ndim == 0 else iou
 
 
 # ---------------------------------------------------------------- modules
@@ -202,8 +96,7 @@ class _Teacher:
         was_training = net.training
         net.eval()  # the caller's network: put back as it was
         try:
-            x = normalize_batch(batch.to(self.device), self.mean, self.std)
-            x = x.to(next(net.parameters()).dtype).contiguous(memory_format=torch.channels_last)
+            x = to_input(batch, self.mean, self.std, self.device, dtype=next(net.parameters()).dtype)
             for _, out in net.forward_stages(x):
                 pass
         finally:
@@ -211,18 +104,10 @@ class _Teacher:
         return out.float().mean(1).cpu()
 
 
-def _unwrap(teacher):
-    """A ``sklearn.frozen.FrozenEstimator`` -> the estimator it holds."""
-    try:
-        from sklearn.frozen import FrozenEstimator
-    except ImportError:  # pragma: no cover - scikit-learn < 1.6
-        return teacher
-    return teacher.estimator if isinstance(teacher, FrozenEstimator) else teacher
-
-
 def _resolve_teacher(teacher):
     """The ``teacher`` parameter -> a :class:`_Teacher` (the network is never modified)."""
-    teacher = _unwrap(teacher)
+    if isinstance(teacher, FrozenEstimator):
+        teacher = teacher.estimator
     if teacher is None:
         network = build_backbone(DEFAULT_TEACHER, "imagenet").to(memory_format=torch.channels_last)
         return _Teacher(network, DEFAULT_TEACHER, 224)
@@ -458,6 +343,7 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
         self.verbose = verbose
 
     # ---------------------------------------------------------------- fitting
+    @atomic_fit
     def fit(self, X, y=None):
         """Compute the teacher's heat maps of X and train the student to predict them.
 
@@ -482,15 +368,6 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
             was before.
         """
         self._validate_params()
-        before = dict(self.__dict__)
-        try:
-            return self._fit(X)
-        except BaseException:  # a failed fit leaves the previous model as it was
-            self.__dict__.clear()
-            self.__dict__.update(before)
-            raise
-
-    def _fit(self, X):
         source = ImageSource(X)
         device = resolve_device(self.device)
         teacher = _resolve_teacher(self.teacher)
@@ -545,19 +422,13 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
 
     def _train(self, student, inputs, targets, teacher, device, generator):
         n = len(inputs)
-        rng = check_random_state(self.random_state)
         n_val = int(round(self.validation_fraction * n))
-        order = rng.permutation(n)
-        if n_val < 1 or n - n_val < 1:
-            train_idx, val_idx = np.arange(n), None
-        else:
-            train_idx, val_idx = np.sort(order[n_val:]), np.sort(order[:n_val])
+        train_idx, val_idx = holdout_split(n, n_val, random_state=check_random_state(self.random_state))
         loader = DataLoader(TensorDataset(inputs[train_idx], targets[train_idx]),
                             batch_size=self.batch_size, shuffle=True, generator=generator)
 
         def prepare(x):
-            x = normalize_batch(x.to(device), teacher.mean, teacher.std)
-            return x.contiguous(memory_format=torch.channels_last)
+            return to_input(x, teacher.mean, teacher.std, device)
 
         def step(batch):
             x, t = batch
@@ -583,7 +454,7 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
             # 0.01, so its running statistics would lag far behind).
             student.train()
             for module in student.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
                     module.eval()
 
         optimizer = make_optimizer([{"params": student.parameters()}], "adam", self.lr)
@@ -637,10 +508,9 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
             if source_kind == "teacher":
                 maps = _minmax(teacher.heatmaps(batch))
             else:
-                x = normalize_batch(batch.to(self.device_), spec.mean, spec.std)
                 self.student_.eval()
                 with torch.inference_mode():
-                    maps = self.student_(x.contiguous(memory_format=torch.channels_last)).float().cpu()
+                    maps = self.student_(to_input(batch, spec.mean, spec.std, self.device_)).float().cpu()
             for im, m in zip(images, maps.numpy()):
                 yield (im if keep_images else im.size), m
 
@@ -681,7 +551,7 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
             ``(x0, y0, x1, y1)`` with ``0 <= x0 < x1 <= width`` and
             ``0 <= y0 < y1 <= height`` of each image (far edges exclusive).
         """
-        _check_tau(self.tau)
+        check_tau(self.tau)
         source_ = ImageSource(X)
         return np.stack([heatmap_to_box(m, (size[1], size[0]), self.tau, self.upsample)
                          for size, m in self._maps(source_, source)])
@@ -700,7 +570,7 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
             RGB crops, each of its own size (the box rounded outwards to whole pixels),
             ready for :class:`skfg.CNNFeatureExtractor`.
         """
-        _check_tau(self.tau)
+        check_tau(self.tau)
         crops = []
         for image, m in self._maps(ImageSource(X), "student", keep_images=True):
             width, height = image.size
@@ -717,7 +587,7 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
         return state
 
     def __sklearn_tags__(self):
-        return image_transformer_tags(super().__sklearn_tags__())
+        return image_input_tags(super().__sklearn_tags__())
 
 
 def _minmax(maps):

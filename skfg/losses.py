@@ -1,5 +1,8 @@
 """Losses and the RBF prediction rule of the impostor networks, and ELoPE's class-mean
-embedding loss, as small torch functions.
+embedding loss: small torch functions, and the modules that hold a loss's state
+(:class:`ImpostorSet`, :class:`PQCodebooks`, :class:`ClassMeanLoss`) in the style of
+pytorch-metric-learning (a module with its parameters or buffers and a ``forward`` that
+returns the loss).
 
 Notation of impostor-networks.txt section 3: embeddings ``y = f(x)``, impostors
 ``c_1..c_M`` with labels ``l_j``, Gaussian kernel ``g(y, c; sigma) = exp(-||y - c||^2 / (2 sigma^2))``
@@ -9,8 +12,9 @@ function works in log space (log-sum-exp), so nothing underflows for a tiny ``si
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from .index import squared_distances
+from ._distances import decode_pq, squared_distances
 
 
 def rbf_log_kernel(sq_dist, sigma, log_weights=None):
@@ -56,6 +60,31 @@ def class_log_proba(log_kernel, labels, n_classes):
     labels = labels.expand_as(e) if labels.dim() == 1 else labels
     sums = torch.zeros(len(e), n_classes, dtype=e.dtype, device=e.device).scatter_add_(1, labels, e)
     return torch.log_softmax(torch.log(sums), dim=1)  # the shift by ``top`` cancels
+
+
+def rbf_log_proba(embeddings, impostors, labels, sigma, n_classes, *, log_weights=None, n_neighbors=None,
+                  sq_norms=None):
+    """Log of the RBF prediction rule over impostors: eq. (3) over all of them, or
+    rbf-solver eq. (4) over the ``n_neighbors`` nearest (found exactly).
+
+    The sum over all impostors runs in float64 (float32 matrix products round
+    differently with the batch size), in chunks of 1024 embeddings; ``sq_norms``
+    (``(impostors ** 2).sum(1)``) may be passed when it is reused.
+
+    Returns
+    -------
+    log_proba : Tensor of shape (n, n_classes)
+    """
+    if n_neighbors is None or n_neighbors >= len(labels):
+        emb, impostors = embeddings.double(), impostors.double()
+        log_weights = None if log_weights is None else log_weights.double()
+        sq_norms = (impostors * impostors).sum(1) if sq_norms is None else sq_norms
+        out = [class_log_proba(rbf_log_kernel(squared_distances(emb[i : i + 1024], impostors, sq_norms), sigma,
+                                              log_weights), labels, n_classes) for i in range(0, len(emb), 1024)]
+        return torch.cat(out) if out else torch.empty(0, n_classes, dtype=torch.float64)
+    lk = rbf_log_kernel(squared_distances(embeddings, impostors), sigma, log_weights)
+    lk, cols = torch.topk(lk, int(n_neighbors), dim=1)
+    return class_log_proba(lk, labels[cols], n_classes)
 
 
 def impostor_nll(log_kernel, column_labels, targets):
@@ -131,6 +160,70 @@ def impostor_loss(embeddings, targets, impostors, labels, sigma, *, own=None, lo
         gap[has] = ((embeddings[has] - impostors[own[has]]) ** 2).sum(1)
         loss = loss + attachment * gap
     return loss
+
+
+def weighted_finite_mean(loss, w):
+    """Weighted mean of per-sample losses, skipping ``inf`` ones (a sample whose class has
+    no other impostor among the candidates has no eq.-(4) term)."""
+    w = w * torch.isfinite(loss)
+    return (torch.where(w > 0, loss, torch.zeros_like(loss)) * w).sum() / w.sum().clamp_min(1e-12)
+
+
+class ImpostorSet(nn.Module):
+    """The impostors of one training run and their loss, eq. (4) or (6).
+
+    ``vectors`` (``c_j``, ``(M, d)``) are a parameter when ``trainable`` (loose impostors),
+    else a buffer; ``learn_weights`` learns ``log w_j`` (rbf-solver eq. 2) from ``w = 1``;
+    ``own`` gives each training sample's own impostor (``-1``: none), left out of its sums
+    (not in the state dict: it describes one fit's data).
+    """
+
+    def __init__(self, vectors, labels, n_classes, *, trainable=False, learn_weights=False, own=None,
+                 log_weights=None):
+        super().__init__()
+        self.n_classes = int(n_classes)
+        if trainable:
+            self.vectors = nn.Parameter(vectors.clone())
+        elif vectors is not None:
+            self.register_buffer("vectors", vectors.clone())
+        self.register_buffer("labels", labels.clone())
+        if learn_weights:
+            self.log_weights = nn.Parameter(torch.zeros(len(labels), device=labels.device))
+        else:  # fixed weights (or none)
+            self.register_buffer("log_weights", log_weights)
+        self.register_buffer("own", own, persistent=False)
+
+    def positions(self):
+        """The impostors ``c_j``, ``(M, d)``."""
+        return self.vectors
+
+    def log_proba(self, embeddings, sigma, n_neighbors=None):
+        """Class log-probabilities of the RBF rule over these impostors (:func:`rbf_log_proba`)."""
+        return rbf_log_proba(embeddings, self.positions(), self.labels, sigma, self.n_classes,
+                             log_weights=self.log_weights, n_neighbors=n_neighbors)
+
+    def forward(self, embeddings, targets, rows, sigma, *, n_neighbors=None, attachment=0.0):
+        """Per-sample loss of the samples at ``rows`` of the training data (see :func:`impostor_loss`)."""
+        own = None if self.own is None else self.own[rows]
+        return impostor_loss(embeddings, targets, self.positions(), self.labels, sigma, own=own,
+                             log_weights=self.log_weights, n_neighbors=n_neighbors, attachment=attachment)
+
+
+class PQCodebooks(ImpostorSet):
+    """Impostors under product quantisation: each keeps its code, the codebooks are the
+    free parameters (``c_j = decode(code_j)``, :func:`skfg.index.decode_pq`; ``centroids``,
+    ``codes`` and OPQ's ``rotation`` as :meth:`skfg.index.NearestNeighborIndex.pq_codebooks`
+    gives them); ``log_weights`` are fixed.
+    """
+
+    def __init__(self, centroids, codes, rotation, labels, n_classes, *, log_weights=None, own=None):
+        super().__init__(None, labels, n_classes, own=own, log_weights=log_weights)
+        self.centroids = nn.Parameter(torch.as_tensor(centroids))
+        self.register_buffer("codes", torch.as_tensor(codes))
+        self.register_buffer("rotation", None if rotation is None else torch.as_tensor(rotation))
+
+    def positions(self):
+        return decode_pq(self.centroids, self.codes, self.rotation)
 
 
 # ------------------------------------------------------------ ELoPE embedding losses
@@ -221,3 +314,61 @@ def center_loss(embeddings, targets, centers, *, alpha=0.5):
     with torch.no_grad():
         new = update_class_means(centers, f.detach(), targets, alpha)
     return loss, new
+
+
+EMBEDDING_LOSSES = ("class_means", "within", "center")
+
+
+class ClassMeanLoss(nn.Module):
+    """ELoPE's embedding loss with its state, the class means (a buffer, updated by eq. 6-7).
+
+    Parameters
+    ----------
+    kind : {"class_means", "within", "center"}, default="class_means"
+        ``"class_means"``: ``L_w + L_b`` (:func:`class_mean_loss`); ``"within"``: ``L_w``
+        only; ``"center"``: the center loss (:func:`center_loss`), the baseline.
+    alpha : float, default=0.5
+        Update rate of the means (eq. 6).
+    gamma : float, default=16.0
+        Weight of ``L_b`` (eq. 10; unused by ``"within"`` and ``"center"``).
+    margin : float, default=0.75
+        ``m`` of eq. 10.
+
+    Examples
+    --------
+    >>> import torch
+    >>> loss = ClassMeanLoss()
+    >>> loss.start(torch.eye(2), torch.tensor([0, 1]), n_classes=2)
+    >>> float(loss(torch.eye(2), torch.tensor([0, 1])))   # every sample on its mean
+    0.0
+    """
+
+    def __init__(self, kind="class_means", alpha=0.5, gamma=16.0, margin=0.75):
+        super().__init__()
+        if kind not in EMBEDDING_LOSSES:
+            raise ValueError(f"Unknown embedding loss {kind!r}; valid: {', '.join(EMBEDDING_LOSSES)}.")
+        self.kind, self.alpha, self.gamma, self.margin = kind, float(alpha), float(gamma), float(margin)
+        self.register_buffer("means", torch.zeros(0, 0))
+
+    def extra_repr(self):
+        return f"kind={self.kind!r}, alpha={self.alpha}, gamma={self.gamma}, margin={self.margin}"
+
+    @torch.no_grad()
+    def start(self, embeddings, targets, n_classes):
+        """Set the means to the class means of the (normalised) ``embeddings``."""
+        emb = F.normalize(embeddings, dim=1)
+        means = torch.zeros(int(n_classes), emb.shape[1], dtype=emb.dtype, device=emb.device)
+        means.index_add_(0, targets, emb)
+        counts = torch.bincount(targets, minlength=len(means)).clamp_min(1)
+        self.means = means / counts[:, None].to(emb.dtype)
+
+    def forward(self, embeddings, targets):
+        """The loss of a mini-batch; the means move to ``mu^t`` (eq. 6-7)."""
+        if self.kind == "center":
+            loss, means = center_loss(embeddings, targets, self.means, alpha=self.alpha)
+        else:
+            gamma = self.gamma if self.kind == "class_means" else 0.0
+            loss, means = class_mean_loss(embeddings, targets, self.means, alpha=self.alpha, gamma=gamma,
+                                          margin=self.margin)
+        self.means.copy_(means)
+        return loss

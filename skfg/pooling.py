@@ -76,3 +76,16 @@ def global_pool(x, method="gap", k=4):
 def l2_normalize(x, eps=1e-12):
     """Rows of ``x`` divided by their L2 norm (zero rows stay zero)."""
     return F.normalize(x, p=2, dim=-1, eps=eps)
+
+
+def pool_stage_outputs(maps, layers, pooling="gap", k=4, normalize=True, pools=None):
+    """Pool each stage's map (and L2-normalise it) and concatenate, in ``layers`` order.
+
+    ``pools`` maps a layer name to a pooling module (learned weighted k-max pooling)
+    used instead of ``pooling``.
+    """
+    parts = []
+    for name in layers:
+        v = pools[name](maps[name]) if pools is not None and name in pools else global_pool(maps[name], pooling, k)
+        parts.append(l2_normalize(v) if normalize else v)
+    return torch.cat(parts, dim=1)

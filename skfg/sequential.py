@@ -9,136 +9,24 @@ layer's false-acceptance rate on held-out training data, with the Benjamini-Hoch
 correction ``alpha_m = alpha * m / M`` (eq. 4).
 """
 
-import math
-import re
 import warnings
 from numbers import Integral, Real
 
 import numpy as np
-import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
-from sklearn.linear_model._base import LinearClassifierMixin
-from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
 from sklearn.svm import LinearSVC
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, validate_data
-from torch import nn
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from .backbones import state_fingerprint
-from .extractor import CNNFeatureExtractor, pool_stage_outputs
-from .images import ImageSource, eval_transform, iter_batches, normalize_batch
-from .softmax import SoftmaxClassifier
+from ._base import atomic_fit, image_input_tags, check_images_and_labels, encode_labels, holdout_split
+from ._exits import (bh_threshold, exit_scores, fine_tune_exits, layer_features, max_inter_class,
+                     parse_feature_groups, run_stages)
+from .extractor import CNNFeatureExtractor
+from .images import ImageSource
 
 __all__ = ["EarlyExitClassifier", "bh_threshold"]
-
-
-def bh_threshold(inter_class_scores, alpha, m=1, n_layers=1):
-    """Exit threshold of layer ``m`` (1-based) of ``n_layers`` (training algorithm, step 12).
-
-    The ``floor(alpha * m * n / n_layers)``-th largest of the ``n`` held-out maximal
-    inter-class scores ``max_{c != c(n)} s_m^(c)``: at most that many held-out samples
-    would be accepted with a wrong class (eq. 4), a false-acceptance rate of
-    ``alpha_m = alpha * m / n_layers`` (Benjamini-Hochberg). ``m = n_layers = 1`` gives
-    the plain rate ``alpha`` ("fixed threshold").
-
-    Parameters
-    ----------
-    inter_class_scores : array-like of shape (n,)
-    alpha : float
-        Overall false-acceptance rate, ``> 0``.
-    m, n_layers : int
-        The layer (1-based) and the number of layers.
-
-    Returns
-    -------
-    threshold : float
-        ``inf`` (no sample exits) when the rank is below 1; the smallest score when the
-        rank exceeds ``n``.
-
-    Examples
-    --------
-    >>> bh_threshold([0.9, 0.1, 0.5, 0.7, 0.3], alpha=0.4)   # 2nd largest
-    0.7
-    >>> bh_threshold([0.9, 0.1, 0.5, 0.7, 0.3], alpha=0.4, m=1, n_layers=2)   # 1st
-    0.9
-    >>> bh_threshold([0.9, 0.1], alpha=0.1)
-    inf
-    """
-    s = np.sort(np.asarray(inter_class_scores, dtype=np.float64).ravel())[::-1]
-    # floor with a tolerance: 0.1 * 3 * 10 / 3 must give 1, not 0
-    rank = int(math.floor(alpha * m * len(s) / n_layers + 1e-9))
-    if rank < 1 or len(s) == 0:
-        return math.inf
-    return float(s[min(rank, len(s)) - 1])
-
-
-def _scores(estimator, X, n_classes):
-    """Confidence scores ``(n, n_classes)`` of a fitted classifier (columns: encoded labels).
-
-    ``decision_function`` when it has one (a binary one gives ``[-d, d]``), else
-    ``predict_proba``. Classes the estimator never saw score ``-inf``.
-    """
-    if isinstance(estimator, LinearClassifierMixin):
-        # X @ coef.T + b is all its decision_function does; skipping its input validation
-        # saves ~0.3 ms per call, which matters at one image per exit
-        s = X @ estimator.coef_.T + estimator.intercept_
-        if s.shape[1] == 1:
-            s = np.c_[-s[:, 0], s[:, 0]]
-    elif hasattr(estimator, "decision_function"):
-        s = np.asarray(estimator.decision_function(X), dtype=np.float64)
-        if s.ndim == 1:
-            s = np.c_[-s, s]
-    else:
-        s = np.asarray(estimator.predict_proba(X), dtype=np.float64)
-    known = np.asarray(estimator.classes_, dtype=int)
-    if len(known) == n_classes:
-        return s
-    full = np.full((len(s), n_classes), -np.inf)
-    full[:, known] = s
-    return full
-
-
-def _max_inter_class(scores, y):
-    """``max_{c != y_n} s^(c)`` per row (training algorithm, step 10)."""
-    s = scores.copy()
-    s[np.arange(len(y)), y] = -np.inf
-    return s.max(1)
-
-
-class _BranchHeads(nn.Module):
-    """One linear softmax layer per feature group; outputs ``(n, M, n_classes)`` logits."""
-
-    def __init__(self, groups, n_classes):
-        super().__init__()
-        self.groups = [(int(g.start), int(g.stop)) for g in groups]
-        self.heads = nn.ModuleList(nn.Linear(b - a, n_classes) for a, b in self.groups)
-
-    def forward(self, x):
-        return torch.stack([h(x[:, a:b]) for h, (a, b) in zip(self.heads, self.groups)], 1)
-
-
-class _BranchSoftmax(SoftmaxClassifier):
-    """Step 1 of the training algorithm: softmax heads on every branch, CNN fine-tuned.
-
-    The loss is the sum of the branches' cross-entropies; validation and prediction use
-    the last branch. Only its trained backbone is kept (``module_.trunk``).
-    """
-
-    def _make_head(self, n_features, n_classes):
-        return _BranchHeads(self._groups, n_classes)
-
-    def _training_loss(self, net, aux, data, x, t, w, idx):
-        out = data.forward(net, x)
-        return sum(self._loss(out[:, b], t, w) for b in range(out.shape[1]))
-
-    def _validation_outputs(self, net, aux, data, idx):
-        return data.outputs(net, idx)[:, -1]
-
-    def _proba(self, outputs):
-        return torch.softmax(outputs[:, -1], dim=1)
 
 
 class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
@@ -298,68 +186,10 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
-    # ----------------------------------------------------------------- layers
-    def _groups_from_param(self, X, n_features):
-        """``(names, slices)`` of the layers in feature mode."""
-        groups = self.feature_groups
-        if groups is None:
-            names = getattr(self, "feature_names_in_", None)
-            if names is not None:
-                matches = [re.fullmatch(r"(.+)_(\d+)", str(n)) for n in names]  # "<layer>_<i>"
-                prefixes = [mt.group(1) if mt else None for mt in matches]
-                if None not in prefixes:
-                    bounds = [0] + [i for i in range(1, len(prefixes)) if prefixes[i] != prefixes[i - 1]]
-                    layer_names = [prefixes[b] for b in bounds]
-                    if len(set(layer_names)) == len(layer_names):  # contiguous groups
-                        ends = bounds[1:] + [len(prefixes)]
-                        return layer_names, [slice(a, b) for a, b in zip(bounds, ends)]
-            return ["all"], [slice(0, n_features)]
-        if isinstance(groups, dict):
-            names, slices = [str(k) for k in groups], list(groups.values())
-        else:
-            names, slices = [f"layer{i}" for i in range(len(groups))], list(groups)
-        if not slices:
-            raise ValueError("feature_groups is empty; give one entry per layer (or None).")
-        if all(isinstance(g, Integral) for g in slices):
-            if any(g < 1 for g in slices) or sum(slices) != n_features:
-                raise ValueError(
-                    f"feature_groups as column counts must be positive and sum to the {n_features} "
-                    f"features of X; got {list(slices)} (sum {sum(slices)})."
-                )
-            ends = np.cumsum(slices)
-            slices = [slice(int(e - g), int(e)) for g, e in zip(slices, ends)]
-        for name, s in zip(names, slices):
-            if not isinstance(s, slice) or s.step not in (None, 1):
-                raise ValueError(f"feature_groups[{name!r}] = {s!r}: expected a slice of columns or a column count.")
-            if s.start is None or s.stop is None or not 0 <= s.start < s.stop <= n_features:
-                raise ValueError(
-                    f"feature_groups[{name!r}] = {s!r} is not a non-empty column range within the "
-                    f"{n_features} features of X."
-                )
-        return names, [slice(int(s.start), int(s.stop)) for s in slices]
-
     def _layer_features(self, X, cols):
-        """Columns ``cols`` (a layer) of the feature matrix, L2-normalised (``normalize``)."""
-        Xm = np.asarray(X[:, cols], dtype=np.float64)
-        if self.normalize:
-            Xm = Xm / np.maximum(np.linalg.norm(Xm, axis=1, keepdims=True), 1e-12)
-        return Xm
+        return layer_features(X, cols, self.normalize)
 
     # ---------------------------------------------------------------- fitting
-    def _split(self, y, n_classes, rng):
-        """Indices ``(train, held_out)`` with ``K = ceil(N * train_fraction)`` (step 6)."""
-        n = len(y)
-        k = int(math.ceil(n * self.train_fraction - 1e-9))
-        if n - k < 1:
-            return np.arange(n), np.arange(0)
-        counts = np.bincount(y, minlength=n_classes)
-        if counts.min() >= 2 and n_classes <= n - k and k >= n_classes:
-            splitter = StratifiedShuffleSplit(1, train_size=k, test_size=n - k, random_state=rng)
-        else:
-            splitter = ShuffleSplit(1, train_size=k, test_size=n - k, random_state=rng)
-        train, held_out = next(splitter.split(np.zeros(n), y))
-        return np.sort(train), np.sort(held_out)
-
     def _fit_estimator(self, Xm, y, sample_weight, seed):
         est = clone(self.estimator if self.estimator is not None else LinearSVC())
         if seed is not None and est.get_params().get("random_state", 0) is None:
@@ -368,6 +198,7 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
             return est.fit(Xm, y)
         return est.fit(Xm, y, sample_weight=sample_weight)
 
+    @atomic_fit
     def fit(self, X, y, sample_weight=None):
         """Train the per-layer classifiers and their exit thresholds.
 
@@ -385,15 +216,6 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
         self
         """
         self._validate_params()
-        before = dict(self.__dict__)
-        try:
-            return self._fit(X, y, sample_weight)
-        except BaseException:  # a failed fit leaves the previous model as it was
-            self.__dict__.clear()
-            self.__dict__.update(before)
-            raise
-
-    def _fit(self, X, y, sample_weight):
         est = self.estimator if self.estimator is not None else LinearSVC()
         if not (hasattr(est, "decision_function") or hasattr(est, "predict_proba")):
             raise ValueError(
@@ -405,19 +227,14 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
         if self.extractor is None:
             X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         else:
-            y = column_or_1d(y, warn=True)
-            X = ImageSource(X)
-            if len(y) != len(X):
-                raise ValueError(f"X has {len(X)} images but y has {len(y)} labels.")
-        check_classification_targets(y)
-        classes, y_enc = np.unique(y, return_inverse=True)
-        if len(classes) < 2:
-            raise ValueError(f"EarlyExitClassifier needs samples of at least 2 classes; got one class: {classes[0]!r}.")
+            X, y = check_images_and_labels(X, y)
+        classes, y_enc = encode_labels(y, type(self).__name__)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, np.empty((len(y), 1)))
         extractor = None
         if self.extractor is None:
-            names, groups = self._groups_from_param(X, X.shape[1])
+            names, groups = parse_feature_groups(self.feature_groups, X.shape[1],
+                                                 getattr(self, "feature_names_in_", None))
         else:  # features of every exit through the extractor (and its cache)
             extractor = self._fit_extractor(X, y, sample_weight)
             names = list(extractor.layers_)
@@ -425,7 +242,9 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
             X = extractor.transform(X)
         n_exits = len(groups)
         rng = check_random_state(self.random_state)
-        train, held_out = self._split(y_enc, len(classes), rng)
+        k = int(np.ceil(len(y_enc) * self.train_fraction - 1e-9))  # K = ceil(N * delta) (step 6)
+        train, held_out = holdout_split(len(y_enc), len(y_enc) - k, y_enc, rng)
+        held_out = np.arange(0) if held_out is None else held_out
         if sample_weight is not None:  # zero-weight samples give no held-out score
             held_out = held_out[sample_weight[held_out] > 0]
         if len(held_out) == 0 and len(groups) > 1:
@@ -444,7 +263,7 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
                 if len(held_out) and len(np.unique(y_enc[train])) > 1:
                     sw = None if sample_weight is None else sample_weight[train]
                     part = self._fit_estimator(Xm[train], y_enc[train], sw, seed)
-                    inter = _max_inter_class(_scores(part, Xm[held_out], len(classes)), y_enc[held_out])
+                    inter = max_inter_class(exit_scores(part, Xm[held_out], len(classes)), y_enc[held_out])
                     threshold = bh_threshold(inter, alpha_m)
             estimators.append(self._fit_estimator(Xm, y_enc, sample_weight, seed))  # step 13
             thresholds.append(threshold)
@@ -477,29 +296,9 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
             )
         if self.fine_tune_epochs == 0:
             return extractor
-        if extractor.pooling == "kmax_weighted":
-            raise ValueError(
-                "fine_tune_epochs with pooling='kmax_weighted' would learn pooling weights that the "
-                "stage-by-stage prediction does not use; use pooling='kmax'."
-            )
-        params = dict(self.fine_tune_params or {})
-        clash = sorted(set(params) & {"extractor", "max_epochs", "trainable_blocks", "embedding_dim", "dropout",
-                                      "embedding_loss", "kmax_weight_epochs"})
-        if clash:
-            raise ValueError(
-                f"fine_tune_params cannot set {clash}: the extractor, fine_tune_epochs and trainable_blocks "
-                "are parameters of EarlyExitClassifier, and the branch heads are linear."
-            )
-        params.setdefault("random_state", self.random_state)
-        params.setdefault("verbose", self.verbose)
-        tuner = _BranchSoftmax(extractor=self.extractor, trainable_blocks=self.trainable_blocks,
-                               max_epochs=self.fine_tune_epochs, **params)
-        tuner._groups = [extractor.feature_groups_[n] for n in extractor.layers_]
-        tuner.fit(source, y, sample_weight=sample_weight)
-        trunk = tuner.module_.trunk.requires_grad_(False).eval()
-        extractor.network_ = trunk.to(extractor.device_, memory_format=torch.channels_last)
-        extractor._weights_fingerprint = state_fingerprint(extractor.network_)
-        return extractor
+        params = {"random_state": self.random_state, "verbose": self.verbose, **(self.fine_tune_params or {})}
+        return fine_tune_exits(extractor, source, y, sample_weight, epochs=self.fine_tune_epochs,
+                               trainable_blocks=self.trainable_blocks, params=params)
 
     # ------------------------------------------------------------- prediction
     def _decide(self, m, Xm, output=None):
@@ -507,7 +306,7 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
 
         ``output``: None, ``"decision"`` (the scores) or ``"proba"`` (``predict_proba``).
         """
-        s = _scores(self.estimators_[m], Xm, len(self.classes_))
+        s = exit_scores(self.estimators_[m], Xm, len(self.classes_))
         extra = s if output == "decision" else None
         if output == "proba":
             extra = np.asarray(self.estimators_[m].predict_proba(Xm), dtype=np.float64)
@@ -543,31 +342,13 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
 
     def _run_images(self, X, output=None):
         """Extractor mode: the backbone stage by stage; exited samples leave the batch."""
-        ext = self.extractor_
-        net = ext.network_.eval()
         source = ImageSource(X)
         result = self._empty_result(len(source), output)
-        exit_at = {name: m for m, name in enumerate(self.exit_names_)}
-        stages = net.stage_names[: net.stage_names.index(self.exit_names_[-1]) + 1]
-        tf = eval_transform(ext.image_size, ext.resize)
-        for idx, batch in iter_batches(source, tf, ext.batch_size, np.arange(len(source)), ext._decode_jobs()):
-            h = normalize_batch(batch.to(ext.device_), net.mean, net.std)
-            h = h.contiguous(memory_format=torch.channels_last)
-            alive = np.asarray(idx)
-            with torch.inference_mode():
-                for name in stages:
-                    h = net.stages[name](h)
-                    if name not in exit_at:
-                        continue
-                    # the extractor's own pooling, so the features equal those of transform
-                    v = pool_stage_outputs({name: h}, [name], ext.pooling, ext.k, ext.normalize)
-                    Xm = self._layer_features(v.float().cpu().numpy(), slice(None))
-                    go_on = self._exit(exit_at[name], Xm, alive, result, output)
-                    alive = alive[go_on]
-                    if len(alive) == 0:
-                        break
-                    if not go_on.all():  # (boolean indexing drops channels-last: restore it)
-                        h = h[torch.as_tensor(go_on, device=h.device)].contiguous(memory_format=torch.channels_last)
+
+        def decide(m, features, rows):
+            return self._exit(m, self._layer_features(features, slice(None)), rows, result, output)
+
+        run_stages(self.extractor_, source, self.exit_names_, decide)
         return result
 
     def _run(self, X, output=None):
@@ -651,9 +432,4 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        if self.extractor is not None:
-            tags.input_tags.one_d_array = True
-            tags.input_tags.two_d_array = False
-            tags.input_tags.three_d_array = True
-            tags.input_tags.string = True
-        return tags
+        return tags if self.extractor is None else image_input_tags(tags)

@@ -1,23 +1,14 @@
 """``SoftmaxClassifier``: the softmax ("ConvNet" / "ConvNet-extra") baselines."""
 
+import copy
 from numbers import Integral, Real
 
 import numpy as np
-import torch
 from sklearn.utils._param_validation import Interval, StrOptions
 from torch import nn
 
 from ._classifier import BaseTorchClassifier
-from .losses import center_loss, class_mean_loss
-
-
-class _ClassMeans(nn.Module):
-    """The class means (or centres) of the embedding loss: state trained with the
-    network (checkpointed), not parameters."""
-
-    def __init__(self, n_classes, dim):
-        super().__init__()
-        self.register_buffer("means", torch.zeros(n_classes, dim))
+from .losses import EMBEDDING_LOSSES, ClassMeanLoss
 
 
 class SoftmaxClassifier(BaseTorchClassifier):
@@ -48,14 +39,16 @@ class SoftmaxClassifier(BaseTorchClassifier):
         Width of the extra hidden layer (ReLU); ``None`` is a linear softmax.
     dropout : float, default=0.0
         Dropout before the last layer.
-    embedding_loss : {None, "class_means", "within", "center"}, default=None
+    embedding_loss : {None, "class_means", "within", "center"} or ClassMeanLoss, default=None
         Loss on the hidden layer's output (its linear part, before the ReLU), added to
         the cross-entropy with weight ``embedding_loss_weight``; needs ``embedding_dim``.
         ``"class_means"``: ELoPE's ``L_w + L_b`` (eq. 5, 9, 10), class means updated
         every mini-batch by eq. 6-7 with the update kept in backpropagation;
         ``"within"``: ``L_w`` only; ``"center"``: the center loss (Wen et al.), the
-        baseline, centres updated without gradient. Class means start as the class
-        means of the initial embeddings. Samples of zero weight do not enter it.
+        baseline, centres updated without gradient. A name uses ``class_mean_rate``,
+        ``between_weight`` and ``between_margin``; a :class:`skfg.losses.ClassMeanLoss`
+        object brings its own settings (a copy is trained). Class means start as the
+        class means of the initial embeddings. Samples of zero weight do not enter it.
     embedding_loss_weight : float, default=2.0
         ``lambda`` of ELoPE eq. 1 (Table 2).
     class_mean_rate : float, default=0.5
@@ -161,7 +154,7 @@ class SoftmaxClassifier(BaseTorchClassifier):
         **BaseTorchClassifier._parameter_constraints,
         "embedding_dim": [Interval(Integral, 1, None, closed="left"), None],
         "dropout": [Interval(Real, 0, 1, closed="left")],
-        "embedding_loss": [StrOptions({"class_means", "within", "center"}), None],
+        "embedding_loss": [StrOptions(set(EMBEDDING_LOSSES)), ClassMeanLoss, None],
         "embedding_loss_weight": [Interval(Real, 0, None, closed="left")],
         "class_mean_rate": [Interval(Real, 0, 1, closed="right")],
         "between_weight": [Interval(Real, 0, None, closed="left")],
@@ -245,39 +238,34 @@ class SoftmaxClassifier(BaseTorchClassifier):
     def _pool_weight_epochs(self):
         return self.kmax_weight_epochs
 
-    # ELoPE's embedding loss: the class means live in ``aux`` (a buffer, checkpointed).
-    def _begin_training(self, net, data, y, train_idx, val_idx):
+    # ELoPE's embedding loss: a ClassMeanLoss in ``aux`` (its means a buffer, checkpointed).
+    def _begin_training(self, ctx):
         if self.embedding_loss is None:
             return None
-        feats = (data.pooled(net, train_idx).float() - net.mean) / net.scale
-        emb = nn.functional.normalize(net.head[0](feats), dim=1)
-        y_train = y[train_idx].to(emb.device)
-        aux = _ClassMeans(int(y.max()) + 1, emb.shape[1]).to(emb.device)
-        aux.means.index_add_(0, y_train, emb)
-        counts = torch.bincount(y_train, minlength=len(aux.means)).clamp_min(1)
-        aux.means /= counts[:, None].to(emb.dtype)
-        return aux
+        loss = self.embedding_loss
+        if isinstance(loss, str):
+            gamma = self.between_weight if loss == "class_means" else 0.0
+            loss = ClassMeanLoss(loss, alpha=self.class_mean_rate, gamma=gamma, margin=self.between_margin)
+        loss = copy.deepcopy(loss).to(ctx.device)  # the parameter itself stays untouched
+        net = ctx.net
+        feats = (ctx.begin_data.pooled(net, ctx.train_idx).float() - net.mean) / net.scale
+        loss.start(net.head[0](feats), ctx.labels(ctx.train_idx), n_classes=int(ctx.y.max()) + 1)
+        return loss
 
     def _aux_param_groups(self, aux):
         return []  # the class means are buffers updated by eq. 6-7, not by the optimiser
 
-    def _training_loss(self, net, aux, data, x, t, w, idx):
-        if aux is None:
-            return super()._training_loss(net, aux, data, x, t, w, idx)
-        emb = net.head[0](data.features(net, x))  # the embedding layer's output
-        loss = self._loss(net.head[1:](emb), t, w)
+    def _training_loss(self, ctx, batch):
+        if ctx.aux is None:
+            return super()._training_loss(ctx, batch)
+        x, t, w, _ = batch
+        emb = ctx.net.head[0](ctx.data.features(ctx.net, x))  # the embedding layer's output
         keep = w > 0
-        if self.embedding_loss == "center":
-            extra, means = center_loss(emb[keep], t[keep], aux.means, alpha=self.class_mean_rate)
-        else:
-            gamma = self.between_weight if self.embedding_loss == "class_means" else 0.0
-            extra, means = class_mean_loss(emb[keep], t[keep], aux.means, alpha=self.class_mean_rate,
-                                           gamma=gamma, margin=self.between_margin)
-        aux.means.copy_(means)
-        return loss + self.embedding_loss_weight * extra  # eq. (1)
+        extra = ctx.aux(emb[keep], t[keep])
+        return self._loss(ctx.net.head[1:](emb), t, w) + self.embedding_loss_weight * extra  # eq. (1)
 
-    def _end_training(self, net, aux, data, y, train_idx, val_idx, sample_weight, generator):
-        self.class_means_ = None if aux is None else aux.means.cpu().numpy().astype(np.float64)
+    def _end_training(self, ctx):
+        self.class_means_ = None if ctx.aux is None else ctx.aux.means.cpu().numpy().astype(np.float64)
 
     def _make_head(self, n_features, n_classes):
         if self.embedding_dim is None:

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from skfg import CNNFeatureExtractor, EarlyExitClassifier, SoftmaxClassifier
 from skfg.datasets import make_fine_grained
-from skfg.losses import center_loss, class_mean_loss
+from skfg._data import FeatureData, FitContext
+from skfg.losses import ClassMeanLoss, center_loss, class_mean_loss
 
 
 @pytest.fixture(scope="module")
@@ -59,16 +60,12 @@ def test_training_loss_is_cross_entropy_plus_lambda_embedding_loss(blobs, kind):
     net = clf.module_
     rng = np.random.RandomState(1)
     means = torch.as_tensor(rng.randn(3, 8), dtype=torch.float32)
-    aux = torch.nn.Module()
-    aux.register_buffer("means", means.clone())
+    aux = ClassMeanLoss(kind, alpha=0.5, gamma=16.0, margin=0.75)  # the loss object the fit builds
+    aux.means = means.clone()
     x, t = torch.as_tensor(X[:12], dtype=torch.float32), torch.as_tensor(y[:12])
     w = torch.ones(12)
-
-    class Data:
-        def features(self, net, x):
-            return net.features(x)
-
-    loss = clf._training_loss(net, aux, Data(), x, t, w, None)
+    ctx = FitContext(net, FeatureData(X, "cpu"), y, None, None, None, None, "cpu", aux=aux)
+    loss = clf._training_loss(ctx, (x, t, w, None))
     emb = net.head[0](net.features(x))
     ce = F.cross_entropy(net.head[1:](emb), t)
     if kind == "center":
@@ -145,10 +142,10 @@ def test_two_step_schedule_trains_the_weights_only_in_the_second_step(images, mo
     seen = []
     original = SoftmaxClassifier._train
 
-    def recording(self, net, *args, **kwargs):
-        result = original(self, net, *args, **kwargs)
+    def recording(self, ctx, *args, **kwargs):
+        result = original(self, ctx, *args, **kwargs)
         rates = kwargs.get("lr_scale", 1.0), kwargs.get("lr_scale", 1.0) * kwargs.get("pool_lr_scale", 1.0)
-        seen.append((net.pool_parameters()[0].detach().clone(), rates, len(result["history"])))
+        seen.append((ctx.net.pool_parameters()[0].detach().clone(), rates, len(result["history"])))
         return result
 
     monkeypatch.setattr(SoftmaxClassifier, "_train", recording)

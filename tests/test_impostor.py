@@ -75,16 +75,16 @@ def test_scale_normalisation_gives_unit_mean_impostor_norm(features):
 def test_scale_normalisation_of_a_warm_started_network_keeps_embeddings_on_the_impostors(features):
     # Training again from a fitted network (e.g. a second training step) re-normalises
     # relative to the scale it already has: the embeddings still coincide with the impostors.
-    from skfg._classifier import _FeatureData
+    from skfg._data import FeatureData, FitContext
 
     X, y = features
     clf = small(impostors="fixed", validation_fraction=0).fit(X, y)
     net, y_enc = clf.module_, np.unique(y, return_inverse=True)[1]
     first = float(net.head.scale)
     assert abs(first - 1.0) > 1e-3  # the first fit did divide by the mean norm
-    data, idx = _FeatureData(X.astype(np.float32), "cpu"), np.arange(len(X))
+    data, idx = FeatureData(X.astype(np.float32), "cpu"), np.arange(len(X))
     with torch.no_grad():
-        aux = clf._begin_training(net, data, torch.as_tensor(y_enc), idx, None)
+        aux = clf._begin_training(FitContext(net, data, y_enc, idx, None, np.ones(len(X)), None, "cpu"))
         emb = data.outputs(net, idx)
     np.testing.assert_allclose(emb.norm(dim=1).mean().item(), 1.0, rtol=1e-5)
     np.testing.assert_allclose(emb.numpy(), aux.vectors.numpy(), rtol=1e-5, atol=1e-6)
@@ -335,14 +335,14 @@ def test_head_epochs_train_the_head_on_frozen_features_before_fine_tuning(images
     calls = []
     train = type(clf)._train
 
-    def spy(self, net, data, *args, **kw):
-        calls.append((net, type(data).__name__, [p.detach().clone() for p in net.head.parameters()]))
-        return train(self, net, data, *args, **kw)
+    def spy(self, ctx, *args, **kw):
+        calls.append((ctx.net, type(ctx.data).__name__, [p.detach().clone() for p in ctx.net.head.parameters()]))
+        return train(self, ctx, *args, **kw)
 
     monkeypatch.setattr(type(clf), "_train", spy)
     clf.fit(X, y)
     (head_net, head_data, head_start), (net, data, tune_start) = calls
-    assert (head_data, data) == ("_FeatureData", "_ImageData")
+    assert (head_data, data) == ("FeatureData", "ImageData")
     assert head_net.trunk is None and net is clf.module_ and head_net.head is net.head
     # fine-tuning starts from the head the first phase trained, not from its random start
     assert any(not torch.equal(a, b) for a, b in zip(head_start, tune_start))

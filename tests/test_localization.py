@@ -6,6 +6,7 @@ import joblib
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from sklearn.base import clone
 from sklearn.datasets import load_sample_image
@@ -88,6 +89,17 @@ def test_heatmap_to_box_errors(kwargs, match):
     args = {"heatmap": np.eye(3), "image_shape": (10, 10), **kwargs}
     with pytest.raises(ValueError, match=match):
         heatmap_to_box(**args)
+
+
+def test_heatmap_upsampling_equals_torch_bilinear():
+    # the numpy resize of heatmap_to_box reproduces F.interpolate(bilinear, align_corners=False)
+    from skfg._boxes import _resize_bilinear
+
+    rng = np.random.RandomState(0)
+    for shape, size in [((7, 7), (224, 300)), ((4, 4), (40, 80)), ((7, 7), (5, 3)), ((3, 5), (17, 2)), ((2, 2), (2, 2))]:
+        m = rng.rand(*shape)
+        ref = F.interpolate(torch.from_numpy(m)[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+        np.testing.assert_allclose(_resize_bilinear(m, size), ref.numpy(), rtol=0, atol=1e-12)
 
 
 def test_box_iou():

@@ -3,6 +3,7 @@
 Each entry knows how to build the network, where its weights come from, how its
 inputs are normalised, and the names of its stages (the blocks that serve as
 feature layers, as the cut point for ``trainable_blocks`` and as early exits).
+:func:`register_backbone` adds one (as timm's ``register_model``).
 
 >>> from skfg.backbones import list_backbones
 >>> "efficientnet_lite0" in list_backbones()
@@ -18,7 +19,7 @@ from typing import Callable
 import torch
 
 from . import _torchvision as tv
-from ._efficientnet_lite import build_efficientnet_lite0, lite0_weights_file
+from ._efficientnet_lite import EfficientNetLite, lite0_weights_file
 from ._staged import StagedNetwork, count_parameters, probe_channels
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "get_backbone_spec",
     "list_backbones",
     "probe_channels",
+    "register_backbone",
     "state_fingerprint",
 ]
 
@@ -50,6 +52,14 @@ class BackboneSpec:
         Per-channel input normalisation of the pretrained weights.
     description : str
         One line for listings.
+    build : callable
+        ``build() -> model``: the plain network, randomly initialised (the layout its
+        weight files are stored in).
+    split : callable
+        ``split(model) -> (stage modules in forward order, classifier or None)``.
+    imagenet_weights : callable or None
+        ``imagenet_weights() -> path`` of a local file of pretrained weights
+        (``weights="imagenet"``).
     """
 
     name: str
@@ -57,16 +67,66 @@ class BackboneSpec:
     mean: tuple
     std: tuple
     description: str
-    _make_model: Callable = field(repr=False)
-    _to_staged: Callable = field(repr=False)
-    _imagenet: Callable = field(repr=False)  # -> path of a local weights file
+    build: Callable = field(repr=False)
+    split: Callable = field(repr=False)
+    imagenet_weights: Callable = field(default=None, repr=False)
 
 
 _REGISTRY: dict = {}
 
 
-def _register(spec):
-    _REGISTRY[spec.name] = spec
+def register_backbone(name, *, stages, split, mean=IMAGENET_MEAN, std=IMAGENET_STD, imagenet_weights=None,
+                      description="", overwrite=False):
+    """Register a backbone: a decorator of the function that builds the plain network.
+
+    Parameters
+    ----------
+    name : str
+        The name ``CNNFeatureExtractor(backbone=...)`` takes.
+    stages : sequence of str
+        Stage names in forward order (the only place they are written).
+    split : callable
+        ``split(model) -> (modules, classifier)``: the stage modules of the built model in
+        forward order (shared, not copied; each maps a ``(n, C, H, W)`` map to the next)
+        and the module mapping the last stage's map to class logits (or None).
+    mean, std : tuple of float, default=ImageNet's
+        Per-channel normalisation of inputs in [0, 1].
+    imagenet_weights : callable, optional
+        Returns the path of a local state-dict file for ``weights="imagenet"``.
+    description : str
+        One line for ``skfg backbones``.
+    overwrite : bool, default=False
+        Replace an existing entry of that name instead of raising ``ValueError``.
+
+    Returns
+    -------
+    decorator : callable
+        Registers ``build`` (no arguments, returns the randomly initialised network)
+        and returns it unchanged.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from skfg.backbones import build_backbone, register_backbone
+    >>> @register_backbone("tiny_cnn", stages=("conv1", "conv2"), overwrite=True,
+    ...                    split=lambda m: (list(m), None))
+    ... def tiny_cnn():
+    ...     return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.Conv2d(8, 16, 3, stride=2))
+    >>> build_backbone("tiny_cnn", weights=None).stage_names
+    ['conv1', 'conv2']
+    """
+    stages = tuple(stages)
+    if not stages or len(set(stages)) != len(stages):
+        raise ValueError(f"stages of backbone {name!r} must be distinct names, got {stages}.")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"A backbone named {name!r} is registered already; pass overwrite=True to replace it.")
+
+    def decorator(build):
+        _REGISTRY[name] = BackboneSpec(name, stages, tuple(mean), tuple(std), description or name, build, split,
+                                       imagenet_weights)
+        return build
+
+    return decorator
 
 
 def list_backbones():
@@ -137,14 +197,16 @@ def _resolve_weights_file(spec, weights):
     if isinstance(weights, (str, os.PathLike)) and Path(weights).is_file():
         return str(weights)
     if weights == "imagenet":
-        return spec._imagenet()
+        if spec.imagenet_weights is None:
+            raise ValueError(f"Backbone {spec.name!r} has no registered ImageNet weights; use weights=None or a path.")
+        return spec.imagenet_weights()
     if isinstance(weights, (str, os.PathLike)) and (
         os.sep in str(weights) or str(weights).endswith((".pth", ".pt"))
     ):
         raise FileNotFoundError(f"Weights file not found: {weights}")
-    if spec.name == "efficientnet_lite0":
+    if spec.name not in _TORCHVISION:
         raise ValueError(
-            f"weights={weights!r} for efficientnet_lite0: expected None, 'imagenet' or the "
+            f"weights={weights!r} for {spec.name}: expected None, 'imagenet' or the "
             "path of an existing state-dict file."
         )
     return _torchvision_weights_file(_torchvision_enum(spec.name, weights))
@@ -188,10 +250,14 @@ def build_backbone(name, weights="imagenet"):
     path = _resolve_weights_file(spec, weights)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = spec._make_model()
+        model = spec.build()
     if path is not None:
         _load_state(model, path)
-    network = spec._to_staged(model)
+    modules, classifier = spec.split(model)
+    if len(modules) != len(spec.stages):
+        raise ValueError(f"Backbone {name!r}: split gave {len(modules)} stage modules for the "
+                         f"{len(spec.stages)} registered stage names {spec.stages}.")
+    network = StagedNetwork(zip(spec.stages, modules), classifier)
     network.name = name
     network.mean, network.std = spec.mean, spec.std
     network.eval()
@@ -199,63 +265,42 @@ def build_backbone(name, weights="imagenet"):
 
 
 def _tv_builder(model_name):
-    def make():
+    def build():
         import torchvision.models as models
 
         return getattr(models, model_name)(weights=None)
 
-    return make
+    return build
 
 
 def _tv_imagenet(model_name):
     return lambda: _torchvision_weights_file(_torchvision_enum(model_name, "DEFAULT"))
 
 
-_register(
-    BackboneSpec(
-        name="efficientnet_lite0",
-        stages=("stem",) + tuple(f"stage{i}" for i in range(1, 8)) + ("head",),
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
-        description="EfficientNet-Lite0, 4.7M params, ImageNet weights shipped offline (default)",
-        _make_model=build_efficientnet_lite0,
-        _to_staged=lambda m: m.to_staged(),
-        _imagenet=lite0_weights_file,
-    )
-)
-_TV = {
-    "squeezenet1_1": (tv.squeezenet1_1_stages, ("stem", "stage1", "stage2", "stage3"), "SqueezeNet 1.1"),
-    "mobilenet_v2": (
-        tv.mobilenet_v2_stages,
-        ("stem",) + tuple(f"stage{i}" for i in range(1, 8)) + ("head",),
-        "MobileNetV2",
-    ),
-    "mobilenet_v3_small": (
-        tv.mobilenet_v3_small_stages,
-        ("stem",) + tuple(f"stage{i}" for i in range(1, 6)) + ("head",),
-        "MobileNetV3-Small",
-    ),
-    "mobilenet_v3_large": (
-        tv.mobilenet_v3_large_stages,
-        ("stem",) + tuple(f"stage{i}" for i in range(1, 7)) + ("head",),
-        "MobileNetV3-Large",
-    ),
-    "resnet18": (tv.resnet_stages, ("stem", "layer1", "layer2", "layer3", "layer4"), "ResNet-18"),
-    "resnet50": (tv.resnet_stages, ("stem", "layer1", "layer2", "layer3", "layer4"), "ResNet-50"),
-}
-for _name, (_split, _stages, _desc) in _TV.items():
-    _register(
-        BackboneSpec(
-            name=_name,
-            stages=_stages,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            description=f"{_desc} (torchvision; weights=None, a local file, or a cached enum)",
-            _make_model=_tv_builder(_name),
-            _to_staged=lambda m, _split=_split: StagedNetwork(*_split(m)),
-            _imagenet=_tv_imagenet(_name),
-        )
-    )
+register_backbone(
+    "efficientnet_lite0",
+    stages=("stem",) + tuple(f"stage{i}" for i in range(1, 8)) + ("head",),
+    split=EfficientNetLite.stage_modules,
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+    imagenet_weights=lite0_weights_file,
+    description="EfficientNet-Lite0, 4.7M params, ImageNet weights shipped offline (default)",
+)(EfficientNetLite)
+_MOBILENET = lambda n: ("stem",) + tuple(f"stage{i}" for i in range(1, n + 1)) + ("head",)  # noqa: E731
+_RESNET = ("stem", "layer1", "layer2", "layer3", "layer4")
+_TORCHVISION_BACKBONES = [
+    ("squeezenet1_1", tv.squeezenet1_1_stages, ("stem", "stage1", "stage2", "stage3"), "SqueezeNet 1.1"),
+    ("mobilenet_v2", tv.mobilenet_v2_stages, _MOBILENET(7), "MobileNetV2"),
+    ("mobilenet_v3_small", tv.mobilenet_v3_small_stages, _MOBILENET(5), "MobileNetV3-Small"),
+    ("mobilenet_v3_large", tv.mobilenet_v3_large_stages, _MOBILENET(6), "MobileNetV3-Large"),
+    ("resnet18", tv.resnet_stages, _RESNET, "ResNet-18"),
+    ("resnet50", tv.resnet_stages, _RESNET, "ResNet-50"),
+]
+for _name, _split, _stages, _desc in _TORCHVISION_BACKBONES:
+    register_backbone(_name, stages=_stages, split=_split, imagenet_weights=_tv_imagenet(_name),
+                      description=f"{_desc} (torchvision; weights=None, a local file, or a cached enum)")(
+        _tv_builder(_name))
+_TORCHVISION = {entry[0] for entry in _TORCHVISION_BACKBONES}
 
 
 def state_fingerprint(module):

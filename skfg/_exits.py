@@ -1,0 +1,240 @@
+"""The pieces of the sequential early-exit procedure (sequential-early-exit.txt) that
+:class:`skfg.EarlyExitClassifier` puts together: the layers' feature groups, the
+Benjamini-Hochberg thresholds, the branch heads that fine-tune the CNN for every exit,
+and the stage-by-stage run of the backbone in which exited samples leave the batch.
+"""
+
+import math
+import re
+from numbers import Integral
+
+import numpy as np
+import torch
+from sklearn.base import clone
+from sklearn.linear_model._base import LinearClassifierMixin
+from torch import nn
+
+from .images import decode_jobs, eval_transform, iter_inputs
+from .pooling import pool_stage_outputs
+from .softmax import SoftmaxClassifier
+
+
+def bh_threshold(inter_class_scores, alpha, m=1, n_layers=1):
+    """Exit threshold of layer ``m`` (1-based) of ``n_layers`` (training algorithm, step 12).
+
+    The ``floor(alpha * m * n / n_layers)``-th largest of the ``n`` held-out maximal
+    inter-class scores ``max_{c != c(n)} s_m^(c)``: at most that many held-out samples
+    would be accepted with a wrong class (eq. 4), a false-acceptance rate of
+    ``alpha_m = alpha * m / n_layers`` (Benjamini-Hochberg). ``m = n_layers = 1`` gives
+    the plain rate ``alpha`` ("fixed threshold").
+
+    Parameters
+    ----------
+    inter_class_scores : array-like of shape (n,)
+    alpha : float
+        Overall false-acceptance rate, ``> 0``.
+    m, n_layers : int
+        The layer (1-based) and the number of layers.
+
+    Returns
+    -------
+    threshold : float
+        ``inf`` (no sample exits) when the rank is below 1; the smallest score when the
+        rank exceeds ``n``.
+
+    Examples
+    --------
+    >>> bh_threshold([0.9, 0.1, 0.5, 0.7, 0.3], alpha=0.4)   # 2nd largest
+    0.7
+    >>> bh_threshold([0.9, 0.1, 0.5, 0.7, 0.3], alpha=0.4, m=1, n_layers=2)   # 1st
+    0.9
+    >>> bh_threshold([0.9, 0.1], alpha=0.1)
+    inf
+    """
+    s = np.sort(np.asarray(inter_class_scores, dtype=np.float64).ravel())[::-1]
+    # floor with a tolerance: 0.1 * 3 * 10 / 3 must give 1, not 0
+    rank = int(math.floor(alpha * m * len(s) / n_layers + 1e-9))
+    if rank < 1 or len(s) == 0:
+        return math.inf
+    return float(s[min(rank, len(s)) - 1])
+
+
+def exit_scores(estimator, X, n_classes):
+    """Confidence scores ``(n, n_classes)`` of a fitted classifier (columns: encoded labels).
+
+    ``decision_function`` when it has one (a binary one gives ``[-d, d]``), else
+    ``predict_proba``. Classes the estimator never saw score ``-inf``.
+    """
+    if isinstance(estimator, LinearClassifierMixin):
+        # X @ coef.T + b is all its decision_function does; skipping its input validation
+        # saves ~0.3 ms per call, which matters at one image per exit
+        s = X @ estimator.coef_.T + estimator.intercept_
+        if s.shape[1] == 1:
+            s = np.c_[-s[:, 0], s[:, 0]]
+    elif hasattr(estimator, "decision_function"):
+        s = np.asarray(estimator.decision_function(X), dtype=np.float64)
+        if s.ndim == 1:
+            s = np.c_[-s, s]
+    else:
+        s = np.asarray(estimator.predict_proba(X), dtype=np.float64)
+    known = np.asarray(estimator.classes_, dtype=int)
+    if len(known) == n_classes:
+        return s
+    full = np.full((len(s), n_classes), -np.inf)
+    full[:, known] = s
+    return full
+
+
+def max_inter_class(scores, y):
+    """``max_{c != y_n} s^(c)`` per row (training algorithm, step 10)."""
+    s = scores.copy()
+    s[np.arange(len(y)), y] = -np.inf
+    return s.max(1)
+
+
+def parse_feature_groups(groups, n_features, feature_names=None):
+    """``(names, slices)`` of the layers in feature mode (``EarlyExitClassifier.feature_groups``).
+
+    ``groups=None`` takes the layers from ``feature_names`` of the form ``"<layer>_<i>"``
+    (contiguous runs), else all columns are one layer.
+    """
+    if groups is None:
+        if feature_names is not None:
+            matches = [re.fullmatch(r"(.+)_(\d+)", str(n)) for n in feature_names]  # "<layer>_<i>"
+            prefixes = [mt.group(1) if mt else None for mt in matches]
+            if None not in prefixes:
+                bounds = [0] + [i for i in range(1, len(prefixes)) if prefixes[i] != prefixes[i - 1]]
+                layer_names = [prefixes[b] for b in bounds]
+                if len(set(layer_names)) == len(layer_names):  # contiguous groups
+                    ends = bounds[1:] + [len(prefixes)]
+                    return layer_names, [slice(a, b) for a, b in zip(bounds, ends)]
+        return ["all"], [slice(0, n_features)]
+    if isinstance(groups, dict):
+        names, slices = [str(k) for k in groups], list(groups.values())
+    else:
+        names, slices = [f"layer{i}" for i in range(len(groups))], list(groups)
+    if not slices:
+        raise ValueError("feature_groups is empty; give one entry per layer (or None).")
+    if all(isinstance(g, Integral) for g in slices):
+        if any(g < 1 for g in slices) or sum(slices) != n_features:
+            raise ValueError(
+                f"feature_groups as column counts must be positive and sum to the {n_features} "
+                f"features of X; got {list(slices)} (sum {sum(slices)})."
+            )
+        ends = np.cumsum(slices)
+        slices = [slice(int(e - g), int(e)) for g, e in zip(slices, ends)]
+    for name, s in zip(names, slices):
+        if not isinstance(s, slice) or s.step not in (None, 1):
+            raise ValueError(f"feature_groups[{name!r}] = {s!r}: expected a slice of columns or a column count.")
+        if s.start is None or s.stop is None or not 0 <= s.start < s.stop <= n_features:
+            raise ValueError(
+                f"feature_groups[{name!r}] = {s!r} is not a non-empty column range within the "
+                f"{n_features} features of X."
+            )
+    return names, [slice(int(s.start), int(s.stop)) for s in slices]
+
+
+def layer_features(X, cols, normalize=True):
+    """Columns ``cols`` (a layer) of the feature matrix as float64, L2-normalised when ``normalize``."""
+    Xm = np.asarray(X[:, cols], dtype=np.float64)
+    if normalize:
+        Xm = Xm / np.maximum(np.linalg.norm(Xm, axis=1, keepdims=True), 1e-12)
+    return Xm
+
+
+# ------------------------------------------------------------- fine-tuning
+class _BranchHeads(nn.Module):
+    """One linear softmax layer per feature group; outputs ``(n, M, n_classes)`` logits."""
+
+    def __init__(self, groups, n_classes):
+        super().__init__()
+        self.groups = [(int(g.start), int(g.stop)) for g in groups]
+        self.heads = nn.ModuleList(nn.Linear(b - a, n_classes) for a, b in self.groups)
+
+    def forward(self, x):
+        return torch.stack([h(x[:, a:b]) for h, (a, b) in zip(self.heads, self.groups)], 1)
+
+
+class _BranchSoftmax(SoftmaxClassifier):
+    """Step 1 of the training algorithm: softmax heads on every branch, CNN fine-tuned.
+
+    The loss is the sum of the branches' cross-entropies; validation and prediction use
+    the last branch. ``fit`` takes the branches' feature columns (``feature_groups``).
+    """
+
+    def fit(self, X, y, sample_weight=None, feature_groups=None):
+        self.feature_groups_ = list(feature_groups)
+        return super().fit(X, y, sample_weight)
+
+    def _make_head(self, n_features, n_classes):
+        return _BranchHeads(self.feature_groups_, n_classes)
+
+    def _training_loss(self, ctx, batch):
+        x, t, w, _ = batch
+        out = ctx.data.forward(ctx.net, x)
+        return sum(self._loss(out[:, b], t, w) for b in range(out.shape[1]))
+
+    def _validation_outputs(self, ctx, idx):
+        return ctx.data.outputs(ctx.net, idx)[:, -1]
+
+    def _proba(self, outputs):
+        return torch.softmax(outputs[:, -1], dim=1)
+
+
+_BRANCH_FIXED = ("extractor", "max_epochs", "trainable_blocks", "embedding_dim", "dropout", "embedding_loss",
+                 "kmax_weight_epochs")
+
+
+def fine_tune_exits(extractor, X, y, sample_weight, *, epochs, trainable_blocks, params=None):
+    """Fine-tune the fitted ``extractor``'s backbone with a linear softmax head on every exit
+    (sum of the cross-entropies, ``params`` of :class:`skfg.SoftmaxClassifier`) and return
+    the extractor with the trained trunk (:meth:`skfg.CNNFeatureExtractor.set_network`)."""
+    if extractor.pooling == "kmax_weighted":
+        raise ValueError(
+            "fine_tune_epochs with pooling='kmax_weighted' would learn pooling weights that the "
+            "stage-by-stage prediction does not use; use pooling='kmax'."
+        )
+    params = dict(params or {})
+    clash = sorted(set(params) & set(_BRANCH_FIXED))
+    if clash:
+        raise ValueError(
+            f"fine_tune_params cannot set {clash}: the extractor, fine_tune_epochs and trainable_blocks "
+            "are parameters of EarlyExitClassifier, and the branch heads are linear."
+        )
+    tuner = _BranchSoftmax(extractor=clone(extractor), trainable_blocks=trainable_blocks, max_epochs=epochs,
+                           **params)
+    groups = [extractor.feature_groups_[n] for n in extractor.layers_]
+    tuner.fit(X, y, sample_weight=sample_weight, feature_groups=groups)
+    return extractor.set_network(tuner.module_.trunk)
+
+
+# ------------------------------------------------------------- prediction
+def run_stages(extractor, source, exit_names, decide):
+    """Run the fitted extractor's backbone stage by stage over the images of ``source``
+    (an :class:`~skfg.images.ImageSource`), with exits at the stages ``exit_names``.
+
+    At each exit ``decide(m, Xm, rows)`` gets the exit's index, the pooled features of
+    the samples still running (the extractor's pooling, so they equal those of
+    ``transform``) and their rows in X, and returns the mask of those that go on; the
+    others leave the batch, and the deeper stages are not computed for them.
+    """
+    net = extractor.network_.eval()
+    exit_at = {name: m for m, name in enumerate(exit_names)}
+    stages = net.stage_names[: net.stage_names.index(exit_names[-1]) + 1]
+    tf = eval_transform(extractor.image_size, extractor.resize)
+    batches = iter_inputs(source, tf, extractor.batch_size, *extractor.input_normalization(), extractor.device_,
+                          n_jobs=decode_jobs(extractor.n_jobs, extractor.device_))
+    for idx, h in batches:
+        alive = np.asarray(idx)
+        with torch.inference_mode():
+            for name in stages:
+                h = net.stages[name](h)
+                if name not in exit_at:
+                    continue
+                v = pool_stage_outputs({name: h}, [name], extractor.pooling, extractor.k, extractor.normalize)
+                go_on = decide(exit_at[name], v.float().cpu().numpy(), alive)
+                alive = alive[go_on]
+                if len(alive) == 0:
+                    break
+                if not go_on.all():  # (boolean indexing drops channels-last: restore it)
+                    h = h[torch.as_tensor(go_on, device=h.device)].contiguous(memory_format=torch.channels_last)
