@@ -6,8 +6,9 @@ from .impostor import ImpostorClassifier
 from .imprinting import ImprintedClassifier
 from .localization import ObjectCropper
 from .sequential import EarlyExitClassifier
+from ._version import __version__
+from .persistence import load_model, save_model
 from .softmax import SoftmaxClassifier
 
-__version__ = "0.1.0"
-
-__all__ = ["CNNFeatureExtractor", "EarlyExitClassifier", "ImpostorClassifier", "ImprintedClassifier", "ObjectCropper", "SoftmaxClassifier", "clear_feature_cache", "__version__"]
+__all__ = ["CNNFeatureExtractor", "EarlyExitClassifier", "ImpostorClassifier", "ImprintedClassifier", "ObjectCropper",
+           "SoftmaxClassifier", "clear_feature_cache", "load_model", "save_model", "__version__"]

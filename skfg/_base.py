@@ -8,15 +8,18 @@ CPU-only machine, with a warning.
 
 import functools
 import io
+import os
 import warnings
 
 import numpy as np
 import torch
 from sklearn.model_selection import ShuffleSplit, StratifiedShuffleSplit
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import column_or_1d
+from PIL import Image
+from sklearn.utils.validation import _check_sample_weight, column_or_1d
 from torch import nn
 
+from ._version import __version__
 from .images import ImageSource
 
 
@@ -38,14 +41,13 @@ def atomic_fit(method):
     return wrapper
 
 
-def holdout_split(n_samples, n_holdout, y=None, random_state=None):
-    """Sorted ``(train, held_out)`` indices with ``n_holdout`` samples held out.
+def holdout_split(n, n_holdout, y=None, random_state=None):
+    """Sorted ``(train, held_out)`` indices of ``n`` samples with ``n_holdout`` held out.
 
     Stratified by ``y`` when every class has 2 samples and both parts can hold every
     class, else a plain shuffle split; ``held_out`` is ``None`` when ``n_holdout`` leaves
     either part empty.
     """
-    n, n_holdout = int(n_samples), int(n_holdout)
     if n_holdout < 1 or n - n_holdout < 1:
         return np.arange(n), None
     splitter = ShuffleSplit(1, test_size=n_holdout, random_state=random_state)
@@ -66,8 +68,35 @@ def check_images_and_labels(X, y):
     return source, y
 
 
+def check_features(X, estimator_name):
+    """Refuse, with the fix, images given to an estimator that expects features."""
+    first = X[0] if isinstance(X, (list, tuple)) and len(X) else None
+    arr = X if isinstance(X, np.ndarray) else None
+    paths = isinstance(first, (str, os.PathLike, Image.Image)) or (
+        arr is not None and (arr.ndim >= 3 or (arr.ndim == 1 and arr.dtype.kind in "USO")))
+    if paths:
+        raise ValueError(
+            f"{estimator_name} got images (paths, pixel arrays or PIL images) but has no extractor: "
+            f"pass extractor=CNNFeatureExtractor(...) to train on images, or put a CNNFeatureExtractor "
+            "before it in a Pipeline to train on features."
+        )
+
+
+def check_sample_weight(sample_weight, n):
+    """Sample weights as float32 of length ``n`` (ones for None): non-negative, one positive."""
+    sample_weight = _check_sample_weight(sample_weight, np.empty((n, 1)), dtype=np.float32)
+    if np.any(sample_weight < 0) or not np.any(sample_weight > 0):
+        raise ValueError("sample_weight must be non-negative with at least one positive value.")
+    return sample_weight
+
+
 def encode_labels(y, estimator_name):
     """``(classes, y_encoded)`` of classification targets; at least 2 classes."""
+    values = np.asarray(y)
+    kinds = {type(v).__name__ for v in values.ravel()} if values.dtype == object else set()
+    if "str" in kinds and len(kinds) > 1:
+        raise ValueError(f"y mixes labels of different types ({', '.join(sorted(kinds))}); use one type "
+                         "(e.g. all strings).")
     check_classification_targets(y)
     classes, y_enc = np.unique(y, return_inverse=True)
     if len(classes) < 2:
@@ -98,7 +127,29 @@ def state_from_bytes(blob, map_location="cpu"):
     return torch.load(io.BytesIO(blob), map_location=map_location, weights_only=True)
 
 
-class TorchStateMixin:
+class SkfgVersionWarning(UserWarning):
+    """A model saved by another version of skfg was loaded."""
+
+
+class VersionedStateMixin:
+    """Saved models (pickle, joblib, skops) carry the skfg version; loading one saved by
+    another version warns (:class:`SkfgVersionWarning`), as scikit-learn does for its own."""
+
+    def __getstate__(self):
+        return dict(super().__getstate__(), _skfg_version=__version__)
+
+    def __setstate__(self, state):
+        state = dict(state)
+        version = state.pop("_skfg_version", None)
+        if version != __version__:
+            warnings.warn(
+                f"This {type(self).__name__} was saved with skfg {version or '< 0.2 (no version stamp)'} and is "
+                f"loaded by skfg {__version__}; it may predict wrongly or fail. Refit it, or use the version "
+                "it was saved with.", SkfgVersionWarning, stacklevel=2)
+        super().__setstate__(state)
+
+
+class TorchStateMixin(VersionedStateMixin):
     """Pickle support for estimators whose fitted attributes include ``nn.Module`` objects.
 
     Subclasses implement ``_make_module(name)``, which rebuilds the (untrained)

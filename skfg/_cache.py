@@ -2,16 +2,27 @@
 
 Keys are ``(config, image)`` pairs: ``config`` fingerprints everything that changes the
 features (backbone, its weights, layers, pooling, preprocessing), ``image`` fingerprints
-the image content (path + size + mtime, or the pixels). Caching per image, not per call,
-is what lets the folds of ``GridSearchCV`` reuse the features of the full training set.
+the image content (a hash of the file's bytes, or of the pixels). Caching per image, not
+per call, is what lets the folds of ``GridSearchCV`` reuse the features of the full
+training set.
+
+Memory is bounded (``SKFG_CACHE_MB``, default 1024 MB, least recently used entries
+dropped). The disk layer holds one ``.npy`` file per image and configuration
+(``4 * n_features`` bytes plus a 128-byte header each) and is never pruned: delete the
+folder to reclaim it. A disk entry that cannot be read or has the wrong shape is logged
+by path and recomputed; a failed write is logged once per folder and skipped (the
+features are still returned), and leaves no temporary file behind.
 """
 
+import logging
 import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+
+logger = logging.getLogger("skfg")
 
 
 class FeatureCache:
@@ -28,6 +39,7 @@ class FeatureCache:
         self._data = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._unwritable = set()  # disk folders whose write failure was logged
 
     def __len__(self):
         return len(self._data)
@@ -41,8 +53,9 @@ class FeatureCache:
     def _disk_path(directory, config, key):
         return Path(directory) / config[:20] / key[:2] / f"{key}.npy"
 
-    def get(self, config, keys, directory=None):
-        """List of cached vectors (``None`` where missing) for ``keys``."""
+    def get(self, config, keys, directory=None, shape=None):
+        """List of cached vectors (``None`` where missing) for ``keys``; disk entries of
+        another ``shape`` than expected count as missing."""
         out = []
         with self._lock:
             for key in keys:
@@ -56,10 +69,15 @@ class FeatureCache:
                     path = self._disk_path(directory, config, key)
                     if path.is_file():
                         try:
-                            out[i] = np.load(path)
-                        except (OSError, ValueError):
-                            continue  # a corrupt cache file is recomputed, not trusted
-                        self._put_memory(config, key, out[i])
+                            value = np.load(path, allow_pickle=False)
+                            if shape is not None and value.shape != tuple(shape):
+                                raise ValueError(f"shape {value.shape}, expected {tuple(shape)}")
+                        except Exception as exc:  # a corrupt entry is recomputed (and rewritten), not trusted
+                            logger.warning("skfg feature cache: %s is unreadable (%s: %s); recomputing it",
+                                           path, type(exc).__name__, exc)
+                            continue
+                        out[i] = value
+                        self._put_memory(config, key, value)
         return out
 
     def _put_memory(self, config, key, value):
@@ -80,12 +98,24 @@ class FeatureCache:
             value.setflags(write=False)
             self._put_memory(config, key, value)
             if directory is not None:
-                path = self._disk_path(directory, config, key)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-                with open(tmp, "wb") as fh:
-                    np.save(fh, value)
-                os.replace(tmp, path)  # atomic: readers never see half a file
+                self._write(self._disk_path(directory, config, key), value, directory)
+
+    def _write(self, path, value, directory):
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                np.save(fh, value)
+            os.replace(tmp, path)  # atomic: readers never see half a file
+        except OSError as exc:  # full disk, read-only folder: the features are still returned
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:  # no folder to hold it: nothing was written
+                pass
+            if str(directory) not in self._unwritable:
+                self._unwritable.add(str(directory))
+                logger.warning("skfg feature cache: cannot write to %s (%s); features are computed but not "
+                               "stored there", directory, exc)
 
 
 _MEMORY = FeatureCache(max_bytes=int(os.environ.get("SKFG_CACHE_MB", "1024")) * 2**20)

@@ -9,7 +9,9 @@ and the frozen-prefix cache), calling :func:`skfg._training.fit_loop`, predictio
 
 import hashlib
 import json
+import warnings
 from abc import ABCMeta, abstractmethod
+from dataclasses import replace
 from numbers import Integral, Real
 
 import numpy as np
@@ -18,9 +20,10 @@ import torch.nn.functional as F
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._base import TorchStateMixin, atomic_fit, check_images_and_labels, encode_labels, holdout_split, resolve_device
+from ._base import (TorchStateMixin, atomic_fit, check_features, check_images_and_labels, check_sample_weight, encode_labels,
+                    holdout_split, resolve_device)
 from ._data import FeatureData, FitContext, ImageData, PooledData, predict_images
 from ._network import FeatureNet
 from ._training import OPTIMIZERS, SCHEDULES, fit_loop, make_generator, make_optimizer, make_scheduler
@@ -119,14 +122,12 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
 
     def _validate_inputs(self, X, y, sample_weight):
         if self.extractor is None:
+            check_features(X, type(self).__name__)
             X, y = validate_data(self, X, y, dtype=np.float32)
         else:
             X, y = check_images_and_labels(X, y)
         classes, y_enc = encode_labels(y, type(self).__name__)
-        sample_weight = _check_sample_weight(sample_weight, np.empty((len(y_enc), 1)), dtype=np.float32)
-        if np.any(sample_weight < 0) or not np.any(sample_weight > 0):
-            raise ValueError("sample_weight must be non-negative with at least one positive value.")
-        return X, classes, y_enc, sample_weight
+        return X, classes, y_enc, check_sample_weight(sample_weight, len(y_enc))
 
     def _build_network(self, n_features, n_classes, trunk=None, extractor=None, layers=None):
         """The untrained FeatureNet: ``trunk`` (a StagedNetwork) with the subclass's head.
@@ -172,12 +173,16 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         trunk = build_backbone(self.extractor_.backbone, weights=None).to(memory_format=torch.channels_last)
         return self._build_network(self.n_features_, len(self.classes_), trunk)
 
-    def _signature(self, y, sample_weight, n_items):
+    def _signature(self, X, y, sample_weight):
+        """Identifies a training run for its checkpoints: the parameters and the training data
+        (the features' bytes or the images' content, labels, weights). Empty without checkpoints."""
+        if self.checkpoint_dir is None:
+            return ""
         params = {k: v for k, v in self.get_params(deep=False).items() if k not in ("verbose", "checkpoint_dir", "device")}
         h = hashlib.sha1(json.dumps(params, sort_keys=True, default=repr).encode())
+        h.update(X.fingerprint().encode() if isinstance(X, ImageSource) else np.ascontiguousarray(X).tobytes())
         h.update(np.ascontiguousarray(y).tobytes())
         h.update(np.ascontiguousarray(sample_weight).tobytes())
-        h.update(str(n_items).encode())
         return f"{type(self).__name__}:{h.hexdigest()}"
 
     @atomic_fit
@@ -210,6 +215,11 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         generator = make_generator(self.random_state)
         n_val = int(round(self.validation_fraction * len(y_enc)))
         train_idx, val_idx = holdout_split(len(y_enc), n_val, y_enc, check_random_state(self.random_state))
+        if len(y_enc) - n_val < len(classes):  # (0.99, say): all held out, or too few left to train on
+            warnings.warn(f"validation_fraction={self.validation_fraction} holds out {n_val} of {len(y_enc)} samples, "
+                          f"leaving fewer training samples than the {len(classes)} classes" +
+                          ("; training on all without a validation split." if val_idx is None else "."),
+                          UserWarning, stacklevel=3)
         warm = self.warm_start and hasattr(self, "module_")
         fitted_ext = None
         if self.extractor is None:
@@ -218,6 +228,10 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
             ext = clone(self.extractor).fit()
             fitted_ext = (clone(self.extractor), ext.layers_, ext.n_features_out_)  # set once training is done
             net = self._build_network(ext.n_features_out_, len(classes), ext.network_, fitted_ext[0], ext.layers_)
+            if self.trainable_blocks != "all" and self.trainable_blocks > len(net.stages):
+                warnings.warn(f"trainable_blocks={self.trainable_blocks}, but the extractor's layers use only "
+                              f"{len(net.stages)} stages ({', '.join(net.stages)}); all of them train.",
+                              UserWarning, stacklevel=3)
         warm_digest = self._warm_start_from(net, classes) if warm else None
         net = net.to(device)
         data = self._make_data(X, net, device, ext if self.extractor is not None else None)
@@ -234,7 +248,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
             net.mean.copy_(feats.mean(0))
             net.scale.fill_(float(feats.var(0, unbiased=False).mean().sqrt().clamp_min(1e-6)))
 
-        signature = self._signature(y_enc, sample_weight, len(X))
+        signature = self._signature(X, y_enc, sample_weight)
         if warm_digest is not None:  # a checkpoint resumes only the training that started from these weights
             signature += ":warm:" + warm_digest
         ctx = FitContext(net, data, y_enc, train_idx, val_idx, sample_weight, generator, device,
@@ -243,10 +257,8 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         if self.extractor is not None and self.head_epochs > 0:
             # linear probing, then fine-tuning: the head first learns on the frozen CNN's features
             head_net = FeatureNet(net.head, pooled.shape[1]).to(device)  # shares the head with net
-            head_net.mean.copy_(net.mean)
-            head_net.scale.copy_(net.scale)
-            head_ctx = FitContext(head_net, FeatureData(pooled.cpu(), device), y_enc, train_idx, val_idx,
-                                  sample_weight, generator, device)
+            head_net.load_state_dict({"mean": net.mean, "scale": net.scale}, strict=False)
+            head_ctx = replace(ctx, net=head_net, data=FeatureData(pooled.cpu(), device), start_data=None)
             head_result = self._train(head_ctx, self.head_epochs, signature + ":head")
         n_second = self._pool_weight_epochs() if net.pools is not None else 0
         if n_second:  # ELoPE's two steps: plain k-max first (weights fixed at 1) ...
@@ -254,7 +266,6 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         result = self._train(ctx, self.max_epochs, signature)
         if n_second:  # ... then everything at lr / 10 (the pooling weights at lr)
             net.pools.requires_grad_(True)
-            ctx = FitContext(net, data, y_enc, train_idx, val_idx, sample_weight, generator, device)
             second = self._train(ctx, n_second, signature + ":weighted", lr_scale=0.1, pool_lr_scale=10.0)
             result = _chain(result, second)
         if head_result is not None:
@@ -333,6 +344,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         check_is_fitted(self, "module_")
         net = self.module_.eval()
         if self.extractor is None:
+            check_features(X, type(self).__name__)
             X = validate_data(self, X, dtype=np.float32, reset=False)
             return FeatureData(X, self.device_).outputs(net, np.arange(len(X)))
         source = ImageSource(X)

@@ -5,15 +5,19 @@ estimators' hooks. An adapter gives a :class:`~skfg._network.FeatureNet` mini-ba
 for rows (``outputs``), and the pooled features of rows (``pooled``).
 """
 
+import logging
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset, default_collate
 
+from ._training import eval_mode
 from .images import ImageDataset, eval_transform, iter_inputs, to_input, train_transform
 
-__all__ = ["FeatureData", "FitContext", "ImageData", "PooledData", "predict_images"]
+logger = logging.getLogger("skfg")
+PREFIX_CACHE_BYTES = int(os.environ.get("SKFG_PREFIX_CACHE_MB", "2048")) * 2**20  # the frozen-prefix cache's bound
 
 
 @dataclass
@@ -49,9 +53,8 @@ def chunks(idx, size=256):
 
 def predict_images(net, source, idx, extractor, device):
     """Outputs of ``net`` for images ``idx`` with the extractor's inference preprocessing."""
-    mean, std = extractor.input_normalization()
-    tf = eval_transform(extractor.image_size, extractor.resize)
-    return torch.cat([net(x) for _, x in iter_inputs(source, tf, extractor.batch_size, mean, std, device, idx)])
+    tf, norm = eval_transform(extractor.image_size, extractor.resize), extractor.input_normalization()
+    return torch.cat([net(x) for _, x in iter_inputs(source, tf, extractor.batch_size, *norm, device, idx)])
 
 
 class FeatureData:
@@ -98,24 +101,15 @@ class _WeightedImageDataset(ImageDataset):
         return x, t, self.w[i], i
 
 
-class _InputBatches:
-    """A DataLoader of uint8 image batches, re-iterable, yielding the network's input."""
-
-    def __init__(self, loader, mean, std, device):
-        self.loader, self.mean, self.std, self.device = loader, mean, std, device
-
-    def __iter__(self):
-        for x, *rest in self.loader:
-            yield (to_input(x, self.mean, self.std, self.device), *rest)
-
-
 class ImageData:
     """Training images, with the frozen-prefix cache.
 
     When the first stages are frozen, their output for an image does not change during
     training. Without augmentation it is computed once per image and reused every epoch
     (and for validation); training then starts at the first trainable stage. The cache
-    holds one feature map per training image in memory.
+    holds one feature map per image in memory, at most ``SKFG_PREFIX_CACHE_MB`` (default
+    2048 MB); when the training images' maps would not fit, the frozen stages are
+    recomputed every epoch instead (logged once).
     """
 
     def __init__(self, source, net, extractor, device, prefix_cache):
@@ -127,32 +121,45 @@ class ImageData:
         self.cut = start not in (None, net.stages[0]) and not set(net.layers) & set(net.frozen)
         self.start = start if self.cut else None
         self.prefix_cache = prefix_cache and self.cut
-        self._prefix = {}
+        self._prefix, self._bytes = {}, 0
 
     def _inputs(self, idx):
         return iter_inputs(self.source, self.eval_tf, 16, self.mean, self.std, self.device, idx)
 
     def prefix(self, net, idx):
-        """Frozen-prefix outputs of images ``idx`` (computed once each)."""
-        missing = [i for i in idx if i not in self._prefix]
+        """Frozen-prefix outputs of images ``idx`` (kept for reuse while within the memory bound)."""
+        found = {i: self._prefix[i] for i in idx if i in self._prefix}
+        missing = [i for i in idx if i not in found]
         if missing:
-            was_training = net.training
-            net.eval()
-            with torch.no_grad():
+            with eval_mode(net):
                 for chunk, x in self._inputs(missing):
-                    self._prefix.update(zip(chunk.tolist(), net.prefix(x).cpu()))
-            net.train(was_training)
-        return torch.stack([self._prefix[i] for i in idx])
+                    for i, h in zip(chunk.tolist(), net.prefix(x).cpu()):
+                        found[i] = h
+                        if self._bytes + h.nbytes <= PREFIX_CACHE_BYTES:
+                            self._prefix[i], self._bytes = h, self._bytes + h.nbytes
+        return torch.stack([found[i] for i in idx])
 
     def loader(self, idx, y, w, batch_size, generator, augment):
+        if self.prefix_cache and len(idx):
+            n = len(np.unique(idx))
+            need = self.prefix(self.net, idx[:1])[0].nbytes * n
+            if need > PREFIX_CACHE_BYTES:
+                self.prefix_cache = False
+                logger.warning("skfg: the frozen stages' outputs of the %d training images need %.1f MB, over "
+                               "SKFG_PREFIX_CACHE_MB=%g; recomputing them every epoch instead", n, need / 2**20,
+                               PREFIX_CACHE_BYTES / 2**20)
         if self.prefix_cache:
             ds = TensorDataset(self.prefix(self.net, idx), torch.as_tensor(y[idx]), torch.as_tensor(w[idx]),
                                torch.as_tensor(idx))
             return DataLoader(ds, batch_size=batch_size, shuffle=True, generator=generator)
         tf = train_transform(self.ext.image_size) if augment else self.eval_tf
         ds = torch.utils.data.Subset(_WeightedImageDataset(self.source, y, w, tf), idx)
-        return _InputBatches(DataLoader(ds, batch_size=batch_size, shuffle=True, generator=generator),
-                             self.mean, self.std, self.device)
+
+        def collate(items):  # uint8 images -> the network's input, batched
+            x, *rest = default_collate(items)
+            return to_input(x, self.mean, self.std, self.device), *rest
+
+        return DataLoader(ds, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=collate)
 
     def forward(self, net, x):
         return net(x, self.start) if self.prefix_cache else net(x)

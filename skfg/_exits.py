@@ -92,6 +92,17 @@ def max_inter_class(scores, y):
     return s.max(1)
 
 
+def exit_threshold(fit_part, Xm, y, train, held_out, alpha, n_classes):
+    """``(threshold, inter-class scores)`` of an exit (training algorithm, steps 6-12):
+    ``fit_part(train)`` trains the layer's classifier on the first part, the held-out
+    maximal inter-class scores give the threshold (:func:`bh_threshold` at ``alpha``).
+    ``inf`` (no early exit) without held-out samples or with one class in the first part."""
+    if not len(held_out) or len(np.unique(y[train])) < 2:
+        return np.inf, np.empty(0)
+    inter = max_inter_class(exit_scores(fit_part(train), Xm[held_out], n_classes), y[held_out])
+    return bh_threshold(inter, alpha), inter
+
+
 def parse_feature_groups(groups, n_features, feature_names=None):
     """``(names, slices)`` of the layers in feature mode (``EarlyExitClassifier.feature_groups``).
 
@@ -194,7 +205,7 @@ def fine_tune_exits(extractor, X, y, sample_weight, *, epochs, trainable_blocks,
             "fine_tune_epochs with pooling='kmax_weighted' would learn pooling weights that the "
             "stage-by-stage prediction does not use; use pooling='kmax'."
         )
-    params = dict(params or {})
+    params = params or {}
     clash = sorted(set(params) & set(_BRANCH_FIXED))
     if clash:
         raise ValueError(

@@ -6,6 +6,7 @@ early stopping (restoring the best weights), the per-epoch history, checkpoints 
 resuming a run that was killed, and clean handling of ``KeyboardInterrupt``.
 """
 
+import contextlib
 import copy
 import os
 import time
@@ -28,6 +29,18 @@ def make_generator(random_state):
     seed = int(check_random_state(random_state).randint(0, 2**31 - 1))
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+@contextlib.contextmanager
+def eval_mode(module):
+    """Run the block with ``module`` in eval mode and without gradients; its mode is restored."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield module
+    finally:
+        module.train(was_training)
 
 
 def make_optimizer(param_groups, name="adam", lr=1e-3, weight_decay=0.0, momentum=0.9):
@@ -88,7 +101,16 @@ class _Checkpoint:
     def load(self):
         if not self.path.is_file():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict):
+                raise TypeError(f"expected a dict, got {type(state).__name__}")
+        except Exception as exc:  # truncated, corrupt, or not a checkpoint (never unpickled unsafely)
+            raise ValueError(
+                f"The checkpoint {self.path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); it is "
+                "damaged or not an skfg checkpoint. Delete it to train from the start, or use another "
+                "checkpoint_dir."
+            ) from None
         if state.get("signature") != self.signature:
             raise ValueError(
                 f"The checkpoint {self.path} belongs to a different model or data "

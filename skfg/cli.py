@@ -84,8 +84,12 @@ def cmd_demo(args):
 def cmd_verify(args):
     from .datasets import load_image_folder, verify_images
 
-    X, _ = load_image_folder(args.dir)
-    bad = verify_images(X, n_jobs=args.n_jobs)
+    try:
+        X, _ = load_image_folder(args.dir)
+    except FileNotFoundError as exc:  # a usage error, not "bad images found" (exit 1)
+        print(f"skfg verify: {exc}", file=sys.stderr)
+        return 2
+    bad = verify_images(X, n_jobs=args.n_jobs, image_size=args.image_size)
     for b in bad:
         print(b.error)
     print(f"{len(X)} images checked, {len(bad)} unreadable")
@@ -116,6 +120,8 @@ def build_parser():
     verify = sub.add_parser("verify", help="list every unreadable image under DIR")
     verify.add_argument("dir")
     verify.add_argument("--n-jobs", type=int, default=2)
+    verify.add_argument("--image-size", type=int, default=224,
+                        help="also report images too large when resized to this size (0: skip)")
     verify.set_defaults(func=cmd_verify)
     backbones = sub.add_parser("backbones", help="list backbones and their stages")
     backbones.set_defaults(func=cmd_backbones)

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from sklearn.utils import check_random_state
 
-from .images import ImageDecodeError, ImageSource
+from .images import ImageDecodeError, ImageSource, ResizeGuard
 
 __all__ = ["BadImage", "IMAGE_EXTENSIONS", "load_image_folder", "make_fine_grained", "verify_images"]
 
@@ -47,7 +47,8 @@ def load_image_folder(root, extensions=IMAGE_EXTENSIONS):
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for path in sorted(class_dir.rglob("*")):
             hidden = any(part.startswith(".") for part in path.relative_to(class_dir).parts)
-            if path.is_file() and not hidden and path.suffix.lower() in exts:
+            broken_link = path.is_symlink() and not path.exists()  # kept: decoding reports it by name
+            if (path.is_file() or broken_link) and not hidden and path.suffix.lower() in exts:
                 paths.append(str(path))
                 labels.append(class_dir.name)
     if not paths:
@@ -57,8 +58,12 @@ def load_image_folder(root, extensions=IMAGE_EXTENSIONS):
     return np.asarray(paths, dtype=object), np.asarray(labels, dtype=object)
 
 
-def verify_images(X, n_jobs=2):
+def verify_images(X, n_jobs=2, image_size=224):
     """Decode every image of X and report all that fail, in one pass.
+
+    Besides unreadable files (missing, broken links, truncated, not an image), it reports
+    images over :data:`skfg.images.MAX_PIXELS` when decoded or when resized to
+    ``image_size`` on their shorter side (checked before anything is allocated).
 
     Parameters
     ----------
@@ -66,6 +71,8 @@ def verify_images(X, n_jobs=2):
         Images in any form the extractors accept (usually a list of paths).
     n_jobs : int, default=2
         Decoding threads.
+    image_size : int or None, default=224
+        The extractor's ``image_size`` (with ``resize="crop"``); None skips the resize check.
 
     Returns
     -------
@@ -81,9 +88,11 @@ def verify_images(X, n_jobs=2):
     """
     source = ImageSource(X)
 
+    guard = ResizeGuard(image_size) if image_size else (lambda image: image)
+
     def check(i):
         try:
-            source.load(i)
+            source.transformed(i, guard)
         except ImageDecodeError as exc:
             return BadImage(i, source.name(i), str(exc))
         return None

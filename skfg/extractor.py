@@ -17,8 +17,6 @@ from .backbones import build_backbone, get_backbone_spec, probe_channels, state_
 from .images import ImageSource, decode_jobs, eval_transform, iter_batches, to_input
 from .pooling import POOLINGS, pool_stage_outputs
 
-__all__ = ["CNNFeatureExtractor", "pool_stage_outputs", "resolve_layers"]
-
 
 def resolve_layers(layers, stage_names):
     """Validate ``layers`` ("last", a stage name or a list of them) against the backbone."""
@@ -283,7 +281,7 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
         if use_cache:
             cache, config = get_feature_cache(), self._cache_key()
             keys = [source.cache_key(i) for i in range(n)]
-            found = cache.get(config, keys, directory)
+            found = cache.get(config, keys, directory, shape=(self.n_features_out_,))
             todo = np.array([i for i, v in enumerate(found) if v is None], dtype=int)
             for i, v in enumerate(found):
                 if v is not None:

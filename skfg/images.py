@@ -19,6 +19,10 @@ from PIL import Image, ImageOps
 
 __all__ = [
     "ImageDecodeError",
+    "ImageTooLargeError",
+    "MAX_PIXELS",
+    "ResizeGuard",
+    "check_pixels",
     "ImageDataset",
     "ImageSource",
     "eval_transform",
@@ -32,8 +36,43 @@ __all__ = [
 ]
 
 
+# Most pixels an image may have when decoded, and after resizing, checked before either
+# allocates: a 667-byte 1 x 150000 PNG passes Pillow's bomb check (it counts input pixels)
+# yet becomes ~22 GB when its short side is resized to 224. 2**27 pixels are 384 MiB as
+# RGB. Raise it (or set SKFG_MAX_PIXELS) for larger images.
+MAX_PIXELS = int(os.environ.get("SKFG_MAX_PIXELS", 2**27))
+
+
 class ImageDecodeError(ValueError):
     """An image could not be read; the message names the file (or the index in X)."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """An image would exceed :data:`MAX_PIXELS` when decoded or resized (refused before
+    any allocation); the message names the file and its size."""
+
+
+def check_pixels(width, height, what="the image"):
+    """Raise :class:`ImageTooLargeError` when ``width * height`` exceeds :data:`MAX_PIXELS`."""
+    if width * height > MAX_PIXELS:
+        raise ImageTooLargeError(
+            f"{what} is {width}x{height} = {width * height:,} pixels, over skfg.images.MAX_PIXELS = "
+            f"{MAX_PIXELS:,}; raise it (or the SKFG_MAX_PIXELS environment variable) for such images."
+        )
+
+
+class ResizeGuard:
+    """First step of a shorter-side resize to ``size``: refuses (:class:`ImageTooLargeError`)
+    an image whose resized pixel count would exceed :data:`MAX_PIXELS`, and passes it on."""
+
+    def __init__(self, size):
+        self.size = int(size)
+
+    def __call__(self, img):
+        w, h = img.size
+        long_side = int(self.size * max(w, h) / max(1, min(w, h)))
+        check_pixels(self.size, long_side, f"resized to {self.size} px on its short side, the {w}x{h} image")
+        return img
 
 
 # ------------------------------------------------------------------ decoding
@@ -88,11 +127,14 @@ def _array_to_pil(arr, name):
 def _open_path(path):
     try:
         with Image.open(path) as img:
+            check_pixels(*img.size, "decoded")  # the header's size, before decoding
             img.load()  # force the full decode so truncated files fail here
             img = ImageOps.exif_transpose(img)
             return to_rgb(img)
     except FileNotFoundError as exc:
         raise ImageDecodeError(f"{path}: file not found") from exc
+    except ImageTooLargeError as exc:
+        raise ImageTooLargeError(f"{path}: {exc}") from None
     except Exception as exc:
         raise ImageDecodeError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
 
@@ -164,6 +206,19 @@ class ImageSource:
     def __len__(self):
         return len(self.items)
 
+    def transformed(self, i, transform):
+        """``transform(load(i))``; a refused resize (:class:`ImageTooLargeError`) names the image."""
+        try:
+            return transform(self.load(i))
+        except ImageTooLargeError as exc:
+            if str(exc).startswith(self.name(i)):
+                raise
+            raise ImageTooLargeError(f"{self.name(i)}: {exc}") from None
+
+    def fingerprint(self):
+        """A digest of every image's content (:meth:`cache_key`), in order."""
+        return hashlib.blake2b("".join(self.cache_key(i) for i in range(len(self))).encode(), digest_size=16).hexdigest()
+
     def name(self, i):
         """How image ``i`` is named in messages: its path, or ``X[i]``."""
         return os.fspath(self.items[i]) if self.kind == "path" else f"X[{i}]"
@@ -181,16 +236,20 @@ class ImageSource:
         return _array_to_pil(item, self.name(i))
 
     def cache_key(self, i):
-        """A string that identifies image ``i``'s content (path + size + mtime for files)."""
+        """A string that identifies image ``i``'s content: a hash of the file's bytes (so a
+        rewritten file never gets the features of its old content), of the decoded pixels
+        of a PIL image, or of an array's bytes."""
         item = self.items[i]
         h = hashlib.blake2b(digest_size=16)
         if self.kind == "path":
-            path = os.path.abspath(os.fspath(item))
+            path = os.fspath(item)
             try:
-                st = os.stat(path)
-                h.update(f"path:{path}:{st.st_size}:{st.st_mtime_ns}".encode())
+                with open(path, "rb") as fh:
+                    h.update(b"file:")
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(block)
             except OSError:
-                h.update(f"missing:{path}".encode())
+                h.update(f"missing:{os.path.abspath(path)}".encode())
         elif self.kind == "pil":  # hash the pixels as decoded: palette, EXIF and alpha applied
             rgb = self.load(i)
             h.update(f"pil:{rgb.size}".encode())
@@ -216,7 +275,7 @@ def eval_transform(image_size, resize="crop"):
         the aspect ratio).
     """
     if resize == "crop":
-        steps = [T.Resize(image_size), T.CenterCrop(image_size)]
+        steps = [ResizeGuard(image_size), T.Resize(image_size), T.CenterCrop(image_size)]
     elif resize == "squash":
         steps = [T.Resize((image_size, image_size))]
     else:
@@ -262,7 +321,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         target = -1 if self.y is None else int(self.y[i])
-        return self.transform(self.source.load(i)), target
+        return self.source.transformed(i, self.transform), target
 
 
 def iter_batches(source, transform, batch_size, indices=None, n_jobs=1):
@@ -275,7 +334,7 @@ def iter_batches(source, transform, batch_size, indices=None, n_jobs=1):
     chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
 
     def work(i):
-        return transform(source.load(int(i)))
+        return source.transformed(int(i), transform)
 
     if n_jobs <= 0:
         for chunk in chunks:
@@ -301,9 +360,7 @@ def iter_batches(source, transform, batch_size, indices=None, n_jobs=1):
 def to_input(batch, mean, std, device, dtype=None):
     """uint8 ``(n, 3, H, W)`` -> the network's input: normalised, channels-last, on ``device``
     (and cast to ``dtype`` when given)."""
-    x = normalize_batch(batch.to(device), mean, std)
-    if dtype is not None:
-        x = x.to(dtype)
+    x = normalize_batch(batch.to(device), mean, std).to(dtype or torch.float32)  # (float32: a no-op)
     return x.contiguous(memory_format=torch.channels_last)
 
 

@@ -5,12 +5,14 @@ bias, times a scale ``s`` (eq. 8); a new class gets the normalised mean of its e
 normalised embeddings as its weight row (section 4.2), instantly, without a gradient step.
 """
 
+import copy
 from numbers import Integral, Real
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import TransformerMixin, clone
+from sklearn.utils import _safe_indexing
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 from torch import nn
@@ -223,6 +225,7 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         index = {c: i for i, c in enumerate(self.classes_.tolist())}
         return np.array([index[c] for c in np.asarray(y).ravel().tolist()], dtype=np.int64)
 
+    @atomic_fit
     def partial_fit(self, X, y, classes=None):
         """Imprint the new classes in ``(X, y)``, then fine-tune (``fine_tune_epochs > 0``).
 
@@ -246,6 +249,12 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         Returns
         -------
         self
+
+        Notes
+        -----
+        All or nothing, like ``fit``: when imprinting or any epoch of the fine-tuning
+        raises, the model is exactly as before the call (a ``KeyboardInterrupt`` after the
+        first epoch keeps the best epoch, as in ``fit``).
         """
         if not hasattr(self, "module_"):
             return self.fit(X, y)
@@ -258,13 +267,13 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         novel = np.array([c not in known or self.imprint_counts_[self._class_index(c)] > 0 for c in y.tolist()])
         if novel.any():
             sel = np.flatnonzero(novel)
-            self.imprint(_take(X, sel, self.extractor is not None), y[sel])
+            self.imprint(_safe_indexing(X, sel), y[sel])
         if self.fine_tune_epochs > 0:
             self._fine_tune(X, y)
         return self
 
     def _fine_tune(self, X, y):
-        net, device = self.module_, self.device_
+        net, device = copy.deepcopy(self.module_), self.device_  # trained in place: the model changes only on success
         y_enc = self._encode(y)
         if self.replay == "data":
             base_X, base_y = self._replay
@@ -355,6 +364,7 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
             return F.normalize(total, dim=1).cpu().numpy()
 
     # -------------------------------------------------------------- imprinting
+    @atomic_fit
     def imprint(self, X, y, augment=0):
         """Add classes (or refine imprinted ones) from exemplars, without training.
 
@@ -376,6 +386,10 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         Returns
         -------
         self
+
+        Notes
+        -----
+        All or nothing, like ``fit``: when it raises, the model is exactly as before.
         """
         check_is_fitted(self, "module_")
         y = column_or_1d(y, warn=True)
@@ -397,6 +411,9 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
                 "imprinted ones). Fine-tune with partial_fit instead."
             )
         emb = self._embed(X, augment=augment).astype(np.float64)
+        # changed below in place: work on copies, so a failure leaves the previous model whole
+        self.module_ = copy.deepcopy(self.module_)
+        self._imprint_sums, self.imprint_counts_ = self._imprint_sums.copy(), self.imprint_counts_.copy()
         new = [c for c in dict.fromkeys(y.tolist()) if c not in set(self.classes_.tolist())]
         if new:
             self.classes_ = np.concatenate([self.classes_, np.asarray(new)])
@@ -417,13 +434,6 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
 
     def _class_index(self, label):
         return int(np.flatnonzero(self.classes_ == label)[0])
-
-
-def _take(X, idx, images):
-    """Rows ``idx`` of features or of an image collection."""
-    if images and isinstance(X, list):
-        return [X[i] for i in idx]
-    return np.asarray(X)[idx] if not hasattr(X, "iloc") else X.iloc[idx]
 
 
 def _concat(a, b, images):

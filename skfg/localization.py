@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ._base import TorchStateMixin, atomic_fit, holdout_split, image_input_tags, resolve_device
 from ._boxes import box_iou, check_tau, heatmap_to_box
-from ._training import fit_loop, make_generator, make_optimizer, make_scheduler
+from ._training import eval_mode, fit_loop, make_generator, make_optimizer, make_scheduler
 from .backbones import build_backbone, count_parameters, get_backbone_spec, state_fingerprint
 from .extractor import CNNFeatureExtractor
 from .images import ImageSource, eval_transform, to_input
@@ -62,11 +62,8 @@ def _student_stages(network, n_stages):
 
 def _build_student(network, n_stages, input_size, heatmap_shape):
     stages = nn.Sequential(_student_stages(network, n_stages)).float().cpu()
-    was_training = stages.training
-    stages.eval()
-    with torch.no_grad():
+    with eval_mode(stages):
         channels = int(stages(torch.zeros(1, 3, input_size, input_size)).shape[1])
-    stages.train(was_training)
     return _Student(OrderedDict(stages.named_children()), channels, heatmap_shape)
 
 
@@ -84,23 +81,14 @@ class _Teacher:
         spec = get_backbone_spec(backbone)
         self.mean, self.std = spec.mean, spec.std
         self.layer = network.stage_names[-1]  # the last convolutional stage
+        self.device = next(network.parameters()).device  # the teacher runs where its network is
 
-    @property
-    def device(self):
-        return next(self.network.parameters()).device
-
-    @torch.no_grad()
     def heatmaps(self, batch):
         """uint8 ``(n, 3, S, S)`` -> mean over channels of the last stage, ``(n, I, J)`` on the CPU."""
-        net = self.network
-        was_training = net.training
-        net.eval()  # the caller's network: put back as it was
-        try:
+        with eval_mode(self.network) as net:  # the caller's network: put back as it was
             x = to_input(batch, self.mean, self.std, self.device, dtype=next(net.parameters()).dtype)
             for _, out in net.forward_stages(x):
                 pass
-        finally:
-            net.train(was_training)
         return out.float().mean(1).cpu()
 
 
@@ -499,18 +487,16 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
         if source_kind == "teacher":
             teacher = self._get_teacher()
             tf, chunk = eval_transform(self.teacher_size_, "squash"), 4 if teacher.device.type == "cpu" else 32
+            predict = lambda batch: _minmax(teacher.heatmaps(batch))  # noqa: E731
         else:
             spec = get_backbone_spec(self.teacher_backbone_)
             tf, chunk = eval_transform(self.input_size, "squash"), 64
+            predict = lambda b: self.student_(to_input(b, spec.mean, spec.std, self.device_)).float().cpu()  # noqa: E731
+        self.student_.eval()
         for start in range(0, len(source), chunk):
             images = [source.load(i) for i in range(start, min(start + chunk, len(source)))]
-            batch = torch.stack([tf(im) for im in images])
-            if source_kind == "teacher":
-                maps = _minmax(teacher.heatmaps(batch))
-            else:
-                self.student_.eval()
-                with torch.inference_mode():
-                    maps = self.student_(to_input(batch, spec.mean, spec.std, self.device_)).float().cpu()
+            with torch.inference_mode():
+                maps = predict(torch.stack([tf(im) for im in images]))
             for im, m in zip(images, maps.numpy()):
                 yield (im if keep_images else im.size), m
 

@@ -18,10 +18,11 @@ from sklearn.svm import LinearSVC
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.metaestimators import available_if
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._base import atomic_fit, image_input_tags, check_images_and_labels, encode_labels, holdout_split
-from ._exits import (bh_threshold, exit_scores, fine_tune_exits, layer_features, max_inter_class,
+from ._base import (VersionedStateMixin, atomic_fit, check_features, check_images_and_labels, check_sample_weight, encode_labels,
+                    holdout_split, image_input_tags)
+from ._exits import (bh_threshold, exit_scores, exit_threshold, fine_tune_exits, layer_features,
                      parse_feature_groups, run_stages)
 from .extractor import CNNFeatureExtractor
 from .images import ImageSource
@@ -29,7 +30,7 @@ from .images import ImageSource
 __all__ = ["EarlyExitClassifier", "bh_threshold"]
 
 
-class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
+class EarlyExitClassifier(VersionedStateMixin, ClassifierMixin, BaseEstimator):
     """Sequential per-layer classifiers that stop at the first confident layer.
 
     One classifier per feature layer (a linear one-versus-all SVM by default), trained
@@ -186,17 +187,15 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
-    def _layer_features(self, X, cols):
-        return layer_features(X, cols, self.normalize)
-
     # ---------------------------------------------------------------- fitting
-    def _fit_estimator(self, Xm, y, sample_weight, seed):
+    def _fit_estimator(self, Xm, y, sample_weight, seed, rows=slice(None)):
+        """A clone of ``estimator`` fitted on rows ``rows``."""
         est = clone(self.estimator if self.estimator is not None else LinearSVC())
         if seed is not None and est.get_params().get("random_state", 0) is None:
             est.set_params(random_state=seed)  # reproducible (liblinear shuffles)
         if sample_weight is None:
-            return est.fit(Xm, y)
-        return est.fit(Xm, y, sample_weight=sample_weight)
+            return est.fit(Xm[rows], y[rows])
+        return est.fit(Xm[rows], y[rows], sample_weight=sample_weight[rows])
 
     @atomic_fit
     def fit(self, X, y, sample_weight=None):
@@ -225,12 +224,13 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
         if self.extractor is None and self.fine_tune_epochs:
             raise ValueError("fine_tune_epochs > 0 needs extractor=: features given as X cannot be fine-tuned.")
         if self.extractor is None:
+            check_features(X, type(self).__name__)
             X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         else:
             X, y = check_images_and_labels(X, y)
         classes, y_enc = encode_labels(y, type(self).__name__)
         if sample_weight is not None:
-            sample_weight = _check_sample_weight(sample_weight, np.empty((len(y), 1)))
+            sample_weight = check_sample_weight(sample_weight, len(y)).astype(np.float64)
         extractor = None
         if self.extractor is None:
             names, groups = parse_feature_groups(self.feature_groups, X.shape[1],
@@ -254,17 +254,12 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
         seed = None if self.random_state is None else int(rng.randint(2**31 - 1))
         estimators, thresholds, alphas, inter_scores = [], [], [], []
         for m in range(n_exits):
-            Xm = self._layer_features(X, groups[m])
+            Xm = layer_features(X, groups[m], self.normalize)
             alpha_m = self.alpha * (m + 1) / n_exits if self.thresholds == "bh" else self.alpha
             threshold, inter = -np.inf, np.empty(0)  # the last layer always decides
-            if m < n_exits - 1:
-                threshold = np.inf
-                # steps 6-12 (a split whose first part has one class gives no early exit)
-                if len(held_out) and len(np.unique(y_enc[train])) > 1:
-                    sw = None if sample_weight is None else sample_weight[train]
-                    part = self._fit_estimator(Xm[train], y_enc[train], sw, seed)
-                    inter = max_inter_class(exit_scores(part, Xm[held_out], len(classes)), y_enc[held_out])
-                    threshold = bh_threshold(inter, alpha_m)
+            if m < n_exits - 1:  # steps 6-12
+                fit_part = lambda rows: self._fit_estimator(Xm, y_enc, sample_weight, seed, rows)  # noqa: E731
+                threshold, inter = exit_threshold(fit_part, Xm, y_enc, train, held_out, alpha_m, len(classes))
             estimators.append(self._fit_estimator(Xm, y_enc, sample_weight, seed))  # step 13
             thresholds.append(threshold)
             alphas.append(alpha_m)
@@ -337,7 +332,7 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
         for m, cols in enumerate(self.feature_groups_):
             if len(alive) == 0:
                 break
-            alive = alive[self._exit(m, self._layer_features(X[alive], cols), alive, result, output)]
+            alive = alive[self._exit(m, layer_features(X[alive], cols, self.normalize), alive, result, output)]
         return result
 
     def _run_images(self, X, output=None):
@@ -346,7 +341,7 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
         result = self._empty_result(len(source), output)
 
         def decide(m, features, rows):
-            return self._exit(m, self._layer_features(features, slice(None)), rows, result, output)
+            return self._exit(m, layer_features(features, slice(None), self.normalize), rows, result, output)
 
         run_stages(self.extractor_, source, self.exit_names_, decide)
         return result
@@ -428,7 +423,7 @@ class EarlyExitClassifier(ClassifierMixin, BaseEstimator):
         else:
             X = self.extractor_.transform(X)
         for m in range(len(self.estimators_)):
-            yield self.classes_[self._decide(m, self._layer_features(X, self.feature_groups_[m]))[0]]
+            yield self.classes_[self._decide(m, layer_features(X, self.feature_groups_[m], self.normalize))[0]]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

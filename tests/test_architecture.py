@@ -14,13 +14,13 @@ ROOT = Path(skfg.__file__).parent
 # must be given a floor here (docs/developing.rst explains where things go).
 FLOORS = [
     # ground: torch / numpy / Pillow only
-    {"_boxes", "_cache", "_distances", "_table", "_training", "images", "pooling", "backbones"},
+    {"_boxes", "_cache", "_distances", "_table", "_training", "_version", "images", "pooling", "backbones"},
     {"_base", "_data", "_network", "datasets", "index", "losses"},  # plumbing under the estimators
     {"extractor", "metrics"},
     {"_classifier", "localization"},
     {"softmax", "impostor", "imprinting"},
     {"_exits"},
-    {"sequential"},
+    {"sequential", "persistence"},
     {"cli", "__init__"},  # the public face
 ]
 FLOOR = {name: level for level, names in enumerate(FLOORS) for name in names}
@@ -70,7 +70,7 @@ def _private_uses(source, package=()):
             for alias in node.names:  # a private class or function of another module (a private module is fine)
                 parts = _target(node, alias, list(package))
                 module = ROOT.joinpath(*parts, alias.name) if parts and node.module else ROOT.joinpath(*parts or ["?"])
-                if alias.name.startswith("_") and parts and not module.with_suffix(".py").exists():
+                if alias.name.startswith("_") and not alias.name.startswith("__") and parts and not module.with_suffix(".py").exists():
                     yield node.lineno, f"from {'.' * node.level}{node.module or ''} import {alias.name}"
 
 

@@ -36,3 +36,45 @@ def test_nmi_perfect_clusters():
     X = rng.randn(60, 4) * 0.1 + 10 * np.eye(4)[y]
     assert nmi_kmeans(X, y) == pytest.approx(1.0)
     assert nmi_kmeans(rng.randn(60, 4), y) < 0.3  # clusters of noise carry no label information
+
+
+def test_paired_bootstrap_of_identical_predictions_is_no_significant_difference():
+    from skfg.metrics import paired_bootstrap
+
+    rng = np.random.RandomState(0)
+    same = rng.rand(500) < 0.6
+    result = paired_bootstrap(same, same)
+    assert result["low"] <= 0 <= result["high"] and not result["significant"]
+    assert result["statement"].startswith("no significant difference")
+    noisy = same.copy()
+    noisy[:3] = ~noisy[:3]  # three images differ: within the noise
+    assert not paired_bootstrap(noisy, same)["significant"]
+
+
+def test_paired_bootstrap_finds_a_clear_gap_and_its_direction():
+    from skfg.metrics import paired_bootstrap
+
+    rng = np.random.RandomState(1)
+    a, b = rng.rand(2, 800) < np.array([[0.7], [0.5]])
+    result = paired_bootstrap(a, b)
+    assert result["significant"] and result["low"] > 0 and result["statement"].startswith("A better")
+    assert abs(result["difference"] - (a.mean() - b.mean())) < 1e-12
+    flipped = paired_bootstrap(b, a)
+    assert flipped["significant"] and flipped["high"] < 0 and flipped["statement"].startswith("B better")
+    seeds = paired_bootstrap(np.stack([a, a, a]), np.stack([b, b, b]))  # seeds average per image
+    assert seeds["difference"] == result["difference"]
+    with pytest.raises(ValueError, match="same test images"):
+        paired_bootstrap(a[:10], b[:11])
+
+
+def test_open_set_auroc_is_signed():
+    from skfg.metrics import ks_distance, open_set_auroc
+
+    rng = np.random.RandomState(0)
+    seen, unseen = rng.randn(300), rng.randn(300) + 1.0
+    assert open_set_auroc(seen, unseen) > 0.7
+    assert open_set_auroc(unseen, seen) < 0.3  # the score ranks unseen images as familiar
+    assert abs(ks_distance(seen, unseen) - ks_distance(unseen, seen)) < 1e-12  # KS cannot tell the two apart
+    assert open_set_auroc([1.0, 1.0], [1.0]) == 0.5
+    with pytest.raises(ValueError):
+        open_set_auroc([], [1.0])

@@ -273,10 +273,6 @@ def _tv_builder(model_name):
     return build
 
 
-def _tv_imagenet(model_name):
-    return lambda: _torchvision_weights_file(_torchvision_enum(model_name, "DEFAULT"))
-
-
 register_backbone(
     "efficientnet_lite0",
     stages=("stem",) + tuple(f"stage{i}" for i in range(1, 8)) + ("head",),
@@ -297,7 +293,8 @@ _TORCHVISION_BACKBONES = [
     ("resnet50", tv.resnet_stages, _RESNET, "ResNet-50"),
 ]
 for _name, _split, _stages, _desc in _TORCHVISION_BACKBONES:
-    register_backbone(_name, stages=_stages, split=_split, imagenet_weights=_tv_imagenet(_name),
+    imagenet = lambda n=_name: _torchvision_weights_file(_torchvision_enum(n, "DEFAULT"))  # noqa: E731
+    register_backbone(_name, stages=_stages, split=_split, imagenet_weights=imagenet,
                       description=f"{_desc} (torchvision; weights=None, a local file, or a cached enum)")(
         _tv_builder(_name))
 _TORCHVISION = {entry[0] for entry in _TORCHVISION_BACKBONES}

@@ -1,0 +1,102 @@
+"""Saving and loading fitted models in a safe format, which never runs code from the file.
+
+:func:`save_model` writes the skops format (a zip of JSON and arrays; torch weights are
+stored as state-dict bytes and read back with ``torch.load(weights_only=True)``).
+:func:`load_model` builds only the types of skfg and scikit-learn and the plain data
+types skops trusts (numpy arrays and dtypes, containers); a file naming any other type is
+refused, and the message names it.
+
+Pickle and joblib files (``joblib.dump``) can run any code they hold when they are
+loaded: load them only from sources you trust (``load_model(path, allow_pickle=True)``).
+Every saved model, in either format, carries the skfg version; loading one saved by
+another version warns (:class:`skfg._base.SkfgVersionWarning`).
+"""
+
+import os
+import zipfile
+
+TRUSTED_PREFIXES = ("skfg.", "sklearn.")
+
+
+def _skops():
+    try:
+        import skops.io
+    except ImportError as exc:
+        raise ImportError("The safe model format needs skops: pip install 'skfg[safe]' (or pip install skops).") from exc
+    return skops.io
+
+
+def save_model(model, path):
+    """Save a fitted model (an estimator or a Pipeline) in the safe format.
+
+    Parameters
+    ----------
+    model : estimator
+    path : str or path-like
+        The file to write (``.skops`` by convention).
+    """
+    _skops().dump(model, os.fspath(path))
+
+
+def load_model(path, *, trusted=(), allow_pickle=False):
+    """Load a model saved by :func:`save_model`, without running code from the file.
+
+    Parameters
+    ----------
+    path : str or path-like
+    trusted : sequence of str, default=()
+        Further type names (``"module.Class"``) to build, after you have inspected them:
+        by default only skfg's and scikit-learn's types are.
+    allow_pickle : bool, default=False
+        Also accept a pickle or joblib file. It can run any code it holds: only for
+        files from sources you trust.
+
+    Returns
+    -------
+    model : estimator
+
+    Raises
+    ------
+    ValueError
+        If the file names a type that is not trusted (the message lists them), is not a
+        model file, or is truncated or damaged (the message names the file).
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> from skfg import SoftmaxClassifier, load_model, save_model
+    >>> X = np.random.RandomState(0).randn(20, 3)
+    >>> clf = SoftmaxClassifier(max_epochs=2, random_state=0).fit(X, X[:, 0] > 0)
+    >>> path = os.path.join(tempfile.mkdtemp(), "clf.skops")
+    >>> save_model(clf, path)
+    >>> bool((load_model(path).predict_proba(X) == clf.predict_proba(X)).all())
+    True
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No model file at {path}.")
+    if not zipfile.is_zipfile(path):
+        if not allow_pickle:
+            raise ValueError(
+                f"{path} is not a file of skfg's safe format (save one with skfg.save_model). If it is a "
+                "pickle or joblib file from a source you trust, pass allow_pickle=True: loading a pickle "
+                "can run any code it holds."
+            )
+        import joblib
+
+        try:
+            return joblib.load(path)
+        except Exception as exc:  # truncated, damaged, or not a pickle
+            raise ValueError(f"{path} is truncated or damaged ({type(exc).__name__}: {exc}).") from exc
+    sio = _skops()
+    try:
+        types = sio.get_untrusted_types(file=path)
+    except Exception as exc:
+        raise ValueError(f"{path} is damaged or not a model file ({type(exc).__name__}: {exc}).") from exc
+    refused = sorted(t for t in types if not t.startswith(TRUSTED_PREFIXES) and t not in trusted)
+    if refused:
+        raise ValueError(
+            f"{path} holds types that skfg does not trust: {', '.join(refused)}. Load only files from "
+            "sources you trust; after inspecting these types, pass them as trusted=[...]."
+        )
+    return sio.load(path, trusted=types)
