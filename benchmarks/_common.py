@@ -1,9 +1,21 @@
-"""Helpers shared by the benchmark scripts: data location and result files."""
+"""Helpers shared by the benchmark scripts: data location and result files.
 
+Every result file is stamped with its provenance: the commit, whether the measured code
+had uncommitted changes, and a hash of each skfg module the run imported, taken over the
+module's code without docstrings or comments (:func:`code_hash`). :func:`stale_results`
+lists the result files whose measured code has changed since; ``tests/test_results.py``
+fails on them, so a number in the docs cannot silently outlive the code it measured.
+"""
+
+import ast
+import hashlib
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +38,62 @@ def machine():
     }
 
 
+def code_hash(path):
+    """SHA-1 of a Python file's code: its syntax tree without docstrings (comments are not in it)."""
+    tree = ast.parse(Path(path).read_text())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha1(ast.dump(tree).encode()).hexdigest()
+
+
+def _git(*args):
+    try:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def provenance():
+    """Commit, date and the code hashes of the skfg modules this process imported."""
+    files = sorted({Path(m.__file__).resolve() for name, m in list(sys.modules.items())
+                    if (name == "skfg" or name.startswith("skfg.")) and getattr(m, "__file__", None)})
+    code = {str(f.relative_to(REPO)): code_hash(f) for f in files if REPO in f.parents}
+    return {
+        "commit": _git("rev-parse", "HEAD") or None,
+        "uncommitted_changes": bool(_git("status", "--porcelain", "--", "skfg")),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "code": code,
+    }
+
+
+def stale_results(results_dir=RESULTS, repo=REPO):
+    """``{result file: [changed modules]}`` for stamped results whose measured code changed
+    (a module edited, or removed) since they were measured; unstamped files are skipped."""
+    stale = {}
+    for path in sorted(Path(results_dir).glob("*.json")):
+        stamp = json.loads(path.read_text()).get("provenance")
+        if not stamp:
+            continue
+        changed = [m for m, h in stamp["code"].items()
+                   if not (Path(repo) / m).is_file() or code_hash(Path(repo) / m) != h]
+        if changed:
+            stale[path.name] = changed
+    return stale
+
+
 def write_results(name, payload, rows, header, notes=""):
-    """Write ``results/<name>.json`` and a Markdown table ``results/<name>.md``."""
+    """Write ``results/<name>.json`` and a Markdown table ``results/<name>.md``, both
+    stamped with the run's :func:`provenance`."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = dict(payload, machine=machine())
+    stamp = provenance()
+    payload = dict(payload, machine=machine(), provenance=stamp)
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    md = f"# {name}\n\n{format_table(rows, header)}\n"
+    commit = (stamp["commit"] or "unknown")[:10] + (" + uncommitted changes" if stamp["uncommitted_changes"] else "")
+    md = f"# {name}\n\nMeasured at commit {commit}, {stamp['date']}.\n\n{format_table(rows, header)}\n"
     if notes:
         md += f"\n{notes}\n"
     (RESULTS / f"{name}.md").write_text(md)
