@@ -82,9 +82,9 @@ def check_features(X, estimator_name):
         )
 
 
-def check_sample_weight(sample_weight, n):
-    """Sample weights as float32 of length ``n`` (ones for None): non-negative, one positive."""
-    sample_weight = _check_sample_weight(sample_weight, np.empty((n, 1)), dtype=np.float32)
+def check_sample_weight(sample_weight, n, dtype=np.float32):
+    """Sample weights of length ``n`` (ones for None): non-negative, one positive."""
+    sample_weight = _check_sample_weight(sample_weight, np.empty((n, 1)), dtype=dtype)
     if np.any(sample_weight < 0) or not np.any(sample_weight > 0):
         raise ValueError("sample_weight must be non-negative with at least one positive value.")
     return sample_weight

@@ -288,7 +288,8 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
     def _begin_training(self, ctx):
         net, train_idx, val_idx = ctx.net, ctx.train_idx, ctx.val_idx
         if self.index in COMPRESSED:  # fail before training, not after it
-            self._make_index().check_trainable(len(train_idx), self.embedding_dim or net.mean.numel())
+            n = len(ctx.y) if self.impostors == "tied" else len(train_idx)  # tied: the held-out rows vote too
+            self._make_index().check_trainable(n, self.embedding_dim or net.mean.numel())
         # Protocol steps 1-3: initial embeddings are the impostors, divided by their mean norm.
         net.eval()
         emb = ctx.begin_data.outputs(net, np.arange(len(ctx.y)))

@@ -12,10 +12,27 @@ Every saved model, in either format, carries the skfg version; loading one saved
 another version warns (:class:`skfg._base.SkfgVersionWarning`).
 """
 
+import importlib
 import os
 import zipfile
 
 TRUSTED_PREFIXES = ("skfg.", "sklearn.")
+
+
+def _is_trusted(name):
+    """A class (never a function) of skfg, or a scikit-learn estimator class."""
+    module, _, attr = name.rpartition(".")
+    if not module.startswith(TRUSTED_PREFIXES):
+        return False
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except Exception:
+        return False
+    if not isinstance(obj, type):
+        return False
+    from sklearn.base import BaseEstimator
+
+    return obj.__module__.startswith("skfg.") or issubclass(obj, BaseEstimator)
 
 
 def _skops():
@@ -46,7 +63,8 @@ def load_model(path, *, trusted=(), allow_pickle=False):
     path : str or path-like
     trusted : sequence of str, default=()
         Further type names (``"module.Class"``) to build, after you have inspected them:
-        by default only skfg's and scikit-learn's types are.
+        by default only skfg's classes and scikit-learn's estimator classes are (never
+        a function: a function stored in a model could be called on the attacker's terms).
     allow_pickle : bool, default=False
         Also accept a pickle or joblib file. It can run any code it holds: only for
         files from sources you trust.
@@ -76,6 +94,9 @@ def load_model(path, *, trusted=(), allow_pickle=False):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No model file at {path}.")
     if not zipfile.is_zipfile(path):
+        with open(path, "rb") as fh:
+            if fh.read(2) == b"PK":
+                raise ValueError(f"{path} is a damaged (truncated?) model file of skfg's safe format.")
         if not allow_pickle:
             raise ValueError(
                 f"{path} is not a file of skfg's safe format (save one with skfg.save_model). If it is a "
@@ -93,10 +114,14 @@ def load_model(path, *, trusted=(), allow_pickle=False):
         types = sio.get_untrusted_types(file=path)
     except Exception as exc:
         raise ValueError(f"{path} is damaged or not a model file ({type(exc).__name__}: {exc}).") from exc
-    refused = sorted(t for t in types if not t.startswith(TRUSTED_PREFIXES) and t not in trusted)
+    trusted = {trusted} if isinstance(trusted, str) else set(trusted)
+    refused = sorted(t for t in types if not _is_trusted(t) and t not in trusted)
     if refused:
         raise ValueError(
             f"{path} holds types that skfg does not trust: {', '.join(refused)}. Load only files from "
             "sources you trust; after inspecting these types, pass them as trusted=[...]."
         )
-    return sio.load(path, trusted=types)
+    try:
+        return sio.load(path, trusted=types)
+    except Exception as exc:
+        raise ValueError(f"{path} could not be loaded ({type(exc).__name__}: {exc}).") from exc

@@ -230,7 +230,7 @@ class EarlyExitClassifier(VersionedStateMixin, ClassifierMixin, BaseEstimator):
             X, y = check_images_and_labels(X, y)
         classes, y_enc = encode_labels(y, type(self).__name__)
         if sample_weight is not None:
-            sample_weight = check_sample_weight(sample_weight, len(y)).astype(np.float64)
+            sample_weight = check_sample_weight(sample_weight, len(y), dtype=np.float64)
         extractor = None
         if self.extractor is None:
             names, groups = parse_feature_groups(self.feature_groups, X.shape[1],

@@ -231,6 +231,16 @@ def test_the_safe_loader_refuses_a_crafted_pickle_and_untrusted_types(tmp_path, 
     sio.dump({"model": os.system}, tmp_path / "evil.skops")
     with pytest.raises(ValueError, match=r"does not trust: .*system"):
         load_model(tmp_path / "evil.skops")
+    # a function of a trusted package is refused too: a model could call it on the file's terms
+    from sklearn.preprocessing import FunctionTransformer
+    from sklearn.utils._testing import assert_run_python_script_without_output
+
+    sio.dump(FunctionTransformer(assert_run_python_script_without_output), tmp_path / "func.skops")
+    with pytest.raises(ValueError, match="assert_run_python_script_without_output"):
+        load_model(tmp_path / "func.skops")
+    (tmp_path / "cut.skops").write_bytes((tmp_path / "func.skops").read_bytes()[:100])
+    with pytest.raises(ValueError, match="damaged"):
+        load_model(tmp_path / "cut.skops")
 
 
 def test_the_safe_format_round_trips_and_equals_pickle(blobs, tmp_path):
