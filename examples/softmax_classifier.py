@@ -23,17 +23,28 @@ clf = pipe.named_steps["clf"]
 print(f"frozen features: test accuracy {pipe.score(X_test, y_test):.3f} "
       f"(kept epoch {clf.best_epoch_} of {clf.n_iter_})")
 
-# 2. Fine-tune the last stage of the CNN with the head, on images. Without augmentation
+# 2. Fine-tune the whole CNN with skfg's recipe: every parameter at its default
+#    (SGD, warm-up + cosine, label smoothing, 77 px crops for a 96 px test size,
+#    TrivialAugment, images decoded once). Only the epochs are cut for this demo: the
+#    default (22) is sized for ~2,400 real images in ~40 minutes on 2 cores.
+t = time.perf_counter()
+recipe = SoftmaxClassifier(extractor=CNNFeatureExtractor(image_size=96), max_epochs=6, random_state=0)
+recipe.fit(X_train, y_train)
+print(f"fine-tuned with the recipe: test accuracy {recipe.score(X_test, y_test):.3f} "
+      f"in {time.perf_counter() - t:.0f} s")
+
+# 3. Fine-tune only the last stage, without augmentation and with a validation split:
 #    the frozen stages run once per image (frozen-prefix cache), so epochs are cheap.
 t = time.perf_counter()
 tuned = SoftmaxClassifier(
     extractor=CNNFeatureExtractor(image_size=96),
     trainable_blocks=1,
     augment=False,
+    validation_fraction=0.2,
     max_epochs=15,
     random_state=0,
 ).fit(X_train, y_train)
 print(f"fine-tuned last stage: test accuracy {tuned.score(X_test, y_test):.3f} "
-      f"in {time.perf_counter() - t:.0f} s")
+      f"in {time.perf_counter() - t:.0f} s (kept epoch {tuned.best_epoch_})")
 for h in tuned.history_[:3]:
     print(f"  epoch {h['epoch']}: loss {h['loss']:.3f}, val accuracy {h['val_score']:.2f}, {h['seconds']:.2f} s")

@@ -26,31 +26,62 @@ from ._base import (TorchStateMixin, atomic_fit, check_features, check_images_an
                     holdout_split, resolve_device)
 from ._data import FeatureData, FitContext, ImageData, PooledData, predict_images
 from ._network import FeatureNet
-from ._training import OPTIMIZERS, SCHEDULES, fit_loop, make_generator, make_optimizer, make_scheduler
+from ._training import (OPTIMIZERS, PRECISIONS, SCHEDULES, fit_loop, make_generator, make_optimizer, make_scheduler,
+                        resolve_precision)
 from .backbones import build_backbone, state_fingerprint
-from .images import ImageSource
+from .images import Augmentation, ImageSource
 from .metrics import entropy
+
+
+# The fine-tuning recipe: what the parameters left at "auto" are when ``extractor`` is
+# set (the CNN is trained end to end). Chosen on the val split of stanford_cars_a with
+# EfficientNet-Lite0 (benchmarks/recipe.py; docs/training.rst lists the measurements).
+FINE_TUNE_RECIPE = {
+    "trainable_blocks": "all",
+    "optimizer": "sgd",  # with Nesterov momentum
+    # The head sees standardised features (unit variance per dimension), so its rate is
+    # the one of a head on raw GAP features (0.2) times their variance (~0.15): 0.03.
+    "lr": 0.03,  # the head's; the backbone's is lr * backbone_lr_scale = 0.02
+    "backbone_lr_scale": 2 / 3,
+    "weight_decay": 1e-4,  # none on biases and normalisation weights
+    "max_epochs": 22,
+    "label_smoothing": 0.1,
+    "warmup_epochs": 1,
+    "batch_size": 32,
+    # every training image trains; with a fixed cosine schedule the last epoch is kept
+    "validation_fraction": 0.0,
+}
 
 
 class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metaclass=ABCMeta):
     """Base class of skfg's torch classifiers; not used directly."""
 
+    # What the "auto" settings are on features (no extractor) and when fine-tuning.
+    _feature_defaults = {"trainable_blocks": 0, "optimizer": "adam", "lr": 3e-3, "weight_decay": 1e-4,
+                         "max_epochs": 60, "label_smoothing": 0.0, "warmup_epochs": 0, "validation_fraction": 0.1,
+                         "backbone_lr_scale": 0.1}
+    _fine_tune_defaults = FINE_TUNE_RECIPE
+
     _parameter_constraints = {
         "extractor": [None, HasMethods(["fit", "transform"])],
-        "trainable_blocks": [Interval(Integral, 0, None, closed="left"), StrOptions({"all"})],
-        "augment": ["boolean"],
+        "trainable_blocks": [Interval(Integral, 0, None, closed="left"), StrOptions({"all", "auto"})],
+        "augment": ["boolean", Augmentation],
         "cache_frozen": ["boolean"],
         "head_epochs": [Interval(Integral, 0, None, closed="left")],
         "warm_start": ["boolean"],
-        "optimizer": [StrOptions(set(OPTIMIZERS))],
-        "lr": [Interval(Real, 0, None, closed="neither")],
-        "backbone_lr_scale": [Interval(Real, 0, None, closed="left")],
-        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "optimizer": [StrOptions(set(OPTIMIZERS) | {"auto"})],
+        "lr": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
+        "backbone_lr_scale": [Interval(Real, 0, None, closed="left"), StrOptions({"auto"})],
+        "weight_decay": [Interval(Real, 0, None, closed="left"), StrOptions({"auto"})],
         "momentum": [Interval(Real, 0, 1, closed="left")],
         "schedule": [StrOptions(set(SCHEDULES))],
-        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "warmup_epochs": [Interval(Real, 0, None, closed="left"), StrOptions({"auto"})],
+        "label_smoothing": [Interval(Real, 0, 1, closed="left"), StrOptions({"auto"})],
+        "precision": [StrOptions(set(PRECISIONS))],
+        "ema_decay": [None, Interval(Real, 0, 1, closed="neither")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
-        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "validation_fraction": [Interval(Real, 0, 1, closed="left"), StrOptions({"auto"})],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), None],
         "random_state": ["random_state"],
         "device": [str, None],
@@ -74,8 +105,10 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         """The trainable module mapping pooled features to the loss's inputs."""
 
     def _loss(self, outputs, y, w):
-        """Weighted mean cross-entropy of the outputs taken as logits (0 for an all-zero-weight batch)."""
-        return (F.cross_entropy(outputs, y, reduction="none") * w).sum() / w.sum().clamp_min(1e-12)
+        """Weighted mean cross-entropy of the outputs taken as logits, with the label
+        smoothing of ``label_smoothing`` (0 for an all-zero-weight batch)."""
+        ce = F.cross_entropy(outputs.float(), y, reduction="none", label_smoothing=float(self._setting("label_smoothing")))
+        return (ce * w).sum() / w.sum().clamp_min(1e-12)
 
     def _proba(self, outputs):
         return torch.softmax(outputs, dim=1)
@@ -114,10 +147,26 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         return 0
 
     # ---------------------------------------------------------------- fitting
+    def _setting(self, name):
+        """Parameter ``name``, with ``"auto"`` resolved: the fine-tuning recipe
+        (``FINE_TUNE_RECIPE``) with an extractor, the feature defaults without."""
+        value = getattr(self, name)
+        if isinstance(value, str) and value == "auto":
+            return (self._feature_defaults if self.extractor is None else self._fine_tune_defaults)[name]
+        return value
+
+    def _augmentation(self):
+        """The training augmentation (an :class:`~skfg.images.Augmentation`), or None."""
+        if isinstance(self.augment, Augmentation):
+            return self.augment.check()
+        return Augmentation() if self.augment else None
+
     def _batch_size(self, n_train):
-        """``"auto"``: 64, but small enough for at least 8 mini-batches per epoch."""
+        """``"auto"``: 64 on features (32 when fine-tuning a CNN), but small enough for at
+        least 8 mini-batches per epoch."""
         if self.batch_size == "auto":
-            return int(min(64, max(1, n_train // 8)))
+            top = 64 if self.extractor is None else self._fine_tune_defaults["batch_size"]
+            return int(min(top, max(1, n_train // 8)))
         return int(self.batch_size)
 
     def _validate_inputs(self, X, y, sample_weight):
@@ -139,7 +188,8 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         ext = self.extractor_ if extractor is None else extractor
         layers = self.layers_ if layers is None else layers
         used = trunk.stage_names[: max(trunk.stage_names.index(n) for n in layers) + 1]
-        n_train = len(used) if self.trainable_blocks == "all" else min(int(self.trainable_blocks), len(used))
+        blocks = self._setting("trainable_blocks")
+        n_train = len(used) if blocks == "all" else min(int(blocks), len(used))
         frozen = used[: len(used) - n_train]
         return FeatureNet(head, n_features, trunk, layers, ext.pooling, ext.k, ext.normalize, frozen)
 
@@ -165,7 +215,9 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         """The training data: features, or images (with ``extractor``, a fitted one)."""
         if extractor is None:
             return FeatureData(np.asarray(X, dtype=np.float32), device)
-        return ImageData(ImageSource(X), net, extractor, device, prefix_cache=self.cache_frozen and not self.augment)
+        aug = self._augmentation()
+        return ImageData(ImageSource(X), net, extractor, device, prefix_cache=self.cache_frozen and aug is None,
+                         augment=aug)
 
     def _make_module(self, name):
         if self.extractor is None:
@@ -213,10 +265,11 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         X, classes, y_enc, sample_weight = self._validate_inputs(X, y, sample_weight)
         device = resolve_device(self.device)
         generator = make_generator(self.random_state)
-        n_val = int(round(self.validation_fraction * len(y_enc)))
+        fraction = self._setting("validation_fraction")
+        n_val = int(round(fraction * len(y_enc)))
         train_idx, val_idx = holdout_split(len(y_enc), n_val, y_enc, check_random_state(self.random_state))
         if len(y_enc) - n_val < len(classes):  # (0.99, say): all held out, or too few left to train on
-            warnings.warn(f"validation_fraction={self.validation_fraction} holds out {n_val} of {len(y_enc)} samples, "
+            warnings.warn(f"validation_fraction={fraction} holds out {n_val} of {len(y_enc)} samples, "
                           f"leaving fewer training samples than the {len(classes)} classes" +
                           ("; training on all without a validation split." if val_idx is None else "."),
                           UserWarning, stacklevel=3)
@@ -228,8 +281,9 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
             ext = clone(self.extractor).fit()
             fitted_ext = (clone(self.extractor), ext.layers_, ext.n_features_out_)  # set once training is done
             net = self._build_network(ext.n_features_out_, len(classes), ext.network_, fitted_ext[0], ext.layers_)
-            if self.trainable_blocks != "all" and self.trainable_blocks > len(net.stages):
-                warnings.warn(f"trainable_blocks={self.trainable_blocks}, but the extractor's layers use only "
+            blocks = self._setting("trainable_blocks")
+            if blocks != "all" and blocks > len(net.stages):
+                warnings.warn(f"trainable_blocks={blocks}, but the extractor's layers use only "
                               f"{len(net.stages)} stages ({', '.join(net.stages)}); all of them train.",
                               UserWarning, stacklevel=3)
         warm_digest = self._warm_start_from(net, classes) if warm else None
@@ -263,7 +317,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         n_second = self._pool_weight_epochs() if net.pools is not None else 0
         if n_second:  # ELoPE's two steps: plain k-max first (weights fixed at 1) ...
             net.pools.requires_grad_(False)
-        result = self._train(ctx, self.max_epochs, signature)
+        result = self._train(ctx, self._setting("max_epochs"), signature)
         if n_second:  # ... then everything at lr / 10 (the pooling weights at lr)
             net.pools.requires_grad_(True)
             second = self._train(ctx, n_second, signature + ":weighted", lr_scale=0.1, pool_lr_scale=10.0)
@@ -310,19 +364,24 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
 
         groups = [{"params": [p for p in net.head.parameters() if p.requires_grad], "lr_scale": 1.0}]
         if net.trunk is not None:
-            groups.append({"params": list(net.trunk_parameters()), "lr_scale": self.backbone_lr_scale})
+            groups.append({"params": list(net.trunk_parameters()), "lr_scale": self._setting("backbone_lr_scale")})
             # the K weights of weighted k-max pooling start at 1 (decay would pull them to 0)
             groups.append({"params": net.pool_parameters(), "lr_scale": pool_lr_scale, "weight_decay": 0.0})
         groups += [dict(g, params=list(g["params"])) for g in self._aux_param_groups(ctx.aux)]
         if any(p.requires_grad for g in groups for p in g["params"]):
-            optimizer = make_optimizer(groups, self.optimizer, self.lr * lr_scale, self.weight_decay, self.momentum)
+            optimizer = make_optimizer(groups, self._setting("optimizer"), self._setting("lr") * lr_scale,
+                                       self._setting("weight_decay"), self.momentum)
+            loader = ctx.data.loader(ctx.train_idx, ctx.y, ctx.sample_weight, self._batch_size(len(ctx.train_idx)),
+                                     ctx.generator, True)
             result = fit_loop(
                 module,
-                ctx.data.loader(ctx.train_idx, ctx.y, ctx.sample_weight, self._batch_size(len(ctx.train_idx)),
-                                ctx.generator, self.augment),
+                loader,
                 step,
                 optimizer=optimizer,
-                scheduler=make_scheduler(optimizer, self.schedule, max_epochs),
+                scheduler=make_scheduler(optimizer, self.schedule, max_epochs, len(loader),
+                                         self._setting("warmup_epochs")),
+                precision=resolve_precision(self.precision, device),
+                ema_decay=self.ema_decay,
                 max_epochs=max_epochs,
                 validate=validate,
                 patience=self.n_iter_no_change if val_idx is not None else None,

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset, default_collate
 
 from ._training import eval_mode
-from .images import ImageDataset, eval_transform, iter_inputs, to_input, train_transform
+from .images import IMAGE_CACHE_BYTES, ImageCache, cache_transform, eval_transform, iter_inputs, to_input
 
 logger = logging.getLogger("skfg")
 PREFIX_CACHE_BYTES = int(os.environ.get("SKFG_PREFIX_CACHE_MB", "2048")) * 2**20  # the frozen-prefix cache's bound
@@ -91,18 +91,28 @@ class PooledData(FeatureData):
         return torch.cat([net.head((self.pooled(net, c) - net.mean) / net.scale) for c in chunks(idx, 4096)])
 
 
-class _WeightedImageDataset(ImageDataset):
-    def __init__(self, X, y, w, transform):
-        super().__init__(X, y, transform)
-        self.w = w
+class _AugmentedImages(torch.utils.data.Dataset):
+    """``(augment(cache[i]), target, weight, i)`` for the rows of a training fit."""
+
+    def __init__(self, cache, y, w, transform):
+        self.cache, self.y, self.w, self.transform = cache, y, w, transform
+
+    def __len__(self):
+        return len(self.cache)
 
     def __getitem__(self, i):
-        x, t = super().__getitem__(i)
-        return x, t, self.w[i], i
+        return self.transform(self.cache[i]), int(self.y[i]), self.w[i], i
 
 
 class ImageData:
-    """Training images, with the frozen-prefix cache.
+    """Training images: decoded once (:class:`~skfg.images.ImageCache`), augmented as
+    tensors, with the frozen-prefix cache.
+
+    Each image is decoded once per fit and kept as a uint8 tensor (at most
+    ``SKFG_IMAGE_CACHE_MB`` in all, default 2048 MB), as prediction sees it: with
+    ``resize="squash"`` the random crops are taken from that image; with ``"crop"`` from
+    the whole image with its shorter side at ``image_size`` (a second decode). ``augment`` (an
+    :class:`~skfg.images.Augmentation` or None) runs on those tensors.
 
     When the first stages are frozen, their output for an image does not change during
     training. Without augmentation it is computed once per image and reused every epoch
@@ -112,10 +122,17 @@ class ImageData:
     recomputed every epoch instead (logged once).
     """
 
-    def __init__(self, source, net, extractor, device, prefix_cache):
+    def __init__(self, source, net, extractor, device, prefix_cache, augment=None):
         self.source, self.net, self.device, self.ext = source, net, device, extractor
         self.mean, self.std = extractor.input_normalization()
         self.eval_tf = eval_transform(extractor.image_size, extractor.resize)
+        self.augment = augment
+        if extractor.resize == "squash":  # the crops are taken from the image as prediction sees it
+            self.eval_images = self.train_images = ImageCache(source, self.eval_tf)
+        else:  # two caches (the whole image for the crops, the centre crop for validation), half the bound each
+            self.train_images = ImageCache(source, cache_transform(extractor.image_size, "crop"),
+                                           IMAGE_CACHE_BYTES // 2)
+            self.eval_images = ImageCache(source, self.eval_tf, IMAGE_CACHE_BYTES // 2)
         start = net.first_trainable
         # the cache is possible when some stage is frozen and no feature layer is frozen
         self.cut = start not in (None, net.stages[0]) and not set(net.layers) & set(net.frozen)
@@ -123,8 +140,10 @@ class ImageData:
         self.prefix_cache = prefix_cache and self.cut
         self._prefix, self._bytes = {}, 0
 
-    def _inputs(self, idx):
-        return iter_inputs(self.source, self.eval_tf, 16, self.mean, self.std, self.device, idx)
+    def _inputs(self, idx, batch_size=16):
+        """``(rows, input batch)`` of images ``idx`` as prediction sees them (decoded once)."""
+        for c in chunks(np.asarray(idx), batch_size):
+            yield c, to_input(torch.stack([self.eval_images[i] for i in c]), self.mean, self.std, self.device)
 
     def prefix(self, net, idx):
         """Frozen-prefix outputs of images ``idx`` (kept for reuse while within the memory bound)."""
@@ -152,14 +171,22 @@ class ImageData:
             ds = TensorDataset(self.prefix(self.net, idx), torch.as_tensor(y[idx]), torch.as_tensor(w[idx]),
                                torch.as_tensor(idx))
             return DataLoader(ds, batch_size=batch_size, shuffle=True, generator=generator)
-        tf = train_transform(self.ext.image_size) if augment else self.eval_tf
-        ds = torch.utils.data.Subset(_WeightedImageDataset(self.source, y, w, tf), idx)
+        aug = self.augment if augment else None
+        if aug is None:
+            images, erase = self.eval_images, None
+            ds = _AugmentedImages(images, y, w, lambda img: img)
+        else:
+            ds = _AugmentedImages(self.train_images, y, w, aug.image_transform(self.ext.image_size))
+            erase = aug.batch_transform()
 
         def collate(items):  # uint8 images -> the network's input, batched
             x, *rest = default_collate(items)
-            return to_input(x, self.mean, self.std, self.device), *rest
+            x = to_input(x, self.mean, self.std, self.device)
+            return (x if erase is None else erase(x).contiguous(memory_format=torch.channels_last)), *rest
 
-        return DataLoader(ds, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=collate)
+        ds = torch.utils.data.Subset(ds, idx)
+        return DataLoader(ds, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=collate,
+                          drop_last=len(idx) > 2 * batch_size)
 
     def forward(self, net, x):
         return net(x, self.start) if self.prefix_cache else net(x)
@@ -171,7 +198,7 @@ class ImageData:
     def outputs(self, net, idx):
         if self.cut:
             return torch.cat([net(self.prefix(net, c).to(self.device), self.start) for c in chunks(idx)])
-        return predict_images(net, self.source, idx, self.ext, self.device)
+        return torch.cat([net(x) for _, x in self._inputs(idx, self.ext.batch_size)])
 
     def pooled(self, net, idx):
         with torch.no_grad():

@@ -8,6 +8,7 @@ resuming a run that was killed, and clean handling of ``KeyboardInterrupt``.
 
 import contextlib
 import copy
+import math
 import os
 import time
 import warnings
@@ -19,6 +20,7 @@ from sklearn.utils import check_random_state
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
 def make_generator(random_state):
@@ -51,17 +53,24 @@ def make_optimizer(param_groups, name="adam", lr=1e-3, weight_decay=0.0, momentu
     param_groups : list of dict
         ``{"params": iterable, "lr_scale": float}``; a group's learning rate is
         ``lr * lr_scale`` (e.g. a smaller rate for a pretrained backbone than for the head).
-        A group may set its own ``"weight_decay"`` (e.g. 0 for impostor positions).
-        Parameters that do not require gradients are left out.
+        A group may set its own ``"weight_decay"`` (e.g. 0 for impostor positions);
+        otherwise biases and normalisation weights (parameters of one dimension) get
+        none. Parameters that do not require gradients are left out.
     name : {"adam", "adamw", "sgd"}
     """
     groups = []
     for group in param_groups:
         params = [p for p in group["params"] if p.requires_grad]
-        if params:
-            entry = {"params": params, "lr": lr * group.get("lr_scale", 1.0)}
+        # no weight decay on biases and normalisation weights (1-d parameters), which
+        # decay would only pull away from their pretrained values
+        for part in ([p for p in params if p.ndim > 1], [p for p in params if p.ndim <= 1]):
+            if not part:
+                continue
+            entry = {"params": part, "lr": lr * group.get("lr_scale", 1.0)}
             if "weight_decay" in group:
                 entry["weight_decay"] = group["weight_decay"]
+            elif part[0].ndim <= 1:
+                entry["weight_decay"] = 0.0
             groups.append(entry)
     if not groups:
         raise ValueError("nothing to train: no parameter requires a gradient")
@@ -74,17 +83,67 @@ def make_optimizer(param_groups, name="adam", lr=1e-3, weight_decay=0.0, momentu
     raise ValueError(f"Unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
 
 
-def make_scheduler(optimizer, schedule, max_epochs):
-    """Per-epoch LR schedule: ``"cosine"`` annealing to 0, ``"step"`` (x0.1 at 1/2 and 3/4
-    of the epochs) or ``"constant"``."""
-    if schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
-    if schedule == "step":
-        milestones = sorted({max(1, max_epochs // 2), max(1, (3 * max_epochs) // 4)})
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
-    if schedule == "constant":
+def make_scheduler(optimizer, schedule, max_epochs, steps_per_epoch=1, warmup_epochs=0):
+    """Learning-rate schedule, stepped after every mini-batch.
+
+    A linear warm-up over the first ``warmup_epochs`` (from ``lr / steps`` to ``lr``),
+    then ``"cosine"`` annealing to 0 at the end of ``max_epochs``, ``"step"`` (x0.1 at
+    1/2 and 3/4 of the epochs) or ``"constant"``.
+
+    Returns None for a constant rate without warm-up.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"Unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+    steps_per_epoch = max(1, int(steps_per_epoch))
+    total = max(1, max_epochs * steps_per_epoch)
+    warm = min(int(round(warmup_epochs * steps_per_epoch)), total - 1) if warmup_epochs else 0
+    if schedule == "constant" and not warm:
         return None
-    raise ValueError(f"Unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+    milestones = sorted({max(1, max_epochs // 2), max(1, (3 * max_epochs) // 4)})
+
+    def factor(step):
+        if step < warm:
+            return (step + 1) / warm
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+        if schedule == "step":
+            return 0.1 ** sum(step >= m * steps_per_epoch for m in milestones)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def resolve_precision(precision, device):
+    """The autocast dtype of a training run (None: float32).
+
+    ``"auto"`` is float16 with gradient scaling on CUDA and float32 on the CPU: on CPUs,
+    bfloat16 autocast of skfg's depthwise-convolution backbones was measured 6-10x
+    *slower* than float32 (``benchmarks/results/recipe.md``), so it is opt-in. A
+    ``"bfloat16"`` request on a CPU without native bfloat16 support falls back to float32
+    with a warning.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    cuda = str(device).startswith("cuda")
+    if precision == "auto":
+        return torch.float16 if cuda else None
+    if precision == "float32":
+        return None
+    if precision == "float16" and not cuda:
+        warnings.warn("precision='float16' needs a CUDA device; training in float32.", UserWarning, stacklevel=3)
+        return None
+    if precision == "bfloat16" and not cuda and not _cpu_has_bf16():
+        warnings.warn("precision='bfloat16': this CPU has no native bfloat16 support; training in float32.",
+                      UserWarning, stacklevel=3)
+        return None
+    return torch.bfloat16 if precision == "bfloat16" else torch.float16
+
+
+def _cpu_has_bf16():
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - very old torch
+        return False
 
 
 def _cpu_state(module):
@@ -142,6 +201,8 @@ def fit_loop(
     verbose=False,
     set_train_mode=None,
     epoch_callback=None,
+    precision=None,
+    ema_decay=None,
 ):
     """Train ``module`` for up to ``max_epochs`` epochs.
 
@@ -153,7 +214,8 @@ def fit_loop(
         Re-iterated each epoch (e.g. a ``DataLoader`` whose shuffling uses ``generator``).
     step : callable
         ``step(batch) -> (loss, n_samples)``; the loop does backward and the optimiser step.
-    optimizer, scheduler : torch optimiser and optional per-epoch LR scheduler.
+    optimizer, scheduler : torch optimiser and optional LR scheduler, stepped after
+        every mini-batch (:func:`make_scheduler`).
     validate : callable, optional
         ``validate() -> (score, loss)``, run after every epoch in eval mode: an epoch is
         better when its score is higher, or equal with a lower loss (so small
@@ -175,11 +237,19 @@ def fit_loop(
     epoch_callback : callable, optional
         ``epoch_callback(epoch)`` before each epoch (0-based, also the first epoch after
         a resume), e.g. to refresh tied impostors.
+    precision : torch.dtype, optional
+        Run ``step`` under autocast to this dtype (:func:`resolve_precision`); float16
+        uses a ``GradScaler``. The weights stay float32.
+    ema_decay : float, optional
+        Keep an exponential moving average of the weights (updated after every step,
+        ``torch.optim.swa_utils``); validation, the best-epoch choice and the result use
+        the averaged weights.
 
     Returns
     -------
     result : dict
-        ``history`` (list of per-epoch dicts: epoch, loss, val_score, seconds, lr),
+        ``history`` (list of per-epoch dicts: epoch, loss, val_score, val_loss, seconds,
+        train_seconds (the mini-batches only, without validation), n_samples, lr),
         ``best_epoch``, ``interrupted`` and ``resumed_from`` (epoch or None).
 
     Notes
@@ -189,6 +259,14 @@ def fit_loop(
     comes before any epoch completed, the initial weights are restored and it is raised.
     """
     set_train_mode = set_train_mode or module.train
+    device_type = next((p.device.type for p in module.parameters()), "cpu")
+    autocast = (lambda: torch.autocast(device_type, dtype=precision)) if precision is not None else contextlib.nullcontext
+    scaler = torch.amp.GradScaler(device_type) if precision == torch.float16 else None
+    ema = None
+    if ema_decay:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
     state = {"epoch": 0, "history": [], "best": [-np.inf, np.inf], "best_epoch": 0, "bad_epochs": 0}
     best_weights = _cpu_state(module)
     checkpoint = _Checkpoint(checkpoint_dir, signature) if checkpoint_dir else None
@@ -198,6 +276,10 @@ def fit_loop(
         if saved is not None:
             module.load_state_dict(saved["module"])
             optimizer.load_state_dict(saved["optimizer"])
+            if ema is not None:
+                ema.load_state_dict(saved["ema"])
+            if scaler is not None:
+                scaler.load_state_dict(saved["scaler"])
             if scheduler is not None:
                 scheduler.load_state_dict(saved["scheduler"])
             torch.set_rng_state(saved["torch_rng"])
@@ -222,17 +304,30 @@ def fit_loop(
             total, count = 0.0, 0
             for batch in batches:
                 optimizer.zero_grad(set_to_none=True)
-                loss, n = step(batch)
+                with autocast():
+                    loss, n = step(batch)
+                loss = loss.float()
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"the training loss became {loss.item()} at epoch {epoch + 1}; lower lr."
                     )
-                loss.backward()
-                optimizer.step()
+                if scaler is None:
+                    loss.backward()
+                    optimizer.step()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                if scheduler is not None:
+                    scheduler.step()
+                if ema is not None:
+                    ema.update_parameters(module)
                 total += float(loss.detach()) * n
                 count += n
-            if scheduler is not None:
-                scheduler.step()
+            train_seconds = time.perf_counter() - t0
+            if ema is not None:  # from here on the module holds the averaged weights
+                trained = _cpu_state(module)
+                module.load_state_dict(ema.module.state_dict())
             module.eval()
             score = val_loss = None
             if validate is not None:
@@ -244,6 +339,8 @@ def fit_loop(
                 "val_score": score,
                 "val_loss": val_loss,
                 "seconds": time.perf_counter() - t0,
+                "train_seconds": train_seconds,
+                "n_samples": count,
                 "lr": optimizer.param_groups[-1]["lr"],
             }
             state["history"].append(record)
@@ -256,10 +353,14 @@ def fit_loop(
                 best_weights = _cpu_state(module)
             else:
                 state["bad_epochs"] += 1
+            if ema is not None:  # training goes on from the trained (not averaged) weights
+                module.load_state_dict(trained)
             if checkpoint is not None:
                 checkpoint.save({
                     **state,
                     "module": _cpu_state(module),
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "scaler": scaler.state_dict() if scaler is not None else None,
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "torch_rng": torch.get_rng_state(),

@@ -1,3 +1,3 @@
 """The version of skfg, stamped into every saved model."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

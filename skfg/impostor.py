@@ -15,7 +15,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from ._classifier import BaseTorchClassifier
+from ._classifier import FINE_TUNE_RECIPE, BaseTorchClassifier
 from ._data import FeatureData
 from ._training import eval_mode, fit_loop, make_optimizer, make_scheduler
 from .index import COMPRESSED, METHODS, NearestNeighborIndex
@@ -107,10 +107,10 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
     extractor : CNNFeatureExtractor or None, default=None
         ``None``: ``X`` holds features. Otherwise ``X`` holds images and the extractor's
         backbone is the embedding network, fine-tuned end to end.
-    trainable_blocks : int or "all", default=0
-        With ``extractor``: how many of the last backbone stages train.
-    augment : bool, default=True
-        With ``extractor``: random resized crops and flips during training.
+    trainable_blocks : int, "all" or "auto", default="auto"
+        With ``extractor``: how many of the last backbone stages train (``"auto"``: all).
+    augment : bool or Augmentation, default=True
+        With ``extractor``: the training augmentation, as in :class:`skfg.SoftmaxClassifier`.
     cache_frozen : bool, default=True
         With ``extractor`` and ``augment=False``: reuse the frozen stages' outputs.
     head_epochs : int, default=0
@@ -129,17 +129,25 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
         stanford_cars_a features 16-byte PQ codes then lose 2.1 points instead of 5.2;
         ``impostors="loose", index="pq"`` with tuned codebooks is +0.3 points on a 3-seed
         mean; see ``docs/impostor.rst``).
-    optimizer : {"adam", "adamw", "sgd"}, default="adam"
-    lr : float, default=1e-3
+    optimizer : {"adam", "adamw", "sgd", "auto"}, default="auto"
+        ``"auto"``: Adam, on features and when fine-tuning (the softmax recipe's SGD
+        setting is not yet tuned for impostor heads).
+    lr : float or "auto", default="auto"
+        ``"auto"``: 1e-3 in both modes.
     backbone_lr_scale : float, default=0.1
-    weight_decay : float, default=1e-4
-        Applied to the network, never to impostor positions.
+    weight_decay : float or "auto", default="auto"
+        1e-4. Applied to the network's weights, never to impostor positions, biases or
+        normalisation weights.
     momentum : float, default=0.9
     schedule : {"cosine", "step", "constant"}, default="cosine"
-    max_epochs : int, default=60
+    warmup_epochs, precision, ema_decay : as in :class:`skfg.SoftmaxClassifier`.
+    label_smoothing : float or "auto", default="auto"
+        ``"auto"``: 0 (the RBF vote's probabilities are not smoothed).
+    max_epochs : int or "auto", default="auto"
+        ``"auto"``: 60 on features, 22 when fine-tuning.
     batch_size : int or "auto", default="auto"
-    validation_fraction : float, default=0.1
-        Held out to pick the best epoch. For ``"fixed"`` and ``"tied"`` the held-out
+    validation_fraction : float or "auto", default="auto"
+        Held out to pick the best epoch; ``"auto"``: 0.1 on features, 0 when fine-tuning. For ``"fixed"`` and ``"tied"`` the held-out
         samples become impostors after training too (their initial, resp. final,
         embeddings, consistent with the other impostors), so every training sample
         votes. Loose impostors are trained parameters that trail the embeddings; fresh
@@ -191,6 +199,12 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
     (60, 8)
     """
 
+    # Adam at 1e-3 (the features' setting) also when fine-tuning; the rest of the recipe
+    # (all stages, warm-up, augmentation) is shared. Not yet re-tuned on the recipe's base.
+    _feature_defaults = {**BaseTorchClassifier._feature_defaults, "lr": 1e-3}
+    _fine_tune_defaults = {**FINE_TUNE_RECIPE, "optimizer": "adam", "lr": 1e-3, "backbone_lr_scale": 0.1,
+                           "label_smoothing": 0.0}
+
     _parameter_constraints = {
         **BaseTorchClassifier._parameter_constraints,
         "sigma": [Interval(Real, 0, None, closed="neither")],
@@ -221,20 +235,24 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
         learn_weights=False,
         impostor_lr_scale=1.0,
         extractor=None,
-        trainable_blocks=0,
+        trainable_blocks="auto",
         augment=True,
         cache_frozen=True,
         head_epochs=0,
         warm_start=False,
-        optimizer="adam",
-        lr=1e-3,
-        backbone_lr_scale=0.1,
-        weight_decay=1e-4,
+        optimizer="auto",
+        lr="auto",
+        backbone_lr_scale="auto",
+        weight_decay="auto",
         momentum=0.9,
         schedule="cosine",
-        max_epochs=60,
+        warmup_epochs="auto",
+        label_smoothing="auto",
+        precision="auto",
+        ema_decay=None,
+        max_epochs="auto",
         batch_size="auto",
-        validation_fraction=0.1,
+        validation_fraction="auto",
         n_iter_no_change=10,
         random_state=None,
         device="auto",
@@ -264,6 +282,10 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
         self.weight_decay = weight_decay
         self.momentum = momentum
         self.schedule = schedule
+        self.warmup_epochs = warmup_epochs
+        self.label_smoothing = label_smoothing
+        self.precision = precision
+        self.ema_decay = ema_decay
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.validation_fraction = validation_fraction
@@ -401,10 +423,11 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
             validate, untuned = score, [float(v) for v in score()]
             untuned_centroids = book.centroids.detach().clone()
         optimizer = make_optimizer([{"params": [book.centroids], "lr_scale": self.impostor_lr_scale,
-                                     "weight_decay": 0.0}], self.optimizer, self.lr, self.weight_decay, self.momentum)
+                                     "weight_decay": 0.0}], self._setting("optimizer"), self._setting("lr"),
+                                   self._setting("weight_decay"), self.momentum)
         with torch.enable_grad():
             result = fit_loop(book, loader, step, optimizer=optimizer,
-                              scheduler=make_scheduler(optimizer, self.schedule, self.codebook_epochs),
+                              scheduler=make_scheduler(optimizer, self.schedule, self.codebook_epochs, len(loader)),
                               max_epochs=self.codebook_epochs, validate=validate,
                               patience=self.n_iter_no_change if validate else None, generator=ctx.generator,
                               verbose=self.verbose)

@@ -18,7 +18,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 from torch import nn
 
 from ._base import atomic_fit, check_images_and_labels
-from ._classifier import BaseTorchClassifier
+from ._classifier import FINE_TUNE_RECIPE, BaseTorchClassifier
 from ._data import FeatureData, FitContext, predict_images
 from ._training import make_generator
 from .images import ImageSource, iter_inputs, train_transform
@@ -84,10 +84,13 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         training data given to ``fit`` (features, or the image references) and trains on
         it too; ``"weights"`` stores nothing and trains only the new templates and the
         scale.
-    extractor, trainable_blocks, augment, cache_frozen, head_epochs, warm_start, optimizer, lr, backbone_lr_scale,
-    weight_decay, momentum, schedule, max_epochs, batch_size, validation_fraction,
-    n_iter_no_change, random_state, device, checkpoint_dir, verbose :
+    extractor, trainable_blocks, augment, cache_frozen, head_epochs, warm_start, backbone_lr_scale,
+    momentum, schedule, warmup_epochs, label_smoothing, precision, ema_decay, max_epochs, batch_size,
+    validation_fraction, n_iter_no_change, random_state, device, checkpoint_dir, verbose :
         As in :class:`skfg.SoftmaxClassifier`.
+    optimizer, lr, weight_decay : "auto" or as in :class:`skfg.SoftmaxClassifier`
+        ``"auto"``: Adam at 3e-3 without weight decay, on features and when fine-tuning
+        (the softmax recipe's SGD setting is not yet tuned for the cosine head).
 
     Attributes
     ----------
@@ -122,6 +125,13 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
     ['d']
     """
 
+    # Adam (the features' setting) also when fine-tuning; the rest of the recipe (all
+    # stages, warm-up, augmentation, label smoothing) is shared. Not yet re-tuned on the
+    # recipe's base.
+    _feature_defaults = {**BaseTorchClassifier._feature_defaults, "weight_decay": 0.0}
+    _fine_tune_defaults = {**FINE_TUNE_RECIPE, "optimizer": "adam", "lr": 3e-3, "backbone_lr_scale": 0.1,
+                           "weight_decay": 0.0}
+
     _parameter_constraints = {
         **BaseTorchClassifier._parameter_constraints,
         "embedding_dim": [Interval(Integral, 1, None, closed="left"), None],
@@ -140,20 +150,24 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         fine_tune_lr=1e-4,
         replay="data",
         extractor=None,
-        trainable_blocks=0,
+        trainable_blocks="auto",
         augment=True,
         cache_frozen=True,
         head_epochs=0,
         warm_start=False,
-        optimizer="adam",
-        lr=3e-3,
-        backbone_lr_scale=0.1,
-        weight_decay=0.0,
+        optimizer="auto",
+        lr="auto",
+        backbone_lr_scale="auto",
+        weight_decay="auto",
         momentum=0.9,
         schedule="cosine",
-        max_epochs=60,
+        warmup_epochs="auto",
+        label_smoothing="auto",
+        precision="auto",
+        ema_decay=None,
+        max_epochs="auto",
         batch_size="auto",
-        validation_fraction=0.1,
+        validation_fraction="auto",
         n_iter_no_change=10,
         random_state=None,
         device="auto",
@@ -177,6 +191,10 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         self.weight_decay = weight_decay
         self.momentum = momentum
         self.schedule = schedule
+        self.warmup_epochs = warmup_epochs
+        self.label_smoothing = label_smoothing
+        self.precision = precision
+        self.ema_decay = ema_decay
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.validation_fraction = validation_fraction
@@ -299,7 +317,7 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
             data = self._make_data(X_all, net, device, None if self.extractor is None else clone(self.extractor).fit())
             ctx = FitContext(net, data, y_all, idx, None, np.ones(len(y_all), dtype=np.float32),
                              make_generator(self.random_state), device)
-            result = self._train(ctx, self.fine_tune_epochs, None, lr_scale=self.fine_tune_lr / self.lr)
+            result = self._train(ctx, self.fine_tune_epochs, None, lr_scale=self.fine_tune_lr / self._setting("lr"))
         finally:
             for p in frozen:
                 p.requires_grad_(True)

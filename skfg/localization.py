@@ -451,7 +451,7 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
             loader,
             step,
             optimizer=optimizer,
-            scheduler=make_scheduler(optimizer, "cosine", self.max_epochs),
+            scheduler=make_scheduler(optimizer, "cosine", self.max_epochs, len(loader)),
             max_epochs=self.max_epochs,
             validate=validate,
             patience=self.n_iter_no_change if val_idx is not None else None,

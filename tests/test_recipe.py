@@ -1,0 +1,202 @@
+"""The fine-tuning recipe's plumbing (issue 20): the decode-once tensor cache, tensor
+augmentation, warm-up + cosine per step, no decay on 1-d parameters, mixed precision
+with its fallbacks, the EMA of the weights, "auto" settings, reproducibility."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.base import clone
+from torch import nn
+
+from skfg import CNNFeatureExtractor, SoftmaxClassifier
+from skfg._training import fit_loop, make_optimizer, make_scheduler, resolve_precision
+from skfg.datasets import make_fine_grained
+from skfg.images import Augmentation, ImageCache, ImageDecodeError, ImageSource, cache_transform
+
+
+@pytest.fixture(scope="module")
+def images():
+    return make_fine_grained(n_classes=3, n_per_class=8, image_size=40, random_state=0)
+
+
+@pytest.fixture()
+def image_files(tmp_path, images):
+    X, y = images
+    paths = []
+    for i, img in enumerate(X):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(img).save(path)
+        paths.append(str(path))
+    return np.array(paths, dtype=object), y
+
+
+def small(**kw):
+    return SoftmaxClassifier(**{"extractor": CNNFeatureExtractor(image_size=40), "max_epochs": 2,
+                                "random_state": 0, **kw})
+
+
+# ------------------------------------------------------------------ the image cache
+def test_each_training_file_is_decoded_once_per_fit(image_files, monkeypatch):
+    X, y = image_files
+    opened = []
+    load = ImageSource.load
+    monkeypatch.setattr(ImageSource, "load", lambda self, i: opened.append(self.name(i)) or load(self, i))
+    clf = small(max_epochs=3).fit(X, y)
+    assert clf.n_iter_ == 3
+    # resize="squash" (the default): the crops are taken from the image as prediction
+    # sees it, used for standardisation and validation too: one decode in all
+    assert sorted(opened) == sorted(X)
+    opened.clear()
+    small(max_epochs=3, extractor=CNNFeatureExtractor(image_size=40, resize="crop")).fit(X, y)
+    # resize="crop": the whole image for the crops, the centre crop for prediction
+    assert sorted(opened) == sorted(list(X) * 2)
+
+
+def test_image_cache_stays_within_its_bound_and_still_serves_every_image(images):
+    X, _ = images
+    source = ImageSource(X)
+    tf = cache_transform(40)
+    one = tf(source.load(0)).nbytes
+    cache = ImageCache(source, tf, max_bytes=3 * one)
+    for _ in range(2):
+        for i in range(len(X)):
+            assert cache[i].shape == (3, 40, 40)
+    assert cache.nbytes <= 3 * one
+    assert cache.n_decoded == 3 + 2 * (len(X) - 3)  # the 3 kept ones once, the rest every time
+
+
+def test_a_corrupt_training_file_is_named_and_nothing_is_fitted(image_files, tmp_path):
+    X, y = image_files
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    X = X.copy()
+    X[5] = str(bad)
+    clf = small()
+    with pytest.raises(ImageDecodeError, match="broken.jpg"):
+        clf.fit(X, y)
+    assert not hasattr(clf, "module_")
+
+
+def test_cache_transform_never_enlarges_and_keeps_the_whole_image():
+    img = Image.new("RGB", (300, 100))
+    assert tuple(cache_transform(50)(img).shape) == (3, 50, 150)  # shrunk, aspect kept
+    assert tuple(cache_transform(160)(img).shape) == (3, 100, 300)  # small images stay as they are
+    assert tuple(cache_transform(50, "squash")(img).shape) == (3, 50, 50)
+
+
+# ------------------------------------------------------------------ augmentation
+def test_augmentation_crops_at_the_train_size_and_checks_its_settings():
+    aug = Augmentation()
+    assert aug.crop_size(160) == 128
+    out = aug.image_transform(160)(torch.randint(0, 256, (3, 160, 300), dtype=torch.uint8))
+    assert out.shape == (3, 128, 128) and out.dtype == torch.uint8
+    x = torch.randn(4, 3, 8, 8)
+    assert Augmentation(erasing=0.0).batch_transform() is None
+    assert Augmentation(erasing=1.0).batch_transform()(x).shape == x.shape
+    for bad in [dict(crop_ratio=0), dict(scale=(0.5, 0.2)), dict(erasing=2.0), dict(ratio=(0, 1))]:
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            Augmentation(**bad).check()
+    assert repr(Augmentation(erasing=0.0)) == "Augmentation(erasing=0.0)"
+    assert Augmentation(flip=False) == Augmentation(flip=False) != Augmentation()
+
+
+def test_an_augmentation_object_is_a_parameter_that_clones(images):
+    X, y = images
+    clf = small(augment=Augmentation(trivial_augment=False, erasing=0.0))
+    twin = clone(clf)
+    assert twin.augment == clf.augment and twin.augment is not clf.augment
+    twin.fit(X, y)
+    with pytest.raises(ValueError, match="crop_ratio"):
+        small(augment=Augmentation(crop_ratio=-1)).fit(X, y)
+
+
+def test_seeded_cpu_runs_with_augmentation_are_bit_reproducible(images):
+    X, y = images
+    a, b = small().fit(X, y), small().fit(X, y)
+    sa, sb = a.module_.state_dict(), b.module_.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    c = small(random_state=1).fit(X, y).module_.state_dict()
+    assert any(not torch.equal(sa[k], c[k]) for k in sa)
+
+
+# ------------------------------------------------------------------ the schedule and optimiser
+def test_warmup_then_cosine_per_step():
+    opt = make_optimizer([{"params": nn.Linear(1, 1).parameters()}], "sgd", lr=1.0)
+    sched = make_scheduler(opt, "cosine", max_epochs=3, steps_per_epoch=4, warmup_epochs=1)
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    np.testing.assert_allclose(lrs[:4], [0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(lrs[4:], 0.5 * (1 + np.cos(np.pi * np.arange(8) / 8)))
+    assert make_scheduler(opt, "constant", 3, 4, warmup_epochs=1) is not None
+
+
+def test_auto_settings_follow_the_mode():
+    feats, tuned = SoftmaxClassifier(), SoftmaxClassifier(extractor=CNNFeatureExtractor())
+    assert (feats._setting("optimizer"), feats._setting("lr"), feats._setting("max_epochs")) == ("adam", 3e-3, 60)
+    assert (tuned._setting("optimizer"), tuned._setting("trainable_blocks")) == ("sgd", "all")
+    assert tuned._setting("label_smoothing") == 0.1
+    assert SoftmaxClassifier(extractor=CNNFeatureExtractor(), lr=0.5)._setting("lr") == 0.5
+
+
+# ------------------------------------------------------------------ precision and EMA
+def test_precision_falls_back_cleanly(monkeypatch):
+    assert resolve_precision("auto", "cpu") is None
+    assert resolve_precision("float32", "cpu") is None
+    assert resolve_precision("auto", "cuda:0") == torch.float16
+    with pytest.warns(UserWarning, match="needs a CUDA device"):
+        assert resolve_precision("float16", "cpu") is None
+    import skfg._training as training
+
+    monkeypatch.setattr(training, "_cpu_has_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="no native bfloat16"):
+        assert resolve_precision("bfloat16", "cpu") is None
+    monkeypatch.setattr(training, "_cpu_has_bf16", lambda: True)
+    assert resolve_precision("bfloat16", "cpu") == torch.bfloat16
+    with pytest.raises(ValueError, match="float32"):
+        resolve_precision("half", "cpu")
+
+
+def test_a_model_trained_under_bf16_autocast_pickles_and_predicts_in_float32(images, monkeypatch):
+    import skfg._training as training
+
+    monkeypatch.setattr(training, "_cpu_has_bf16", lambda: True)  # autocast runs (emulated) on any CPU
+    X, y = images
+    clf = small(precision="bfloat16", max_epochs=1).fit(X, y)
+    assert all(p.dtype == torch.float32 for p in clf.module_.parameters())
+    proba = clf.predict_proba(X)
+    assert proba.dtype == np.float64 and np.isfinite(proba).all()
+    again = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(again.predict_proba(X), proba)
+
+
+def test_ema_weights_are_the_moving_average_of_the_trajectory():
+    torch.manual_seed(0)
+    module = nn.Linear(2, 1)
+    opt = make_optimizer([{"params": module.parameters()}], "sgd", lr=0.1, momentum=0)
+    batches = [torch.randn(4, 2) for _ in range(3)]
+    trajectory = []
+
+    def step(x):
+        trajectory.append(None)
+        return (module(x) - 1).pow(2).mean(), len(x)
+
+    seen = []
+    orig_step = opt.step
+
+    def recording_step(*a, **k):
+        out = orig_step(*a, **k)
+        seen.append(module.weight.detach().clone())
+        return out
+
+    opt.step = recording_step
+    fit_loop(module, batches, step, optimizer=opt, max_epochs=2, ema_decay=0.5)
+    expected = seen[0]
+    for w in seen[1:]:
+        expected = 0.5 * expected + 0.5 * w
+    torch.testing.assert_close(module.weight.detach(), expected)
