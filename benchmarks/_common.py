@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -83,6 +84,52 @@ def stale_results(results_dir=RESULTS, repo=REPO):
         if changed:
             stale[path.name] = changed
     return stale
+
+
+_PERCENT = re.compile(r"(?<![\w.])(\d{1,3}\.\d)\s?%")
+_FRACTION = re.compile(r"(?<![\w.])(0\.\d{3})(?![\d])")
+
+
+def result_numbers(results_dir=RESULTS):
+    """Every number the result files hold, as the strings a text would quote: fractions
+    ``0.xxx`` and percentages ``xx.x`` (rounded to the digits shown)."""
+    found = set()
+
+    def visit(value):
+        if isinstance(value, dict):
+            for v in value.values():
+                visit(v)
+        elif isinstance(value, list):
+            for v in value:
+                visit(v)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            found.update({f"{value:.3f}", f"{value * 100:.1f}", f"{value:.1f}"})
+        elif isinstance(value, str):
+            found.update(m for m in re.findall(r"\d+\.\d+", value))
+
+    for path in Path(results_dir).glob("*.json"):
+        visit(json.loads(path.read_text()))
+    for path in Path(results_dir).glob("*.md"):
+        found.update(re.findall(r"\d+\.\d+", path.read_text()))
+    return found
+
+
+def unbacked_numbers(paths, results_dir=RESULTS, context=160):
+    """``(file, number)`` for each accuracy-like number (``xx.x %`` or ``0.xxx``) in the
+    text files ``paths`` that no result file contains. A number quoted from a paper is
+    exempt: "paper" or "Table" within ``context`` characters before it."""
+    known = result_numbers(results_dir)
+    missing = []
+    for path in paths:
+        text = Path(path).read_text()
+        for pattern in (_PERCENT, _FRACTION):
+            for m in pattern.finditer(text):
+                before = text[max(0, m.start() - context) : m.start()]
+                if "paper" in before.lower() or "Table" in before:
+                    continue
+                if m.group(1) not in known:
+                    missing.append((Path(path).name, m.group(0).strip()))
+    return missing
 
 
 def write_results(name, payload, rows, header, notes=""):

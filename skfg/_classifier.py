@@ -9,6 +9,7 @@ and the frozen-prefix cache), calling :func:`skfg._training.fit_loop`, predictio
 
 import hashlib
 import json
+import os
 import warnings
 from abc import ABCMeta, abstractmethod
 from dataclasses import replace
@@ -36,12 +37,19 @@ from .metrics import entropy
 # The fine-tuning recipe: what the parameters left at "auto" are when ``extractor`` is
 # set (the CNN is trained end to end). Chosen on the val split of stanford_cars_a with
 # EfficientNet-Lite0 (benchmarks/recipe.py; docs/training.rst lists the measurements).
+# The "auto" settings on features (no extractor).
+FEATURE_DEFAULTS = {"trainable_blocks": 0, "optimizer": "adam", "lr": 3e-3, "weight_decay": 1e-4, "max_epochs": 60,
+                    "label_smoothing": 0.0, "warmup_epochs": 0, "validation_fraction": 0.1, "backbone_lr_scale": 0.1,
+                    "head_epochs": 0}
+
 FINE_TUNE_RECIPE = {
     "trainable_blocks": "all",
+    # linear probing first (on the frozen CNN's features, computed once: seconds), so the
+    # fine-tuning starts from a trained head; a random head's gradients disturb the CNN
+    "head_epochs": 10,
     "optimizer": "sgd",  # with Nesterov momentum
-    # The head sees standardised features (unit variance per dimension), so its rate is
-    # the one of a head on raw GAP features (0.2) times their variance (~0.15): 0.03.
-    "lr": 0.03,  # the head's; the backbone's is lr * backbone_lr_scale = 0.02
+    # 0.03 diverged in the first epochs (loss above chance) on stanford_cars_a; 0.01 did not
+    "lr": 0.01,  # the head's; the backbone's is lr * backbone_lr_scale
     "backbone_lr_scale": 2 / 3,
     "weight_decay": 1e-4,  # none on biases and normalisation weights
     "max_epochs": 22,
@@ -57,9 +65,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
     """Base class of skfg's torch classifiers; not used directly."""
 
     # What the "auto" settings are on features (no extractor) and when fine-tuning.
-    _feature_defaults = {"trainable_blocks": 0, "optimizer": "adam", "lr": 3e-3, "weight_decay": 1e-4,
-                         "max_epochs": 60, "label_smoothing": 0.0, "warmup_epochs": 0, "validation_fraction": 0.1,
-                         "backbone_lr_scale": 0.1}
+    _feature_defaults = FEATURE_DEFAULTS
     _fine_tune_defaults = FINE_TUNE_RECIPE
 
     _parameter_constraints = {
@@ -67,7 +73,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         "trainable_blocks": [Interval(Integral, 0, None, closed="left"), StrOptions({"all", "auto"})],
         "augment": ["boolean", Augmentation],
         "cache_frozen": ["boolean"],
-        "head_epochs": [Interval(Integral, 0, None, closed="left")],
+        "head_epochs": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
         "warm_start": ["boolean"],
         "optimizer": [StrOptions(set(OPTIMIZERS) | {"auto"})],
         "lr": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
@@ -79,6 +85,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         "label_smoothing": [Interval(Real, 0, 1, closed="left"), StrOptions({"auto"})],
         "precision": [StrOptions(set(PRECISIONS))],
         "ema_decay": [None, Interval(Real, 0, 1, closed="neither")],
+        "freeze_batchnorm": ["boolean"],
         "max_epochs": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "validation_fraction": [Interval(Real, 0, 1, closed="left"), StrOptions({"auto"})],
@@ -163,10 +170,11 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
 
     def _batch_size(self, n_train):
         """``"auto"``: 64 on features (32 when fine-tuning a CNN), but small enough for at
-        least 8 mini-batches per epoch."""
+        least 8 mini-batches per epoch (and at least 2 images, which BatchNorm needs to train)."""
         if self.batch_size == "auto":
-            top = 64 if self.extractor is None else self._fine_tune_defaults["batch_size"]
-            return int(min(top, max(1, n_train // 8)))
+            if self.extractor is None:
+                return int(min(64, max(1, n_train // 8)))
+            return int(min(self._fine_tune_defaults["batch_size"], max(2, n_train // 8)))
         return int(self.batch_size)
 
     def _validate_inputs(self, X, y, sample_weight):
@@ -191,7 +199,8 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         blocks = self._setting("trainable_blocks")
         n_train = len(used) if blocks == "all" else min(int(blocks), len(used))
         frozen = used[: len(used) - n_train]
-        return FeatureNet(head, n_features, trunk, layers, ext.pooling, ext.k, ext.normalize, frozen)
+        return FeatureNet(head, n_features, trunk, layers, ext.pooling, ext.k, ext.normalize, frozen,
+                          freeze_batchnorm=self.freeze_batchnorm)
 
     def _warm_start_from(self, net, classes):
         """Load the previous fit's weights into ``net`` (built for this fit, so the
@@ -308,12 +317,12 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         ctx = FitContext(net, data, y_enc, train_idx, val_idx, sample_weight, generator, device,
                          start_data=None if pooled is None else PooledData(pooled, device))
         head_result = None
-        if self.extractor is not None and self.head_epochs > 0:
+        if self.extractor is not None and self._setting("head_epochs") > 0:
             # linear probing, then fine-tuning: the head first learns on the frozen CNN's features
             head_net = FeatureNet(net.head, pooled.shape[1]).to(device)  # shares the head with net
             head_net.load_state_dict({"mean": net.mean, "scale": net.scale}, strict=False)
             head_ctx = replace(ctx, net=head_net, data=FeatureData(pooled.cpu(), device), start_data=None)
-            head_result = self._train(head_ctx, self.head_epochs, signature + ":head")
+            head_result = self._train(head_ctx, self._setting("head_epochs"), signature + ":head")
         n_second = self._pool_weight_epochs() if net.pools is not None else 0
         if n_second:  # ELoPE's two steps: plain k-max first (weights fixed at 1) ...
             net.pools.requires_grad_(False)
@@ -386,7 +395,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
                 validate=validate,
                 patience=self.n_iter_no_change if val_idx is not None else None,
                 generator=ctx.generator,
-                checkpoint_dir=self.checkpoint_dir if signature is not None else None,
+                checkpoint_dir=_phase_dir(self.checkpoint_dir, signature) if signature is not None else None,
                 signature=signature or "",
                 verbose=self.verbose,
                 epoch_callback=lambda epoch: self._epoch_start(ctx, epoch),
@@ -447,6 +456,16 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
             In nats, between 0 and ``log(n_classes)``.
         """
         return entropy(self.predict_proba(X))
+
+
+def _phase_dir(checkpoint_dir, signature):
+    """Where a training phase keeps its checkpoint: ``checkpoint_dir`` for the main phase,
+    a sub-folder for the others (``head``, ``weighted``: the signature's suffix), so a
+    finished head phase is not taken for a fine-tuning checkpoint of other data."""
+    if checkpoint_dir is None:
+        return None
+    phase = signature.rsplit(":", 1)[-1] if signature.endswith((":head", ":weighted")) else ""
+    return os.path.join(checkpoint_dir, phase) if phase else checkpoint_dir
 
 
 def _chain(first, second):

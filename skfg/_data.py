@@ -185,8 +185,10 @@ class ImageData:
             return (x if erase is None else erase(x).contiguous(memory_format=torch.channels_last)), *rest
 
         ds = torch.utils.data.Subset(ds, idx)
+        # a last batch of one image cannot train BatchNorm (one value per channel at 1x1)
+        drop_last = len(idx) > 2 * batch_size or (len(idx) > 1 and len(idx) % batch_size == 1)
         return DataLoader(ds, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=collate,
-                          drop_last=len(idx) > 2 * batch_size)
+                          drop_last=drop_last)
 
     def forward(self, net, x):
         return net(x, self.start) if self.prefix_cache else net(x)

@@ -20,13 +20,18 @@ class FeatureNet(nn.Module):
     layers, pooling, k, normalize : as in :class:`skfg.CNNFeatureExtractor`.
     frozen : list of str
         Stage names that are not trained.
+    freeze_batchnorm : bool
+        Keep every BatchNorm layer of the trunk in eval mode (its running statistics)
+        also while training; their weights still train in stages that are not frozen.
 
     With a trunk and ``pooling="kmax_weighted"``, each layer has its own
     :class:`~skfg.pooling.WeightedKMaxPool` (ELoPE eq. 4) in ``pools``.
     """
 
-    def __init__(self, head, n_features, trunk=None, layers=(), pooling="gap", k=4, normalize=True, frozen=()):
+    def __init__(self, head, n_features, trunk=None, layers=(), pooling="gap", k=4, normalize=True, frozen=(),
+                 freeze_batchnorm=False):
         super().__init__()
+        self.freeze_batchnorm = freeze_batchnorm
         self.head = head
         self.trunk = trunk
         self.layers = list(layers)
@@ -55,6 +60,10 @@ class FeatureNet(nn.Module):
         if self.trunk is not None:
             for name in self.frozen:  # frozen BatchNorm keeps its running statistics
                 self.trunk.stages[name].eval()
+            if mode and getattr(self, "freeze_batchnorm", False):  # (absent in models saved before 0.3)
+                for m in self.trunk.modules():
+                    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)):
+                        m.eval()
         return self
 
     def pool_parameters(self):
@@ -62,7 +71,10 @@ class FeatureNet(nn.Module):
         return [] if self.pools is None else list(self.pools.parameters())
 
     def trunk_parameters(self):
-        return [] if self.trunk is None else [p for p in self.trunk.parameters() if p.requires_grad]
+        """Trainable parameters of the stages in use (not, e.g., an unused ImageNet classifier)."""
+        if self.trunk is None:
+            return []
+        return [p for name in self.stages for p in self.trunk.stages[name].parameters() if p.requires_grad]
 
     def prefix(self, x):
         """Output of the frozen stages before :attr:`first_trainable` (its input)."""

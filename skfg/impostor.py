@@ -15,7 +15,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from ._classifier import FINE_TUNE_RECIPE, BaseTorchClassifier
+from ._classifier import FEATURE_DEFAULTS, FINE_TUNE_RECIPE, BaseTorchClassifier
 from ._data import FeatureData
 from ._training import eval_mode, fit_loop, make_optimizer, make_scheduler
 from .index import COMPRESSED, METHODS, NearestNeighborIndex
@@ -113,8 +113,8 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
         With ``extractor``: the training augmentation, as in :class:`skfg.SoftmaxClassifier`.
     cache_frozen : bool, default=True
         With ``extractor`` and ``augment=False``: reuse the frozen stages' outputs.
-    head_epochs : int, default=0
-        With ``extractor``: epochs of training the projection (and impostors) alone on the
+    head_epochs : int or "auto", default="auto"
+        ``"auto"``: 0 (not yet tuned for impostors). With ``extractor``: epochs of training the projection (and impostors) alone on the
         frozen CNN's features before the end-to-end epochs, as in
         :class:`skfg.SoftmaxClassifier`. The impostors are then reset to the warmed-up
         embeddings. It speeds up the slowly learning random projection; choose it on
@@ -140,7 +140,7 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
         normalisation weights.
     momentum : float, default=0.9
     schedule : {"cosine", "step", "constant"}, default="cosine"
-    warmup_epochs, precision, ema_decay : as in :class:`skfg.SoftmaxClassifier`.
+    warmup_epochs, precision, ema_decay, freeze_batchnorm : as in :class:`skfg.SoftmaxClassifier`.
     label_smoothing : float or "auto", default="auto"
         ``"auto"``: 0 (the RBF vote's probabilities are not smoothed).
     max_epochs : int or "auto", default="auto"
@@ -201,9 +201,9 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
 
     # Adam at 1e-3 (the features' setting) also when fine-tuning; the rest of the recipe
     # (all stages, warm-up, augmentation) is shared. Not yet re-tuned on the recipe's base.
-    _feature_defaults = {**BaseTorchClassifier._feature_defaults, "lr": 1e-3}
+    _feature_defaults = {**FEATURE_DEFAULTS, "lr": 1e-3}
     _fine_tune_defaults = {**FINE_TUNE_RECIPE, "optimizer": "adam", "lr": 1e-3, "backbone_lr_scale": 0.1,
-                           "label_smoothing": 0.0}
+                           "label_smoothing": 0.0, "head_epochs": 0}
 
     _parameter_constraints = {
         **BaseTorchClassifier._parameter_constraints,
@@ -238,7 +238,7 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
         trainable_blocks="auto",
         augment=True,
         cache_frozen=True,
-        head_epochs=0,
+        head_epochs="auto",
         warm_start=False,
         optimizer="auto",
         lr="auto",
@@ -250,6 +250,7 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
         label_smoothing="auto",
         precision="auto",
         ema_decay=None,
+        freeze_batchnorm=True,
         max_epochs="auto",
         batch_size="auto",
         validation_fraction="auto",
@@ -286,6 +287,7 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
         self.label_smoothing = label_smoothing
         self.precision = precision
         self.ema_decay = ema_decay
+        self.freeze_batchnorm = freeze_batchnorm
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.validation_fraction = validation_fraction

@@ -18,7 +18,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 from torch import nn
 
 from ._base import atomic_fit, check_images_and_labels
-from ._classifier import FINE_TUNE_RECIPE, BaseTorchClassifier
+from ._classifier import FEATURE_DEFAULTS, FINE_TUNE_RECIPE, BaseTorchClassifier
 from ._data import FeatureData, FitContext, predict_images
 from ._training import make_generator
 from .images import ImageSource, iter_inputs, train_transform
@@ -85,9 +85,9 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         it too; ``"weights"`` stores nothing and trains only the new templates and the
         scale.
     extractor, trainable_blocks, augment, cache_frozen, head_epochs, warm_start, backbone_lr_scale,
-    momentum, schedule, warmup_epochs, label_smoothing, precision, ema_decay, max_epochs, batch_size,
+    momentum, schedule, warmup_epochs, label_smoothing, precision, ema_decay, freeze_batchnorm, max_epochs, batch_size,
     validation_fraction, n_iter_no_change, random_state, device, checkpoint_dir, verbose :
-        As in :class:`skfg.SoftmaxClassifier`.
+        As in :class:`skfg.SoftmaxClassifier` (``head_epochs="auto"`` is 0 here).
     optimizer, lr, weight_decay : "auto" or as in :class:`skfg.SoftmaxClassifier`
         ``"auto"``: Adam at 3e-3 without weight decay, on features and when fine-tuning
         (the softmax recipe's SGD setting is not yet tuned for the cosine head).
@@ -128,9 +128,9 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
     # Adam (the features' setting) also when fine-tuning; the rest of the recipe (all
     # stages, warm-up, augmentation, label smoothing) is shared. Not yet re-tuned on the
     # recipe's base.
-    _feature_defaults = {**BaseTorchClassifier._feature_defaults, "weight_decay": 0.0}
+    _feature_defaults = {**FEATURE_DEFAULTS, "weight_decay": 0.0}
     _fine_tune_defaults = {**FINE_TUNE_RECIPE, "optimizer": "adam", "lr": 3e-3, "backbone_lr_scale": 0.1,
-                           "weight_decay": 0.0}
+                           "weight_decay": 0.0, "head_epochs": 0}
 
     _parameter_constraints = {
         **BaseTorchClassifier._parameter_constraints,
@@ -153,7 +153,7 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         trainable_blocks="auto",
         augment=True,
         cache_frozen=True,
-        head_epochs=0,
+        head_epochs="auto",
         warm_start=False,
         optimizer="auto",
         lr="auto",
@@ -165,6 +165,7 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         label_smoothing="auto",
         precision="auto",
         ema_decay=None,
+        freeze_batchnorm=True,
         max_epochs="auto",
         batch_size="auto",
         validation_fraction="auto",
@@ -195,6 +196,7 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         self.label_smoothing = label_smoothing
         self.precision = precision
         self.ema_decay = ema_decay
+        self.freeze_batchnorm = freeze_batchnorm
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.validation_fraction = validation_fraction

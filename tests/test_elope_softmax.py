@@ -151,7 +151,7 @@ def test_two_step_schedule_trains_the_weights_only_in_the_second_step(images, mo
     monkeypatch.setattr(SoftmaxClassifier, "_train", recording)
     ext = CNNFeatureExtractor(image_size=40, pooling="kmax_weighted", k=4)
     clf = SoftmaxClassifier(extractor=ext, trainable_blocks=1, augment=False, lr=1e-2, max_epochs=2,
-                            kmax_weight_epochs=2, validation_fraction=0, random_state=0).fit(X, y)
+                            kmax_weight_epochs=2, validation_fraction=0, head_epochs=0, random_state=0).fit(X, y)
     (w1, scale1, n1), (w2, scale2, n2) = seen
     torch.testing.assert_close(w1, torch.ones(4))  # step 1: plain k-max
     assert not torch.allclose(w2, torch.ones(4))

@@ -20,7 +20,7 @@ CLASSIFIERS = [
     ImpostorClassifier(embedding_dim=16, max_epochs=20, random_state=0),
     ImpostorClassifier(impostors="fixed", embedding_dim=None, random_state=0),
     ImpostorClassifier(impostors="tied", embedding_dim=8, refresh_every=2, max_epochs=10, random_state=0),
-    ImprintedClassifier(max_epochs=30, random_state=0),
+    ImprintedClassifier(max_epochs=60, random_state=0),
     ImprintedClassifier(embedding_dim=16, scale=8.0, max_epochs=30, random_state=0),
 ]
 

@@ -236,7 +236,7 @@ def test_end_to_end_loose_pq_tunes_the_codebooks_on_the_final_cnn_embeddings():
     X, y = make_fine_grained(n_classes=4, n_per_class=75, image_size=32, random_state=0)
     clf = ImpostorClassifier(extractor=CNNFeatureExtractor(image_size=32), impostors="loose", index="pq", code_size=8,
                              embedding_dim=64, trainable_blocks=1, max_epochs=2, codebook_epochs=3, augment=False,
-                             random_state=0).fit(X, y)
+                             validation_fraction=0.1, random_state=0).fit(X, y)
     assert len(clf.codebook_history_) == 3 and clf.index_.code_bytes_per_vector == 8
     assert clf.index_.n_vectors_ == len(clf.impostor_labels_) < len(y)  # held-out samples do not vote (loose)
     assert np.isfinite(clf.predict_proba(X[:5])).all()
@@ -326,7 +326,8 @@ def test_end_to_end_trains_requested_stages_and_round_trips(images):
     np.testing.assert_array_equal(joblib.load(buf).predict_proba(X), clf.predict_proba(X))
 
 
-@pytest.mark.parametrize("make", [lambda **kw: small(**kw), lambda **kw: SoftmaxClassifier(random_state=0, **kw)],
+@pytest.mark.parametrize("make", [lambda **kw: small(**kw),
+                                  lambda **kw: SoftmaxClassifier(random_state=0, optimizer="adam", lr=3e-3, **kw)],
                          ids=["impostor", "softmax"])
 def test_head_epochs_train_the_head_on_frozen_features_before_fine_tuning(images, monkeypatch, make):
     X, y = images

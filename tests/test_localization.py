@@ -388,6 +388,9 @@ def test_fine_tuned_teacher_localises_the_synthetic_bird():
     teacher = SoftmaxClassifier(
         extractor=CNNFeatureExtractor(image_size=224, pooling="kmax", resize="squash"),
         trainable_blocks=3, max_epochs=30, augment=False, random_state=0,
+        # the settings of the measurement above (skfg 0.2's fine-tuning defaults)
+        optimizer="adam", lr=3e-3, backbone_lr_scale=0.1, validation_fraction=0.1, label_smoothing=0.0,
+        warmup_epochs=0, freeze_batchnorm=False,
     ).fit(X, y)
     crop = ObjectCropper(FrozenEstimator(teacher), teacher_size=224, random_state=0).fit(X)
 

@@ -45,7 +45,7 @@ def test_each_training_file_is_decoded_once_per_fit(image_files, monkeypatch):
     load = ImageSource.load
     monkeypatch.setattr(ImageSource, "load", lambda self, i: opened.append(self.name(i)) or load(self, i))
     clf = small(max_epochs=3).fit(X, y)
-    assert clf.n_iter_ == 3
+    assert clf.n_iter_ == 10 + 3  # the head's 10 epochs on the cached features, then fine-tuning
     # resize="squash" (the default): the crops are taken from the image as prediction
     # sees it, used for standardisation and validation too: one decode in all
     assert sorted(opened) == sorted(X)
@@ -141,6 +141,8 @@ def test_auto_settings_follow_the_mode():
     assert (feats._setting("optimizer"), feats._setting("lr"), feats._setting("max_epochs")) == ("adam", 3e-3, 60)
     assert (tuned._setting("optimizer"), tuned._setting("trainable_blocks")) == ("sgd", "all")
     assert tuned._setting("label_smoothing") == 0.1
+    assert (feats._setting("head_epochs"), tuned._setting("head_epochs")) == (0, 10)
+    assert SoftmaxClassifier(extractor=CNNFeatureExtractor(), head_epochs=0)._setting("head_epochs") == 0
     assert SoftmaxClassifier(extractor=CNNFeatureExtractor(), lr=0.5)._setting("lr") == 0.5
 
 
@@ -200,3 +202,24 @@ def test_ema_weights_are_the_moving_average_of_the_trajectory():
     for w in seen[1:]:
         expected = 0.5 * expected + 0.5 * w
     torch.testing.assert_close(module.weight.detach(), expected)
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_frozen_batchnorm_keeps_the_running_statistics_and_trains_the_rest(images, freeze):
+    X, y = images
+    clf = small(trainable_blocks="all", freeze_batchnorm=freeze).fit(X, y)
+    pre = CNNFeatureExtractor(image_size=40).fit().network_
+    bns = [(n, m) for n, m in clf.module_.trunk.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    before = dict(pre.named_modules())
+    same_stats = all(torch.equal(m.running_var, before[n].running_var) for n, m in bns)
+    moved_weights = any(not torch.equal(m.weight, before[n].weight) for n, m in bns)
+    assert same_stats is freeze and moved_weights
+    assert not clf.module_.training and all(not m.training for _, m in bns)
+
+
+def test_only_the_stages_in_use_are_given_to_the_optimizer():
+    ext = CNNFeatureExtractor(image_size=40, layers=["stage5"]).fit()
+    net = small(extractor=ext)._build_network(ext.n_features_out_, 3, ext.network_, ext, ext.layers_)
+    given = {id(p) for p in net.trunk_parameters()}
+    used = {id(p) for name in net.stages for p in ext.network_.stages[name].parameters()}
+    assert given == used and len(net.stages) < len(ext.network_.stage_names)

@@ -59,7 +59,7 @@ def test_a_thin_png_is_refused_before_the_resize_allocates(tmp_path):
         from skfg import CNNFeatureExtractor
         from skfg.images import ImageTooLargeError
         try:
-            CNNFeatureExtractor(image_size=224, cache=False).fit().transform([{str(path)!r}])
+            CNNFeatureExtractor(image_size=224, resize="crop", cache=False).fit().transform([{str(path)!r}])
         except ImageTooLargeError as exc:
             print("REFUSED", exc)
     """)
@@ -99,6 +99,17 @@ def test_a_checkpoint_of_other_images_is_refused(pngs, tmp_path):
     Image.new("RGB", (40, 40), (255, 0, 0)).save(X[0])  # the same path, new content
     with pytest.raises(ValueError, match="different model or data"):
         SoftmaxClassifier(**params).fit(X, y)
+
+
+def test_the_head_phase_keeps_its_own_checkpoint(pngs, tmp_path):
+    X, y = pngs
+    params = dict(extractor=CNNFeatureExtractor(image_size=40, cache=False), head_epochs=2, max_epochs=1,
+                  random_state=0, checkpoint_dir=str(tmp_path / "ck"))
+    first = SoftmaxClassifier(**params).fit(X, y)
+    assert (tmp_path / "ck" / "checkpoint.pt").is_file() and (tmp_path / "ck" / "head" / "checkpoint.pt").is_file()
+    again = SoftmaxClassifier(**params).fit(X, y)  # both finished phases are taken from their checkpoints
+    assert again.n_iter_ == first.n_iter_ == 3
+    np.testing.assert_allclose(again.predict_proba(X), first.predict_proba(X), atol=1e-6)
 
 
 def test_a_corrupt_checkpoint_is_reported_by_path_with_the_fix(blobs, tmp_path):
