@@ -34,14 +34,14 @@ from .images import Augmentation, ImageSource
 from .metrics import entropy
 
 
-# The fine-tuning recipe: what the parameters left at "auto" are when ``extractor`` is
-# set (the CNN is trained end to end). Chosen on the val split of stanford_cars_a with
-# EfficientNet-Lite0 (benchmarks/recipe.py; docs/training.rst lists the measurements).
 # The "auto" settings on features (no extractor).
 FEATURE_DEFAULTS = {"trainable_blocks": 0, "optimizer": "adam", "lr": 3e-3, "weight_decay": 1e-4, "max_epochs": 60,
                     "label_smoothing": 0.0, "warmup_epochs": 0, "validation_fraction": 0.1, "backbone_lr_scale": 0.1,
                     "head_epochs": 0}
 
+# The fine-tuning recipe: what the parameters left at "auto" are when ``extractor`` is
+# set (the CNN is trained end to end). Chosen on the val split of stanford_cars_a with
+# EfficientNet-Lite0 (benchmarks/recipe.py; docs/training.rst lists the measurements).
 FINE_TUNE_RECIPE = {
     "trainable_blocks": "all",
     # linear probing first (on the frozen CNN's features, computed once: seconds), so the

@@ -114,8 +114,9 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
     cache_frozen : bool, default=True
         With ``extractor`` and ``augment=False``: reuse the frozen stages' outputs.
     head_epochs : int or "auto", default="auto"
-        ``"auto"``: 0 (not yet tuned for impostors). With ``extractor``: epochs of training the projection (and impostors) alone on the
-        frozen CNN's features before the end-to-end epochs, as in
+        ``"auto"``: 0 (not yet tuned for impostors). With ``extractor``: epochs of
+        training the projection (and impostors) alone on the frozen CNN's features
+        before the end-to-end epochs, as in
         :class:`skfg.SoftmaxClassifier`. The impostors are then reset to the warmed-up
         embeddings. It speeds up the slowly learning random projection; choose it on
         validation data.

@@ -85,8 +85,8 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         it too; ``"weights"`` stores nothing and trains only the new templates and the
         scale.
     extractor, trainable_blocks, augment, cache_frozen, head_epochs, warm_start, backbone_lr_scale,
-    momentum, schedule, warmup_epochs, label_smoothing, precision, ema_decay, freeze_batchnorm, max_epochs, batch_size,
-    validation_fraction, n_iter_no_change, random_state, device, checkpoint_dir, verbose :
+    momentum, schedule, warmup_epochs, label_smoothing, precision, ema_decay, freeze_batchnorm, max_epochs,
+    batch_size, validation_fraction, n_iter_no_change, random_state, device, checkpoint_dir, verbose :
         As in :class:`skfg.SoftmaxClassifier` (``head_epochs="auto"`` is 0 here).
     optimizer, lr, weight_decay : "auto" or as in :class:`skfg.SoftmaxClassifier`
         ``"auto"``: Adam at 3e-3 without weight decay, on features and when fine-tuning
