@@ -132,6 +132,34 @@ def unbacked_numbers(paths, results_dir=RESULTS, context=160):
     return missing
 
 
+def seed_interval(values, confidence=0.95):
+    """``(mean, half-width)`` of a Student-t interval for the mean of per-seed values
+    (half-width nan for a single seed)."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float(values.mean()), float("nan")
+    sem = values.std(ddof=1) / np.sqrt(len(values))
+    return float(values.mean()), float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * sem)
+
+
+def mergeable_rows(name):
+    """The rows of ``results/<name>.json`` when the code they measured has not changed since
+    (:func:`stale_results`), so a run can add rows (more seeds, more
+    settings) to them; ``[]`` when there is no such file. Raises ``ValueError`` naming the
+    modules that changed otherwise."""
+    path = RESULTS / f"{name}.json"
+    if not path.is_file():
+        return []
+    saved = json.loads(path.read_text())
+    changed = stale_results(RESULTS).get(path.name, [])
+    if changed or "provenance" not in saved:
+        raise ValueError(f"cannot merge into {path.name}: it was measured on other code (changed: "
+                         f"{', '.join(changed) or 'no provenance stamp'}); run every row again without --merge")
+    return saved["rows"]
+
+
 def write_results(name, payload, rows, header, notes=""):
     """Write ``results/<name>.json`` and a Markdown table ``results/<name>.md``, both
     stamped with the run's :func:`provenance`."""

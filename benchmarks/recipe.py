@@ -12,26 +12,34 @@ head for ``head_epochs`` on cached features, seconds in all). Rows:
   are the budget over its measured epoch time): the recipe itself, the old recipe
   (Adam 3e-3, last 2 stages, crop + flip at full size: the 52.7 % row of
   ``finetune.md``), a plain torchvision loop (PIL decoding every epoch, RandomResizedCrop
-  + flip, SGD with step decay, contiguous memory), and each ingredient removed.
-- ``--backbones``: EfficientNet-Lite1 and Lite2 with the default recipe.
+  + flip, SGD with step decay, contiguous memory), each ingredient removed, and
+  EfficientNet-Lite1 / Lite2 with the default recipe.
 
-    python benchmarks/recipe.py --quick                 # 12 classes, 64 px, ~2 min
-    python benchmarks/recipe.py --rows recipe_default   # the headline only
-    python benchmarks/recipe.py                         # every row (~2.5 h on 2 cores)
-    python benchmarks/recipe.py --steps                 # step time: NCHW / channels-last / bf16
+Every row runs once per ``--seeds`` seed; with two or more, the table adds each row's
+mean and a 95 % Student-t interval. ``--merge`` adds rows (other rows, other seeds) to
+an existing results file when the code it measured is unchanged, so a long table can be
+filled over several runs.
+
+    python benchmarks/recipe.py --quick                 # 12 classes, 64 px, ~5 min
+    python benchmarks/recipe.py --rows recipe_default --seeds 0,1,2   # the headline
+    python benchmarks/recipe.py --rows recipe,plain_loop --merge      # shared rows, added
+    python benchmarks/recipe.py --steps                 # step cost, one ingredient at a time
 """
 
 import argparse
 import time
+import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from _common import DATA, write_results
+from _common import DATA, mergeable_rows, seed_interval, write_results
 from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.backbones import build_backbone
 from skfg.datasets import load_image_folder
+from skfg._table import format_table
+from skfg._training import resolve_precision
 from skfg.images import Augmentation
 
 OLD = dict(optimizer="adam", lr=3e-3, weight_decay=1e-4, trainable_blocks=2, label_smoothing=0.0, warmup_epochs=0,
@@ -51,42 +59,54 @@ ROWS = {
     "no_frozen_batchnorm": ({"freeze_batchnorm": False}, "ablation: BatchNorm on batch statistics"),
     "no_head_epochs": ({"head_epochs": 0}, "ablation: no linear probing first"),
     "lr_0.03": ({"lr": 0.03}, "the head at 0.03, the backbone at 0.02"),
+    "lr_0.003": ({"lr": 0.003}, "the head at 0.003, the backbone at 0.002"),
     "mild_augment": ({"augment": Augmentation(scale=(0.5, 1.0), trivial_augment=False, erasing=0.0)},
                      "crops of 50-100 %, flips only"),
     "adamw": ({"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05}, "AdamW instead of SGD"),
     "ema": ({"ema_decay": 0.998}, "with an EMA of the weights"),
-    "lite1": ({"backbone": "efficientnet_lite1"}, "EfficientNet-Lite1, default recipe"),
-    "lite2": ({"backbone": "efficientnet_lite2"}, "EfficientNet-Lite2, default recipe"),
+    "lite1": ({"backbone": "efficientnet_lite1"}, "EfficientNet-Lite1, default recipe, at the shared budget"),
+    "lite2": ({"backbone": "efficientnet_lite2"}, "EfficientNet-Lite2, default recipe, at the shared budget"),
 }
-SHARED = [r for r in ROWS if r not in ("recipe_default", "lite1", "lite2")]
+SHARED = [r for r in ROWS if r != "recipe_default"]
 
 
-def step_seconds(backbone, crop, batch_size, trainable, channels_last, steps=4, dtype=None):
+def step_seconds(backbone, crop, batch_size, trainable, channels_last, steps=4, dtype=None, weights=None,
+                 train_batchnorm=False, compiled=False):
     """Seconds per training image of a forward + backward + SGD step (random input), under
-    autocast to ``dtype`` when given."""
-    net = build_backbone(backbone, weights=None)
+    autocast to ``dtype`` when given; BatchNorm on batch statistics or frozen (skfg's
+    default); the forward through ``torch.compile`` when ``compiled``."""
+    net = build_backbone(backbone, weights=weights)
     names = net.stage_names
     for name in names[: len(names) - trainable]:
         net.stages[name].requires_grad_(False)
     head = torch.nn.Linear(1280, 98)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = net.to(memory_format=fmt).train()
+    if not train_batchnorm:
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
+
+    def forward(x):
+        for _, h in net.forward_stages(x):
+            pass
+        return head(h.mean((2, 3)))
+
+    forward = torch.compile(forward) if compiled else forward
     opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad] + list(head.parameters()), lr=1e-3)
     x = torch.randn(batch_size, 3, crop, crop).contiguous(memory_format=fmt)
     y = torch.randint(0, 98, (batch_size,))
-    times = []
-    for _ in range(steps + 1):
+    times, warm = [], 3 if compiled else 1
+    for _ in range(steps + warm):
         t = time.perf_counter()
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            for _, h in net.forward_stages(x):
-                pass
-            logits = head(h.mean((2, 3)))
+            logits = forward(x)
         loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - t)
-    return float(np.median(times[1:])) / batch_size
+    return float(np.median(times[warm:])) / batch_size
 
 
 def plain_loop(Xtr, ytr, size, epochs, seed, batch_size=32):
@@ -150,23 +170,91 @@ def plain_loop(Xtr, ytr, size, epochs, seed, batch_size=32):
     return predict, history
 
 
+def data_ms(Xtr, size, crop, n=96):
+    """Milliseconds per training image of input preparation: the plain loop's PIL decode +
+    RandomResizedCrop + flip every epoch against skfg's augmentation of cached uint8
+    tensors (crop, flip, TrivialAugmentWide, random erasing)."""
+    import torchvision.transforms as T
+    from PIL import Image
+
+    from skfg.images import ImageCache, ImageSource, eval_transform
+
+    paths = Xtr[:n]
+    tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize([0.5] * 3, [0.5] * 3)])
+    t = time.perf_counter()
+    for p in paths:
+        with Image.open(p) as img:
+            tf(img.convert("RGB"))
+    plain = 1000 * (time.perf_counter() - t) / n
+    cache = ImageCache(ImageSource(paths), eval_transform(size, "squash"))
+    for i in range(n):
+        cache[i]
+    aug = Augmentation(crop_ratio=crop / size)
+    image_tf, erase = aug.image_transform(size), aug.batch_transform()
+    t = time.perf_counter()
+    x = torch.stack([image_tf(cache[i]) for i in range(n)])
+    erase(x.float())
+    return plain, 1000 * (time.perf_counter() - t) / n
+
+
 def step_table(args):
-    """Training step time per image: memory format and autocast dtype, side by side."""
-    rows, results = [], []
-    sizes = (64,) if args.quick else (128, 160)
-    for size in sizes:
-        base = None
-        for label, cl, dtype in [("float32, contiguous (NCHW)", False, None), ("float32, channels-last", True, None),
-                                 ("bfloat16 autocast, channels-last", True, torch.bfloat16)]:
-            ms = 1000 * step_seconds("efficientnet_lite0", size, 32, 9, cl, steps=3 if args.quick else 5, dtype=dtype)
-            base = base or ms
-            rows.append((size, label, f"{ms:.1f}", f"{base / ms:.2f}x"))
-            results.append({"crop": size, "setting": label, "ms_per_image": ms, "speedup_vs_nchw": base / ms})
-            print(rows[-1], flush=True)
-    write_results("recipe_steps_quick" if args.quick else "recipe_steps", {"rows": results},
-                  rows, ("crop px", "setting", "ms/image (fwd+bwd+SGD)", "vs NCHW float32"),
-                  "EfficientNet-Lite0, every stage trained, batch 32, random input, median of the steps after one "
-                  "warm-up step, 2 CPU cores. bfloat16 autocast is why precision='auto' stays float32 on CPUs.")
+    """Training cost per image, one ingredient at a time: the plain loop's settings against
+    skfg's (memory format, frozen BatchNorm, FixRes crops, autocast, torch.compile), with
+    pretrained weights and the input preparation of each."""
+    size = 64 if args.quick else CNNFeatureExtractor().image_size
+    crop = Augmentation().crop_size(size)
+    Xtr, _ = load_image_folder(DATA / "stanford_cars_a" / "train")
+    plain_data, skfg_data = data_ms(Xtr, size, crop, n=32 if args.quick else 96)
+    settings = [  # label, crop, channels-last, BatchNorm trained, dtype, compile, data ms
+        ("plain loop: NCHW, BatchNorm on batch statistics, PIL decoding", size, False, True, None, False, plain_data),
+        ("channels-last", size, True, True, None, False, plain_data),
+        ("+ frozen BatchNorm", size, True, False, None, False, plain_data),
+        ("+ cached tensors, TrivialAugment, erasing (skfg, test-size crops)", size, True, False, None, False, skfg_data),
+        (f"+ FixRes crops of {crop} px (skfg default)", crop, True, False, None, False, skfg_data),
+        ("skfg default under bfloat16 autocast", crop, True, False, torch.bfloat16, False, skfg_data),
+        ("skfg default under torch.compile (inductor)", crop, True, False, None, True, skfg_data),
+    ]
+    if args.quick:
+        settings = [s for s in settings if not s[5]]
+    rows, results, base = [], [], None
+    for label, c, cl, bn_train, dtype, compiled, data in settings:
+        t = time.perf_counter()
+        step = 1000 * step_seconds("efficientnet_lite0", c, 32, 9, cl, steps=3 if args.quick else 5, dtype=dtype,
+                                   weights="imagenet", train_batchnorm=bn_train, compiled=compiled)
+        total = step + data
+        base = base or total
+        rows.append((label, c, f"{step:.1f}", f"{data:.1f}", f"{total:.1f}", f"{1000 / total:.1f}",
+                     f"{base / total:.2f}x"))
+        results.append({"setting": label, "crop": c, "step_ms_per_image": step, "data_ms_per_image": data,
+                        "ms_per_image": total, "images_per_s": 1000 / total, "speedup_vs_plain": base / total,
+                        "wall_seconds": time.perf_counter() - t})
+        print(rows[-1], flush=True)
+    with warnings.catch_warnings():  # the check precision="bfloat16" makes (float32 without native support)
+        warnings.simplefilter("ignore")
+        native_bf16 = resolve_precision("bfloat16", "cpu") is not None
+    write_results("recipe_steps_quick" if args.quick else "recipe_steps", {"rows": results, "cpu_has_bf16": native_bf16},
+                  rows, ("setting (each row adds to the one above)", "crop px", "step ms/img", "data ms/img",
+                         "ms/img", "img/s", "vs plain loop"),
+                  "EfficientNet-Lite0 with its ImageNet weights, every stage trained, batch 32, SGD; step = forward + "
+                  "backward + update on a fixed batch, median of the steps after the warm-up (torch.compile: after "
+                  "three), 2 CPU cores; data = preparing one training image from the stanford_cars_a train files. "
+                  f"This CPU {'has' if native_bf16 else 'lacks'} native bfloat16 (AVX512-BF16/AMX); without it "
+                  "precision='bfloat16' falls back to float32.")
+
+
+def summary(results):
+    """Per row over its seeds: mean test / val accuracy with a 95 % Student-t interval."""
+    out = {}
+    for name in dict.fromkeys(r["name"] for r in results):
+        rs = [r for r in results if r["name"] == name]
+        test, test_hw = seed_interval([r["test_accuracy"] for r in rs])
+        val, val_hw = seed_interval([r["val_accuracy"] for r in rs])
+        out[name] = {"seeds": [r["seed"] for r in rs], "test_mean": test, "test_half_width": test_hw,
+                     "val_mean": val, "val_half_width": val_hw,
+                     "fit_minutes_max": max(r["fit_minutes"] for r in rs),
+                     "train_images_per_s_mean": float(np.mean([r["train_images_per_s"] for r in rs]))}
+    return out
 
 
 def main():
@@ -174,7 +262,10 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rows", default=None, help="comma-separated row names (default: all)")
     parser.add_argument("--budget", type=float, default=12.0, help="minutes of training for the shared rows")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; every row runs once per seed")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the rows (row, seed) already in the results file when its measured code is "
+                             "unchanged, and add these")
     parser.add_argument("--name", default=None, help="results file name (default: recipe or recipe_quick)")
     parser.add_argument("--steps", action="store_true", help="only the step-time table (recipe_steps.md)")
     args = parser.parse_args()
@@ -194,8 +285,16 @@ def main():
     unknown = sorted(set(names) - set(ROWS))
     if unknown:
         parser.error(f"unknown rows {unknown}; valid: {', '.join(ROWS)}")
-    rows, results = [], []
-    for name in names:
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out_name = args.name or ("recipe_quick" if args.quick else "recipe")
+    todo = [(name, seed) for name in names for seed in seeds]
+    try:
+        results = [r for r in mergeable_rows(out_name) if (r["name"], r["seed"]) not in todo] if args.merge else []
+    except ValueError as err:
+        parser.error(str(err))
+    if results and results[0].get("budget_minutes", args.budget) != args.budget:
+        parser.error(f"--budget {args.budget:g} differs from the merged file's")
+    for name, seed in todo:
         params, note = ROWS[name]
         params = None if params is None else dict(params)
         backbone = "efficientnet_lite0" if params is None else params.pop("backbone", "efficientnet_lite0")
@@ -210,13 +309,13 @@ def main():
             epochs = max(1, int(args.budget * 60 / (per_image * len(ytr) * (1.0 if params is None else 0.9))))
         t = time.perf_counter()
         if params is None:
-            predict, history = plain_loop(Xtr, ytr, size, epochs, args.seed)
+            predict, history = plain_loop(Xtr, ytr, size, epochs, seed)
             fit_s = time.perf_counter() - t
             best_epoch = epochs
         else:
             if epochs is not None:
                 params["max_epochs"] = epochs
-            clf = SoftmaxClassifier(extractor=ext, random_state=args.seed, **params).fit(Xtr, ytr)
+            clf = SoftmaxClassifier(extractor=ext, random_state=seed, **params).fit(Xtr, ytr)
             fit_s = time.perf_counter() - t
             # the fine-tuning epochs (after the head_epochs of linear probing on cached features)
             predict, history, best_epoch = clf.predict, clf.history_[-clf._setting("max_epochs"):], clf.best_epoch_
@@ -225,27 +324,38 @@ def main():
         test = float(np.mean(predict(Xte) == yte))
         ms = 1000 * (time.perf_counter() - t) / len(Xte)
         ips = float(np.median([h["n_samples"] / h["train_seconds"] for h in history]))
-        results.append({"name": name, "note": note, "backbone": backbone, "params": repr(params), "seed": args.seed,
+        results.append({"name": name, "note": note, "backbone": backbone, "params": repr(params), "seed": seed,
                         "epochs": len(history), "best_epoch": best_epoch, "fit_minutes": fit_s / 60,
+                        "budget_minutes": args.budget if name in SHARED else None,
                         "train_images_per_s": ips, "val_accuracy": val, "test_accuracy": test,
                         "predict_ms_per_image": ms})
-        rows.append((name, backbone.replace("efficientnet_", ""), f"{val:.3f}", f"{test:.3f}", f"{fit_s / 60:.1f}",
-                     len(history), f"{ips:.1f}", f"{ms:.1f}", note))
-        print(rows[-1], flush=True)
-        header = ("row", "backbone", "val acc", "test acc", "fit min", "epochs", "train img/s", "predict ms/img",
-                  "note")
-        by = {r["name"]: r for r in results}
+        print(results[-1], flush=True)
+        order = {n: i for i, n in enumerate(ROWS)}
+        results.sort(key=lambda r: (order[r["name"]], r["seed"]))
+        rows = [(r["name"], r["backbone"].replace("efficientnet_", ""), r["seed"], f"{r['val_accuracy']:.3f}",
+                 f"{r['test_accuracy']:.3f}", f"{r['fit_minutes']:.1f}", r["epochs"], f"{r['train_images_per_s']:.1f}",
+                 f"{r['predict_ms_per_image']:.1f}", r["note"]) for r in results]
+        header = ("row", "backbone", "seed", "val acc", "test acc", "fit min", "epochs", "train img/s",
+                  "predict ms/img", "note")
+        summ = summary(results)
         notes = (f"stanford_cars_a ({len(ytr)} train / {len(yva)} val / {len(yte)} test images), {size} px test size, "
-                 f"seed {args.seed}, 2 CPU cores. Shared rows: {args.budget:g} min of training each (epochs = budget / "
-                 "the row's measured step time). Nothing is chosen on test.")
-        if "plain_loop" in by and "no_fixres" in by:
-            ratio = by["no_fixres"]["train_images_per_s"] / by["plain_loop"]["train_images_per_s"]
-            notes += (f"\n\nTraining throughput, same model, batch 32 and {size} px crops: skfg loop "
-                      f"{by['no_fixres']['train_images_per_s']:.1f} img/s vs plain loop "
-                      f"{by['plain_loop']['train_images_per_s']:.1f} img/s = {ratio:.2f}x.")
-        write_results(args.name or ("recipe_quick" if args.quick else "recipe"),
-                      {"rows": results, "budget_minutes": args.budget, "image_size": size, "quick": args.quick},
-                      rows, header, notes)
+                 f"2 CPU cores. Shared rows: {args.budget:g} min of training each (epochs = budget / the row's "
+                 "measured step time). Nothing is chosen on test.")
+        multi = {n: s for n, s in summ.items() if len(s["seeds"]) > 1}
+        if multi:
+            notes += "\n\nMean over seeds, 95 % Student-t interval of the mean:\n\n" + format_table(
+                [(n, len(s["seeds"]), f"{100 * s['val_mean']:.1f} ± {100 * s['val_half_width']:.1f}",
+                  f"{100 * s['test_mean']:.1f} ± {100 * s['test_half_width']:.1f}", f"{s['fit_minutes_max']:.1f}")
+                 for n, s in multi.items()],
+                ("row", "seeds", "val acc %", "test acc %", "longest fit min"))
+        for fast in ("recipe", "no_fixres"):
+            if "plain_loop" in summ and fast in summ:
+                a, b = summ[fast]["train_images_per_s_mean"], summ["plain_loop"]["train_images_per_s_mean"]
+                crops = "its 0.8x FixRes crops" if fast == "recipe" else "crops at the test size, as the plain loop"
+                notes += (f"\n\nTraining throughput, same model and batch size: {fast} ({crops}) {a:.1f} img/s vs "
+                          f"plain loop {b:.1f} img/s = {a / b:.2f}x.")
+        write_results(out_name, {"rows": results, "summary": summ, "budget_minutes": args.budget,
+                                 "image_size": size, "quick": args.quick}, rows, header, notes)
 
 
 if __name__ == "__main__":

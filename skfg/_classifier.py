@@ -27,8 +27,8 @@ from ._base import (TorchStateMixin, atomic_fit, check_features, check_images_an
                     holdout_split, resolve_device)
 from ._data import FeatureData, FitContext, ImageData, PooledData, predict_images
 from ._network import FeatureNet
-from ._training import (OPTIMIZERS, PRECISIONS, SCHEDULES, fit_loop, make_generator, make_optimizer, make_scheduler,
-                        resolve_precision)
+from ._training import (MIN_WARMUP_STEPS, OPTIMIZERS, PRECISIONS, SCHEDULES, fit_loop, make_generator,
+                        make_optimizer, make_scheduler, resolve_precision)
 from .backbones import build_backbone, state_fingerprint
 from .images import Augmentation, ImageSource
 from .metrics import entropy
@@ -388,7 +388,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
                 step,
                 optimizer=optimizer,
                 scheduler=make_scheduler(optimizer, self.schedule, max_epochs, len(loader),
-                                         self._setting("warmup_epochs")),
+                                         self._setting("warmup_epochs"), MIN_WARMUP_STEPS),
                 precision=resolve_precision(self.precision, device),
                 ema_decay=self.ema_decay,
                 max_epochs=max_epochs,

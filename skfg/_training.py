@@ -83,12 +83,20 @@ def make_optimizer(param_groups, name="adam", lr=1e-3, weight_decay=0.0, momentu
     raise ValueError(f"Unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
 
 
-def make_scheduler(optimizer, schedule, max_epochs, steps_per_epoch=1, warmup_epochs=0):
+# Fewest mini-batches a warm-up lasts (when there is one; at most half the training). On a
+# small training set one epoch is a few steps: 12 stanford_cars_a classes (280 images,
+# 9 steps per epoch) fine-tuned at lr 0.01 collapsed to one class after a 9- or 27-step
+# warm-up and trained after a 72-step one; the full set's 1 epoch is 76 steps.
+MIN_WARMUP_STEPS = 100
+
+
+def make_scheduler(optimizer, schedule, max_epochs, steps_per_epoch=1, warmup_epochs=0, min_warmup_steps=0):
     """Learning-rate schedule, stepped after every mini-batch.
 
     A linear warm-up over the first ``warmup_epochs`` (from ``lr / steps`` to ``lr``),
-    then ``"cosine"`` annealing to 0 at the end of ``max_epochs``, ``"step"`` (x0.1 at
-    1/2 and 3/4 of the epochs) or ``"constant"``.
+    lasting at least ``min_warmup_steps`` mini-batches when ``warmup_epochs > 0`` (that
+    floor at most half of the steps), then ``"cosine"`` annealing to 0 at the end of
+    ``max_epochs``, ``"step"`` (x0.1 at 1/2 and 3/4 of the epochs) or ``"constant"``.
 
     Returns None for a constant rate without warm-up.
     """
@@ -96,7 +104,9 @@ def make_scheduler(optimizer, schedule, max_epochs, steps_per_epoch=1, warmup_ep
         raise ValueError(f"Unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
     steps_per_epoch = max(1, int(steps_per_epoch))
     total = max(1, max_epochs * steps_per_epoch)
-    warm = min(int(round(warmup_epochs * steps_per_epoch)), total - 1) if warmup_epochs else 0
+    warm = 0
+    if warmup_epochs:
+        warm = min(max(int(round(warmup_epochs * steps_per_epoch)), min(min_warmup_steps, total // 2)), total - 1)
     if schedule == "constant" and not warm:
         return None
     milestones = sorted({max(1, max_epochs // 2), max(1, (3 * max_epochs) // 4)})
@@ -117,8 +127,9 @@ def resolve_precision(precision, device):
     """The autocast dtype of a training run (None: float32).
 
     ``"auto"`` is float16 with gradient scaling on CUDA and float32 on the CPU: on CPUs,
-    bfloat16 autocast of skfg's depthwise-convolution backbones was measured 6-10x
-    *slower* than float32 (``benchmarks/results/recipe.md``), so it is opt-in. A
+    bfloat16 autocast of skfg's depthwise-convolution backbones was measured several
+    times *slower* than float32 on a CPU without native bfloat16
+    (``benchmarks/results/recipe_steps.md``), so it is opt-in. A
     ``"bfloat16"`` request on a CPU without native bfloat16 support falls back to float32
     with a warning.
     """

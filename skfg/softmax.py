@@ -101,10 +101,10 @@ class SoftmaxClassifier(BaseTorchClassifier):
     lr : float or "auto", default="auto"
         Learning rate of the head. ``"auto"``: 3e-3 on features (chosen on frozen
         EfficientNet-Lite0 features of ``stanford_cars_a``: 46.4 % test accuracy, one
-        seed, ``benchmarks/results/impostor.md``); 0.03 when fine-tuning (the recipe).
+        seed, ``benchmarks/results/impostor.md``); 0.01 when fine-tuning (the recipe).
     backbone_lr_scale : float or "auto", default="auto"
         The backbone's learning rate is ``lr * backbone_lr_scale``; ``"auto"``: 0.1 on
-        features (unused), 2/3 when fine-tuning (0.02 for the backbone).
+        features (unused), 2/3 when fine-tuning (0.0067 for the backbone).
     weight_decay : float or "auto", default="auto"
         1e-4 (``"auto"``, both modes); never applied to biases and normalisation weights.
     momentum : float, default=0.9
@@ -112,7 +112,9 @@ class SoftmaxClassifier(BaseTorchClassifier):
     schedule : {"cosine", "step", "constant"}, default="cosine"
         Stepped after every mini-batch, after the warm-up.
     warmup_epochs : float or "auto", default="auto"
-        Linear learning-rate warm-up; ``"auto"``: 0 on features, 1 when fine-tuning.
+        Linear learning-rate warm-up; ``"auto"``: 0 on features, 1 when fine-tuning. A
+        warm-up lasts at least 100 mini-batches (at most half of the training): on a small
+        training set one epoch is too few steps to fine-tune safely.
     label_smoothing : float or "auto", default="auto"
         Of the cross-entropy; ``"auto"``: 0 on features, 0.1 when fine-tuning.
     precision : {"auto", "float32", "bfloat16", "float16"}, default="auto"

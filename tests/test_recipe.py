@@ -123,6 +123,25 @@ def test_seeded_cpu_runs_with_augmentation_are_bit_reproducible(images):
 
 
 # ------------------------------------------------------------------ the schedule and optimiser
+def test_warmup_lasts_at_least_min_warmup_steps_but_at_most_half_the_training():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+
+    def warm_steps(**kw):
+        sched = make_scheduler(opt, "constant", **kw)
+        lrs = []
+        for _ in range(kw["max_epochs"] * kw["steps_per_epoch"]):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return sum(lr < 1.0 for lr in lrs) + 1  # the warm-up's last step is at the peak
+
+    assert warm_steps(max_epochs=22, steps_per_epoch=9, warmup_epochs=1) == 9  # no floor: one epoch
+    assert warm_steps(max_epochs=22, steps_per_epoch=9, warmup_epochs=1, min_warmup_steps=100) == 99  # half
+    assert warm_steps(max_epochs=10, steps_per_epoch=9, warmup_epochs=1, min_warmup_steps=100) == 45  # half
+    assert warm_steps(max_epochs=22, steps_per_epoch=76, warmup_epochs=2, min_warmup_steps=100) == 152
+    assert make_scheduler(opt, "constant", 10, 9, warmup_epochs=0, min_warmup_steps=100) is None
+
+
 def test_warmup_then_cosine_per_step():
     opt = make_optimizer([{"params": nn.Linear(1, 1).parameters()}], "sgd", lr=1.0)
     sched = make_scheduler(opt, "cosine", max_epochs=3, steps_per_epoch=4, warmup_epochs=1)
