@@ -22,6 +22,7 @@ FLOORS = [
     {"_exits"},
     {"sequential", "persistence"},
     {"cli", "__init__"},  # the public face
+    {"__main__"},  # python -m skfg
 ]
 FLOOR = {name: level for level, names in enumerate(FLOORS) for name in names}
 # sklearn's convention for extending a base estimator's constraints

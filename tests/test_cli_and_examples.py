@@ -16,14 +16,19 @@ def test_demo_prints_a_table(capsys):
     assert "| LinearSVC" in out and "| LogisticRegression" in out and "test accuracy" in out
 
 
-def test_demo_on_an_image_folder(tmp_path, capsys):
+def _image_folder(root, n_classes, n_per_class, size=48):
+    """Synthetic fine-grained images saved as ``root/class<k>/<i>.png``."""
     from skfg.datasets import make_fine_grained
 
-    X, y = make_fine_grained(3, 6, image_size=48, random_state=0)
+    X, y = make_fine_grained(n_classes, n_per_class, image_size=size, random_state=0)
     for i, (img, label) in enumerate(zip(X, y)):
-        d = tmp_path / "train" / f"class{label}"
+        d = root / f"class{label}"
         d.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(d / f"{i}.png")
+
+
+def test_demo_on_an_image_folder(tmp_path, capsys):
+    _image_folder(tmp_path / "train", 3, 6)
     assert main(["demo", "--data", str(tmp_path), "--image-size", "48"]) == 0
     assert "25% of train held out" in capsys.readouterr().out
 
@@ -46,3 +51,129 @@ def test_backbones_lists_stages(capsys):
 def test_examples_run(path, monkeypatch):
     monkeypatch.setattr(sys, "argv", [str(path)])
     runpy.run_path(str(path), run_name="__main__")
+
+
+# ------------------------------------------------------------------ fit / predict / evaluate
+@pytest.fixture(scope="module")
+def small_cars(shared_dataset, tmp_path_factory):
+    """4 stanford_cars_a classes as an ImageFolder of links (train 10, val 3, test 4 each)."""
+    root = shared_dataset("stanford_cars_a")
+    out = tmp_path_factory.mktemp("cars4")
+    for split, n in (("train", 10), ("val", 3), ("test", 4)):
+        classes = sorted(p.name for p in (root / split).iterdir() if p.is_dir())[:4]
+        for c in classes:
+            (out / split / c).mkdir(parents=True)
+            for f in sorted((root / split / c).iterdir())[:n]:
+                (out / split / c / f.name).symlink_to(f)
+    return out
+
+
+def _one_line_error(capsys, argv, code=2):
+    """Run the CLI expecting a user error: one stderr line, no traceback, exit code ``code``."""
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        rc = exc.code
+    err = capsys.readouterr().err.strip()
+    assert rc == code, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.data
+def test_fit_predict_evaluate_round_trip_on_real_images(small_cars, tmp_path, capsys):
+    import json
+
+    from skfg import load_model
+    from skfg.datasets import load_image_folder
+
+    model_path = tmp_path / "model.skops"
+    assert main(["fit", str(small_cars), "-o", str(model_path), "--image-size", "64", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "fitted softmax on 40 images of 4 classes" in out and "val accuracy" in out
+    model = load_model(model_path)
+    Xte, yte = load_image_folder(small_cars / "test")
+
+    assert main(["predict", str(model_path), str(small_cars / "test"), "--top-k", "2", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in rows] == list(Xte)
+    assert [r["predictions"][0]["label"] for r in rows] == list(model.predict(Xte))
+    assert all(len(r["predictions"]) == 2 and r["predictions"][0]["probability"] >= r["predictions"][1]["probability"]
+               for r in rows)
+    assert main(["predict", str(model_path), Xte[0], Xte[1]]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "path,label,probability" and lines[1].startswith(f"{Xte[0]},{model.predict(Xte[:1])[0]},")
+
+    cm = tmp_path / "cm.csv"
+    assert main(["evaluate", str(model_path), str(small_cars), "--format", "json", "--confusion", str(cm)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n_images"] == 16 and result["accuracy"] == pytest.approx(model.score(Xte, yte))
+    assert result["report"]["accuracy"] == pytest.approx(result["accuracy"])
+    assert "top5_accuracy" not in result  # 4 classes
+    counts = [list(map(int, line.split(",")[1:])) for line in cm.read_text().splitlines()[1:]]
+    assert sum(map(sum, counts)) == 16 and sum(counts[i][i] for i in range(4)) == round(16 * result["accuracy"])
+    png = tmp_path / "cm.png"
+    assert main(["evaluate", str(model_path), str(small_cars), "--confusion", str(png)]) == 0
+    assert "accuracy" in capsys.readouterr().out and png.stat().st_size > 1000
+
+
+def test_fit_early_exit_and_joblib_models_need_trust(tmp_path, capsys):
+    _image_folder(tmp_path / "data", 3, 8)
+    model = tmp_path / "ee.joblib"
+    argv = ["fit", str(tmp_path / "data"), "-o", str(model), "--model", "early-exit", "--image-size", "48",
+            "--exits", "stage6,head", "--quiet"]
+    assert main(argv) == 0
+    assert "fitted early-exit on 24 images of 3 classes" in capsys.readouterr().out
+    err = _one_line_error(capsys, ["predict", str(model), str(tmp_path / "data")])
+    assert "allow_pickle" in err or "pickle" in err
+    assert main(["predict", str(model), str(tmp_path / "data"), "--trust-pickle"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 25
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["fit", "/no/such/folder", "-o", "m.skops"], "no data folder at /no/such/folder"),
+    (["fit", ".", "-o", "m.skops", "--backbone", "resnet9000"], "invalid choice: 'resnet9000'"),
+    (["fit", ".", "-o", "m.skops", "--model", "svm"], "invalid choice: 'svm'"),
+    (["predict", "/no/model.skops", "x.jpg"], "No model file at /no/model.skops"),
+    (["evaluate", "/no/model.skops", "/no/data"], "No model file at /no/model.skops"),
+    (["verify", "/no/such/folder"], "Image folder not found: /no/such/folder"),
+    (["demo", "--data", "/no/such/folder"], "/no/such/folder has no train/ folder"),
+])
+def test_user_errors_are_one_line_with_a_nonzero_exit(argv, expected, capsys):
+    assert expected in _one_line_error(capsys, argv)
+
+
+def test_errors_name_the_bad_file(tmp_path, capsys):
+    from skfg import SoftmaxClassifier, save_model
+
+    data = tmp_path / "data"
+    for c in ("a", "b"):
+        (data / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 40), (80 * i, 40, 200 if c == "a" else 10)).save(data / c / f"{i}.png")
+    (data / "b" / "broken.jpg").write_bytes(b"\xff\xd8garbage")
+    err = _one_line_error(capsys, ["fit", str(data), "-o", str(tmp_path / "m.skops"), "--image-size", "40", "--quiet"])
+    assert "broken.jpg" in err and not (tmp_path / "m.skops").exists()
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model")
+    assert "not a file of skfg's safe format" in _one_line_error(capsys, ["predict", str(text), str(data)])
+    err = _one_line_error(capsys, ["fit", str(data), "-o", str(tmp_path / "m.skops"), "--trainable-blocks", "2"])
+    assert "--trainable-blocks needs --fine-tune" in err
+    from sklearn.pipeline import make_pipeline
+
+    from skfg import CNNFeatureExtractor
+
+    good = sorted(str(f) for f in data.rglob("*.png"))
+    pipe = make_pipeline(CNNFeatureExtractor(image_size=40), SoftmaxClassifier(max_epochs=2, random_state=0))
+    save_model(pipe.fit(good, [Path(f).parent.name for f in good]), tmp_path / "pipe.skops")
+    err = _one_line_error(capsys, ["predict", str(tmp_path / "pipe.skops"), good[0], str(data / "b" / "broken.jpg")])
+    assert "broken.jpg" in err
+
+
+def test_version_and_python_dash_m():
+    import subprocess
+
+    from skfg import __version__
+
+    out = subprocess.run([sys.executable, "-m", "skfg", "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == f"skfg {__version__}"
