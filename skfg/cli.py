@@ -53,7 +53,7 @@ def _demo_data(args):
         return Xtr, ytr, Xte, yte, f"synthetic fine-grained ({args.n_classes} classes)"
     root = Path(args.data)
     if not (root / "train").is_dir():
-        raise SystemExit(f"skfg demo: {root} has no train/ folder (expected DIR/train/<class>/<image>)")
+        raise FileNotFoundError(f"{root} has no train/ folder (expected DIR/train/<class>/<image>)")
     Xtr, ytr = load_image_folder(root / "train")
     for split in ("test", "val"):
         if (root / split).is_dir():
@@ -175,9 +175,22 @@ def save(model, path):
 
 
 def load(path, trust_pickle):
+    """A model file: skfg's safe format, or with ``trust_pickle`` a joblib/pickle file."""
     from .persistence import load_model
 
-    return load_model(path, allow_pickle=trust_pickle)
+    if os.path.isfile(path):
+        with open(path, "rb") as fh:
+            pickled = fh.read(2) != b"PK"  # the safe format is a zip archive
+        # (load_model alone can take a joblib file holding torch weights, themselves zip
+        # archives, for a damaged safe-format file)
+        if pickled and not trust_pickle:
+            raise ValueError(f"{path} is not a file of skfg's safe format (.skops); if it is a joblib/pickle file "
+                             "from a source you trust, pass --trust-pickle (loading a pickle can run any code)")
+        if pickled:
+            import joblib
+
+            return joblib.load(path)
+    return load_model(path)
 
 
 def cmd_fit(args):
