@@ -261,7 +261,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rows", default=None, help="comma-separated row names (default: all)")
-    parser.add_argument("--budget", type=float, default=12.0, help="minutes of training for the shared rows")
+    parser.add_argument("--budget", type=float, default=10.0, help="minutes of training for the shared rows")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; every row runs once per seed")
     parser.add_argument("--merge", action="store_true",
                         help="keep the rows (row, seed) already in the results file when its measured code is "
@@ -292,8 +292,11 @@ def main():
         results = [r for r in mergeable_rows(out_name) if (r["name"], r["seed"]) not in todo] if args.merge else []
     except ValueError as err:
         parser.error(str(err))
-    if results and results[0].get("budget_minutes", args.budget) != args.budget:
-        parser.error(f"--budget {args.budget:g} differs from the merged file's")
+    budgets = {r["budget_minutes"] for r in results if r.get("budget_minutes") is not None}
+    if any(n in SHARED for n in names) and budgets - {args.budget}:  # shared rows compare at one budget
+        parser.error(f"--budget {args.budget:g} differs from the merged file's shared rows ({budgets.pop():g} min)")
+    if budgets and not any(n in SHARED for n in names):
+        args.budget = budgets.pop()  # the note states the merged shared rows' budget
     for name, seed in todo:
         params, note = ROWS[name]
         params = None if params is None else dict(params)

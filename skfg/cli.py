@@ -2,7 +2,7 @@
 
 ``skfg demo`` compares classifiers on CNN features; ``skfg fit DATA -o MODEL`` trains one
 and saves it; ``skfg predict MODEL IMAGES...`` and ``skfg evaluate MODEL DATA`` use it;
-``skfg verify DIR`` lists unreadable images; ``skfg backbones`` lists the backbones.
+``skfg export MODEL --onnx FILE`` writes it as an ONNX graph; ``skfg verify DIR`` lists unreadable images; ``skfg backbones`` lists the backbones.
 A user error (a missing file, an unreadable image, a bad option) prints one line naming
 it and exits with status 2 (``--debug`` shows the traceback instead).
 """
@@ -321,6 +321,20 @@ def cmd_evaluate(args):
     return 0
 
 
+def cmd_export(args):
+    from .export import OnnxModel, export_onnx
+
+    model = load(args.model, args.trust_pickle)
+    t = time.perf_counter()
+    export_onnx(model, args.onnx)  # checked against the torch model on random images
+    onnx_model = OnnxModel(args.onnx)
+    size = os.path.getsize(args.onnx) / 2**20
+    print(f"exported {type(model).__name__} to {args.onnx} ({size:.1f} MB) in {time.perf_counter() - t:.0f} s: "
+          f"input images uint8 (n, 3, {onnx_model.image_size}, {onnx_model.image_size}) ({onnx_model.resize}), "
+          f"outputs {', '.join(onnx_model.output_names)}; onnxruntime matches torch within 1e-3")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage error as one line (the cause and the valid choices)."""
 
@@ -376,10 +390,17 @@ def build_parser():
                           help="also load a joblib/pickle model (it can run any code it holds)")
     evaluate.set_defaults(func=cmd_evaluate)
 
+    export = sub.add_parser("export", help="export a fitted model for serving (ONNX, needs the [onnx] extra)")
+    export.add_argument("model")
+    export.add_argument("--onnx", required=True, help="the .onnx file to write")
+    export.add_argument("--trust-pickle", action="store_true",
+                        help="also load a joblib/pickle model (it can run any code it holds)")
+    export.set_defaults(func=cmd_export)
+
     demo = sub.add_parser("demo", help="fit and compare classifiers on CNN features")
     demo.add_argument("--data", help="ImageFolder root with train/ and optional val/, test/")
     demo.add_argument("--backbone", choices=backbone_choices, default="efficientnet_lite0")
-    demo.add_argument("--image-size", type=int, default=128)
+    demo.add_argument("--image-size", type=int, default=160, help="as CNNFeatureExtractor's default")
     demo.add_argument("--n-classes", type=int, default=20, help="synthetic data: classes")
     demo.add_argument("--n-train", type=int, default=40, help="synthetic data: train images per class")
     demo.add_argument("--n-test", type=int, default=20, help="synthetic data: test images per class")

@@ -20,7 +20,7 @@ FLOORS = [
     {"_classifier", "localization"},
     {"softmax", "impostor", "imprinting"},
     {"_exits"},
-    {"sequential", "persistence"},
+    {"sequential", "persistence", "export", "plotting"},
     {"cli", "__init__"},  # the public face
     {"__main__"},  # python -m skfg
 ]

@@ -2,6 +2,7 @@ import runpy
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -116,6 +117,13 @@ def test_fit_predict_evaluate_round_trip_on_real_images(small_cars, tmp_path, ca
     assert main(["evaluate", str(model_path), str(small_cars), "--confusion", str(png)]) == 0
     assert "accuracy" in capsys.readouterr().out and png.stat().st_size > 1000
 
+    from skfg.export import OnnxModel
+
+    onnx_path = tmp_path / "model.onnx"
+    assert main(["export", str(model_path), "--onnx", str(onnx_path)]) == 0
+    assert "outputs logits, probabilities" in capsys.readouterr().out
+    np.testing.assert_allclose(OnnxModel(onnx_path).predict_proba(Xte), model.predict_proba(Xte), atol=1e-4)
+
 
 def test_fit_early_exit_and_joblib_models_need_trust(tmp_path, capsys):
     _image_folder(tmp_path / "data", 3, 8)
@@ -128,6 +136,8 @@ def test_fit_early_exit_and_joblib_models_need_trust(tmp_path, capsys):
     assert "not a file of skfg's safe format" in err and "--trust-pickle" in err
     assert main(["predict", str(model), str(tmp_path / "data"), "--trust-pickle"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 25
+    err = _one_line_error(capsys, ["export", str(model), "--onnx", str(tmp_path / "ee.onnx"), "--trust-pickle"])
+    assert "cannot export a EarlyExitClassifier" in err and not (tmp_path / "ee.onnx").exists()
 
 
 @pytest.mark.parametrize("argv, expected", [

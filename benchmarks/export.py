@@ -1,0 +1,105 @@
+"""ONNX export (issue 24): predict latency of the exported graph under onnxruntime against
+the same model in torch eager, side by side in one run, at batch 1 and batch 32.
+
+The model: ``Pipeline([CNNFeatureExtractor(), SoftmaxClassifier()])`` fitted on features
+of stanford_cars_a (EfficientNet-Lite0 at 160 px; the latency does not depend on how well
+it is trained), exported with :func:`skfg.export.export_onnx`. Two measurements:
+
+- network: the graph alone on decoded uint8 images in memory (torch: the exported module
+  in eager mode; onnxruntime: the session), alternating, best of ``--repeats``;
+- end to end: ``predict_proba`` from image files (decoding included): the skfg Pipeline
+  vs :class:`skfg.export.OnnxModel`.
+
+    python benchmarks/export.py            # ~3 min on 2 cores
+    python benchmarks/export.py --quick    # fewer images and repeats
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.pipeline import Pipeline
+
+from _common import DATA, write_results
+from skfg import CNNFeatureExtractor, SoftmaxClassifier
+from skfg.datasets import load_image_folder
+from skfg.export import OnnxModel, _graph, export_onnx, onnx_input
+
+
+def best_ms(fn, x, repeats):
+    best = np.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn(x)
+        best = min(best, time.perf_counter() - t)
+    return 1000 * best / len(x)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    repeats = 2 if args.quick else args.repeats
+    Xtr, ytr = load_image_folder(DATA / "stanford_cars_a" / "train")
+    Xte, _ = load_image_folder(DATA / "stanford_cars_a" / "test")
+    rng = np.random.default_rng(0)
+    Xtr, ytr = Xtr[::8], ytr[::8]  # ~300 images: enough to fit a head
+    Xte = Xte[rng.permutation(len(Xte))[: 64 if args.quick else 256]]
+    pipe = Pipeline([("cnn", CNNFeatureExtractor(cache=False)), ("clf", SoftmaxClassifier(random_state=0))])
+    pipe.fit(Xtr, ytr)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        path = export_onnx(pipe, Path(tmp) / "model.onnx")
+        export_s = time.perf_counter() - t
+        size_mb = Path(path).stat().st_size / 2**20
+        served = OnnxModel(path)
+        images = onnx_input(Xte, served.image_size, served.resize)
+        module = _graph(pipe)[0].eval()
+        proba_gap = float(np.abs(served.predict_proba(Xte) - pipe.predict_proba(Xte)).max())
+
+        def torch_net(x):
+            with torch.inference_mode():
+                return module(torch.from_numpy(x))
+
+        def ort_net(x):
+            return served.session.run(None, {"images": x})
+
+        rows, results = [], []
+        for batch in (1, 32):
+            chunks = [images[i : i + batch] for i in range(0, len(images) - batch + 1, batch)][: 32 if batch == 1 else 8]
+            ms = {"torch": [], "onnxruntime": []}
+            for x in chunks:  # alternating, so a slow spell of the machine hits both
+                ms["torch"].append(best_ms(torch_net, x, repeats))
+                ms["onnxruntime"].append(best_ms(ort_net, x, repeats))
+            a, b = float(np.mean(ms["torch"])), float(np.mean(ms["onnxruntime"]))
+            results.append({"measure": "network", "batch": batch, "torch_ms": a, "onnxruntime_ms": b})
+            rows.append((f"network, batch {batch}", f"{a:.2f}", f"{b:.2f}", f"{a / b:.2f}x"))
+        for name, predict in (("torch", pipe.predict_proba), ("onnxruntime", served.predict_proba)):
+            predict(Xte[:8])  # warm up
+        e2e = {}
+        for _ in range(2):
+            for name, predict in (("torch", pipe.predict_proba), ("onnxruntime", served.predict_proba)):
+                t = time.perf_counter()
+                predict(Xte)
+                e2e[name] = min(e2e.get(name, np.inf), 1000 * (time.perf_counter() - t) / len(Xte))
+        results.append({"measure": "end_to_end", "batch": 32, "torch_ms": e2e["torch"],
+                        "onnxruntime_ms": e2e["onnxruntime"]})
+        rows.append(("from files (decode + resize), predict_proba", f"{e2e['torch']:.2f}", f"{e2e['onnxruntime']:.2f}",
+                     f"{e2e['torch'] / e2e['onnxruntime']:.2f}x"))
+    notes = (f"Pipeline(CNNFeatureExtractor() [EfficientNet-Lite0, 160 px], SoftmaxClassifier()) on stanford_cars_a, "
+             f"{len(Xte)} test images, 2 CPU cores (torch {torch.get_num_threads()} threads). ms per image; speed-up = "
+             f"torch / onnxruntime. Network rows: best of {repeats} per batch, batches alternating between the two. "
+             f"Export took {export_s:.0f} s; the file is {size_mb:.1f} MB; the largest probability difference between "
+             f"the two on the test images is {proba_gap:.1e}. End to end, skfg's predict_proba decodes with its own "
+             f"batching (batch_size {pipe[0].batch_size}); OnnxModel runs batches of {served.batch_size}.")
+    write_results("export_quick" if args.quick else "export",
+                  {"rows": results, "export_seconds": export_s, "file_mb": size_mb, "max_proba_difference": proba_gap},
+                  rows, ("measure", "torch eager ms/img", "onnxruntime ms/img", "speed-up"), notes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""Export of fitted models to ONNX, for serving with onnxruntime (the ``[onnx]`` extra).
+
+:func:`export_onnx` writes one graph from uint8 images to the model's outputs: the
+input normalisation, the CNN, pooling, and the head. :class:`OnnxModel` runs such a file
+with onnxruntime behind the familiar ``predict`` / ``predict_proba`` / ``transform``, with
+skfg's own image preprocessing (decode, resize) in front, so it predicts what the
+exported estimator predicts.
+
+What a graph holds, by model:
+
+- :class:`~skfg.CNNFeatureExtractor` (or a Pipeline of it alone): ``features``.
+- :class:`~skfg.SoftmaxClassifier`, :class:`~skfg.ImprintedClassifier` given an
+  ``extractor`` (or after one in a Pipeline): ``logits`` and ``probabilities``.
+- :class:`~skfg.ImpostorClassifier` likewise: ``embeddings`` and, when it sums over every
+  impostor (``n_neighbors=None``, the default), ``probabilities``: the RBF vote of
+  impostor-networks eq. (3), with the impostors as constants of the graph. With
+  ``n_neighbors`` set the vote runs over a faiss search; it is not in the graph (search
+  the embeddings with the estimator's ``index_``).
+
+The :class:`~skfg.EarlyExitClassifier` (per-layer linear SVMs that stop the CNN
+early) and :class:`~skfg.ObjectCropper` are not exported.
+"""
+
+import copy
+import json
+import os
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._version import __version__
+from .images import ImageSource, eval_transform, iter_batches
+from .pooling import pool_stage_outputs
+
+OPSET = 18
+
+
+def _onnx():
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as exc:
+        raise ImportError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'skfg[onnx]'.") from exc
+    return onnx, onnxruntime
+
+
+class _Extractor(nn.Module):
+    """A fitted CNNFeatureExtractor's features of normalised images (as ``transform``)."""
+
+    def __init__(self, extractor):
+        super().__init__()
+        self.network = extractor.network_
+        self.layers = list(extractor.layers_)
+        self.pooling, self.k, self.normalize = extractor.pooling, extractor.k, extractor.normalize
+
+    def forward(self, x):
+        maps = self.network.forward_features(x, self.layers)
+        return pool_stage_outputs(maps, self.layers, self.pooling, self.k, self.normalize)
+
+
+class _RBFVote(nn.Module):
+    """Class probabilities of the RBF vote over every impostor (impostor-networks eq. 3)."""
+
+    def __init__(self, clf):
+        super().__init__()
+        weights = clf.impostor_weights_
+        self.register_buffer("vectors", torch.from_numpy(clf.index_.reconstruct()).double())
+        self.register_buffer("labels", torch.as_tensor(clf.impostor_labels_))
+        self.register_buffer("log_w", None if weights is None else torch.as_tensor(np.log(weights)))
+        self.sigma, self.n_classes = float(clf.sigma), len(clf.classes_)
+
+    def forward(self, emb):  # skfg.losses.rbf_log_proba without its chunks: in float64
+        from ._distances import squared_distances
+        from .losses import class_log_proba, rbf_log_kernel
+
+        log_kernel = rbf_log_kernel(squared_distances(emb.double(), self.vectors), self.sigma, self.log_w)
+        return torch.exp(class_log_proba(log_kernel, self.labels, self.n_classes)).float()
+
+
+class _Graph(nn.Module):
+    """uint8 images ``(n, 3, S, S)`` -> ``body``'s output (and ``proba`` of it)."""
+
+    def __init__(self, mean, std, body, proba=None):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.body, self.proba = body, proba
+
+    def forward(self, images):
+        x = (images.float() / 255.0 - self.mean) / self.std  # skfg.images.normalize_batch
+        out = self.body(x)
+        return out if self.proba is None else (out, self.proba(out))
+
+
+def _split(model):
+    """``(extractor, classifier or None)`` of a model; TypeError for what cannot be exported."""
+    from sklearn.pipeline import Pipeline
+
+    from ._classifier import BaseTorchClassifier
+    from .extractor import CNNFeatureExtractor
+
+    if isinstance(model, Pipeline):
+        steps = [s for _, s in model.steps if s not in (None, "passthrough")]
+        if len(steps) == 1:
+            return _split(steps[0])
+        if len(steps) == 2 and isinstance(steps[0], CNNFeatureExtractor):
+            ext, clf = steps
+            if isinstance(clf, BaseTorchClassifier) and clf.extractor is None:
+                return ext, clf
+        raise TypeError(
+            "export_onnx takes a Pipeline of a CNNFeatureExtractor followed by a torch classifier of skfg on its "
+            f"features (or the extractor alone); got steps {[type(s).__name__ for s in steps]}. For another "
+            "final step, export the extractor (pipeline[:-1]) and run the step on the exported features."
+        )
+    if isinstance(model, CNNFeatureExtractor):
+        return model, None
+    if isinstance(model, BaseTorchClassifier):
+        if model.extractor is None:
+            raise TypeError(f"this {type(model).__name__} was fitted on features: export the Pipeline of the "
+                            "extractor and the classifier, so that the graph starts from images.")
+        return model.extractor_, model
+    raise TypeError(f"export_onnx cannot export a {type(model).__name__}: it takes a CNNFeatureExtractor, a "
+                    "SoftmaxClassifier, ImprintedClassifier or ImpostorClassifier, or a Pipeline of them.")
+
+
+def _graph(model):
+    """``(graph module, output names, metadata)`` of a fitted model."""
+    from sklearn.utils.validation import check_is_fitted
+
+    from .impostor import ImpostorClassifier
+
+    ext, clf = _split(model)
+    if clf is None or clf.extractor is None:  # (a fine-tuning classifier holds the CNN in its module_)
+        check_is_fitted(ext, "network_")
+    meta = {"skfg_version": __version__, "image_size": int(ext.image_size), "resize": ext.resize,
+            "backbone": ext.backbone}
+    if clf is None:
+        return _Graph(*ext.input_normalization(), _Extractor(ext)), ["features"], meta
+    check_is_fitted(clf, "module_")
+    net = clf.module_ if clf.extractor is not None else nn.Sequential(_Extractor(ext), clf.module_)
+    meta["classes"] = json.dumps(np.asarray(clf.classes_).tolist())
+    meta["estimator"] = type(clf).__name__
+    if isinstance(clf, ImpostorClassifier):
+        if clf.n_neighbors is not None and clf.n_neighbors < len(clf.impostor_labels_):
+            return _Graph(*ext.input_normalization(), net), ["embeddings"], meta
+        return _Graph(*ext.input_normalization(), net, _RBFVote(clf)), ["embeddings", "probabilities"], meta
+    return _Graph(*ext.input_normalization(), net, nn.Softmax(dim=1)), ["logits", "probabilities"], meta
+
+
+def export_onnx(model, path, *, opset_version=OPSET, check=True):
+    """Write a fitted model as an ONNX graph from uint8 images to its outputs.
+
+    The graph's input ``images`` is a uint8 array ``(n, 3, S, S)`` (any ``n``), the images
+    decoded and resized as the model's extractor does (``image_size`` S and ``resize``):
+    :func:`onnx_input` makes it. Its outputs are named in the module docstring. The
+    file's metadata holds the skfg version, ``image_size``, ``resize``, the backbone
+    and, for a classifier, ``classes`` (JSON); :class:`OnnxModel` reads them.
+
+    Parameters
+    ----------
+    model : estimator or Pipeline
+        A fitted :class:`~skfg.CNNFeatureExtractor`; a fitted SoftmaxClassifier,
+        ImprintedClassifier or ImpostorClassifier with an ``extractor``; or a Pipeline of
+        a CNNFeatureExtractor and such a classifier fitted on its features.
+    path : str or path-like
+        The ``.onnx`` file to write (weights inside, no external data file). It is
+        written whole or not at all.
+    opset_version : int, default=18
+        ONNX operator set.
+    check : bool, default=True
+        Run the written graph with onnxruntime on random images and compare it with the
+        torch model; a difference above 1e-3 is an error (and no file is left).
+
+    Returns
+    -------
+    path : str
+
+    Raises
+    ------
+    TypeError
+        For a model that cannot be exported (the message says what can).
+    ImportError
+        Without onnx, onnxscript or onnxruntime (``pip install 'skfg[onnx]'``).
+    """
+    onnx, ort = _onnx()
+    path = os.fspath(path)
+    graph, outputs, meta = _graph(model)
+    graph = copy.deepcopy(graph).cpu().eval()
+    size = meta["image_size"]
+    example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    tmp = f"{path}.part"
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.export's own deprecations
+            torch.onnx.export(graph, (example,), tmp, input_names=["images"], output_names=outputs,
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset_version,
+                              dynamo=True, external_data=False, verbose=False)
+        proto = onnx.load(tmp)
+        for key, value in meta.items():
+            proto.metadata_props.add(key=key, value=str(value))
+        onnx.save(proto, tmp)
+        if check:
+            with torch.no_grad():
+                expected = graph(example)
+            expected = expected if isinstance(expected, tuple) else (expected,)
+            got = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"]).run(None, {"images": example.numpy()})
+            diff = max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected))
+            if diff > 1e-3:
+                raise RuntimeError(f"the ONNX graph's outputs differ from the torch model's by {diff:.3g} (> 1e-3); "
+                                   "no file written")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def onnx_input(X, image_size, resize="crop", batch_size=64):
+    """Images as an exported graph takes them: uint8 ``(n, 3, image_size, image_size)``.
+
+    Parameters
+    ----------
+    X : array-like
+        Image paths, a uint8 array ``(n, H, W[, 3])`` or PIL images (as ``transform`` takes).
+    image_size : int
+    resize : {"crop", "squash"}
+        As the extractor's ``resize``.
+    batch_size : int, default=64
+        Images decoded at a time.
+
+    Returns
+    -------
+    images : ndarray of shape (n, 3, image_size, image_size), dtype uint8
+    """
+    source = ImageSource(X)
+    out = np.empty((len(source), 3, image_size, image_size), dtype=np.uint8)
+    for idx, batch in iter_batches(source, eval_transform(image_size, resize), batch_size):
+        out[idx] = batch.numpy()
+    return out
+
+
+class OnnxModel:
+    """An exported model run with onnxruntime, with skfg's image preprocessing in front.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A file written by :func:`export_onnx`.
+    providers : list of str, optional
+        onnxruntime execution providers (default: the CPU).
+    batch_size : int, default=32
+        Images per call of the graph.
+
+    Attributes
+    ----------
+    classes_ : ndarray or None
+        The classifier's classes (None for an extractor).
+    image_size, resize : int, str
+        The preprocessing the graph expects.
+    output_names : list of str
+
+    Examples
+    --------
+    >>> from skfg.export import OnnxModel, export_onnx  # doctest: +SKIP
+    >>> export_onnx(fitted_classifier, "model.onnx")  # doctest: +SKIP
+    >>> OnnxModel("model.onnx").predict(["car.jpg"])  # doctest: +SKIP
+    """
+
+    def __init__(self, path, providers=None, batch_size=32):
+        _, ort = _onnx()
+        self.path = os.fspath(path)
+        self.session = ort.InferenceSession(self.path, providers=providers or ["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "image_size" not in meta:
+            raise ValueError(f"{self.path} was not written by skfg.export.export_onnx (no image_size in its metadata).")
+        self.image_size, self.resize = int(meta["image_size"]), meta["resize"]
+        self.classes_ = np.asarray(json.loads(meta["classes"])) if "classes" in meta else None
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.batch_size = batch_size
+
+    def run(self, images):
+        """The graph's outputs ``{name: array}`` for uint8 images ``(n, 3, S, S)``."""
+        parts = [self.session.run(None, {"images": images[i : i + self.batch_size]})
+                 for i in range(0, len(images), self.batch_size)]
+        return {name: np.concatenate([p[j] for p in parts]) for j, name in enumerate(self.output_names)}
+
+    def _output(self, X, name):
+        """Output ``name`` for images X, decoded ``batch_size`` at a time."""
+        if name not in self.output_names:
+            raise AttributeError(f"{self.path} has no {name!r} output (it has {self.output_names}).")
+        source, out = ImageSource(X), None
+        for idx, batch in iter_batches(source, eval_transform(self.image_size, self.resize), self.batch_size):
+            part = self.session.run([name], {"images": batch.numpy()})[0]
+            if out is None:
+                out = np.empty((len(source), *part.shape[1:]), dtype=part.dtype)
+            out[idx] = part
+        return out
+
+    def predict_proba(self, X):
+        """Class probabilities of images X; columns follow ``classes_``."""
+        return self._output(X, "probabilities")
+
+    def predict(self, X):
+        """Predicted labels of images X."""
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def transform(self, X):
+        """The graph's first output for images X: features, or a classifier's logits or embeddings."""
+        return self._output(X, self.output_names[0])
