@@ -61,9 +61,9 @@ def main():
         module = _graph(pipe)[0].eval()
         proba_gap = float(np.abs(served.predict_proba(Xte) - pipe.predict_proba(Xte)).max())
 
-        def torch_net(x):
+        def torch_net(x):  # channels-last input, as skfg's own prediction feeds the network
             with torch.inference_mode():
-                return module(torch.from_numpy(x))
+                return module(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
 
         def ort_net(x):
             return served.session.run(None, {"images": x})

@@ -47,6 +47,13 @@ def _grid(n_rows, n_cols, size, axes=None):
     return fig, axes
 
 
+def _wrap(text, width=22):
+    """A label broken into lines (at "_" and spaces) so it fits over a small image."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(str(text).replace("_", " "), width))
+
+
 def _images(X):
     """RGB PIL images of X (paths, arrays, PIL images); a bad file raises naming it."""
     source = ImageSource(X)
@@ -135,8 +142,8 @@ class EarlyExitDisplay:
         if len(ax) != 2:
             raise ValueError(f"ax must be two Axes (trade-off, exits), got {len(ax)}")
         (self.line_,) = ax[0].plot(self.ms_per_image, self.accuracy, "o-")
-        for a, x, y in zip(self.alphas, self.ms_per_image, self.accuracy):
-            ax[0].annotate(f"α={a:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        for i, (a, x, y) in enumerate(zip(self.alphas, self.ms_per_image, self.accuracy)):
+            ax[0].annotate(f"α={a:g}", (x, y), textcoords="offset points", xytext=(5, 5 if i % 2 else -12), fontsize=8)
         ax[0].set(xlabel="prediction time (ms / image)", ylabel="accuracy", title="Early exit: accuracy vs time")
         share = self.exit_counts / np.maximum(self.exit_counts.sum(1, keepdims=True), 1)
         pos, bottom, self.bars_ = np.arange(len(self.alphas)), np.zeros(len(self.alphas)), []
@@ -254,12 +261,12 @@ class RetrievalDisplay:
         for i, query in enumerate(self.query_images):
             axes[i, 0].imshow(query)
             title = "query" if self.query_labels is None else f"query: {self.query_labels[i]}"
-            axes[i, 0].set_title(title, fontsize=8)
+            axes[i, 0].set_title(_wrap(title), fontsize=7)
             for j, img in enumerate(self.neighbor_images[i]):
                 a = axes[i, j + 1]
                 a.imshow(img)
-                label = "" if self.neighbor_labels is None else f"{self.neighbor_labels[i, j]}\n"
-                a.set_title(f"{label}d²={self.distances[i, j]:.3g}", fontsize=8)
+                label = "" if self.neighbor_labels is None else f"{_wrap(str(self.neighbor_labels[i, j]))}\n"
+                a.set_title(f"{label}d²={self.distances[i, j]:.3g}", fontsize=7)
                 if self.query_labels is not None and self.neighbor_labels is not None:
                     a.set_axis_on()
                     a.set_xticks([])
