@@ -61,22 +61,30 @@ class _Extractor(nn.Module):
 
 
 class _RBFVote(nn.Module):
-    """Class probabilities of the RBF vote over every impostor (impostor-networks eq. 3)."""
+    """Class probabilities of the RBF vote over every impostor (impostor-networks eq. 3), in
+    float64 as :func:`skfg.losses.rbf_log_proba`; the per-class sums are a product with
+    the impostors' one-hot labels (a scatter would fix the batch size of the graph)."""
 
     def __init__(self, clf):
         super().__init__()
+        vectors = torch.from_numpy(clf.index_.reconstruct()).double()
+        labels = torch.as_tensor(clf.impostor_labels_)
+        self.register_buffer("vectors", vectors)
+        self.register_buffer("sq_norms", (vectors * vectors).sum(1))
+        self.register_buffer("one_hot", torch.nn.functional.one_hot(labels, len(clf.classes_)).double())
         weights = clf.impostor_weights_
-        self.register_buffer("vectors", torch.from_numpy(clf.index_.reconstruct()).double())
-        self.register_buffer("labels", torch.as_tensor(clf.impostor_labels_))
-        self.register_buffer("log_w", None if weights is None else torch.as_tensor(np.log(weights)))
-        self.sigma, self.n_classes = float(clf.sigma), len(clf.classes_)
+        self.register_buffer("log_w", None if weights is None else torch.as_tensor(np.log(weights)).double())
+        self.gamma = -0.5 / float(clf.sigma) ** 2
 
-    def forward(self, emb):  # skfg.losses.rbf_log_proba without its chunks: in float64
-        from ._distances import squared_distances
-        from .losses import class_log_proba, rbf_log_kernel
-
-        log_kernel = rbf_log_kernel(squared_distances(emb.double(), self.vectors), self.sigma, self.log_w)
-        return torch.exp(class_log_proba(log_kernel, self.labels, self.n_classes)).float()
+    def forward(self, emb):
+        emb = emb.double()
+        sq_dist = ((emb * emb).sum(1, keepdim=True) - 2 * emb @ self.vectors.T + self.sq_norms).clamp_min(0)
+        log_kernel = sq_dist * self.gamma  # eq. 2: log of w_j g(y, c_j)
+        if self.log_w is not None:
+            log_kernel = log_kernel + self.log_w
+        kernel = torch.exp(log_kernel - log_kernel.max(dim=1, keepdim=True).values)
+        sums = kernel @ self.one_hot  # eq. 3: sum over each class's impostors
+        return (sums / sums.sum(1, keepdim=True)).float()
 
 
 class _Graph(nn.Module):
@@ -189,7 +197,9 @@ def export_onnx(model, path, *, opset_version=OPSET, check=True):
     graph, outputs, meta = _graph(model)
     graph = copy.deepcopy(graph).cpu().eval()
     size = meta["image_size"]
-    example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    rng = torch.Generator().manual_seed(0)
+    example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=rng)
+    probe = torch.randint(0, 256, (3, 3, size, size), dtype=torch.uint8, generator=rng)  # another batch size
     tmp = f"{path}.part"
     try:
         with torch.no_grad(), warnings.catch_warnings():
@@ -203,9 +213,13 @@ def export_onnx(model, path, *, opset_version=OPSET, check=True):
         onnx.save(proto, tmp)
         if check:
             with torch.no_grad():
-                expected = graph(example)
+                expected = graph(probe)
             expected = expected if isinstance(expected, tuple) else (expected,)
-            got = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"]).run(None, {"images": example.numpy()})
+            session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+            try:
+                got = session.run(None, {"images": probe.numpy()})
+            except Exception as exc:  # e.g. a batch size fixed in the graph
+                raise RuntimeError(f"the exported graph does not run on a batch of 3 images: {exc}") from exc
             diff = max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected))
             if diff > 1e-3:
                 raise RuntimeError(f"the ONNX graph's outputs differ from the torch model's by {diff:.3g} (> 1e-3); "
