@@ -231,7 +231,7 @@ def export_onnx(model, path, *, opset_version=OPSET, check=True):
     return path
 
 
-def onnx_input(X, image_size, resize="crop", batch_size=64):
+def onnx_input(X, image_size, resize="squash", batch_size=64):
     """Images as an exported graph takes them: uint8 ``(n, 3, image_size, image_size)``.
 
     Parameters
@@ -239,8 +239,8 @@ def onnx_input(X, image_size, resize="crop", batch_size=64):
     X : array-like
         Image paths, a uint8 array ``(n, H, W[, 3])`` or PIL images (as ``transform`` takes).
     image_size : int
-    resize : {"crop", "squash"}
-        As the extractor's ``resize``.
+    resize : {"squash", "crop"}, default="squash"
+        As the extractor's ``resize`` (whose default is ``"squash"``).
     batch_size : int, default=64
         Images decoded at a time.
 
