@@ -25,7 +25,6 @@ downloaded), so only the default backbone has accuracy rows.
 """
 
 import argparse
-import copy
 import time
 
 import numpy as np
@@ -34,7 +33,7 @@ from sklearn.svm import LinearSVC
 from _common import DATA, alternating_ms, write_results
 from skfg import CNNFeatureExtractor, EarlyExitClassifier
 from skfg.datasets import load_image_folder
-from skfg.sequential import bh_threshold
+from skfg.plotting import with_alpha
 
 ALPHAS = (0.01, 0.05, 0.1, 0.2)
 
@@ -47,14 +46,7 @@ def load(split, n_classes):
 
 def with_thresholds(clf, scheme, alpha):
     """A copy of a fitted EarlyExitClassifier with the thresholds of (scheme, alpha)."""
-    out = copy.copy(clf)
-    n = len(clf.estimators_)
-    out.thresholds_ = clf.thresholds_.copy()
-    out.alpha, out.thresholds = alpha, scheme
-    for m in range(n - 1):
-        m_rank, n_rank = (m + 1, n) if scheme == "bh" else (1, 1)
-        out.thresholds_[m] = bh_threshold(clf.inter_class_scores_[m], alpha, m_rank, n_rank)
-    return out
+    return with_alpha(clf, alpha, scheme)
 
 
 def sweep(label, clf, Xte, yte, timing_X, baseline, base_acc, repeats, rows):

@@ -61,19 +61,20 @@ def _images(X):
 
 
 # ------------------------------------------------------------------ early exit
-def with_alpha(clf, alpha):
+def with_alpha(clf, alpha, thresholds=None):
     """A copy of a fitted :class:`~skfg.EarlyExitClassifier` with the thresholds another
-    ``alpha`` gives, from its held-out scores (``inter_class_scores_``) without retraining:
-    the same thresholds as a refit with that ``alpha`` and the same random state."""
+    ``alpha`` (and scheme ``thresholds``, "bh" or "fixed"; default the estimator's) gives,
+    from its held-out scores (``inter_class_scores_``) without retraining: the same
+    thresholds as a refit with those parameters and the same random state."""
     from ._exits import bh_threshold
 
     check_is_fitted(clf, "estimators_")
     out = copy.copy(clf)
     n = len(clf.estimators_)
     out.thresholds_, out.alphas_ = clf.thresholds_.copy(), clf.alphas_.copy()
-    out.alpha = alpha
+    out.alpha, out.thresholds = alpha, thresholds or clf.thresholds
     for m in range(n):
-        m_rank, n_rank = (m + 1, n) if clf.thresholds == "bh" else (1, 1)
+        m_rank, n_rank = (m + 1, n) if out.thresholds == "bh" else (1, 1)
         out.alphas_[m] = alpha * m_rank / n_rank
         if m < n - 1:
             out.thresholds_[m] = bh_threshold(clf.inter_class_scores_[m], alpha, m_rank, n_rank)
