@@ -1,14 +1,16 @@
-"""Helpers shared by the benchmark scripts: data location and result files.
+"""Helpers shared by the benchmark scripts: data location, result files, timing.
 
-Every result file is stamped with its provenance: the commit, whether the measured code
-had uncommitted changes, and a hash of each skfg module the run imported, taken over the
-module's code without docstrings or comments (:func:`code_hash`). :func:`stale_results`
-lists the result files whose measured code has changed since; ``tests/test_results.py``
-fails on them, so a number in the docs cannot silently outlive the code it measured.
+Every result file is stamped with its provenance (:mod:`_provenance`): the commit, whether
+the measured code had uncommitted changes, a hash of each skfg module the run imported and,
+finer, a hash of each skfg definition (function, method, class header, module top level)
+the run executed, recorded by a call hook that starts when a script in ``benchmarks/``
+imports this module. :func:`stale_results` lists the result files whose executed code has
+changed since; ``tests/test_results.py`` fails on them, so a number in the docs cannot
+silently outlive the code it measured, while an edit to code a benchmark never ran leaves
+its results valid.
 """
 
-import ast
-import hashlib
+import contextlib
 import json
 import os
 import platform
@@ -23,10 +25,18 @@ import numpy as np
 import torch
 
 from skfg._table import format_table
+from _provenance import Tracer, code_hash, definition_hashes, executed_definitions, stale_definitions, upgrade_stamp
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 DATA = Path(os.environ.get("SKFG_DATA_DIR", REPO.parent / "shared" / "datasets"))
+
+# The executed-code record of a benchmark run: on for the scripts in benchmarks/, off when
+# this module is imported by the tests.
+TRACER = Tracer()
+if sys.argv and sys.argv[0] and Path(sys.argv[0]).resolve().parent == REPO / "benchmarks":
+    TRACER.start()
+_MERGED = {}  # result name -> the stamp of the rows a run merges into it
 
 
 def machine():
@@ -39,18 +49,6 @@ def machine():
     }
 
 
-def code_hash(path):
-    """SHA-1 of a Python file's code: its syntax tree without docstrings (comments are not in it)."""
-    tree = ast.parse(Path(path).read_text())
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
-                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)):
-            node.body = body[1:] or [ast.Pass()]
-    return hashlib.sha1(ast.dump(tree).encode()).hexdigest()
-
-
 def _git(*args):
     try:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()
@@ -58,29 +56,45 @@ def _git(*args):
         return ""
 
 
+def _imported_skfg_files():
+    return sorted({Path(m.__file__).resolve() for name, m in list(sys.modules.items())
+                   if (name == "skfg" or name.startswith("skfg.")) and getattr(m, "__file__", None)
+                   and REPO in Path(m.__file__).resolve().parents})
+
+
 def provenance():
-    """Commit, date and the code hashes of the skfg modules this process imported."""
-    files = sorted({Path(m.__file__).resolve() for name, m in list(sys.modules.items())
-                    if (name == "skfg" or name.startswith("skfg.")) and getattr(m, "__file__", None)})
-    code = {str(f.relative_to(REPO)): code_hash(f) for f in files if REPO in f.parents}
+    """Commit, date, and the hashes of the skfg code this process imported (per module) and
+    executed (per definition; every definition of the imported modules when no trace ran)."""
+    files = _imported_skfg_files()
+    if TRACER.seen:
+        definitions, executed = executed_definitions(files, TRACER, REPO), "traced"
+    else:
+        definitions = {str(f.relative_to(REPO)): definition_hashes(f) for f in files}
+        executed = "unknown: every definition of the imported modules"
     return {
         "commit": _git("rev-parse", "HEAD") or None,
         "uncommitted_changes": bool(_git("status", "--porcelain", "--", "skfg")),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "code": code,
+        "code": {str(f.relative_to(REPO)): code_hash(f) for f in files},
+        "definitions": definitions,
+        "executed": executed,
     }
 
 
 def stale_results(results_dir=RESULTS, repo=REPO):
-    """``{result file: [changed modules]}`` for stamped results whose measured code changed
-    (a module edited, or removed) since they were measured; unstamped files are skipped."""
+    """``{result file: [what changed]}`` for stamped results whose executed code changed
+    since they were measured (:func:`_provenance.stale_definitions`; per module for stamps
+    written before definitions were recorded); unstamped files are skipped."""
     stale = {}
     for path in sorted(Path(results_dir).glob("*.json")):
         stamp = json.loads(path.read_text()).get("provenance")
         if not stamp:
             continue
-        changed = [m for m, h in stamp["code"].items()
-                   if not (Path(repo) / m).is_file() or code_hash(Path(repo) / m) != h]
+        if "definitions" in stamp:
+            changed = stale_definitions(stamp["definitions"], repo)
+        else:
+            changed = [m for m, h in stamp["code"].items()
+                       if not (Path(repo) / m).is_file() or code_hash(Path(repo) / m) != h]
         if changed:
             stale[path.name] = changed
     return stale
@@ -157,6 +171,7 @@ def mergeable_rows(name):
     if changed or "provenance" not in saved:
         raise ValueError(f"cannot merge into {path.name}: it was measured on other code (changed: "
                          f"{', '.join(changed) or 'no provenance stamp'}); run every row again without --merge")
+    _MERGED[name] = saved["provenance"]
     return saved["rows"]
 
 
@@ -165,6 +180,12 @@ def write_results(name, payload, rows, header, notes=""):
     stamped with the run's :func:`provenance`."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = provenance()
+    if name in _MERGED:  # the merged rows ran the code of their own stamp too
+        earlier = upgrade_stamp(_MERGED[name], REPO)
+        for module, hashes in earlier["definitions"].items():
+            stamp["definitions"].setdefault(module, {}).update(hashes)
+        if not str(earlier.get("executed", "")).startswith("traced"):
+            stamp["executed"] = earlier["executed"]
     payload = dict(payload, machine=machine(), provenance=stamp)
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     commit = (stamp["commit"] or "unknown")[:10] + (" + uncommitted changes" if stamp["uncommitted_changes"] else "")
@@ -175,6 +196,15 @@ def write_results(name, payload, rows, header, notes=""):
     print(md)
 
 
+def timing_rounds(repeats):
+    """``range(repeats)`` for a best-of timing loop: the first round runs traced (it records
+    the code the timed calls execute), the others with the trace hook off, so the best time
+    is not slowed by it."""
+    for r in range(repeats):
+        with TRACER.paused() if r else contextlib.nullcontext():
+            yield r
+
+
 def alternating_ms(predictors, X, repeats):
     """Per predictor, mean over images of the best-of-``repeats`` time of one image (ms).
 
@@ -182,7 +212,7 @@ def alternating_ms(predictors, X, repeats):
     hits all of them alike.
     """
     best = np.full((len(predictors), len(X)), np.inf)
-    for _ in range(repeats):
+    for _ in timing_rounds(repeats):
         for i in range(len(X)):
             for k, predict in enumerate(predictors):
                 t = time.perf_counter()

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from sklearn.pipeline import Pipeline
 
-from _common import DATA, write_results
+from _common import DATA, timing_rounds, write_results
 from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.datasets import load_image_folder
 from skfg.export import OnnxModel, _graph, export_onnx, onnx_input
@@ -31,7 +31,7 @@ from skfg.export import OnnxModel, _graph, export_onnx, onnx_input
 
 def best_ms(fn, x, repeats):
     best = np.inf
-    for _ in range(repeats):
+    for _ in timing_rounds(repeats):
         t = time.perf_counter()
         fn(x)
         best = min(best, time.perf_counter() - t)
@@ -81,7 +81,7 @@ def main():
         for name, predict in (("torch", pipe.predict_proba), ("onnxruntime", served.predict_proba)):
             predict(Xte[:8])  # warm up
         e2e = {}
-        for _ in range(2):
+        for _ in timing_rounds(2):
             for name, predict in (("torch", pipe.predict_proba), ("onnxruntime", served.predict_proba)):
                 t = time.perf_counter()
                 predict(Xte)

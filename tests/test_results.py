@@ -2,6 +2,7 @@
 it measured (``benchmarks/_common.py`` stamps each with the hashes of that code)."""
 
 import importlib
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -10,6 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _common import code_hash, provenance, stale_results, unbacked_numbers  # noqa: E402
+from _provenance import (Tracer, definition_hashes, definition_of, executed_definitions,  # noqa: E402
+                         stale_definitions, upgrade_stamp)
 
 
 def test_no_stamped_result_is_older_than_the_code_it_measures():
@@ -42,6 +45,127 @@ def test_provenance_records_the_imported_skfg_modules():
     stamp = provenance()
     assert "skfg/metrics.py" in stamp["code"] and stamp["date"]
     assert stamp["code"]["skfg/metrics.py"] == code_hash(REPO / "skfg" / "metrics.py")
+    # no trace in the test process: every definition of the imported modules counts as run
+    assert stamp["executed"].startswith("unknown")
+    assert stamp["definitions"]["skfg/metrics.py"] == definition_hashes(REPO / "skfg" / "metrics.py")
+
+
+MODULE = '''"""Doc."""
+import math
+
+import logging
+
+logger = logging.getLogger(__name__)
+SCALE = 2
+
+
+class Base:
+    def n(self):
+        return 1
+
+
+class C(Base):
+    """A class."""
+    k = 3
+
+    def m(self, x):
+        """Doc."""
+        def inner(y):
+            return y + 1
+        return inner(x) * SCALE  # a comment
+
+    def unused(self):
+        return 0
+
+
+def f(x):
+    logger.info("f(%s)", x)
+    return x + 1
+
+
+def g(x):
+    return x - 1
+'''
+
+
+def _stamp_of(tmp_path, executed):
+    hashes = definition_hashes(tmp_path / "skfg" / "m.py")
+    return {"skfg/m.py": {k: hashes[k] for k in executed}}
+
+
+def _edited(tmp_path, old, new):
+    path = tmp_path / "skfg" / "m.py"
+    path.write_text(MODULE.replace(old, new, 1))
+    return path
+
+
+def test_the_definition_check_flags_only_changes_to_code_that_ran(tmp_path):
+    (tmp_path / "skfg").mkdir()
+    path = tmp_path / "skfg" / "m.py"
+    path.write_text(MODULE)
+    stamp = _stamp_of(tmp_path, ["<module>", "Base", "C", "C.m", "f"])
+    assert stale_definitions(stamp, tmp_path) == []
+    cases = {  # edit -> what the check reports
+        ("return x - 1", "return x - 2"): [],  # g never ran
+        ("return 0", "return 5"): [],  # nor C.unused
+        ("return x + 1", "return x + 2"): ["skfg/m.py:f"],
+        ("return y + 1", "return y + 2"): ["skfg/m.py:C.m"],  # a nested function belongs to its method
+        ("SCALE = 2", "SCALE = 3"): ["skfg/m.py:<module>"],
+        ("k = 3", "k = 4"): ["skfg/m.py:C"],
+        ("class C(Base):", "class C(Base, dict):"): ["skfg/m.py:C"],
+        ('"""Doc."""\n        def', '"""Other doc."""\n        def'): [],
+        ("# a comment", "# another comment"): [],
+        ('logger.info("f(%s)", x)', 'logger.debug("now f(%s)", x)'): [],  # logging cannot change a number
+        ("import math", "import math\nimport os"): [],
+        ("    def unused(self):", "    def helper(self):\n        return 7\n\n    def unused(self):"): [],
+        ("    def unused(self):", "    def n(self):\n        return 7\n\n    def unused(self):"):
+            ["skfg/m.py:C.n (new override)"],
+        ("    def unused(self):", "    def __len__(self):\n        return 7\n\n    def unused(self):"):
+            ["skfg/m.py:C.__len__ (new dunder)"],
+        ("def g(x):", "def h():\n    return 1\n\n\ndef g(x):"): [],
+        ("def g(x):", "@register\ndef h():\n    return 1\n\n\ndef g(x):"): ["skfg/m.py:h (new, decorated)"],
+        ("def f(x):", "def f2(x):"): ["skfg/m.py:f"],  # removed
+    }
+    for (old, new), expected in cases.items():
+        assert old in MODULE, old
+        _edited(tmp_path, old, new)
+        assert stale_definitions(stamp, tmp_path) == expected, (old, new)
+    path.unlink()
+    assert stale_definitions(stamp, tmp_path) == ["skfg/m.py: removed"]
+
+
+def test_the_tracer_records_the_definitions_a_run_executes(tmp_path):
+    (tmp_path / "skfg").mkdir()
+    path = tmp_path / "skfg" / "m.py"
+    path.write_text(MODULE)
+    spec = importlib.util.spec_from_file_location("skfg_traced_m", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tracer = Tracer()
+    tracer.start()
+    try:
+        module.C().m(1)
+        with tracer.paused():
+            module.g(1)  # timed code runs untraced
+    finally:
+        tracer.stop()
+    stamp = executed_definitions([path], tracer, tmp_path)
+    assert set(stamp["skfg/m.py"]) == {"<module>", "Base", "C", "C.m"}  # class headers ran at import
+    assert definition_of("C.m.<locals>.inner", stamp["skfg/m.py"]) == "C.m"
+    assert definition_of("<listcomp>", stamp["skfg/m.py"]) == "<module>"
+
+
+def test_a_per_module_stamp_upgrades_only_while_its_code_is_unchanged(tmp_path):
+    (tmp_path / "skfg").mkdir()
+    path = tmp_path / "skfg" / "m.py"
+    path.write_text(MODULE)
+    legacy = {"commit": "abc", "code": {"skfg/m.py": code_hash(path)}}
+    upgraded = upgrade_stamp(legacy, tmp_path)
+    assert upgraded["definitions"]["skfg/m.py"] == definition_hashes(path)
+    assert upgraded["executed"].startswith("unknown") and upgraded["code"] == legacy["code"]
+    _edited(tmp_path, "return x - 1", "return x - 2")
+    assert stale_definitions(upgraded["definitions"], tmp_path) == ["skfg/m.py:g"]  # all counted as run
+    assert upgrade_stamp(legacy, tmp_path) is None
 
 
 # Numbers in the docs with no result file behind them, each with the reason it may stay.

@@ -1,0 +1,286 @@
+"""Provenance of benchmark results: which skfg code a run executed, and whether it changed since.
+
+A result is stale when the code that produced it has changed. "The code" is taken at the
+grain of a definition (a function, a method, a class header, a module's top-level
+statements) and restricted to what the run *executed*: :class:`Tracer` records the code
+objects a benchmark process runs (a ``sys.settrace`` hook on call events only; line
+events stay off), and :func:`provenance` stamps the result with the hash of every skfg
+definition it ran. A later edit to code the run never executed (another estimator, the
+CLI, a new method) leaves the result valid; an edit to anything it ran makes it stale.
+
+What a hash covers (:func:`definition_hashes`): the syntax tree of the definition, without
+docstrings, comments, ``import`` statements and logging calls (``logger.info(...)``, a
+module's ``logger = logging.getLogger(...)``), none of which can change a number. A
+definition that did not exist when the result was measured cannot have run, except when it
+overrides something that did; :func:`stale_definitions` therefore also flags a new method
+whose name a skfg base class of its class defines, a new dunder method and a new decorated
+definition (a decorator may register it somewhere). Not caught: a new method that code
+outside skfg dispatches to by name (e.g. scikit-learn calling a newly added
+``decision_function``), and an import rebound to another object of the same name.
+
+Stamps written before definitions were recorded (``"code"`` only: one hash per imported
+module) are checked per module, as they were written. :func:`upgrade_stamp` converts such a
+stamp while every module still hashes as recorded (the code is then the measured code):
+it records every definition of those modules as executed, since which ran is unknown.
+"""
+
+import ast
+import hashlib
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+MODULE = "<module>"
+_LOGGERS = {"logger", "log", "_log", "_logger", "LOGGER"}
+
+
+def _strip_docstring(node):
+    body = getattr(node, "body", None)
+    if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+            and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)):
+        node.body = body[1:] or [ast.Pass()]
+
+
+def code_hash(path):
+    """SHA-1 of a Python file's code: its syntax tree without docstrings (comments are not
+    in it). The per-module hash of the stamps written before definitions were recorded."""
+    tree = ast.parse(Path(path).read_text())
+    for node in ast.walk(tree):
+        _strip_docstring(node)
+    return hashlib.sha1(ast.dump(tree).encode()).hexdigest()
+
+
+def _is_logging(stmt):
+    """A logging call (``logger.info(...)``) or ``logger = logging.getLogger(...)``."""
+    if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
+        func = stmt.value.func
+        return isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id in _LOGGERS
+    if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Call):
+        func = stmt.value.func
+        return (isinstance(func, ast.Attribute) and func.attr == "getLogger" and isinstance(func.value, ast.Name)
+                and func.value.id == "logging")
+    return False
+
+
+class _Normalise(ast.NodeTransformer):
+    """Drop docstrings and logging statements from every statement list."""
+
+    def generic_visit(self, node):
+        super().generic_visit(node)
+        _strip_docstring(node)
+        for field in ("body", "orelse", "finalbody"):
+            stmts = getattr(node, field, None)
+            if isinstance(stmts, list) and stmts and isinstance(stmts[0], ast.stmt):
+                kept = [s for s in stmts if not _is_logging(s)]
+                setattr(node, field, kept or [ast.Pass()])
+        return node
+
+
+def _digest(nodes):
+    return hashlib.sha1("\n".join(ast.dump(n) for n in nodes).encode()).hexdigest()
+
+
+_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _outline(body, prefix, out, info):
+    for node in body:
+        if not isinstance(node, _DEFS):
+            continue
+        key = prefix + node.name
+        if isinstance(node, ast.ClassDef):
+            header = [*node.decorator_list, *node.bases, *node.keywords,
+                      *(s for s in node.body if not isinstance(s, (*_DEFS, ast.Import, ast.ImportFrom)))]
+            out[key] = _digest(header)
+            info[key] = {"bases": [ast.unparse(b).split(".")[-1] for b in node.bases],
+                         "decorated": bool(node.decorator_list)}
+            _outline(node.body, key + ".", out, info)
+        else:
+            out[key] = _digest([node])
+            info[key] = {"decorated": bool(node.decorator_list)}
+
+
+def _parse(path):
+    tree = _Normalise().visit(ast.parse(Path(path).read_text()))
+    out, info = {}, {}
+    out[MODULE] = _digest([s for s in tree.body if not isinstance(s, (*_DEFS, ast.Import, ast.ImportFrom))])
+    _outline(tree.body, "", out, info)
+    return out, info
+
+
+def definition_hashes(path):
+    """``{definition: SHA-1}`` for a Python file: ``"<module>"`` (its top-level statements
+    other than definitions and imports), each function ``"f"``, each class header ``"C"``
+    (decorators, bases, class-level statements) and each method ``"C.m"`` (nested functions
+    belong to the definition around them)."""
+    return _parse(path)[0]
+
+
+def definition_of(qualname, definitions):
+    """The definition a code object's ``co_qualname`` belongs to: ``"f.<locals>.g"`` and
+    ``"C.m.<locals>.<lambda>"`` belong to ``"f"`` and ``"C.m"``; module-level code to
+    ``"<module>"``."""
+    parts = qualname.split(".<locals>")[0].split(".")
+    while parts:
+        key = ".".join(parts)
+        if key in definitions:
+            return key
+        parts.pop()
+    return MODULE
+
+
+class Tracer:
+    """Records the code objects run in this process (and in threads started after
+    :meth:`start`), at a call-event hook that returns at once and leaves line tracing off."""
+
+    def __init__(self):
+        self.seen = set()
+        self.active = False
+
+    def _hook(self, frame, event, arg):
+        self.seen.add(frame.f_code)
+
+    def start(self):
+        sys.settrace(self._hook)
+        threading.settrace(self._hook)
+        self.active = True
+
+    def stop(self):
+        sys.settrace(None)
+        threading.settrace(None)
+        self.active = False
+
+    @contextmanager
+    def paused(self):
+        """Switch the hook off around timed code (whose code has run traced before)."""
+        was = self.active
+        if was:
+            self.stop()
+        try:
+            yield
+        finally:
+            if was:
+                self.start()
+
+    def executed(self, files):
+        """``{file: set of co_qualname}`` of the recorded code objects from ``files``."""
+        files = {str(Path(f).resolve()): f for f in files}
+        out = {f: set() for f in files.values()}
+        for code in list(self.seen):
+            f = files.get(code.co_filename) or files.get(str(Path(code.co_filename).resolve()))
+            if f is not None:
+                out[f].add(code.co_qualname)
+        return out
+
+
+def executed_definitions(files, tracer, relative_to):
+    """``{module path: {definition: hash}}`` of the definitions the traced process ran in
+    ``files``. A module's top-level statements and its class headers ran at import (before
+    any tracer started, perhaps) and are always counted."""
+    stamp = {}
+    for f, qualnames in tracer.executed(files).items():
+        hashes, info = _parse(f)
+        keys = ({MODULE} | {k for k, meta in info.items() if "bases" in meta}
+                | {definition_of(q, hashes) for q in qualnames})
+        stamp[str(Path(f).resolve().relative_to(relative_to))] = {k: hashes[k] for k in sorted(keys)}
+    return stamp
+
+
+def _ancestors(cls, classes, seen=None):
+    """Names of the skfg classes ``cls`` inherits from (by name, through ``classes``)."""
+    seen = set() if seen is None else seen
+    for base in classes.get(cls, ()):
+        if base in classes and base not in seen:
+            seen.add(base)
+            _ancestors(base, classes, seen)
+    return seen
+
+
+def stale_definitions(stamp_definitions, repo):
+    """Definitions of a stamp that changed since it was written: ``["module:definition"]``.
+
+    A recorded definition counts when it is gone or hashes differently; a new one when it
+    is a dunder method, decorated, or a method that a skfg base class of its class defines
+    (an override the unchanged code may call)."""
+    repo = Path(repo)
+    parsed = {}
+    for path in sorted(repo.glob("skfg/**/*.py")):
+        parsed[str(path.relative_to(repo))] = _parse(path)
+    classes, methods = {}, {}
+    for _, (hashes, info) in parsed.items():
+        for key, meta in info.items():
+            if "bases" in meta:
+                classes.setdefault(key.split(".")[-1], meta["bases"])
+            elif "." in key:
+                cls, name = key.rsplit(".", 1)
+                methods.setdefault(cls.split(".")[-1], set()).add(name)
+    changed = []
+    for module, recorded in sorted(stamp_definitions.items()):
+        if module not in parsed:
+            changed.append(f"{module}: removed")
+            continue
+        hashes, info = parsed[module]
+        changed += [f"{module}:{key}" for key, h in recorded.items() if hashes.get(key) != h]
+        for key in sorted(set(hashes) - set(recorded)):
+            if "." not in key:  # a new function or class: nothing that ran refers to it ...
+                if info.get(key, {}).get("decorated"):  # ... unless a decorator registers it
+                    changed.append(f"{module}:{key} (new, decorated)")
+                continue
+            cls, name = key.rsplit(".", 1)
+            if cls not in recorded and cls in hashes:  # a method of a class that did not run
+                continue
+            owner = cls.split(".")[-1]
+            if name.startswith("__") and name.endswith("__"):
+                changed.append(f"{module}:{key} (new dunder)")
+            elif info.get(key, {}).get("decorated"):
+                changed.append(f"{module}:{key} (new, decorated)")
+            elif any(name in methods.get(a, ()) for a in _ancestors(owner, classes)):
+                changed.append(f"{module}:{key} (new override)")
+    return changed
+
+
+def upgrade_stamp(stamp, repo):
+    """A per-module stamp converted to per-definition, every definition counted as run;
+    ``None`` when a module no longer hashes as recorded (the stamp is stale: re-run)."""
+    repo = Path(repo)
+    if "definitions" in stamp:
+        return stamp
+    definitions = {}
+    for module, h in stamp["code"].items():
+        path = repo / module
+        if not path.is_file() or code_hash(path) != h:
+            return None
+        definitions[module] = definition_hashes(path)
+    return dict(stamp, definitions=definitions, executed="unknown: every definition of the imported modules")
+
+
+def main(argv=None):
+    """``python benchmarks/_provenance.py --upgrade``: convert the per-module stamps of the
+    result files to per-definition ones where the code is still the measured code."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--upgrade", action="store_true", help="rewrite the result files' stamps")
+    args = parser.parse_args(argv)
+    repo = Path(__file__).resolve().parents[1]
+    for path in sorted((repo / "benchmarks" / "results").glob("*.json")):
+        saved = json.loads(path.read_text())
+        stamp = saved.get("provenance")
+        if not stamp or "definitions" in stamp:
+            continue
+        upgraded = upgrade_stamp(stamp, repo)
+        if upgraded is None:
+            print(f"{path.name}: stale (its code changed), re-run it")
+        elif args.upgrade:
+            saved["provenance"] = upgraded
+            path.write_text(json.dumps(saved, indent=2) + "\n")
+            print(f"{path.name}: upgraded")
+        else:
+            print(f"{path.name}: can be upgraded")
+
+
+if __name__ == "__main__":
+    main()
