@@ -13,7 +13,7 @@ docstrings, comments, ``import`` statements and logging calls (``logger.info(...
 module's ``logger = logging.getLogger(...)``), none of which can change a number. A
 definition that did not exist when the result was measured cannot have run, except when it
 overrides something that did; :func:`stale_definitions` therefore also flags a new method
-whose name a skfg base class of its class defines, a new dunder method and a new decorated
+that overrides a method of a skfg base class that ran, a new dunder method and a new decorated
 definition (a decorator may register it somewhere). Not caught: a new method that code
 outside skfg dispatches to by name (e.g. scikit-learn calling a newly added
 ``decision_function``), and an import rebound to another object of the same name.
@@ -202,18 +202,20 @@ def stale_definitions(stamp_definitions, repo):
     """Definitions of a stamp that changed since it was written: ``["module:definition"]``.
 
     A recorded definition counts when it is gone or hashes differently; a new one when it
-    is a dunder method, decorated, or a method that a skfg base class of its class defines
-    (an override the unchanged code may call)."""
+    is a dunder method, decorated, or overrides a method of a skfg base class that ran (the
+    unchanged code that called it may now call the override)."""
     repo = Path(repo)
     parsed = {}
     for path in sorted(repo.glob("skfg/**/*.py")):
         parsed[str(path.relative_to(repo))] = _parse(path)
-    classes, methods = {}, {}
+    classes, methods = {}, {}  # class name -> base names; -> names of its methods that ran
     for _, (hashes, info) in parsed.items():
         for key, meta in info.items():
             if "bases" in meta:
                 classes.setdefault(key.split(".")[-1], meta["bases"])
-            elif "." in key:
+    for recorded in stamp_definitions.values():
+        for key in recorded:
+            if "." in key:
                 cls, name = key.rsplit(".", 1)
                 methods.setdefault(cls.split(".")[-1], set()).add(name)
     changed = []

@@ -103,7 +103,7 @@ def test_the_definition_check_flags_only_changes_to_code_that_ran(tmp_path):
     (tmp_path / "skfg").mkdir()
     path = tmp_path / "skfg" / "m.py"
     path.write_text(MODULE)
-    stamp = _stamp_of(tmp_path, ["<module>", "Base", "C", "C.m", "f"])
+    stamp = _stamp_of(tmp_path, ["<module>", "Base", "Base.n", "C", "C.m", "f"])
     assert stale_definitions(stamp, tmp_path) == []
     cases = {  # edit -> what the check reports
         ("return x - 1", "return x - 2"): [],  # g never ran
@@ -123,6 +123,7 @@ def test_the_definition_check_flags_only_changes_to_code_that_ran(tmp_path):
         ("    def unused(self):", "    def __len__(self):\n        return 7\n\n    def unused(self):"):
             ["skfg/m.py:C.__len__ (new dunder)"],
         ("def g(x):", "def h():\n    return 1\n\n\ndef g(x):"): [],
+        ("    def unused(self):", "    def m2(self):\n        return 7\n\n    def unused(self):"): [],
         ("def g(x):", "@register\ndef h():\n    return 1\n\n\ndef g(x):"): ["skfg/m.py:h (new, decorated)"],
         ("def f(x):", "def f2(x):"): ["skfg/m.py:f"],  # removed
     }
@@ -130,6 +131,9 @@ def test_the_definition_check_flags_only_changes_to_code_that_ran(tmp_path):
         assert old in MODULE, old
         _edited(tmp_path, old, new)
         assert stale_definitions(stamp, tmp_path) == expected, (old, new)
+    # an override of a base method that never ran (or did not exist) cannot have been called
+    _edited(tmp_path, "    def unused(self):", "    def n(self):\n        return 7\n\n    def unused(self):")
+    assert stale_definitions(_stamp_of(tmp_path, ["<module>", "Base", "C", "C.m", "f"]), tmp_path) == []
     path.unlink()
     assert stale_definitions(stamp, tmp_path) == ["skfg/m.py: removed"]
 
