@@ -32,7 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 MODULE = "<module>"
-_LOGGERS = {"logger", "log", "_log", "_logger", "LOGGER"}
+_LOGGERS = {"logger", "_logger", "LOGGER"}
+_LEVELS = {"debug", "info", "warning", "error", "exception", "critical"}
 
 
 def _strip_docstring(node):
@@ -56,7 +57,8 @@ def _is_logging(stmt):
     """A logging call (``logger.info(...)``) or ``logger = logging.getLogger(...)``."""
     if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
         func = stmt.value.func
-        return isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id in _LOGGERS
+        return (isinstance(func, ast.Attribute) and func.attr in _LEVELS and isinstance(func.value, ast.Name)
+                and func.value.id in _LOGGERS)
     if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Call):
         func = stmt.value.func
         return (isinstance(func, ast.Attribute) and func.attr == "getLogger" and isinstance(func.value, ast.Name)
