@@ -49,6 +49,19 @@ def machine():
     }
 
 
+def machine_gflops(seconds=1.0, n=1024):
+    """This machine's float32 matrix-multiply speed now (GFLOP/s, all torch threads): a
+    speed fingerprint for rows whose budgets are wall time, which compare only when
+    measured at the same speed."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - t0) / 1e9
+
+
 def _git(*args):
     try:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()

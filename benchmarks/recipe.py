@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from _common import DATA, mergeable_rows, seed_interval, write_results
+from _common import DATA, machine_gflops, mergeable_rows, seed_interval, write_results
 from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.backbones import build_backbone
 from skfg.datasets import load_image_folder
@@ -295,6 +295,11 @@ def main():
     budgets = {r["budget_minutes"] for r in results if r.get("budget_minutes") is not None}
     if any(n in SHARED for n in names) and budgets - {args.budget}:  # shared rows compare at one budget
         parser.error(f"--budget {args.budget:g} differs from the merged file's shared rows ({budgets.pop():g} min)")
+    gflops = machine_gflops()
+    shared_speeds = [r.get("machine_gflops") for r in results if r["name"] in SHARED]
+    if any(n in SHARED for n in names) and any(g is None or abs(g / gflops - 1) > 0.2 for g in shared_speeds):
+        parser.error(f"the merged file's shared rows ran on a machine of another speed ({shared_speeds} GFLOP/s, "
+                     f"now {gflops:.0f}); a wall-time budget compares only on one machine: re-run them too")
     if budgets and not any(n in SHARED for n in names):
         args.budget = budgets.pop()  # the note states the merged shared rows' budget
     for name, seed in todo:
@@ -331,19 +336,22 @@ def main():
                         "epochs": len(history), "best_epoch": best_epoch, "fit_minutes": fit_s / 60,
                         "budget_minutes": args.budget if name in SHARED else None,
                         "train_images_per_s": ips, "val_accuracy": val, "test_accuracy": test,
-                        "predict_ms_per_image": ms})
+                        "predict_ms_per_image": ms, "machine_gflops": gflops,
+                        "date": time.strftime("%Y-%m-%d", time.gmtime())})
         print(results[-1], flush=True)
         order = {n: i for i, n in enumerate(ROWS)}
         results.sort(key=lambda r: (order[r["name"]], r["seed"]))
         rows = [(r["name"], r["backbone"].replace("efficientnet_", ""), r["seed"], f"{r['val_accuracy']:.3f}",
                  f"{r['test_accuracy']:.3f}", f"{r['fit_minutes']:.1f}", r["epochs"], f"{r['train_images_per_s']:.1f}",
-                 f"{r['predict_ms_per_image']:.1f}", r["note"]) for r in results]
+                 f"{r['predict_ms_per_image']:.1f}",
+                 f"{r['machine_gflops']:.0f}" if r.get("machine_gflops") else "-", r["note"]) for r in results]
         header = ("row", "backbone", "seed", "val acc", "test acc", "fit min", "epochs", "train img/s",
-                  "predict ms/img", "note")
+                  "predict ms/img", "GFLOP/s", "note")
         summ = summary(results)
         notes = (f"stanford_cars_a ({len(ytr)} train / {len(yva)} val / {len(yte)} test images), {size} px test size, "
                  f"2 CPU cores. Shared rows: {args.budget:g} min of training each (epochs = budget / the row's "
-                 "measured step time). Nothing is chosen on test.")
+                 "measured step time), all on one machine (GFLOP/s: its float32 matmul speed when the row ran; "
+                 "'-': not recorded, an earlier, slower machine). Nothing is chosen on test.")
         multi = {n: s for n, s in summ.items() if len(s["seeds"]) > 1}
         if multi:
             notes += "\n\nMean over seeds, 95 % Student-t interval of the mean:\n\n" + format_table(
