@@ -36,7 +36,8 @@ DATA = Path(os.environ.get("SKFG_DATA_DIR", REPO.parent / "shared" / "datasets")
 TRACER = Tracer()
 if sys.argv and sys.argv[0] and Path(sys.argv[0]).resolve().parent == REPO / "benchmarks":
     TRACER.start()
-_MERGED = {}  # result name -> the stamp of the rows a run merges into it
+_MERGED = {}  # result name -> {run: stamp} of the rows a run merges into it
+_RUN_ID = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") + f" pid {os.getpid()}"  # this process
 
 
 def machine():
@@ -105,6 +106,8 @@ def stale_results(results_dir=RESULTS, repo=REPO):
             continue
         if "definitions" in stamp:
             changed = stale_definitions(stamp["definitions"], repo)
+            for run, earlier in stamp.get("earlier_runs", {}).items():
+                changed += [f"{c} (run {run})" for c in stale_definitions(earlier["definitions"], repo)]
         else:
             changed = [m for m, h in stamp["code"].items()
                        if not (Path(repo) / m).is_file() or code_hash(Path(repo) / m) != h]
@@ -184,25 +187,46 @@ def mergeable_rows(name):
     if changed or "provenance" not in saved:
         raise ValueError(f"cannot merge into {path.name}: it was measured on other code (changed: "
                          f"{', '.join(changed) or 'no provenance stamp'}); run every row again without --merge")
-    _MERGED[name] = saved["provenance"]
-    return saved["rows"]
+    stamp = saved["provenance"]
+    run = stamp.get("run", "legacy")
+    runs = {**stamp.get("earlier_runs", {}), run: {k: v for k, v in stamp.items() if k != "earlier_runs"}}
+    _MERGED[name] = runs
+    rows = saved["rows"]
+    if isinstance(rows, list) and all(isinstance(r, dict) for r in rows):
+        for r in rows:
+            r.setdefault("run", run)
+    return rows
 
 
 def write_results(name, payload, rows, header, notes=""):
     """Write ``results/<name>.json`` and a Markdown table ``results/<name>.md``, both
-    stamped with the run's :func:`provenance`."""
+    stamped with the run's :func:`provenance`.
+
+    Rows (``payload["rows"]``, dicts) are tagged with the ``run`` that measured them; rows
+    merged from an earlier file (:func:`mergeable_rows`) keep theirs, and the stamp keeps
+    those runs' own provenance under ``earlier_runs`` (as long as a row of theirs is left),
+    so a file filled over several runs is checked against the code each of them ran."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = provenance()
-    if name in _MERGED:  # the merged rows ran the code of their own stamp too
-        earlier = upgrade_stamp(_MERGED[name], REPO)
-        for module, hashes in earlier["definitions"].items():
-            stamp["definitions"].setdefault(module, {}).update(hashes)
-        if not str(earlier.get("executed", "")).startswith("traced"):
-            stamp["executed"] = earlier["executed"]
+    stamp["run"] = _RUN_ID
+    table = payload.get("rows")
+    if isinstance(table, list) and all(isinstance(r, dict) for r in table):
+        for r in table:
+            r.setdefault("run", stamp["run"])
+        kept = {r["run"] for r in table} - {stamp["run"]}
+        earlier = {}
+        for run, old in _MERGED.get(name, {}).items():
+            if run in kept:
+                earlier[run] = upgrade_stamp(old, REPO)  # a per-module stamp: every definition counted
+        if earlier:
+            stamp["earlier_runs"] = earlier
     payload = dict(payload, machine=machine(), provenance=stamp)
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     commit = (stamp["commit"] or "unknown")[:10] + (" + uncommitted changes" if stamp["uncommitted_changes"] else "")
-    md = f"# {name}\n\nMeasured at commit {commit}, {stamp['date']}.\n\n{format_table(rows, header)}\n"
+    md = f"# {name}\n\nMeasured at commit {commit}, {stamp['date']}"
+    if stamp.get("earlier_runs"):
+        md += " (and, for the rows of earlier runs, " + "; ".join(sorted(stamp["earlier_runs"])) + ")"
+    md += f".\n\n{format_table(rows, header)}\n"
     if notes:
         md += f"\n{notes}\n"
     (RESULTS / f"{name}.md").write_text(md)

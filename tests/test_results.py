@@ -193,3 +193,29 @@ def test_the_docs_number_check_catches_a_planted_number(tmp_path):
     doc = tmp_path / "page.rst"
     doc.write_text("Ours reaches 71.4 % and 0.702; we reach 63.1 % (0.631).\nThe paper reports 78.7 %.\n")
     assert unbacked_numbers([doc], results) == [("page.rst", "71.4 %"), ("page.rst", "0.702")]
+
+
+def test_a_file_filled_over_several_runs_keeps_each_runs_provenance(tmp_path, monkeypatch):
+    import _common
+
+    monkeypatch.setattr(_common, "RESULTS", tmp_path)
+    monkeypatch.setattr(_common, "_MERGED", {})
+    importlib.import_module("skfg.metrics")
+    legacy = {k: v for k, v in provenance().items() if k in ("commit", "date", "code")}  # a per-module stamp
+    (tmp_path / "t.json").write_text(json.dumps({"rows": [{"name": "a"}, {"name": "b"}], "provenance": legacy}))
+    rows = _common.mergeable_rows("t")
+    assert [r["run"] for r in rows] == ["legacy", "legacy"]
+    rows = [r for r in rows if r["name"] != "b"] + [{"name": "b"}]  # b measured again
+    _common.write_results("t", {"rows": rows}, [("a",), ("b",)], ("name",))
+    saved = json.loads((tmp_path / "t.json").read_text())
+    stamp = saved["provenance"]
+    assert saved["rows"][0]["run"] == "legacy" and saved["rows"][1]["run"] == stamp["run"] != "legacy"
+    assert set(stamp["earlier_runs"]) == {"legacy"}  # a kept row: its run's code is checked too
+    assert stamp["earlier_runs"]["legacy"]["definitions"]["skfg/metrics.py"] == definition_hashes(
+        REPO / "skfg" / "metrics.py")
+    assert stale_results(tmp_path) == {}
+    monkeypatch.setattr(_common, "_RUN_ID", "a later run")
+    rows = _common.mergeable_rows("t")
+    _common.write_results("t", {"rows": [{"name": "a"}, rows[1]]}, [("a",), ("b",)], ("name",))
+    second = json.loads((tmp_path / "t.json").read_text())["provenance"]
+    assert set(second["earlier_runs"]) == {stamp["run"]}  # the legacy rows are all gone, and so is their run
