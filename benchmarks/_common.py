@@ -86,6 +86,7 @@ def provenance():
         definitions = {str(f.relative_to(REPO)): definition_hashes(f) for f in files}
         executed = "unknown: every definition of the imported modules"
     return {
+        "command": " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]) if sys.argv else None,
         "commit": _git("rev-parse", "HEAD") or None,
         "uncommitted_changes": bool(_git("status", "--porcelain", "--", "skfg")),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -260,30 +260,42 @@ def upgrade_stamp(stamp, repo):
     return dict(stamp, definitions=definitions, executed="unknown: every definition of the imported modules")
 
 
+def status(stamp):
+    """How precisely a stamp records what its run executed: ``"unstamped"``, ``"per module"``,
+    ``"every definition"`` (converted, or not traced) or ``"traced"`` (over all its runs)."""
+    if not stamp:
+        return "unstamped"
+    if "definitions" not in stamp:
+        return "per module"
+    runs = [stamp, *stamp.get("earlier_runs", {}).values()]
+    return "traced" if all(str(r.get("executed", "")).startswith("traced") for r in runs) else "every definition"
+
+
 def main(argv=None):
-    """``python benchmarks/_provenance.py --upgrade``: convert the per-module stamps of the
-    result files to per-definition ones where the code is still the measured code."""
+    """``python benchmarks/_provenance.py``: how each result file's provenance is recorded
+    (and the command that wrote it); ``--upgrade`` converts per-module stamps to
+    per-definition ones where the code is still the measured code."""
     import argparse
     import json
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--upgrade", action="store_true", help="rewrite the result files' stamps")
+    parser.add_argument("--upgrade", action="store_true", help="rewrite the per-module stamps")
     args = parser.parse_args(argv)
     repo = Path(__file__).resolve().parents[1]
     for path in sorted((repo / "benchmarks" / "results").glob("*.json")):
         saved = json.loads(path.read_text())
         stamp = saved.get("provenance")
-        if not stamp or "definitions" in stamp:
-            continue
-        upgraded = upgrade_stamp(stamp, repo)
-        if upgraded is None:
-            print(f"{path.name}: stale (its code changed), re-run it")
-        elif args.upgrade:
-            saved["provenance"] = upgraded
-            path.write_text(json.dumps(saved, indent=2) + "\n")
-            print(f"{path.name}: upgraded")
-        else:
-            print(f"{path.name}: can be upgraded")
+        kind = status(stamp)
+        if kind == "per module":
+            upgraded = upgrade_stamp(stamp, repo)
+            if upgraded is None:
+                kind += ", stale: re-run it"
+            elif args.upgrade:
+                saved["provenance"] = upgraded
+                path.write_text(json.dumps(saved, indent=2) + "\n")
+                kind = "every definition (upgraded now)"
+        command = (stamp or {}).get("command") or ""
+        print(f"{path.name:40s} {kind:34s} {command}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _common import code_hash, provenance, stale_results, unbacked_numbers  # noqa: E402
 from _provenance import (Tracer, definition_hashes, definition_of, executed_definitions,  # noqa: E402
-                         stale_definitions, upgrade_stamp)
+                         stale_definitions, status, upgrade_stamp)
 
 
 def test_no_stamped_result_is_older_than_the_code_it_measures():
@@ -171,6 +171,9 @@ def test_a_per_module_stamp_upgrades_only_while_its_code_is_unchanged(tmp_path):
     _edited(tmp_path, "return x - 1", "return x - 2")
     assert stale_definitions(upgraded["definitions"], tmp_path) == ["skfg/m.py:g"]  # all counted as run
     assert upgrade_stamp(legacy, tmp_path) is None
+    assert [status(s) for s in (None, legacy, upgraded)] == ["unstamped", "per module", "every definition"]
+    traced = {"definitions": {}, "executed": "traced"}
+    assert status(traced) == "traced" and status(dict(traced, earlier_runs={"x": upgraded})) == "every definition"
 
 
 # Numbers in the docs with no result file behind them, each with the reason it may stay.
