@@ -9,8 +9,9 @@ definition it ran. A later edit to code the run never executed (another estimato
 CLI, a new method) leaves the result valid; an edit to anything it ran makes it stale.
 
 What a hash covers (:func:`definition_hashes`): the syntax tree of the definition, without
-docstrings, comments, ``import`` statements and logging calls (``logger.info(...)``, a
-module's ``logger = logging.getLogger(...)``), none of which can change a number. A
+docstrings, comments, ``import`` statements, ``__all__`` and logging calls
+(``logger.info(...)``, a module's ``logger = logging.getLogger(...)``), none of which can
+change a number. A
 definition that did not exist when the result was measured cannot have run, except when it
 overrides something that did; :func:`stale_definitions` therefore also flags a new method
 that overrides a method of a skfg base class that ran, a new dunder method and a new decorated
@@ -66,6 +67,12 @@ def _is_logging(stmt):
     return False
 
 
+def _is_all(stmt):
+    """``__all__ = [...]``: it only shapes ``from module import *``."""
+    return (isinstance(stmt, (ast.Assign, ast.AugAssign)) and any(
+        isinstance(t, ast.Name) and t.id == "__all__" for t in getattr(stmt, "targets", [getattr(stmt, "target", None)])))
+
+
 class _Normalise(ast.NodeTransformer):
     """Drop docstrings and logging statements from every statement list."""
 
@@ -107,7 +114,8 @@ def _outline(body, prefix, out, info):
 def _parse(path):
     tree = _Normalise().visit(ast.parse(Path(path).read_text()))
     out, info = {}, {}
-    out[MODULE] = _digest([s for s in tree.body if not isinstance(s, (*_DEFS, ast.Import, ast.ImportFrom))])
+    out[MODULE] = _digest([s for s in tree.body if not isinstance(s, (*_DEFS, ast.Import, ast.ImportFrom))
+                           and not _is_all(s)])
     _outline(tree.body, "", out, info)
     return out, info
 

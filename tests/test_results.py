@@ -117,6 +117,7 @@ def test_the_definition_check_flags_only_changes_to_code_that_ran(tmp_path):
         ("# a comment", "# another comment"): [],
         ('logger.info("f(%s)", x)', 'logger.debug("now f(%s)", x)'): [],  # logging cannot change a number
         ("import math", "import math\nimport os"): [],
+        ("SCALE = 2", "SCALE = 2\n__all__ = ['f']"): [],
         ('logger.info("f(%s)", x)', 'logger.info("f(%s)", x)\n    logger.add(x)'): ["skfg/m.py:f"],  # not logging
         ("    def unused(self):", "    def helper(self):\n        return 7\n\n    def unused(self):"): [],
         ("    def unused(self):", "    def n(self):\n        return 7\n\n    def unused(self):"):
