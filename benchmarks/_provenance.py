@@ -15,7 +15,8 @@ change a number. A
 definition that did not exist when the result was measured cannot have run, except when it
 overrides something that did; :func:`stale_definitions` therefore also flags a new method
 that overrides a method of a skfg base class that ran, a new dunder method and a new decorated
-definition (a decorator may register it somewhere). Not caught: a new method that code
+definition (a decorator may register it somewhere; ``classmethod``, ``staticmethod`` and
+``property`` do not count). Not caught: a new method that code
 outside skfg dispatches to by name (e.g. scikit-learn calling a newly added
 ``decision_function``), and an import rebound to another object of the same name.
 
@@ -94,6 +95,13 @@ def _digest(nodes):
 _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
+def _is_builtin_decorator(node):
+    """``@classmethod``, ``@staticmethod``, ``@property`` and ``@x.setter``: they register nothing."""
+    if isinstance(node, ast.Name):
+        return node.id in ("classmethod", "staticmethod", "property")
+    return isinstance(node, ast.Attribute) and node.attr in ("setter", "getter", "deleter")
+
+
 def _outline(body, prefix, out, info):
     for node in body:
         if not isinstance(node, _DEFS):
@@ -104,11 +112,11 @@ def _outline(body, prefix, out, info):
                       *(s for s in node.body if not isinstance(s, (*_DEFS, ast.Import, ast.ImportFrom)))]
             out[key] = _digest(header)
             info[key] = {"bases": [ast.unparse(b).split(".")[-1] for b in node.bases],
-                         "decorated": bool(node.decorator_list)}
+                         "decorated": any(not _is_builtin_decorator(d) for d in node.decorator_list)}
             _outline(node.body, key + ".", out, info)
         else:
             out[key] = _digest([node])
-            info[key] = {"decorated": bool(node.decorator_list)}
+            info[key] = {"decorated": any(not _is_builtin_decorator(d) for d in node.decorator_list)}
 
 
 def _parse(path):

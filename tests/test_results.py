@@ -127,6 +127,7 @@ def test_the_definition_check_flags_only_changes_to_code_that_ran(tmp_path):
         ("def g(x):", "def h():\n    return 1\n\n\ndef g(x):"): [],
         ("    def unused(self):", "    def m2(self):\n        return 7\n\n    def unused(self):"): [],
         ("def g(x):", "@register\ndef h():\n    return 1\n\n\ndef g(x):"): ["skfg/m.py:h (new, decorated)"],
+        ("    def unused(self):", "    @classmethod\n    def make(cls):\n        return cls()\n\n    def unused(self):"): [],
         ("def f(x):", "def f2(x):"): ["skfg/m.py:f"],  # removed
     }
     for (old, new), expected in cases.items():
