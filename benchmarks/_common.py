@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from skfg._table import format_table
-from _provenance import Tracer, code_hash, definition_hashes, executed_definitions, stale_definitions, upgrade_stamp
+from _provenance import (Tracer, code_hash, definition_hashes, executed_definitions, known_definitions,
+                         refresh_stamp, stale_definitions, upgrade_stamp)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -92,6 +93,7 @@ def provenance():
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "code": {str(f.relative_to(REPO)): code_hash(f) for f in files},
         "definitions": definitions,
+        "known": known_definitions(files, REPO),
         "executed": executed,
     }
 
@@ -106,9 +108,10 @@ def stale_results(results_dir=RESULTS, repo=REPO):
         if not stamp:
             continue
         if "definitions" in stamp:
-            changed = stale_definitions(stamp["definitions"], repo)
+            changed = stale_definitions(stamp["definitions"], repo, stamp.get("known"))
             for run, earlier in stamp.get("earlier_runs", {}).items():
-                changed += [f"{c} (run {run})" for c in stale_definitions(earlier["definitions"], repo)]
+                changed += [f"{c} (run {run})"
+                            for c in stale_definitions(earlier["definitions"], repo, earlier.get("known"))]
         else:
             changed = [m for m, h in stamp["code"].items()
                        if not (Path(repo) / m).is_file() or code_hash(Path(repo) / m) != h]
@@ -218,7 +221,7 @@ def write_results(name, payload, rows, header, notes=""):
         earlier = {}
         for run, old in _MERGED.get(name, {}).items():
             if run in kept:
-                earlier[run] = upgrade_stamp(old, REPO)  # a per-module stamp: every definition counted
+                earlier[run] = refresh_stamp(old, REPO)  # a per-module stamp: every definition counted
         if earlier:
             stamp["earlier_runs"] = earlier
     payload = dict(payload, machine=machine(), provenance=stamp)

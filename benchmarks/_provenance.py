@@ -193,6 +193,11 @@ class Tracer:
         return out
 
 
+def known_definitions(files, relative_to):
+    """``{module path: [every definition]}`` of ``files``: what a later check counts as not new."""
+    return {str(Path(f).resolve().relative_to(relative_to)): sorted(definition_hashes(f)) for f in files}
+
+
 def executed_definitions(files, tracer, relative_to):
     """``{module path: {definition: hash}}`` of the definitions the traced process ran in
     ``files``. A module's top-level statements and its class headers ran at import (before
@@ -216,13 +221,15 @@ def _ancestors(cls, classes, seen=None):
     return seen
 
 
-def stale_definitions(stamp_definitions, repo):
+def stale_definitions(stamp_definitions, repo, known=None):
     """Definitions of a stamp that changed since it was written: ``["module:definition"]``.
 
-    A recorded definition counts when it is gone or hashes differently; a new one when it
-    is a dunder method, decorated, or overrides a method of a skfg base class that ran (the
-    unchanged code that called it may now call the override)."""
+    A recorded definition counts when it is gone or hashes differently; a new one (not in
+    ``known``, ``{module: [every definition it had]}``, when given; else not recorded) when
+    it is a dunder method, decorated, or overrides a method of a skfg base class that ran
+    (the unchanged code that called it may now call the override)."""
     repo = Path(repo)
+    known = known or {}
     parsed = {}
     for path in sorted(repo.glob("skfg/**/*.py")):
         parsed[str(path.relative_to(repo))] = _parse(path)
@@ -243,13 +250,13 @@ def stale_definitions(stamp_definitions, repo):
             continue
         hashes, info = parsed[module]
         changed += [f"{module}:{key}" for key, h in recorded.items() if hashes.get(key) != h]
-        for key in sorted(set(hashes) - set(recorded)):
+        for key in sorted(set(hashes) - set(known.get(module, recorded))):
             if "." not in key:  # a new function or class: nothing that ran refers to it ...
                 if info.get(key, {}).get("decorated"):  # ... unless a decorator registers it
                     changed.append(f"{module}:{key} (new, decorated)")
                 continue
             cls, name = key.rsplit(".", 1)
-            if cls not in recorded and cls in hashes:  # a method of a class that did not run
+            if cls not in set(known.get(module, recorded)):  # a method of a new class
                 continue
             owner = cls.split(".")[-1]
             if name.startswith("__") and name.endswith("__"):
@@ -273,7 +280,36 @@ def upgrade_stamp(stamp, repo):
         if not path.is_file() or code_hash(path) != h:
             return None
         definitions[module] = definition_hashes(path)
-    return dict(stamp, definitions=definitions, executed="unknown: every definition of the imported modules")
+    return dict(stamp, definitions=definitions, known={m: sorted(d) for m, d in definitions.items()},
+                executed="unknown: every definition of the imported modules")
+
+
+def refresh_stamp(stamp, repo):
+    """A per-definition stamp rehashed with the current normalisation, and given the list of
+    every definition its modules had (``known``), while each module still hashes as recorded
+    (then the code is the code that ran, and only how it is hashed changed); ``None`` when a
+    module changed (stale: re-run). Earlier runs' stamps are refreshed alike."""
+    repo = Path(repo)
+    if "definitions" not in stamp:
+        return upgrade_stamp(stamp, repo)
+    current = {}
+    for module, h in stamp["code"].items():
+        path = repo / module
+        if not path.is_file() or code_hash(path) != h:
+            return None
+        current[module] = definition_hashes(path)
+    out = dict(stamp)
+    out["definitions"] = {m: {k: current[m][k] for k in keys if k in current[m]}
+                          for m, keys in stamp["definitions"].items()}
+    out["known"] = {m: sorted(d) for m, d in current.items()}
+    if "earlier_runs" in stamp:
+        out["earlier_runs"] = {}
+        for run, earlier in stamp["earlier_runs"].items():
+            refreshed = refresh_stamp(earlier, repo)
+            if refreshed is None:
+                return None
+            out["earlier_runs"][run] = refreshed
+    return out
 
 
 def status(stamp):
@@ -290,7 +326,8 @@ def status(stamp):
 def main(argv=None):
     """``python benchmarks/_provenance.py``: how each result file's provenance is recorded
     (and the command that wrote it); ``--upgrade`` converts per-module stamps to
-    per-definition ones where the code is still the measured code."""
+    per-definition ones, and rehashes per-definition ones written before the current
+    normalisation, where the code is still the measured code."""
     import argparse
     import json
 
@@ -302,14 +339,14 @@ def main(argv=None):
         saved = json.loads(path.read_text())
         stamp = saved.get("provenance")
         kind = status(stamp)
-        if kind == "per module":
-            upgraded = upgrade_stamp(stamp, repo)
+        if stamp and (kind == "per module" or "known" not in stamp):
+            upgraded = refresh_stamp(stamp, repo)
             if upgraded is None:
                 kind += ", stale: re-run it"
             elif args.upgrade:
                 saved["provenance"] = upgraded
                 path.write_text(json.dumps(saved, indent=2) + "\n")
-                kind = "every definition (upgraded now)"
+                kind = status(upgraded) + " (upgraded now)"
         command = (stamp or {}).get("command") or ""
         print(f"{path.name:40s} {kind:34s} {command}")
 

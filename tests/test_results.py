@@ -134,6 +134,11 @@ def test_the_definition_check_flags_only_changes_to_code_that_ran(tmp_path):
         assert old in MODULE, old
         _edited(tmp_path, old, new)
         assert stale_definitions(stamp, tmp_path) == expected, (old, new)
+    # with the list of every definition the code had, an existing one that did not run is not new
+    path.write_text(MODULE.replace("    def unused(self):", "    def __len__(self):\n        return 7\n\n    def unused(self):"))
+    traced = _stamp_of(tmp_path, ["<module>", "Base", "C", "C.m", "f"])
+    assert stale_definitions(traced, tmp_path) == ["skfg/m.py:C.__len__ (new dunder)"]
+    assert stale_definitions(traced, tmp_path, {"skfg/m.py": sorted(definition_hashes(path))}) == []
     # an override of a base method that never ran (or did not exist) cannot have been called
     _edited(tmp_path, "    def unused(self):", "    def n(self):\n        return 7\n\n    def unused(self):")
     assert stale_definitions(_stamp_of(tmp_path, ["<module>", "Base", "C", "C.m", "f"]), tmp_path) == []
