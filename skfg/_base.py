@@ -191,6 +191,13 @@ class TorchStateMixin(VersionedStateMixin):
             setattr(self, key, module.to(device).eval())
 
 
+def prefixed_feature_names(estimator, n_features_out):
+    """Column names of a transformer whose outputs are not its inputs: scikit-learn's
+    convention, the lower-cased class name and the column index (``"impostorclassifier0"``)."""
+    prefix = type(estimator).__name__.lower()
+    return np.asarray([f"{prefix}{i}" for i in range(n_features_out)], dtype=object)
+
+
 def image_input_tags(tags):
     """sklearn tags of an estimator whose X holds images (paths, arrays, PIL images)."""
     tags.input_tags.one_d_array = True  # image paths

@@ -433,6 +433,30 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         with torch.inference_mode():
             return self._proba(self._outputs(X).double()).cpu().numpy()  # float64: rows sum to 1
 
+    def decision_function(self, X):
+        """Class scores whose largest entry per row is the prediction.
+
+        The network's outputs before normalisation into probabilities: the logits of
+        :class:`SoftmaxClassifier`, the scaled cosines ``s * cos(w_c, phi(x))`` of
+        :class:`ImprintedClassifier`, the log RBF votes of :class:`ImpostorClassifier`
+        (a class with no candidate impostor among the searched neighbours scores -1e4
+        instead of ``-inf``).
+
+        Parameters
+        ----------
+        X : array-like
+            Features, or images when ``extractor`` is set.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples, n_classes), or (n_samples,) for two classes
+            With two classes, as in scikit-learn, ``scores[:, 1] - scores[:, 0]``: positive
+            for ``classes_[1]``.
+        """
+        with torch.inference_mode():
+            scores = self._outputs(X).double().clamp_min(-1e4).cpu().numpy()
+        return scores[:, 1] - scores[:, 0] if len(self.classes_) == 2 else scores
+
     def predict(self, X):
         """Predicted labels: ``classes_[argmax(predict_proba(X))]``."""
         proba = self.predict_proba(X)

@@ -8,6 +8,7 @@ resuming a run that was killed, and clean handling of ``KeyboardInterrupt``.
 
 import contextlib
 import copy
+import logging
 import math
 import os
 import time
@@ -21,6 +22,8 @@ from sklearn.utils import check_random_state
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+logger = logging.getLogger(__name__)
 
 
 def make_generator(random_state):
@@ -381,6 +384,8 @@ def fit_loop(
                     "generator_rng": generator.get_state() if generator is not None else None,
                     "best_weights": best_weights,
                 })
+            logger.info("epoch %d/%d: loss %.4f, val score %s, %.1f s", epoch + 1, max_epochs, record["loss"],
+                        "-" if score is None else f"{score:.4f}", record["seconds"])
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{record['loss']:.4f}", val=score)
@@ -402,6 +407,8 @@ def fit_loop(
             progress.close()
     module.load_state_dict(best_weights)
     module.eval()
+    logger.info("training done: %d epochs, keeping epoch %d%s", state["epoch"], state["best_epoch"],
+                " (interrupted)" if interrupted else "")
     return {
         "history": copy.deepcopy(state["history"]),
         "best_epoch": state["best_epoch"],

@@ -15,6 +15,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from ._base import prefixed_feature_names
 from ._classifier import FEATURE_DEFAULTS, FINE_TUNE_RECIPE, BaseTorchClassifier
 from ._data import FeatureData
 from ._training import eval_mode, fit_loop, make_optimizer, make_scheduler
@@ -484,6 +485,25 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
         check_is_fitted(self, "module_")
         with torch.inference_mode():
             return super()._outputs(X).float().cpu().numpy()
+
+
+    def get_feature_names_out(self, input_features=None):
+        """Names of the :meth:`transform` columns (the embedding dimensions):
+        ``"impostorclassifier0"``, ``"impostorclassifier1"``, ...
+
+        With them, ``set_output(transform="pandas")`` gives :meth:`transform` a DataFrame.
+
+        Parameters
+        ----------
+        input_features : None
+            Unused: the embedding's columns are not the input's.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects, shape (embedding_dim,)
+        """
+        check_is_fitted(self, "index_")
+        return prefixed_feature_names(self, self.index_.dim_)
 
 
 def _finite(log_proba):

@@ -17,7 +17,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 from torch import nn
 
-from ._base import atomic_fit, check_images_and_labels
+from ._base import atomic_fit, check_images_and_labels, prefixed_feature_names
 from ._classifier import FEATURE_DEFAULTS, FINE_TUNE_RECIPE, BaseTorchClassifier
 from ._data import FeatureData, FitContext, predict_images
 from ._training import make_generator
@@ -358,6 +358,24 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         embedding : ndarray of shape (n_samples, dim), float32
         """
         return self._embed(X)
+
+    def get_feature_names_out(self, input_features=None):
+        """Names of the :meth:`transform` columns (the embedding dimensions):
+        ``"imprintedclassifier0"``, ``"imprintedclassifier1"``, ...
+
+        With them, ``set_output(transform="pandas")`` gives :meth:`transform` a DataFrame.
+
+        Parameters
+        ----------
+        input_features : None
+            Unused: the embedding's columns are not the input's.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects, shape (dim,)
+        """
+        check_is_fitted(self, "module_")
+        return prefixed_feature_names(self, self.module_.head.weight.shape[1])
 
     def _embed(self, X, augment=0):
         """``phi(X)``; with ``augment=n`` (images only) the normalised mean over n random crops/flips."""
