@@ -44,6 +44,10 @@ def test_binary_decision_function_is_positive_for_the_second_class(clf):
     scores = clf.decision_function(X)
     assert scores.shape == (len(X),)
     np.testing.assert_array_equal(np.where(scores > 0, clf.classes_[1], clf.classes_[0]), clf.predict(X))
+    # scikit-learn's scorers take the scores: roc_auc from decision_function
+    from sklearn.metrics import get_scorer, roc_auc_score
+
+    assert get_scorer("roc_auc")(clf, X, y) == pytest.approx(roc_auc_score(y == clf.classes_[1], scores))
 
 
 @pytest.mark.parametrize("clf", [ESTIMATORS[1], ESTIMATORS[2], ESTIMATORS[3]], ids=lambda c: repr(c)[:60])
