@@ -1,0 +1,174 @@
+"""Numbers and tables in the docs, taken from ``benchmarks/results/`` (issue 19).
+
+In the Sphinx pages:
+
+- ``:result:`recipe:summary.recipe_default.test_mean|pct``` renders one number of
+  ``benchmarks/results/recipe.json`` (``|pct``: ``74.3 %``; ``|pts``: ``2.2`` points;
+  ``|f3``: ``0.743``; ``|f1``: ``36.7``; ``|x``: ``2.45x``; no format: as stored). A path
+  step ``rows[name=lite2,seed=0]`` picks the first list item whose fields match,
+  ``rows[0]`` the first item.
+- ``.. results-table:: recipe`` renders the Markdown table(s) of
+  ``benchmarks/results/recipe.md`` with the commit and date that measured them
+  (``:table: 1`` for the second table only).
+
+In ``README.md`` (plain Markdown, no Sphinx), a number between
+``<!-- result SPEC -->`` and ``<!-- /result -->`` is rewritten from the results by
+``python docs/_ext/skfg_results.py --readme`` (``--check`` fails when one is out of date;
+``tests/test_results.py`` runs it).
+"""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "benchmarks" / "results"
+
+FORMATS = {
+    None: lambda v: str(v),
+    "pct": lambda v: f"{100 * v:.1f} %",
+    "pts": lambda v: f"{100 * v:.1f}",
+    "f3": lambda v: f"{v:.3f}",
+    "f2": lambda v: f"{v:.2f}",
+    "f1": lambda v: f"{v:.1f}",
+    "x": lambda v: f"{v:.2f}x",
+    "int": lambda v: f"{int(round(v))}",
+}
+_STEP = re.compile(r"^([^\[\]]+)(?:\[([^\]]+)\])?$")
+
+
+def _convert(text):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def result_value(spec, results_dir=RESULTS):
+    """The value ``spec`` (``"file:path.to[key=v].value|format"``) names, formatted.
+
+    Raises ``KeyError`` naming the spec and the step that does not exist."""
+    spec = spec.strip()
+    path, _, fmt = spec.partition("|")
+    name, _, steps = path.partition(":")
+    file = Path(results_dir) / f"{name}.json"
+    if not file.is_file():
+        raise KeyError(f"{spec!r}: no results file {file.name}")
+    value = json.loads(file.read_text())
+    for step in steps.split("."):
+        m = _STEP.match(step)
+        if m is None:
+            raise KeyError(f"{spec!r}: cannot read the step {step!r}")
+        key, select = m.groups()
+        if not isinstance(value, dict) or key not in value:
+            raise KeyError(f"{spec!r}: no {key!r} in {name}.json")
+        value = value[key]
+        if select and select.isdigit():
+            value = value[int(select)]
+        elif select:
+            conditions = dict(c.split("=", 1) for c in select.split(","))
+            matches = [v for v in value if all(str(v.get(k)) == c or v.get(k) == _convert(c)
+                                               for k, c in conditions.items())]
+            if not matches:
+                raise KeyError(f"{spec!r}: no item of {key!r} with {select}")
+            value = matches[0]
+    if fmt not in FORMATS and (fmt or None) not in FORMATS:
+        raise KeyError(f"{spec!r}: unknown format {fmt!r}; known: {', '.join(f for f in FORMATS if f)}")
+    return FORMATS[fmt or None](value)
+
+
+def markdown_tables(name, results_dir=RESULTS):
+    """``(measured line, [table rows as lists of cells])`` of ``results/<name>.md``."""
+    text = (Path(results_dir) / f"{name}.md").read_text()
+    measured = next((line for line in text.splitlines() if line.startswith("Measured at")), "")
+    tables, current = [], None
+    for line in text.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if set("".join(cells)) <= set("-: "):
+                continue  # the separator under the header
+            if current is None:
+                current = []
+                tables.append(current)
+            current.append(cells)
+        else:
+            current = None
+    return measured, tables
+
+
+_README = re.compile(r"<!-- result (?P<spec>[^>]+?) -->(?P<value>.*?)<!-- /result -->", re.S)
+
+
+def sync_readme(path=REPO / "README.md", check=False, results_dir=RESULTS):
+    """Rewrite (or with ``check``, list) the README numbers that differ from the results:
+    ``[(spec, written, from results)]``."""
+    text = Path(path).read_text()
+    stale = []
+
+    def fill(m):
+        value = result_value(m.group("spec"), results_dir)
+        if m.group("value") != value:
+            stale.append((m.group("spec"), m.group("value"), value))
+        return f"<!-- result {m.group('spec')} -->{value}<!-- /result -->"
+
+    new = _README.sub(fill, text)
+    if not check and new != text:
+        Path(path).write_text(new)
+    return stale
+
+
+def setup(app):  # pragma: no cover - exercised by the docs build
+    from docutils import nodes
+    from docutils.parsers.rst import Directive, directives
+
+    def result_role(name, rawtext, text, lineno, inliner, options=None, content=None):
+        try:
+            return [nodes.Text(result_value(text))], []
+        except KeyError as err:
+            msg = inliner.reporter.error(str(err), line=lineno)
+            return [inliner.problematic(rawtext, rawtext, msg)], [msg]
+
+    class ResultsTable(Directive):
+        required_arguments = 1
+        option_spec = {"table": directives.nonnegative_int}
+
+        def run(self):
+            measured, tables = markdown_tables(self.arguments[0])
+            if "table" in self.options:
+                tables = tables[self.options["table"] : self.options["table"] + 1]
+            out = []
+            for rows in tables:
+                width = max(len(r) for r in rows)
+                table = nodes.table()
+                group = nodes.tgroup(cols=width)
+                table += group
+                group.extend(nodes.colspec(colwidth=1) for _ in range(width))
+                for part, part_rows in ((nodes.thead(), rows[:1]), (nodes.tbody(), rows[1:])):
+                    for cells in part_rows:
+                        row = nodes.row()
+                        for cell in cells + [""] * (width - len(cells)):
+                            entry = nodes.entry()
+                            entry += nodes.paragraph(text=cell)
+                            row += entry
+                        part += row
+                    group += part
+                out.append(table)
+            source = f"benchmarks/results/{self.arguments[0]}.md"
+            out.append(nodes.paragraph(text=f"{measured} Source: {source}." if measured else f"Source: {source}."))
+            return out
+
+    app.add_role("result", result_role)
+    app.add_directive("results-table", ResultsTable)
+    return {"parallel_read_safe": True}
+
+
+if __name__ == "__main__":
+    if "--readme" not in sys.argv:
+        sys.exit("usage: python docs/_ext/skfg_results.py --readme [--check]")
+    found = sync_readme(check="--check" in sys.argv)
+    for spec, old, new in found:
+        print(f"README {spec}: {old!r} -> {new!r}")
+    sys.exit(1 if found and "--check" in sys.argv else 0)
