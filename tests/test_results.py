@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -229,3 +231,32 @@ def test_a_file_filled_over_several_runs_keeps_each_runs_provenance(tmp_path, mo
     _common.write_results("t", {"rows": [{"name": "a"}, rows[1]]}, [("a",), ("b",)], ("name",))
     second = json.loads((tmp_path / "t.json").read_text())["provenance"]
     assert set(second["earlier_runs"]) == {stamp["run"]}  # the legacy rows are all gone, and so is their run
+
+
+sys.path.insert(0, str(REPO / "docs" / "_ext"))
+from skfg_results import markdown_tables, result_value, sync_readme  # noqa: E402
+
+
+def test_the_readme_numbers_are_those_of_the_results():
+    assert sync_readme(check=True) == [], "run: python docs/_ext/skfg_results.py --readme"
+
+
+def test_result_specs_read_numbers_and_tables(tmp_path):
+    (tmp_path / "r.json").write_text(json.dumps({"rows": [{"name": "a", "seed": 0, "acc": 0.7431},
+                                                          {"name": "a", "seed": 1, "acc": 0.5}],
+                                                 "summary": {"speedup": 2.449}}))
+    assert result_value("r:rows[name=a,seed=1].acc|pct", tmp_path) == "50.0 %"
+    assert result_value("r:rows[0].acc|f3", tmp_path) == "0.743"
+    assert result_value("r:summary.speedup|x", tmp_path) == "2.45x"
+    for bad in ("r:rows[name=b].acc", "r:summary.missing", "missing:x", "r:summary.speedup|pc"):
+        with pytest.raises(KeyError):
+            result_value(bad, tmp_path)
+    (tmp_path / "r.md").write_text("# r\n\nMeasured at commit abc, today.\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n"
+                                   "text\n\n| c |\n|---|\n| 3 |\n")
+    assert markdown_tables("r", tmp_path) == ("Measured at commit abc, today.", [[["a", "b"], ["1", "2"]],
+                                                                               [["c"], ["3"]]])
+    readme = tmp_path / "README.md"
+    readme.write_text("reaches <!-- result r:rows[0].acc|pct -->70.0 %<!-- /result --> today\n")
+    assert sync_readme(readme, check=True, results_dir=tmp_path) == [("r:rows[0].acc|pct", "70.0 %", "74.3 %")]
+    sync_readme(readme, results_dir=tmp_path)
+    assert "-->74.3 %<!--" in readme.read_text() and sync_readme(readme, check=True, results_dir=tmp_path) == []
