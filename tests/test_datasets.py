@@ -72,3 +72,49 @@ def test_classes_are_fixed_across_seeds_and_learnable():
 def test_make_fine_grained_validates():
     with pytest.raises(ValueError, match="n_classes"):
         make_fine_grained(MAX_SYNTHETIC_CLASSES + 1)
+
+
+def test_make_composite_boxes_are_exact_for_the_pasted_objects():
+    from skfg.datasets import make_composite
+
+    red = np.zeros((7, 30, 50, 3), dtype=np.uint8)
+    red[..., 0] = 255
+    blue = [np.zeros((80, 120, 3), dtype=np.uint8) + np.uint8([0, 0, 200]), np.full((90, 70, 3), 30, np.uint8)]
+    X, boxes = make_composite(red, blue, image_size=64, object_scale=(0.2, 0.9), random_state=0)
+    assert X.shape == (7, 64, 64, 3) and X.dtype == np.uint8 and boxes.shape == (7, 4)
+    for img, (x0, y0, x1, y1) in zip(X, boxes):
+        assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64
+        is_red = (img == [255, 0, 0]).all(-1)
+        inside = np.zeros_like(is_red)
+        inside[y0:y1, x0:x1] = True
+        np.testing.assert_array_equal(is_red, inside)  # the object is exactly the box
+        w, h = x1 - x0, y1 - y0
+        assert abs(w / h - 50 / 30) < 0.15 and 0.2 * 64 - 1 <= max(w, h) <= 0.9 * 64 + 1  # aspect and scale kept
+    X2, boxes2 = make_composite(red, blue, image_size=64, object_scale=(0.2, 0.9), random_state=0)
+    np.testing.assert_array_equal(X, X2)
+    np.testing.assert_array_equal(boxes, boxes2)
+    assert not np.array_equal(boxes, make_composite(red, blue, image_size=64, random_state=1)[1])
+
+
+def test_make_composite_on_real_photographs(shared_dataset):
+    from skfg.datasets import make_composite
+
+    X_obj, _ = load_image_folder(shared_dataset("stanford_cars_a") / "train")
+    objects = X_obj[:4]
+    X, boxes = make_composite(objects, image_size=128, random_state=0)  # scikit-learn's two photographs
+    for path, img, (x0, y0, x1, y1) in zip(objects, X, boxes):
+        pasted = np.asarray(Image.open(path).convert("RGB").resize((x1 - x0, y1 - y0), Image.BILINEAR))
+        np.testing.assert_array_equal(img[y0:y1, x0:x1], pasted)
+        outside = np.ones(img.shape[:2], bool)
+        outside[y0:y1, x0:x1] = False
+        assert img[outside].std() > 10  # a photograph around it, not a flat fill
+
+
+def test_make_composite_validates():
+    from skfg.datasets import make_composite
+
+    objects = np.zeros((2, 10, 10, 3), dtype=np.uint8)
+    for kwargs, match in (({"object_scale": (0.5, 0.2)}, "object_scale"), ({"object_scale": (0, 1)}, "object_scale"),
+                          ({"image_size": 4}, "image_size"), ({"backgrounds": []}, "background")):
+        with pytest.raises(ValueError, match=match):
+            make_composite(objects, **kwargs)
