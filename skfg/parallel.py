@@ -63,6 +63,18 @@ def _limit_threads():
         torch.set_num_threads(max(1, int(threads)))
 
 
+def _shipped(estimator, dask):
+    """The fitted model as a graph input sent to each worker once: scattered to every worker
+    when a distributed client is active, else a single (pure) delayed node."""
+    try:
+        from distributed import default_client
+
+        client = default_client()
+    except (ImportError, ValueError):
+        return dask.delayed(estimator, pure=True)
+    return client.scatter(estimator, broadcast=True, hash=True)
+
+
 def _apply(block, estimator, method):
     _limit_threads()
     return getattr(estimator, method)(block)
@@ -129,7 +141,7 @@ class ParallelPostFit(MetaEstimatorMixin, BaseEstimator):
         dask = _dask()
         if X.ndim > 1 and any(len(c) > 1 for c in X.chunks[1:]):
             X = X.rechunk({axis: -1 for axis in range(1, X.ndim)})
-        model = dask.delayed(self.estimator_, pure=True)  # one graph node: sent to each worker once
+        model = _shipped(self.estimator_, dask)
         chunks = (X.chunks[0],) if width is None else (X.chunks[0], (width,))
         kwargs = {"dtype": dtype, "chunks": chunks, "meta": np.empty((0,) * len(chunks), dtype=dtype)}
         if X.ndim > len(chunks):
