@@ -140,9 +140,10 @@ class FeatureStore:
 
     def to_dask(self):
         """All rows as a lazy ``dask.array`` with one block per chunk (needs ``skfg[dask]``)."""
-        from .parallel import _dask
-
-        da = _dask().array
+        try:
+            import dask.array as da
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            raise ImportError('FeatureStore.to_dask needs Dask: pip install "skfg[dask]"') from err
         self._check_complete()
         blocks = [da.from_array(self.read_chunk(i), chunks=-1) for i in range(self.n_chunks)]
         return da.concatenate(blocks, axis=0)

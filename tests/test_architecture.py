@@ -14,9 +14,9 @@ ROOT = Path(skfg.__file__).parent
 # must be given a floor here (docs/developing.rst explains where things go).
 FLOORS = [
     # ground: torch / numpy / Pillow only
-    {"_boxes", "_cache", "_distances", "_table", "_training", "_version", "images", "pooling", "backbones"},
+    {"_boxes", "_cache", "_distances", "_table", "_training", "_version", "images", "pooling", "backbones", "store"},
     {"_base", "_data", "_network", "datasets", "index", "losses"},  # plumbing under the estimators
-    {"extractor", "metrics"},
+    {"extractor", "metrics", "parallel"},
     {"_classifier", "localization"},
     {"softmax", "impostor", "imprinting"},
     {"_exits"},
