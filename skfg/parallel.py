@@ -233,8 +233,10 @@ def extract_features(transformer, X, directory, chunk_size=256, client=None, max
     if n == 0:
         raise ValueError("X is empty: no images to extract")
     probe = transformer.transform(X[:1])  # the width, and an early error for a wrong input
+    paths = getattr(X, "ndim", 0) == 1 and np.asarray(X[:1]).dtype.kind in "OUS"
+    inputs = [str(x) for x in X] if paths else X  # a list, an object or a unicode array: the same paths
     store = FeatureStore.create(directory, n, probe.shape[1], chunk_size,
-                                fingerprint=joblib.hash((transformer, X)))
+                                fingerprint=joblib.hash((transformer, inputs)))
     todo = store.missing_chunks()
     logger.info("extracting %d of %d chunks into %s", len(todo), store.n_chunks, store.directory)
     errors = []
