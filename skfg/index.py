@@ -22,8 +22,10 @@ codebooks, :func:`decode_pq` decodes them in torch (differentiably in the codebo
 :meth:`NearestNeighborIndex.set_pq_centroids` stores tuned codebooks back.
 """
 
+import json
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -407,3 +409,104 @@ class NearestNeighborIndex:
 
     def __repr__(self):
         return f"NearestNeighborIndex(method={self.method!r})"
+
+    # ------------------------------------------------------------- files
+    def save(self, path):
+        """Write the fitted index to ``path`` with faiss's own format (``faiss.write_index``)
+        and its parameters to ``path + ".json"``; :meth:`load` reads both back.
+
+        Parameters
+        ----------
+        path : str or path
+
+        Returns
+        -------
+        path : pathlib.Path
+        """
+        self._fitted()
+        if self._index is None:
+            raise ValueError("method='brute' keeps its vectors in torch; save it with joblib, or use method='exact'")
+        path = Path(path)
+        meta = {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        _faiss().write_index(self._index, str(path))
+        Path(str(path) + ".json").write_text(json.dumps(meta))
+        return path
+
+    @classmethod
+    def load(cls, path, mmap=False):
+        """An index written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or path
+        mmap : bool, default=False
+            Map the file instead of reading it into memory (``faiss.IO_FLAG_MMAP``): an
+            IVF index larger than the memory is then searched from disk.
+
+        Returns
+        -------
+        index : NearestNeighborIndex
+        """
+        path = Path(path)
+        sidecar = Path(str(path) + ".json")
+        if not path.is_file() or not sidecar.is_file():
+            raise FileNotFoundError(f"{path} (and {sidecar.name}) must both exist: write them with save()")
+        meta = json.loads(sidecar.read_text())
+        faiss = _faiss()
+        self = cls(meta["method"])
+        self.__dict__.update(meta)
+        self._index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if mmap else 0)
+        self._vectors = None
+        self._set_probe()
+        if self.method == "hnsw":
+            self._index.hnsw.efSearch = int(self.ef_search)
+        return self
+
+
+class ShardedIndex:
+    """Several indexes searched as one, for a collection larger than one index or machine.
+
+    Each query's ``k`` nearest over all shards: every shard is searched for ``k``, the
+    lists are merged by distance, and a shard's row ``j`` is reported as
+    ``offset + j``, where the offset is the number of vectors in the shards before it
+    (the rows of the shards, concatenated in order).
+
+    Parameters
+    ----------
+    shards : list of fitted NearestNeighborIndex
+        Of the same dimension.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfg.index import NearestNeighborIndex, ShardedIndex
+    >>> X = np.arange(12, dtype=np.float32).reshape(6, 2)
+    >>> both = ShardedIndex([NearestNeighborIndex().fit(X[:3]), NearestNeighborIndex().fit(X[3:])])
+    >>> both.search([[7.0, 8.0]], 2)[1].tolist()
+    [[4, 3]]
+    """
+
+    def __init__(self, shards):
+        shards = list(shards)
+        if not shards:
+            raise ValueError("ShardedIndex needs at least one shard")
+        dims = {s.dim_ for s in shards}
+        if len(dims) != 1:
+            raise ValueError(f"the shards hold vectors of different dimensions: {sorted(dims)}")
+        self.shards = shards
+        self.dim_ = dims.pop()
+        self.offsets_ = np.cumsum([0] + [s.n_vectors_ for s in shards[:-1]])
+        self.n_vectors_ = int(sum(s.n_vectors_ for s in shards))
+
+    def search(self, queries, k):
+        """The ``k`` nearest rows over all shards (as :meth:`NearestNeighborIndex.search`)."""
+        k = int(min(k, self.n_vectors_))
+        dists, ids = [], []
+        for shard, offset in zip(self.shards, self.offsets_):
+            d, i = shard.search(queries, min(k, shard.n_vectors_))
+            dists.append(np.where(i < 0, np.inf, d))
+            ids.append(np.where(i < 0, -1, i + offset))
+        d, i = np.concatenate(dists, axis=1), np.concatenate(ids, axis=1)
+        order = np.argsort(d, axis=1, kind="stable")[:, :k]
+        d = np.take_along_axis(d, order, axis=1)
+        return d.astype(np.float32), np.take_along_axis(i, order, axis=1)

@@ -7,7 +7,7 @@ import pytest
 
 import torch
 
-from skfg.index import NearestNeighborIndex, decode_pq
+from skfg.index import NearestNeighborIndex, ShardedIndex, decode_pq
 
 
 @pytest.fixture(autouse=True)
@@ -153,3 +153,47 @@ def test_ivf_with_more_cells_than_the_data_supports_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         NearestNeighborIndex("ivf").fit(X)  # the default cell count needs no warning
+
+
+def test_save_and_load_round_trip_with_faiss_files(tmp_path):
+    rng = np.random.RandomState(0)
+    X = rng.randn(3000, 16).astype(np.float32)
+    Q = rng.randn(20, 16).astype(np.float32)
+    for method in ("exact", "hnsw", "ivfpq"):
+        index = NearestNeighborIndex(method, code_size=4, n_probe=4).fit(X)
+        path = index.save(tmp_path / f"{method}.faiss")
+        for mmap in (False, True) if method == "ivfpq" else (False,):
+            loaded = NearestNeighborIndex.load(path, mmap=mmap)
+            assert (loaded.method, loaded.n_vectors_, loaded.dim_) == (method, 3000, 16)
+            for a, b in zip(index.search(Q, 5), loaded.search(Q, 5)):
+                np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="brute"):
+        NearestNeighborIndex("brute").fit(X).save(tmp_path / "b.faiss")
+    with pytest.raises(FileNotFoundError, match="save"):
+        NearestNeighborIndex.load(tmp_path / "missing.faiss")
+
+
+def test_a_sharded_search_equals_an_unsharded_one():
+    rng = np.random.RandomState(1)
+    X = rng.randn(900, 8).astype(np.float32)
+    Q = rng.randn(30, 8).astype(np.float32)
+    whole = NearestNeighborIndex("exact").fit(X)
+    sharded = ShardedIndex([NearestNeighborIndex("exact").fit(X[a:b]) for a, b in ((0, 250), (250, 600), (600, 900))])
+    assert sharded.n_vectors_ == 900
+    for k in (1, 10):
+        d0, i0 = whole.search(Q, k)
+        d1, i1 = sharded.search(Q, k)
+        np.testing.assert_array_equal(i0, i1)
+        np.testing.assert_allclose(d0, d1, rtol=1e-5)
+    with pytest.raises(ValueError, match="dimensions"):
+        ShardedIndex([whole, NearestNeighborIndex().fit(X[:, :4])])
+
+
+def test_chunked_adds_give_the_codes_of_one_add():
+    rng = np.random.RandomState(2)
+    sample, rest = rng.randn(2000, 16).astype(np.float32), rng.randn(3000, 16).astype(np.float32)
+    one = NearestNeighborIndex("ivfpq", code_size=4).fit(sample).add(rest)
+    chunked = NearestNeighborIndex("ivfpq", code_size=4).fit(sample)
+    for start in range(0, 3000, 700):
+        chunked.add(rest[start : start + 700])
+    np.testing.assert_array_equal(one.reconstruct(), chunked.reconstruct())
