@@ -101,7 +101,9 @@ class ParallelPostFit(MetaEstimatorMixin, BaseEstimator):
     axis only (other axes are merged into one chunk): a 1-D array of image paths
     (``dask.array.from_array(np.asarray(paths, dtype=object), chunks=256)``), a
     ``(n, H, W, 3)`` uint8 array of images, or a 2-D array of features. They return a lazy
-    ``dask.array`` with the same chunks along the first axis. A bad image fails its block
+    ``dask.array`` with the same chunks along the first axis (its width and dtype are those
+    of the estimator's output on the first row, computed in the calling process). A bad
+    image fails its block
     with an :class:`~skfg.images.ImageDecodeError` naming the file; to find *all* bad
     images of a collection in one pass use :func:`extract_features` or
     :func:`skfg.datasets.verify_images`.
@@ -134,43 +136,38 @@ class ParallelPostFit(MetaEstimatorMixin, BaseEstimator):
         check_is_fitted(self, "estimator_")
         return self.estimator_.classes_
 
-    def _blockwise(self, X, method, width, dtype):
+    def _blockwise(self, X, method):
         check_is_fitted(self, "estimator_")
         if not _is_dask(X):
             return getattr(self.estimator_, method)(X)
         dask = _dask()
         if X.ndim > 1 and any(len(c) > 1 for c in X.chunks[1:]):
             X = X.rechunk({axis: -1 for axis in range(1, X.ndim)})
-        model = _shipped(self.estimator_, dask)
-        chunks = (X.chunks[0],) if width is None else (X.chunks[0], (width,))
-        kwargs = {"dtype": dtype, "chunks": chunks, "meta": np.empty((0,) * len(chunks), dtype=dtype)}
-        if X.ndim > len(chunks):
-            kwargs["drop_axis"] = list(range(len(chunks), X.ndim))
-        elif X.ndim < len(chunks):
-            kwargs["new_axis"] = list(range(X.ndim, len(chunks)))
-        return X.map_blocks(_apply, model, method, **kwargs)
-
-    def _width(self, method):
-        if method in ("predict_proba", "decision_function"):
-            n = len(self.estimator_.classes_)
-            return None if method == "decision_function" and n == 2 else n
-        return len(self.estimator_.get_feature_names_out())
+        # the output's width and dtype, from the first row (computed here, in the client)
+        probe = np.asarray(getattr(self.estimator_, method)(X[:1].compute()))
+        chunks = (X.chunks[0], *((n,) for n in probe.shape[1:]))
+        kwargs = {"dtype": probe.dtype, "chunks": chunks, "meta": np.empty((0,) * probe.ndim, dtype=probe.dtype)}
+        if X.ndim > probe.ndim:
+            kwargs["drop_axis"] = list(range(probe.ndim, X.ndim))
+        elif X.ndim < probe.ndim:
+            kwargs["new_axis"] = list(range(X.ndim, probe.ndim))
+        return X.map_blocks(_apply, _shipped(self.estimator_, dask), method, **kwargs)
 
     def transform(self, X):
-        """``estimator_.transform`` block by block (``float32`` features)."""
-        return self._blockwise(X, "transform", self._width("transform"), np.float32)
+        """``estimator_.transform`` block by block."""
+        return self._blockwise(X, "transform")
 
     def predict(self, X):
         """``estimator_.predict`` block by block."""
-        return self._blockwise(X, "predict", None, np.asarray(self.classes_).dtype)
+        return self._blockwise(X, "predict")
 
     def predict_proba(self, X):
         """``estimator_.predict_proba`` block by block."""
-        return self._blockwise(X, "predict_proba", self._width("predict_proba"), np.float64)
+        return self._blockwise(X, "predict_proba")
 
     def decision_function(self, X):
         """``estimator_.decision_function`` block by block."""
-        return self._blockwise(X, "decision_function", self._width("decision_function"), np.float64)
+        return self._blockwise(X, "decision_function")
 
     def score(self, X, y):
         """``estimator_.score`` on in-memory data."""

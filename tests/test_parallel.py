@@ -8,6 +8,7 @@ from PIL import Image
 from sklearn.base import BaseEstimator
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 
 from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.datasets import load_image_folder
@@ -132,6 +133,10 @@ def test_parallel_post_fit_applies_blockwise_and_matches_in_memory():
     np.testing.assert_allclose(model.decision_function(dX).compute(), model.estimator_.decision_function(X))
     np.testing.assert_array_equal(model.predict(X), model.estimator_.predict(X))  # in memory: direct
     assert model.predict(dX).chunks == ((25, 25, 10),)
+    scaler = ParallelPostFit(StandardScaler()).fit(X)  # float64 out, width from the output itself
+    out = scaler.transform(dX)
+    assert out.dtype == np.float64 and out.chunks == ((25, 25, 10), (4,))
+    np.testing.assert_allclose(out.compute(), scaler.estimator_.transform(X))
 
 
 # -------------------------------------------------------- on a LocalCluster
