@@ -248,6 +248,7 @@ def test_result_specs_read_numbers_and_tables(tmp_path):
     assert result_value("r:rows[name=a,seed=1].acc|pct", tmp_path) == "50.0 %"
     assert result_value("r:rows[0].acc|f3", tmp_path) == "0.743"
     assert result_value("r:summary.speedup|x", tmp_path) == "2.45x"
+    assert result_value("r:rows[0].acc / rows[1].acc|x", tmp_path) == "1.49x"
     for bad in ("r:rows[name=b].acc", "r:summary.missing", "missing:x", "r:summary.speedup|pc"):
         with pytest.raises(KeyError):
             result_value(bad, tmp_path)

@@ -4,7 +4,8 @@ In the Sphinx pages:
 
 - ``:result:`recipe:summary.recipe_default.test_mean|pct``` renders one number of
   ``benchmarks/results/recipe.json`` (``|pct``: ``74.3 %``; ``|pts``: ``2.2`` points;
-  ``|f3``: ``0.743``; ``|f1``: ``36.7``; ``|x``: ``2.45x``; no format: as stored). A path
+  ``|f3``: ``0.743``; ``|f1``: ``36.7``; ``|x``: ``2.45x``; ``|e1``: ``2.5e-06``; no
+  format: as stored; ``"file:a.b / c.d|x"``: the ratio of two values). A path
   step ``rows[name=lite2,seed=0]`` picks the first list item whose fields match,
   ``rows[0]`` the first item.
 - ``.. results-table:: recipe`` renders the Markdown table(s) of
@@ -34,6 +35,7 @@ FORMATS = {
     "f1": lambda v: f"{v:.1f}",
     "x": lambda v: f"{v:.2f}x",
     "int": lambda v: f"{int(round(v))}",
+    "e1": lambda v: f"{v:.1e}",
 }
 _STEP = re.compile(r"^([^\[\]]+)(?:\[([^\]]+)\])?$")
 
@@ -48,7 +50,8 @@ def _convert(text):
 
 
 def result_value(spec, results_dir=RESULTS):
-    """The value ``spec`` (``"file:path.to[key=v].value|format"``) names, formatted.
+    """The value ``spec`` (``"file:path.to[key=v].value|format"``) names, formatted;
+    ``"file:path.a / path.b|x"`` is the ratio of two values of the file.
 
     Raises ``KeyError`` naming the spec and the step that does not exist."""
     spec = spec.strip()
@@ -57,7 +60,15 @@ def result_value(spec, results_dir=RESULTS):
     file = Path(results_dir) / f"{name}.json"
     if not file.is_file():
         raise KeyError(f"{spec!r}: no results file {file.name}")
-    value = json.loads(file.read_text())
+    data = json.loads(file.read_text())
+    values = [_lookup(data, part.strip(), spec, name) for part in steps.split(" / ")]
+    value = values[0] if len(values) == 1 else values[0] / values[1]
+    if fmt not in FORMATS and (fmt or None) not in FORMATS:
+        raise KeyError(f"{spec!r}: unknown format {fmt!r}; known: {', '.join(f for f in FORMATS if f)}")
+    return FORMATS[fmt or None](value)
+
+
+def _lookup(value, steps, spec, name):
     for step in steps.split("."):
         m = _STEP.match(step)
         if m is None:
@@ -75,9 +86,7 @@ def result_value(spec, results_dir=RESULTS):
             if not matches:
                 raise KeyError(f"{spec!r}: no item of {key!r} with {select}")
             value = matches[0]
-    if fmt not in FORMATS and (fmt or None) not in FORMATS:
-        raise KeyError(f"{spec!r}: unknown format {fmt!r}; known: {', '.join(f for f in FORMATS if f)}")
-    return FORMATS[fmt or None](value)
+    return value
 
 
 def markdown_tables(name, results_dir=RESULTS):
