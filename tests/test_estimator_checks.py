@@ -25,7 +25,17 @@ CLASSIFIERS = [
 ]
 
 
-@parametrize_with_checks(CLASSIFIERS, expected_failed_checks=lambda est: est._expected_failed_checks)
+# decision_function returns the float32 network's scores as they are: BLAS rounds a matrix
+# product differently for another batch size, so a subset's scores can differ by ~5e-7
+# (above the check's 1e-7); the cosine head's normalisation makes it visible.
+FLOAT32_SCORES = {"check_methods_subset_invariance": "float32 scores round differently per batch size (~5e-7)"}
+
+
+def _expected_failures(est):
+    return {**est._expected_failed_checks, **(FLOAT32_SCORES if isinstance(est, ImprintedClassifier) else {})}
+
+
+@parametrize_with_checks(CLASSIFIERS, expected_failed_checks=_expected_failures)
 def test_sklearn_compatible(estimator, check):
     check(estimator)
 
