@@ -482,7 +482,7 @@ class ShardedIndex:
     >>> from skfg.index import NearestNeighborIndex, ShardedIndex
     >>> X = np.arange(12, dtype=np.float32).reshape(6, 2)
     >>> both = ShardedIndex([NearestNeighborIndex().fit(X[:3]), NearestNeighborIndex().fit(X[3:])])
-    >>> both.search([[7.0, 8.0]], 2)[1].tolist()
+    >>> both.search([[7.5, 8.5]], 2)[1].tolist()
     [[4, 3]]
     """
 
