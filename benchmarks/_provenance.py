@@ -268,18 +268,26 @@ def stale_definitions(stamp_definitions, repo, known=None):
     return changed
 
 
+def _unchanged_definitions(stamp, repo):
+    """``{module: definition hashes}`` of the stamp's modules as they are now, or ``None``
+    when one of them no longer hashes as recorded (the code is not the code that ran)."""
+    current = {}
+    for module, h in stamp["code"].items():
+        path = Path(repo) / module
+        if not path.is_file() or code_hash(path) != h:
+            return None
+        current[module] = definition_hashes(path)
+    return current
+
+
 def upgrade_stamp(stamp, repo):
     """A per-module stamp converted to per-definition, every definition counted as run;
     ``None`` when a module no longer hashes as recorded (the stamp is stale: re-run)."""
-    repo = Path(repo)
     if "definitions" in stamp:
         return stamp
-    definitions = {}
-    for module, h in stamp["code"].items():
-        path = repo / module
-        if not path.is_file() or code_hash(path) != h:
-            return None
-        definitions[module] = definition_hashes(path)
+    definitions = _unchanged_definitions(stamp, repo)
+    if definitions is None:
+        return None
     return dict(stamp, definitions=definitions, known={m: sorted(d) for m, d in definitions.items()},
                 executed="unknown: every definition of the imported modules")
 
@@ -289,15 +297,11 @@ def refresh_stamp(stamp, repo):
     every definition its modules had (``known``), while each module still hashes as recorded
     (then the code is the code that ran, and only how it is hashed changed); ``None`` when a
     module changed (stale: re-run). Earlier runs' stamps are refreshed alike."""
-    repo = Path(repo)
     if "definitions" not in stamp:
         return upgrade_stamp(stamp, repo)
-    current = {}
-    for module, h in stamp["code"].items():
-        path = repo / module
-        if not path.is_file() or code_hash(path) != h:
-            return None
-        current[module] = definition_hashes(path)
+    current = _unchanged_definitions(stamp, repo)
+    if current is None:
+        return None
     out = dict(stamp)
     out["definitions"] = {m: {k: current[m][k] for k in keys if k in current[m]}
                           for m, keys in stamp["definitions"].items()}
