@@ -14,6 +14,9 @@ head for ``head_epochs`` on cached features, seconds in all). Rows:
   ``finetune.md``), a plain torchvision loop (PIL decoding every epoch, RandomResizedCrop
   + flip, SGD with step decay, contiguous memory), each ingredient removed, and
   EfficientNet-Lite1 / Lite2 with the default recipe.
+- ``default_no_trivial_augment`` / ``default_no_erasing``: the headline without one
+  augmentation, at the default's full length; with ``recipe_default`` on the same seeds the
+  table adds their paired difference (per seed, row minus default) with a 95 % interval.
 
 Every row runs once per ``--seeds`` seed; with two or more, the table adds each row's
 mean and a 95 % Student-t interval. ``--merge`` adds rows (other rows, other seeds) to
@@ -66,8 +69,14 @@ ROWS = {
     "ema": ({"ema_decay": 0.998}, "with an EMA of the weights"),
     "lite1": ({"backbone": "efficientnet_lite1"}, "EfficientNet-Lite1, default recipe, at the shared budget"),
     "lite2": ({"backbone": "efficientnet_lite2"}, "EfficientNet-Lite2, default recipe, at the shared budget"),
+    # the augmentations the shared budget could not decide, at the default's full length (paired by seed)
+    "default_no_trivial_augment": ({"augment": Augmentation(trivial_augment=False)},
+                                   "recipe_default without TrivialAugmentWide (its own budget)"),
+    "default_no_erasing": ({"augment": Augmentation(erasing=0.0)},
+                           "recipe_default without random erasing (its own budget)"),
 }
-SHARED = [r for r in ROWS if r != "recipe_default"]
+FULL = ["recipe_default", "default_no_trivial_augment", "default_no_erasing"]
+SHARED = [r for r in ROWS if r not in FULL]
 
 
 def step_seconds(backbone, crop, batch_size, trainable, channels_last, steps=4, dtype=None, weights=None,
@@ -257,6 +266,21 @@ def summary(results):
     return out
 
 
+def paired_differences(results):
+    """Each full-length row minus ``recipe_default`` on the seeds both ran: mean and 95 % Student-t interval."""
+    base = {r["seed"]: r for r in results if r["name"] == "recipe_default"}
+    out = {}
+    for name in FULL[1:]:
+        rs = [r for r in results if r["name"] == name and r["seed"] in base]
+        if len(rs) < 2:
+            continue
+        val, val_hw = seed_interval([r["val_accuracy"] - base[r["seed"]]["val_accuracy"] for r in rs])
+        test, test_hw = seed_interval([r["test_accuracy"] - base[r["seed"]]["test_accuracy"] for r in rs])
+        out[name] = {"seeds": [r["seed"] for r in rs], "val_mean": val, "val_half_width": val_hw,
+                     "test_mean": test, "test_half_width": test_hw}
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -287,7 +311,7 @@ def main():
         parser.error(f"unknown rows {unknown}; valid: {', '.join(ROWS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     out_name = args.name or ("recipe_quick" if args.quick else "recipe")
-    todo = [(name, seed) for name in names for seed in seeds]
+    todo = [(name, seed) for seed in seeds for name in names]  # a stopped run leaves whole seeds
     try:
         results = [r for r in mergeable_rows(out_name) if (r["name"], r["seed"]) not in todo] if args.merge else []
     except ValueError as err:
@@ -359,13 +383,19 @@ def main():
                   f"{100 * s['test_mean']:.1f} ± {100 * s['test_half_width']:.1f}", f"{s['fit_minutes_max']:.1f}")
                  for n, s in multi.items()],
                 ("row", "seeds", "val acc %", "test acc %", "longest fit min"))
+        paired = paired_differences(results)
+        if paired:
+            notes += "\n\nPaired by seed against recipe_default (row minus default, points; 95 % Student-t):\n\n" + \
+                format_table([(n, len(d["seeds"]), f"{100 * d['val_mean']:+.1f} ± {100 * d['val_half_width']:.1f}",
+                               f"{100 * d['test_mean']:+.1f} ± {100 * d['test_half_width']:.1f}")
+                              for n, d in paired.items()], ("row", "seeds", "val diff", "test diff"))
         for fast in ("recipe", "no_fixres"):
             if "plain_loop" in summ and fast in summ:
                 a, b = summ[fast]["train_images_per_s_mean"], summ["plain_loop"]["train_images_per_s_mean"]
                 crops = "its 0.8x FixRes crops" if fast == "recipe" else "crops at the test size, as the plain loop"
                 notes += (f"\n\nTraining throughput, same model and batch size: {fast} ({crops}) {a:.1f} img/s vs "
                           f"plain loop {b:.1f} img/s = {a / b:.2f}x.")
-        write_results(out_name, {"rows": results, "summary": summ, "budget_minutes": args.budget,
+        write_results(out_name, {"rows": results, "summary": summ, "paired": paired, "budget_minutes": args.budget,
                                  "image_size": size, "quick": args.quick}, rows, header, notes)
 
 
