@@ -220,8 +220,11 @@ def write_results(name, payload, rows, header, notes=""):
         kept = {r["run"] for r in table} - {stamp["run"]}
         earlier = {}
         for run, old in _MERGED.get(name, {}).items():
-            if run in kept:
-                earlier[run] = refresh_stamp(old, REPO)  # a per-module stamp: every definition counted
+            if run in kept:  # (mergeable_rows checked that the code it ran is unchanged)
+                if "definitions" in old and "known" in old:
+                    earlier[run] = old  # per definition already: kept as recorded
+                else:  # a per-module stamp: every definition counted (as recorded if that fails)
+                    earlier[run] = refresh_stamp(old, REPO) or old
         if earlier:
             stamp["earlier_runs"] = earlier
     payload = dict(payload, machine=machine(), provenance=stamp)

@@ -231,6 +231,17 @@ def test_a_file_filled_over_several_runs_keeps_each_runs_provenance(tmp_path, mo
     _common.write_results("t", {"rows": [{"name": "a"}, rows[1]]}, [("a",), ("b",)], ("name",))
     second = json.loads((tmp_path / "t.json").read_text())["provenance"]
     assert set(second["earlier_runs"]) == {stamp["run"]}  # the legacy rows are all gone, and so is their run
+    # a per-definition run whose modules changed since, in code it never ran, keeps its stamp as recorded
+    saved = json.loads((tmp_path / "t.json").read_text())
+    saved["provenance"]["code"] = {m: "0" * 40 for m in saved["provenance"]["code"]}
+    (tmp_path / "t.json").write_text(json.dumps(saved))
+    monkeypatch.setattr(_common, "_RUN_ID", "a third run")
+    rows = _common.mergeable_rows("t")
+    _common.write_results("t", {"rows": [rows[0], {"name": "b"}]}, [("a",), ("b",)], ("name",))
+    third = json.loads((tmp_path / "t.json").read_text())["provenance"]
+    kept = {k: v for k, v in saved["provenance"].items() if k != "earlier_runs"}
+    assert third["earlier_runs"] == {"a later run": kept}
+    assert stale_results(tmp_path) == {}
 
 
 sys.path.insert(0, str(REPO / "docs" / "_ext"))
