@@ -69,7 +69,7 @@ def result_value(spec, results_dir=RESULTS):
 
 
 def _lookup(value, steps, spec, name):
-    for step in steps.split("."):
+    for step in re.split(r"\.(?![^\[]*\])", steps):  # a dot inside [name=lr_0.003] is no step
         m = _STEP.match(step)
         if m is None:
             raise KeyError(f"{spec!r}: cannot read the step {step!r}")
