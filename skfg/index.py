@@ -133,7 +133,8 @@ class NearestNeighborIndex:
         return int(max(1, min(4 * math.sqrt(n), n // 39)))
 
     def fit(self, X):
-        """Build the index over the rows of ``X`` (training the quantizers it needs).
+        """Build the index over the rows of ``X`` (training the quantizers it needs):
+        :meth:`train` on ``X``, then :meth:`add` of ``X``.
 
         Parameters
         ----------
@@ -144,12 +145,37 @@ class NearestNeighborIndex:
         self
         """
         X = self._check(X)
+        return self._train(X).add(X)
+
+    def train(self, X):
+        """Train the quantizers on the rows of ``X`` and leave the index empty.
+
+        For a collection larger than memory: train on a sample, then :meth:`add` the
+        vectors chunk by chunk (:meth:`add_chunks`); memory holds the sample, one chunk
+        and the index (16 bytes a vector for 16-byte IVF-PQ), never the collection.
+        ``train(X).add(X)`` is :meth:`fit`, code for code. ``n_lists=None`` sizes the
+        IVF cells on the sample: at scale, set ``n_lists`` for the collection (faiss
+        wants ~39 training vectors a cell).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, dim)
+            Training vectors (a sample of the collection).
+
+        Returns
+        -------
+        self
+        """
+        return self._train(self._check(X))
+
+    def _train(self, X):
+        """:meth:`train` on checked ``X`` (warnings point at the caller of fit or train)."""
         n, d = X.shape
         if n == 0:
             raise ValueError("cannot build an index over 0 vectors")
-        self.n_vectors_, self.dim_ = n, d
+        self.n_vectors_, self.dim_ = 0, d
         if self.method == "brute":
-            self._vectors = torch.from_numpy(X.copy())
+            self._vectors = torch.empty((0, d))
             self._index = None
             return self
         faiss = _faiss()
@@ -181,13 +207,12 @@ class NearestNeighborIndex:
                 f"{_MIN_POINTS * centroids}); the centroids of a small set are less precise. Compare the accuracy "
                 f"with method='exact'.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         if not index.is_trained:
             index.train(X)
         if self.method == "opq":
             opq.pq = None  # drop the pointer to the training PQ before ``opq_pq`` is freed
-        index.add(X)
         self._index = index
         self._vectors = None
         self._set_probe()
@@ -241,6 +266,33 @@ class NearestNeighborIndex:
         else:
             self._index.add(X)
         self.n_vectors_ += len(X)
+        return self
+
+    def add_chunks(self, chunks):
+        """:meth:`add` each chunk of vectors in turn (bounded memory: one chunk at a time).
+
+        Parameters
+        ----------
+        chunks : FeatureStore or iterable of array-like of shape (n_i, dim)
+            A complete :class:`skfg.store.FeatureStore` is read chunk by chunk.
+
+        Returns
+        -------
+        self
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skfg.index import NearestNeighborIndex
+        >>> X = np.random.RandomState(0).randn(1000, 8).astype(np.float32)
+        >>> index = NearestNeighborIndex("ivf", n_lists=4).train(X[:500])
+        >>> index.add_chunks(np.array_split(X, 4)).n_vectors_
+        1000
+        """
+        from .store import FeatureStore
+
+        for chunk in chunks.iter_chunks() if isinstance(chunks, FeatureStore) else chunks:
+            self.add(chunk)
         return self
 
     # --------------------------------------------------------------- querying
@@ -497,6 +549,11 @@ class ShardedIndex:
         self.dim_ = dims.pop()
         self.offsets_ = np.cumsum([0] + [s.n_vectors_ for s in shards[:-1]])
         self.n_vectors_ = int(sum(s.n_vectors_ for s in shards))
+
+    @property
+    def memory_bytes(self):
+        """Bytes of all shards' vectors or codes (:attr:`NearestNeighborIndex.memory_bytes`)."""
+        return int(sum(s.memory_bytes for s in self.shards))
 
     def search(self, queries, k):
         """The ``k`` nearest rows over all shards (as :meth:`NearestNeighborIndex.search`)."""
