@@ -235,3 +235,27 @@ def test_adding_chunks_needs_a_complete_store(tmp_path):
     store.write_chunk(0, np.zeros((5, 4)))
     with pytest.raises(ValueError, match="lacks 1 of 2 chunks"):
         NearestNeighborIndex().train(np.zeros((3, 4))).add_chunks(store)
+
+
+def test_a_refined_index_recovers_the_exact_neighbours_from_vectors_on_disk(tmp_path):
+    from skfg.index import RefinedIndex
+    from skfg.store import FeatureStore
+
+    X = embeddings(4000, 32, seed=8)
+    Q = embeddings(300, 32, seed=9)  # > 256: searched in blocks
+    store = FeatureStore.create(tmp_path / "s", 4000, 32, chunk_size=1000, fingerprint="x")
+    for i in range(store.n_chunks):
+        store.write_chunk(i, X[store.chunk_slice(i)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        pq = NearestNeighborIndex("ivfpq", code_size=4, n_lists=16, n_probe=16).fit(X)
+    exact_d, exact_i = NearestNeighborIndex("exact").fit(X).search(Q, 10)
+    refined = RefinedIndex(pq, store, k_factor=10)
+    d, i = refined.search(Q, 10)
+    overlap = lambda found: np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact_i)])
+    assert overlap(i) > overlap(pq.search(Q, 10)[1]) and overlap(i) > 0.95
+    hit = i == exact_i
+    np.testing.assert_allclose(d[hit], exact_d[hit], rtol=1e-4)  # exact distances, not the codes'
+    np.testing.assert_array_equal(RefinedIndex(pq, X, k_factor=10).search(Q, 10)[1], i)  # an array alike
+    with pytest.raises(ValueError, match="do not match the index"):
+        RefinedIndex(pq, X[:10])
