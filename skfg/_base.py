@@ -3,8 +3,8 @@ the held-out split, and the checks of images and labels.
 
 Pickles store torch state as bytes (``torch.save`` of the state dicts), never live
 modules, and load them back with ``weights_only=True``; tensors still equal to a backbone's
-packaged ImageNet weights are stored by reference (:mod:`skfg._pretrained`). A model fitted on a GPU loads on a
-CPU-only machine, with a warning.
+packaged ImageNet weights are stored by reference (:mod:`skfg.backbones._reference`). A
+model fitted on a GPU loads on a CPU-only machine, with a warning.
 """
 
 import functools
@@ -20,8 +20,8 @@ from PIL import Image
 from sklearn.utils.validation import _check_sample_weight, column_or_1d
 from torch import nn
 
-from ._pretrained import restore_state, split_state
 from ._version import __version__
+from .backbones import restore_state, split_state
 from .images import ImageSource
 
 
@@ -167,7 +167,7 @@ class TorchStateMixin(VersionedStateMixin):
     def _pretrained_sources(self, name):
         """``[(prefix, backbone)]``: the parts of fitted module ``name`` that started from a
         backbone's packaged ImageNet weights; their unchanged tensors are saved by
-        reference (:mod:`skfg._pretrained`). None by default."""
+        reference (:mod:`skfg.backbones._reference`). None by default."""
         return []
 
     def __getstate__(self):

@@ -29,8 +29,7 @@ from ._data import FeatureData, FitContext, ImageData, PooledData, predict_image
 from ._network import FeatureNet
 from ._training import (MIN_WARMUP_STEPS, OPTIMIZERS, PRECISIONS, SCHEDULES, fit_loop, make_generator,
                         make_optimizer, make_scheduler, resolve_precision)
-from ._pretrained import by_reference
-from .backbones import build_backbone, state_fingerprint
+from .backbones import build_backbone, by_reference, state_fingerprint
 from .images import Augmentation, ImageSource
 from .metrics import entropy
 

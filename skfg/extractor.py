@@ -13,8 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import TorchStateMixin, image_input_tags, resolve_device
 from ._cache import get_feature_cache
-from ._pretrained import by_reference
-from .backbones import build_backbone, get_backbone_spec, probe_channels, state_fingerprint
+from .backbones import build_backbone, by_reference, get_backbone_spec, probe_channels, state_fingerprint
 from .images import ImageSource, decode_jobs, eval_transform, iter_batches, to_input
 from .pooling import POOLINGS, pool_stage_outputs
 

@@ -7,7 +7,7 @@ types skops trusts (numpy arrays and dtypes, containers); a file naming any othe
 refused, and the message names it.
 
 Weights still equal to a backbone's packaged ImageNet weights are saved by reference
-(the backbone's name and a SHA-256 digest; :mod:`skfg._pretrained`) in every format, so a
+(the backbone's name and a SHA-256 digest; :mod:`skfg.backbones._reference`) in every format, so a
 model with a frozen EfficientNet-Lite0 takes kilobytes, not 19 MB; loading restores them
 from the installed package and refuses clearly when they differ. ``save_model(...,
 embed_weights=True)`` or :func:`embedded_weights` keeps every weight in the file.
@@ -23,7 +23,7 @@ import importlib
 import os
 import zipfile
 
-from ._pretrained import embedded_weights
+from .backbones import embedded_weights
 
 TRUSTED_PREFIXES = ("skfg.", "sklearn.")
 

@@ -21,7 +21,7 @@ import skfg._cache
 import skfg._data
 import skfg.images
 import skfg.imprinting
-import skfg._pretrained
+import skfg.backbones._reference
 import skfg.persistence
 from skfg import (CNNFeatureExtractor, EarlyExitClassifier, ImpostorClassifier, ImprintedClassifier, SoftmaxClassifier,
                   clear_feature_cache, load_model, save_model)
@@ -294,7 +294,7 @@ def test_a_fine_tuned_model_keeps_what_changed_and_references_the_rest(cars_smal
                             head_epochs=0, batch_size=8, random_state=0).fit(X, y)
     state = clf.__getstate__()
     referenced = set(state["_pretrained_refs"]["module_"][0]["tensors"])
-    packaged = skfg._pretrained._packaged_state("efficientnet_lite0")
+    packaged = skfg.backbones._reference._packaged_state("efficientnet_lite0")
     changed = {k for k, v in clf.module_.trunk.state_dict().items() if not torch.equal(v, packaged[k])}
     assert any(k.startswith("stages.head.") for k in changed)  # the trained stage, stored in full
     assert referenced == set(packaged) - changed  # everything else by reference
@@ -305,7 +305,7 @@ def test_a_fine_tuned_model_keeps_what_changed_and_references_the_rest(cars_smal
 
 
 def test_referenced_weights_that_differ_or_are_missing_are_refused(tmp_path, monkeypatch):
-    import skfg._pretrained as pretrained
+    import skfg.backbones._reference as pretrained
 
     ext = CNNFeatureExtractor(image_size=64).fit()
     blob = pickle.dumps(ext)

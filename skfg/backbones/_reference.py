@@ -51,7 +51,7 @@ def embedded_weights():
 def by_reference(backbone, weights):
     """Whether a network built as ``build_backbone(backbone, weights)`` is saved by
     reference: packaged ImageNet weights, outside :func:`embedded_weights`."""
-    from .backbones import get_backbone_spec
+    from . import get_backbone_spec
 
     if _EMBED.get() or not (isinstance(weights, str) and weights == "imagenet"):
         return False
@@ -64,7 +64,7 @@ def by_reference(backbone, weights):
 @functools.lru_cache(maxsize=2)
 def _packaged_state(backbone):
     """The state dict of ``backbone`` with its packaged ImageNet weights (read once)."""
-    from .backbones import build_backbone
+    from . import build_backbone
 
     return build_backbone(backbone, "imagenet").state_dict()
 
