@@ -2,8 +2,9 @@
 the held-out split, and the checks of images and labels.
 
 Pickles store torch state as bytes (``torch.save`` of the state dicts), never live
-modules, and load them back with ``weights_only=True``. A model fitted on a GPU loads on a
-CPU-only machine, with a warning.
+modules, and load them back with ``weights_only=True``; tensors still equal to a backbone's
+packaged ImageNet weights are stored by reference (:mod:`skfg.backbones._reference`). A
+model fitted on a GPU loads on a CPU-only machine, with a warning.
 """
 
 import functools
@@ -20,6 +21,7 @@ from sklearn.utils.validation import _check_sample_weight, column_or_1d
 from torch import nn
 
 from ._version import __version__
+from .backbones import restore_state, split_state
 from .images import ImageSource
 
 
@@ -118,8 +120,9 @@ def resolve_device(device):
 
 
 def state_to_bytes(module):
+    """``torch.save`` bytes of a module's state dict (or of a state dict)."""
     buf = io.BytesIO()
-    torch.save(module.state_dict(), buf)
+    torch.save(module if isinstance(module, dict) else module.state_dict(), buf)
     return buf.getvalue()
 
 
@@ -161,18 +164,29 @@ class TorchStateMixin(VersionedStateMixin):
     def _make_module(self, name):  # pragma: no cover - each subclass defines it
         raise AttributeError(f"{type(self).__name__} does not know how to rebuild {name!r}")
 
+    def _pretrained_sources(self, name):
+        """``[(prefix, backbone)]``: the parts of fitted module ``name`` that started from a
+        backbone's packaged ImageNet weights; their unchanged tensors are saved by
+        reference (:mod:`skfg.backbones._reference`). None by default."""
+        return []
+
     def __getstate__(self):
         state = dict(super().__getstate__())  # a copy: object.__getstate__ returns __dict__ itself
-        torch_state = {}
+        torch_state, refs = {}, {}
         for key in [k for k, v in state.items() if isinstance(v, nn.Module)]:
-            torch_state[key] = state_to_bytes(state.pop(key))
+            kept, refs[key] = split_state(state.pop(key).state_dict(), self._pretrained_sources(key))
+            torch_state[key] = state_to_bytes(kept)
         if torch_state:
             state = dict(state, _torch_state=torch_state)
+        refs = {key: ref for key, ref in refs.items() if ref}
+        if refs:
+            state["_pretrained_refs"] = refs
         return state
 
     def __setstate__(self, state):
         state = dict(state)
         torch_state = state.pop("_torch_state", {})
+        refs = state.pop("_pretrained_refs", {})
         super().__setstate__(state)
         if not torch_state:
             return
@@ -187,7 +201,10 @@ class TorchStateMixin(VersionedStateMixin):
             device = self.device_ = "cpu"
         for key, blob in torch_state.items():
             module = self._make_module(key)
-            module.load_state_dict(state_from_bytes(blob, map_location=device))
+            module_state = state_from_bytes(blob, map_location=device)
+            if key in refs:
+                module_state = restore_state(module_state, refs[key], type(self).__name__)
+            module.load_state_dict(module_state)
             setattr(self, key, module.to(device).eval())
 
 

@@ -29,7 +29,7 @@ from ._data import FeatureData, FitContext, ImageData, PooledData, predict_image
 from ._network import FeatureNet
 from ._training import (MIN_WARMUP_STEPS, OPTIMIZERS, PRECISIONS, SCHEDULES, fit_loop, make_generator,
                         make_optimizer, make_scheduler, resolve_precision)
-from .backbones import build_backbone, state_fingerprint
+from .backbones import build_backbone, by_reference, state_fingerprint
 from .images import Augmentation, ImageSource
 from .metrics import entropy
 
@@ -233,6 +233,12 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
             return self._build_network(self.n_features_in_, len(self.classes_))
         trunk = build_backbone(self.extractor_.backbone, weights=None).to(memory_format=torch.channels_last)
         return self._build_network(self.n_features_, len(self.classes_), trunk)
+
+    def _pretrained_sources(self, name):
+        ext = getattr(self, "extractor_", None) if self.extractor is not None else None
+        if name != "module_" or ext is None or not by_reference(ext.backbone, ext.weights):
+            return []
+        return [("trunk.", ext.backbone)]
 
     def _signature(self, X, y, sample_weight):
         """Identifies a training run for its checkpoints: the parameters and the training data

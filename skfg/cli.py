@@ -176,13 +176,10 @@ def save(model, path):
 
 def load(path, trust_pickle):
     """A model file: skfg's safe format, or with ``trust_pickle`` a joblib/pickle file."""
-    from .persistence import load_model
+    from .persistence import is_safe_format, load_model
 
     if os.path.isfile(path):
-        with open(path, "rb") as fh:
-            pickled = fh.read(2) != b"PK"  # the safe format is a zip archive
-        # (load_model alone can take a joblib file holding torch weights, themselves zip
-        # archives, for a damaged safe-format file)
+        pickled = not is_safe_format(path)
         if pickled and not trust_pickle:
             raise ValueError(f"{path} is not a file of skfg's safe format (.skops); if it is a joblib/pickle file "
                              "from a source you trust, pass --trust-pickle (loading a pickle can run any code)")

@@ -13,7 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import TorchStateMixin, image_input_tags, resolve_device
 from ._cache import get_feature_cache
-from .backbones import build_backbone, get_backbone_spec, probe_channels, state_fingerprint
+from .backbones import build_backbone, by_reference, get_backbone_spec, probe_channels, state_fingerprint
 from .images import ImageSource, decode_jobs, eval_transform, iter_batches, to_input
 from .pooling import POOLINGS, pool_stage_outputs
 
@@ -209,6 +209,9 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
 
     def _make_module(self, name):
         return build_backbone(self.backbone, weights=None).to(memory_format=torch.channels_last)
+
+    def _pretrained_sources(self, name):
+        return [("", self.backbone)] if name == "network_" and by_reference(self.backbone, self.weights) else []
 
     def input_normalization(self):
         """``(mean, std)`` per channel with which images in [0, 1] are normalised for the backbone."""

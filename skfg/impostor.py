@@ -461,11 +461,73 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
 
     def _outputs(self, X):
         emb = super()._outputs(X)  # the embeddings
-        vectors, labels, log_w, sq_norms = self._impostor_table(emb.device)
-        if self.n_neighbors is None or self.n_neighbors >= len(labels):  # exact sum over every impostor
+        if self.n_neighbors is None or self.n_neighbors >= len(self.impostor_labels_):  # exact sum over every impostor
+            vectors, labels, log_w, sq_norms = self._impostor_table(emb.device)
             return rbf_log_proba(emb, vectors, labels, self.sigma, len(self.classes_), log_weights=log_w,
                                  sq_norms=sq_norms)
+        # searched: never decode the index (a prebuilt one may hold 10^7 impostors)
+        labels = torch.as_tensor(self.impostor_labels_, device=emb.device)
+        log_w = None
+        if self.impostor_weights_ is not None:
+            log_w = torch.as_tensor(np.log(self.impostor_weights_), device=emb.device)
         return self._search_log_proba(emb, labels, log_w)
+
+    def set_impostors(self, index, labels, weights=None):
+        """Vote over a prebuilt index of impostors instead of the training set's.
+
+        For a reference collection far larger than the training set (a catalogue of
+        10^7 items): embed it with :meth:`transform` (on a cluster with
+        :class:`skfg.parallel.ParallelPostFit` or :func:`skfg.parallel.extract_features`),
+        build the index chunk by chunk (:meth:`NearestNeighborIndex.train` on a sample,
+        then :meth:`NearestNeighborIndex.add_chunks`), possibly as several shards
+        (:class:`skfg.index.ShardedIndex`), and hand it over with each row's label. The
+        network, ``sigma`` and ``classes_`` stay as fitted; ``predict`` then votes with
+        rbf-solver eq. (4) over the ``n_neighbors`` nearest rows of ``index``.
+
+        Parameters
+        ----------
+        index : NearestNeighborIndex or ShardedIndex
+            Fitted, over vectors of this model's embedding space (``transform``'s columns).
+        labels : array-like of shape (index.n_vectors_,)
+            The class of each indexed row, among ``classes_``.
+        weights : array-like of shape (index.n_vectors_,), optional
+            A positive weight per impostor (rbf-solver eq. 2); default 1.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        ValueError
+            Without ``n_neighbors`` (a prebuilt index is searched, never summed over), for
+            another dimension, a label count that differs from the index's rows, labels
+            not in ``classes_`` (named), or non-positive weights.
+        """
+        check_is_fitted(self, "index_")
+        if self.n_neighbors is None:
+            raise ValueError("set_impostors needs n_neighbors (the prebuilt index is searched for each query's "
+                             "nearest impostors); set_params(n_neighbors=10), say, first")
+        if getattr(index, "dim_", None) != self.index_.dim_ or not hasattr(index, "n_vectors_"):
+            raise ValueError(f"index must be a fitted index of {self.index_.dim_}-dimensional embeddings (this "
+                             f"model's transform output); got {getattr(index, 'dim_', 'an unfitted index')}")
+        labels = np.asarray(labels)
+        if labels.shape != (index.n_vectors_,):
+            raise ValueError(f"labels must have one entry per indexed vector ({index.n_vectors_}); "
+                             f"got shape {labels.shape}")
+        unknown = np.setdiff1d(labels, self.classes_)
+        if len(unknown):
+            raise ValueError(f"labels hold classes the model does not know: {unknown[:5].tolist()}"
+                             f"{' ...' if len(unknown) > 5 else ''}; known: classes_")
+        if weights is not None:
+            weights = np.asarray(weights, dtype=np.float64)
+            if weights.shape != labels.shape or not (weights > 0).all():
+                raise ValueError(f"weights must be positive, one per indexed vector ({index.n_vectors_})")
+        self.index_ = index
+        self.impostor_labels_ = np.searchsorted(self.classes_, labels)
+        self.impostor_weights_ = weights
+        self.impostor_memory_bytes_ = index.memory_bytes
+        return self
 
     def transform(self, X):
         """The learned embedding ``f(x)`` (in the impostors' space).

@@ -32,7 +32,8 @@ import torch
 
 from ._distances import decode_pq, squared_distances
 
-__all__ = ["COMPRESSED", "METHODS", "NearestNeighborIndex", "decode_pq", "squared_distances"]
+__all__ = ["COMPRESSED", "METHODS", "NearestNeighborIndex", "RefinedIndex", "ShardedIndex", "decode_pq",
+           "squared_distances"]
 
 METHODS = ("brute", "exact", "hnsw", "ivf", "pq", "opq", "ivfpq")
 COMPRESSED = ("pq", "opq", "ivfpq")
@@ -133,7 +134,8 @@ class NearestNeighborIndex:
         return int(max(1, min(4 * math.sqrt(n), n // 39)))
 
     def fit(self, X):
-        """Build the index over the rows of ``X`` (training the quantizers it needs).
+        """Build the index over the rows of ``X`` (training the quantizers it needs):
+        :meth:`train` on ``X``, then :meth:`add` of ``X``.
 
         Parameters
         ----------
@@ -144,12 +146,37 @@ class NearestNeighborIndex:
         self
         """
         X = self._check(X)
+        return self._train(X).add(X)
+
+    def train(self, X):
+        """Train the quantizers on the rows of ``X`` and leave the index empty.
+
+        For a collection larger than memory: train on a sample, then :meth:`add` the
+        vectors chunk by chunk (:meth:`add_chunks`); memory holds the sample, one chunk
+        and the index (16 bytes a vector for 16-byte IVF-PQ), never the collection.
+        ``train(X).add(X)`` is :meth:`fit`, code for code. ``n_lists=None`` sizes the
+        IVF cells on the sample: at scale, set ``n_lists`` for the collection (faiss
+        wants ~39 training vectors a cell).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, dim)
+            Training vectors (a sample of the collection).
+
+        Returns
+        -------
+        self
+        """
+        return self._train(self._check(X))
+
+    def _train(self, X):
+        """:meth:`train` on checked ``X`` (warnings point at the caller of fit or train)."""
         n, d = X.shape
         if n == 0:
             raise ValueError("cannot build an index over 0 vectors")
-        self.n_vectors_, self.dim_ = n, d
+        self.n_vectors_, self.dim_ = 0, d
         if self.method == "brute":
-            self._vectors = torch.from_numpy(X.copy())
+            self._vectors = torch.empty((0, d))
             self._index = None
             return self
         faiss = _faiss()
@@ -181,13 +208,12 @@ class NearestNeighborIndex:
                 f"{_MIN_POINTS * centroids}); the centroids of a small set are less precise. Compare the accuracy "
                 f"with method='exact'.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         if not index.is_trained:
             index.train(X)
         if self.method == "opq":
             opq.pq = None  # drop the pointer to the training PQ before ``opq_pq`` is freed
-        index.add(X)
         self._index = index
         self._vectors = None
         self._set_probe()
@@ -241,6 +267,33 @@ class NearestNeighborIndex:
         else:
             self._index.add(X)
         self.n_vectors_ += len(X)
+        return self
+
+    def add_chunks(self, chunks):
+        """:meth:`add` each chunk of vectors in turn (bounded memory: one chunk at a time).
+
+        Parameters
+        ----------
+        chunks : FeatureStore or iterable of array-like of shape (n_i, dim)
+            A complete :class:`skfg.store.FeatureStore` is read chunk by chunk.
+
+        Returns
+        -------
+        self
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skfg.index import NearestNeighborIndex
+        >>> X = np.random.RandomState(0).randn(1000, 8).astype(np.float32)
+        >>> index = NearestNeighborIndex("ivf", n_lists=4).train(X[:500])
+        >>> index.add_chunks(np.array_split(X, 4)).n_vectors_
+        1000
+        """
+        from .store import FeatureStore
+
+        for chunk in chunks.iter_chunks() if isinstance(chunks, FeatureStore) else chunks:
+            self.add(chunk)
         return self
 
     # --------------------------------------------------------------- querying
@@ -498,6 +551,11 @@ class ShardedIndex:
         self.offsets_ = np.cumsum([0] + [s.n_vectors_ for s in shards[:-1]])
         self.n_vectors_ = int(sum(s.n_vectors_ for s in shards))
 
+    @property
+    def memory_bytes(self):
+        """Bytes of all shards' vectors or codes (:attr:`NearestNeighborIndex.memory_bytes`)."""
+        return int(sum(s.memory_bytes for s in self.shards))
+
     def search(self, queries, k):
         """The ``k`` nearest rows over all shards (as :meth:`NearestNeighborIndex.search`)."""
         k = int(min(k, self.n_vectors_))
@@ -510,3 +568,83 @@ class ShardedIndex:
         order = np.argsort(d, axis=1, kind="stable")[:, :k]
         d = np.take_along_axis(d, order, axis=1)
         return d.astype(np.float32), np.take_along_axis(i, order, axis=1)
+
+
+class RefinedIndex:
+    """A compressed index whose candidates are re-ranked by exact distances to the
+    original vectors, read from disk (faiss's ``IndexRefine``, with the vectors kept out
+    of memory).
+
+    Each query's ``k * k_factor`` nearest candidates under the compressed codes are
+    looked up in ``vectors`` (a :class:`~skfg.store.FeatureStore` or an array, typically
+    memory-mapped) and the ``k`` nearest by exact squared distance are returned. Memory
+    holds the codes and the candidates' rows, never the collection; the recall lost to
+    the codes is recovered as long as the true neighbours are among the candidates.
+
+    Parameters
+    ----------
+    index : NearestNeighborIndex or ShardedIndex
+        Fitted, over the rows of ``vectors`` in order.
+    vectors : FeatureStore or array-like of shape (n_vectors, dim)
+        The exact vectors, row ``i`` being the index's row ``i``.
+    k_factor : int, default=8
+        Candidates searched per neighbour returned.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfg.index import NearestNeighborIndex, RefinedIndex
+    >>> X = np.random.RandomState(0).randn(2000, 16).astype(np.float32)
+    >>> pq = NearestNeighborIndex("pq", code_size=4).fit(X)
+    >>> exact = NearestNeighborIndex("exact").fit(X).search(X[:5], 3)[1]
+    >>> bool((RefinedIndex(pq, X, k_factor=20).search(X[:5], 3)[1] == exact).all())
+    True
+    """
+
+    def __init__(self, index, vectors, k_factor=8):
+        from .store import FeatureStore
+
+        if int(k_factor) < 1:
+            raise ValueError(f"k_factor must be >= 1; got {k_factor}")
+        n = vectors.n_rows if isinstance(vectors, FeatureStore) else len(vectors)
+        d = vectors.n_features if isinstance(vectors, FeatureStore) else np.shape(vectors)[1]
+        if (n, d) != (index.n_vectors_, index.dim_):
+            raise ValueError(f"vectors of shape {(n, d)} do not match the index ({index.n_vectors_} vectors of "
+                             f"dimension {index.dim_})")
+        self.index, self.vectors, self.k_factor = index, vectors, int(k_factor)
+        self.n_vectors_, self.dim_ = index.n_vectors_, index.dim_
+
+    @property
+    def memory_bytes(self):
+        """Bytes of the compressed index (the exact vectors stay on disk)."""
+        return self.index.memory_bytes
+
+    def _rows(self, ids):
+        """The exact vectors of sorted, unique row ids."""
+        from .store import FeatureStore
+
+        if not isinstance(self.vectors, FeatureStore):
+            return np.asarray(self.vectors[ids], dtype=np.float32)
+        size = self.vectors.chunk_size
+        chunks = ids // size
+        return np.concatenate([np.asarray(self.vectors.read_chunk(int(c))[ids[chunks == c] - c * size],
+                                          dtype=np.float32) for c in np.unique(chunks)])
+
+    def search(self, queries, k):
+        """The ``k`` nearest rows by exact distance among the compressed index's candidates
+        (as :meth:`NearestNeighborIndex.search`)."""
+        Q = np.ascontiguousarray(queries, dtype=np.float32)
+        k = int(min(k, self.n_vectors_))
+        if len(Q) > 256:  # bounded memory: candidates x dim per block of queries
+            parts = [self.search(Q[i : i + 256], k) for i in range(0, len(Q), 256)]
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        _, cand = self.index.search(Q, k * self.k_factor)
+        ids = np.unique(cand[cand >= 0])
+        if len(ids) == 0:
+            return np.full((len(Q), k), np.inf, np.float32), np.full((len(Q), k), -1, np.int64)
+        rows = self._rows(ids)
+        pos = np.searchsorted(ids, np.where(cand >= 0, cand, ids[0]))
+        diff = rows[pos] - Q[:, None, :]  # (n_queries, candidates, dim)
+        d = np.where(cand >= 0, np.einsum("qcd,qcd->qc", diff, diff), np.inf)
+        order = np.argsort(d, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(d, order, 1).astype(np.float32), np.take_along_axis(cand, order, 1)

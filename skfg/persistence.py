@@ -6,15 +6,24 @@ stored as state-dict bytes and read back with ``torch.load(weights_only=True)``)
 types skops trusts (numpy arrays and dtypes, containers); a file naming any other type is
 refused, and the message names it.
 
+Weights still equal to a backbone's packaged ImageNet weights are saved by reference
+(the backbone's name and a SHA-256 digest; :mod:`skfg.backbones._reference`) in every format, so a
+model with a frozen EfficientNet-Lite0 takes kilobytes, not 19 MB; loading restores them
+from the installed package and refuses clearly when they differ. ``save_model(...,
+embed_weights=True)`` or :func:`embedded_weights` keeps every weight in the file.
+
 Pickle and joblib files (``joblib.dump``) can run any code they hold when they are
 loaded: load them only from sources you trust (``load_model(path, allow_pickle=True)``).
 Every saved model, in either format, carries the skfg version; loading one saved by
 another version warns (:class:`skfg._base.SkfgVersionWarning`).
 """
 
+import contextlib
 import importlib
 import os
 import zipfile
+
+from .backbones import embedded_weights
 
 TRUSTED_PREFIXES = ("skfg.", "sklearn.")
 
@@ -43,7 +52,7 @@ def _skops():
     return skops.io
 
 
-def save_model(model, path):
+def save_model(model, path, *, embed_weights=False):
     """Save a fitted model (an estimator or a Pipeline) in the safe format.
 
     Parameters
@@ -51,8 +60,28 @@ def save_model(model, path):
     model : estimator
     path : str or path-like
         The file to write (``.skops`` by convention).
+    embed_weights : bool, default=False
+        Store every weight in the file. By default the tensors still equal to a
+        backbone's packaged ImageNet weights are stored by reference (the backbone's name
+        and a SHA-256 digest) and restored from the installed package on loading, which
+        refuses, naming both digests, when the installed weights differ: a frozen
+        EfficientNet-Lite0 takes kilobytes instead of 19 MB. Embed them for a machine
+        without the weights package.
     """
-    _skops().dump(model, os.fspath(path))
+    sio = _skops()
+    with embedded_weights() if embed_weights else contextlib.nullcontext():
+        sio.dump(model, os.fspath(path))
+
+
+def is_safe_format(path):
+    """Whether ``path`` starts as skfg's safe format does (a zip archive: ``PK\\x03\\x04``).
+
+    A pickle or joblib file starts with the pickle protocol's bytes instead, even when it
+    holds torch state (itself zip archives) further on; a file that starts as a zip but is
+    truncated still counts, and :func:`load_model` reports it as damaged.
+    """
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"PK\x03\x04"
 
 
 def load_model(path, *, trusted=(), allow_pickle=False):
@@ -93,10 +122,9 @@ def load_model(path, *, trusted=(), allow_pickle=False):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No model file at {path}.")
-    if not zipfile.is_zipfile(path):
-        with open(path, "rb") as fh:
-            if fh.read(2) == b"PK":
-                raise ValueError(f"{path} is a damaged (truncated?) model file of skfg's safe format.")
+    if is_safe_format(path) and not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is a damaged (truncated?) model file of skfg's safe format.")
+    if not is_safe_format(path):
         if not allow_pickle:
             raise ValueError(
                 f"{path} is not a file of skfg's safe format (save one with skfg.save_model). If it is a "

@@ -133,6 +133,17 @@ class FeatureStore:
             raise ValueError(f"{self.directory} lacks {len(missing)} of {self.n_chunks} chunks "
                              f"(first: {missing[0]}); finish the extraction first")
 
+    def iter_chunks(self):
+        """Each chunk in row order, memory-mapped (read-only); the store must be complete.
+
+        Yields
+        ------
+        chunk : ndarray of shape (rows, n_features)
+        """
+        self._check_complete()
+        for i in range(self.n_chunks):
+            yield self.read_chunk(i)
+
     def to_numpy(self):
         """All rows in memory."""
         self._check_complete()

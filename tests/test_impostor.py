@@ -349,3 +349,39 @@ def test_head_epochs_train_the_head_on_frozen_features_before_fine_tuning(images
     assert any(not torch.equal(a, b) for a, b in zip(head_start, tune_start))
     assert [h["epoch"] for h in clf.history_] == [1, 2, 3, 4, 5] and clf.n_iter_ == 5
     assert clf.score(X, y) > 0.5
+
+
+def test_a_prebuilt_sharded_index_votes_as_the_models_own_impostors(features, monkeypatch):
+    from skfg.index import NearestNeighborIndex, ShardedIndex
+
+    X, y = features
+    clf = small(n_neighbors=5, index="exact").fit(X, y)
+    expected = clf.predict_proba(X)
+    vectors, labels = clf.index_.reconstruct(), clf.classes_[clf.impostor_labels_]
+    halves = [NearestNeighborIndex("exact").fit(vectors[:40]), NearestNeighborIndex("exact").fit(vectors[40:])]
+    for half in halves:  # the search path never decodes a (possibly huge) index
+        monkeypatch.setattr(half, "reconstruct", lambda: pytest.fail("reconstructed the prebuilt index"))
+    clf.set_impostors(ShardedIndex(halves), labels)
+    assert clf.index_.n_vectors_ == len(labels)
+    np.testing.assert_allclose(clf.predict_proba(X), expected, rtol=1e-5, atol=1e-7)
+    # a larger collection: the training impostors plus three "owl"s on every query's embedding
+    E = clf.transform(X)
+    more = NearestNeighborIndex("exact").fit(np.r_[vectors, E, E, E])
+    clf.set_impostors(more, np.r_[labels, np.full(3 * len(X), "owl")])
+    assert (clf.predict(X) == "owl").mean() > 0.9
+
+
+def test_set_impostors_refuses_what_it_cannot_use(features):
+    from skfg.index import NearestNeighborIndex
+
+    X, y = features
+    clf = small(n_neighbors=5).fit(X, y)
+    vectors = clf.transform(X)
+    with pytest.raises(ValueError, match="classes the model does not know: \\['eel'\\]"):
+        clf.set_impostors(NearestNeighborIndex().fit(vectors), np.append(y[:-1], "eel"))
+    with pytest.raises(ValueError, match="one entry per indexed vector"):
+        clf.set_impostors(NearestNeighborIndex().fit(vectors), y[:-1])
+    with pytest.raises(ValueError, match="dimensional embeddings"):
+        clf.set_impostors(NearestNeighborIndex().fit(X[:, :3]), y)
+    with pytest.raises(ValueError, match="needs n_neighbors"):
+        clf.set_params(n_neighbors=None).set_impostors(NearestNeighborIndex().fit(vectors), y)

@@ -197,3 +197,65 @@ def test_chunked_adds_give_the_codes_of_one_add():
     for start in range(0, 3000, 700):
         chunked.add(rest[start : start + 700])
     np.testing.assert_array_equal(one.reconstruct(), chunked.reconstruct())
+
+
+@pytest.mark.parametrize("method", ["brute", "exact", "ivf", "pq", "ivfpq"])
+def test_training_on_a_sample_then_adding_chunks_equals_fit(method, tmp_path):
+    from skfg.store import FeatureStore
+
+    X = embeddings(3000, 16, seed=3)
+    Q = embeddings(20, 16, seed=4)
+    params = {"code_size": 4} if method in ("pq", "ivfpq") else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # small k-means sets
+        whole = NearestNeighborIndex(method, **params).fit(X)
+        trained = NearestNeighborIndex(method, **params).train(X)
+    assert trained.n_vectors_ == 0
+    store = FeatureStore.create(tmp_path / "store", 3000, 16, chunk_size=700, fingerprint="x")
+    for i in range(store.n_chunks):
+        store.write_chunk(i, X[store.chunk_slice(i)])
+    chunked = trained.add_chunks(store)  # chunk by chunk from disk: the codes of one add
+    assert chunked.n_vectors_ == 3000
+    np.testing.assert_array_equal(chunked.reconstruct(), whole.reconstruct())
+    for a, b in zip(chunked.search(Q, 10), whole.search(Q, 10)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_sample_trained_ivfpq_indexes_the_collection_it_never_held():
+    X = embeddings(6000, 32, seed=5)
+    index = NearestNeighborIndex("ivfpq", code_size=8, n_lists=16, n_probe=16).train(X[::6])
+    index.add_chunks(np.array_split(X, 5))
+    assert index.n_vectors_ == 6000 and recall_at_10(index, X, embeddings(50, 32, seed=6)) > 0.5
+
+
+def test_adding_chunks_needs_a_complete_store(tmp_path):
+    from skfg.store import FeatureStore
+
+    store = FeatureStore.create(tmp_path / "s", 10, 4, chunk_size=5, fingerprint="x")
+    store.write_chunk(0, np.zeros((5, 4)))
+    with pytest.raises(ValueError, match="lacks 1 of 2 chunks"):
+        NearestNeighborIndex().train(np.zeros((3, 4))).add_chunks(store)
+
+
+def test_a_refined_index_recovers_the_exact_neighbours_from_vectors_on_disk(tmp_path):
+    from skfg.index import RefinedIndex
+    from skfg.store import FeatureStore
+
+    X = embeddings(4000, 32, seed=8)
+    Q = embeddings(300, 32, seed=9)  # > 256: searched in blocks
+    store = FeatureStore.create(tmp_path / "s", 4000, 32, chunk_size=1000, fingerprint="x")
+    for i in range(store.n_chunks):
+        store.write_chunk(i, X[store.chunk_slice(i)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        pq = NearestNeighborIndex("ivfpq", code_size=4, n_lists=16, n_probe=16).fit(X)
+    exact_d, exact_i = NearestNeighborIndex("exact").fit(X).search(Q, 10)
+    refined = RefinedIndex(pq, store, k_factor=10)
+    d, i = refined.search(Q, 10)
+    overlap = lambda found: np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact_i)])
+    assert overlap(i) > overlap(pq.search(Q, 10)[1]) and overlap(i) > 0.95
+    hit = i == exact_i
+    np.testing.assert_allclose(d[hit], exact_d[hit], rtol=1e-4)  # exact distances, not the codes'
+    np.testing.assert_array_equal(RefinedIndex(pq, X, k_factor=10).search(Q, 10)[1], i)  # an array alike
+    with pytest.raises(ValueError, match="do not match the index"):
+        RefinedIndex(pq, X[:10])

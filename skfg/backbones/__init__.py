@@ -20,17 +20,22 @@ import torch
 
 from . import _torchvision as tv
 from ._efficientnet_lite import EfficientNetLite, lite0_weights_file, lite1, lite2, lite_weights_file
+from ._reference import by_reference, embedded_weights, restore_state, split_state
 from ._staged import StagedNetwork, count_parameters, probe_channels
 
 __all__ = [
     "BackboneSpec",
     "StagedNetwork",
     "build_backbone",
+    "by_reference",
+    "embedded_weights",
     "count_parameters",
     "get_backbone_spec",
     "list_backbones",
     "probe_channels",
     "register_backbone",
+    "restore_state",
+    "split_state",
     "state_fingerprint",
 ]
 
