@@ -488,9 +488,9 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
         ----------
         index : NearestNeighborIndex or ShardedIndex
             Fitted, over vectors of this model's embedding space (``transform``'s columns).
-        labels : array-like of shape (index.n_vectors_,)
-            The class of each indexed row, among ``classes_``.
-        weights : array-like of shape (index.n_vectors_,), optional
+        labels : array-like of shape (n_vectors,)
+            The class of each of the index's ``n_vectors_`` rows, among ``classes_``.
+        weights : array-like of shape (n_vectors,), optional
             A positive weight per impostor (rbf-solver eq. 2); default 1.
 
         Returns
