@@ -24,6 +24,7 @@ codebooks, :func:`decode_pq` decodes them in torch (differentiably in the codebo
 
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -613,6 +614,7 @@ class RefinedIndex:
                              f"dimension {index.dim_})")
         self.index, self.vectors, self.k_factor = index, vectors, int(k_factor)
         self.n_vectors_, self.dim_ = index.n_vectors_, index.dim_
+        self._block_floats = 2**24  # candidate vector entries held per block of queries (64 MB)
 
     @property
     def memory_bytes(self):
@@ -620,23 +622,43 @@ class RefinedIndex:
         return self.index.memory_bytes
 
     def _rows(self, ids):
-        """The exact vectors of sorted, unique row ids."""
+        """The exact vectors of sorted, unique row ids. From a store each row is read from
+        its chunk file with ``os.pread``: the page cache holds what was read, the process
+        maps nothing (a memory map's touched pages would count as its resident memory)."""
         from .store import FeatureStore
 
         if not isinstance(self.vectors, FeatureStore):
             return np.asarray(self.vectors[ids], dtype=np.float32)
-        size = self.vectors.chunk_size
-        chunks = ids // size
-        return np.concatenate([np.asarray(self.vectors.read_chunk(int(c))[ids[chunks == c] - c * size],
-                                          dtype=np.float32) for c in np.unique(chunks)])
+        store, size = self.vectors, self.vectors.chunk_size
+        row_bytes = store.n_features * store.dtype.itemsize
+        out = np.empty((len(ids), store.n_features), dtype=np.float32)
+        where = self.__dict__.setdefault("_chunk_files", {})  # chunk -> (file name, data offset)
+        files = {}  # chunk -> (open file, data offset), for this call
+        try:
+            for j, row in enumerate(ids):
+                c = int(row) // size
+                if c not in where:
+                    mapped = store.read_chunk(c)  # for the file's name and header size only
+                    where[c] = (mapped.filename, mapped.offset)
+                    del mapped
+                if c not in files:
+                    files[c] = (open(where[c][0], "rb"), where[c][1])
+                fh, offset = files[c]
+                buf = os.pread(fh.fileno(), row_bytes, offset + (int(row) - c * size) * row_bytes)
+                out[j] = np.frombuffer(buf, dtype=store.dtype)
+        finally:
+            for fh, _ in files.values():
+                fh.close()
+        return out
 
     def search(self, queries, k):
         """The ``k`` nearest rows by exact distance among the compressed index's candidates
         (as :meth:`NearestNeighborIndex.search`)."""
         Q = np.ascontiguousarray(queries, dtype=np.float32)
         k = int(min(k, self.n_vectors_))
-        if len(Q) > 256:  # bounded memory: candidates x dim per block of queries
-            parts = [self.search(Q[i : i + 256], k) for i in range(0, len(Q), 256)]
+        block = max(1, self._block_floats // max(1, k * self.k_factor * self.dim_))  # queries a block
+        if len(Q) > block:  # bounded memory: candidates x dim per block of queries
+            parts = [self.search(Q[i : i + block], k) for i in range(0, len(Q), block)]
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         _, cand = self.index.search(Q, k * self.k_factor)
         ids = np.unique(cand[cand >= 0])

@@ -242,7 +242,7 @@ def test_a_refined_index_recovers_the_exact_neighbours_from_vectors_on_disk(tmp_
     from skfg.store import FeatureStore
 
     X = embeddings(4000, 32, seed=8)
-    Q = embeddings(300, 32, seed=9)  # > 256: searched in blocks
+    Q = embeddings(300, 32, seed=9)
     store = FeatureStore.create(tmp_path / "s", 4000, 32, chunk_size=1000, fingerprint="x")
     for i in range(store.n_chunks):
         store.write_chunk(i, X[store.chunk_slice(i)])
@@ -251,6 +251,7 @@ def test_a_refined_index_recovers_the_exact_neighbours_from_vectors_on_disk(tmp_
         pq = NearestNeighborIndex("ivfpq", code_size=4, n_lists=16, n_probe=16).fit(X)
     exact_d, exact_i = NearestNeighborIndex("exact").fit(X).search(Q, 10)
     refined = RefinedIndex(pq, store, k_factor=10)
+    refined._block_floats = 10 * 10 * 10 * 32  # blocks of 10 queries
     d, i = refined.search(Q, 10)
     overlap = lambda found: np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact_i)])
     assert overlap(i) > overlap(pq.search(Q, 10)[1]) and overlap(i) > 0.95
