@@ -452,9 +452,7 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
         if cache is None or cache[0] is not self.impostor_labels_ or cache[1] != str(device):
             vectors = torch.from_numpy(self.index_.reconstruct()).to(device).double()
             labels = torch.as_tensor(self.impostor_labels_, device=device)
-            log_w = None
-            if self.impostor_weights_ is not None:
-                log_w = torch.as_tensor(np.log(self.impostor_weights_), device=device)
+            log_w = self._impostor_log_weights(device)
             sq_norms = (vectors * vectors).sum(1)
             _TABLES[self.index_] = cache = (self.impostor_labels_, str(device), vectors, labels, log_w, sq_norms)
         return cache[2:]
@@ -467,10 +465,13 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
                                  sq_norms=sq_norms)
         # searched: never decode the index (a prebuilt one may hold 10^7 impostors)
         labels = torch.as_tensor(self.impostor_labels_, device=emb.device)
-        log_w = None
-        if self.impostor_weights_ is not None:
-            log_w = torch.as_tensor(np.log(self.impostor_weights_), device=emb.device)
-        return self._search_log_proba(emb, labels, log_w)
+        return self._search_log_proba(emb, labels, self._impostor_log_weights(emb.device))
+
+    def _impostor_log_weights(self, device):
+        """``log w_j`` of the learned or given impostor weights (rbf-solver eq. 2), or None."""
+        if self.impostor_weights_ is None:
+            return None
+        return torch.as_tensor(np.log(self.impostor_weights_), device=device)
 
     def set_impostors(self, index, labels, weights=None):
         """Vote over a prebuilt index of impostors instead of the training set's.

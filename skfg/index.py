@@ -24,7 +24,6 @@ codebooks, :func:`decode_pq` decodes them in torch (differentiably in the codebo
 
 import json
 import math
-import os
 import warnings
 from pathlib import Path
 
@@ -622,34 +621,12 @@ class RefinedIndex:
         return self.index.memory_bytes
 
     def _rows(self, ids):
-        """The exact vectors of sorted, unique row ids. From a store each row is read from
-        its chunk file with ``os.pread``: the page cache holds what was read, the process
-        maps nothing (a memory map's touched pages would count as its resident memory)."""
+        """The exact vectors of sorted, unique row ids."""
         from .store import FeatureStore
 
-        if not isinstance(self.vectors, FeatureStore):
-            return np.asarray(self.vectors[ids], dtype=np.float32)
-        store, size = self.vectors, self.vectors.chunk_size
-        row_bytes = store.n_features * store.dtype.itemsize
-        out = np.empty((len(ids), store.n_features), dtype=np.float32)
-        where = self.__dict__.setdefault("_chunk_files", {})  # chunk -> (file name, data offset)
-        files = {}  # chunk -> (open file, data offset), for this call
-        try:
-            for j, row in enumerate(ids):
-                c = int(row) // size
-                if c not in where:
-                    mapped = store.read_chunk(c)  # for the file's name and header size only
-                    where[c] = (mapped.filename, mapped.offset)
-                    del mapped
-                if c not in files:
-                    files[c] = (open(where[c][0], "rb"), where[c][1])
-                fh, offset = files[c]
-                buf = os.pread(fh.fileno(), row_bytes, offset + (int(row) - c * size) * row_bytes)
-                out[j] = np.frombuffer(buf, dtype=store.dtype)
-        finally:
-            for fh, _ in files.values():
-                fh.close()
-        return out
+        if isinstance(self.vectors, FeatureStore):
+            return self.vectors.read_rows(ids).astype(np.float32, copy=False)
+        return np.asarray(self.vectors[ids], dtype=np.float32)
 
     def search(self, queries, k):
         """The ``k`` nearest rows by exact distance among the compressed index's candidates

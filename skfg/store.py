@@ -133,6 +133,40 @@ class FeatureStore:
             raise ValueError(f"{self.directory} lacks {len(missing)} of {self.n_chunks} chunks "
                              f"(first: {missing[0]}); finish the extraction first")
 
+    def read_rows(self, rows):
+        """Rows ``rows`` of the store, each read from its chunk file with ``os.pread``.
+
+        For scattered rows of a store larger than memory (re-ranking candidates): the page
+        cache keeps what was read, and the process maps nothing (the touched pages of a
+        memory map count as its resident memory).
+
+        Parameters
+        ----------
+        rows : array-like of int
+
+        Returns
+        -------
+        values : ndarray of shape (len(rows), n_features)
+        """
+        row_bytes = self.n_features * self.dtype.itemsize
+        where = self.__dict__.setdefault("_chunk_files", {})  # chunk -> (file name, data offset)
+        out = np.empty((len(rows), self.n_features), dtype=self.dtype)
+        files = {}  # chunk -> open file, for this call
+        try:
+            for j, row in enumerate(np.asarray(rows, dtype=np.int64)):
+                c = int(row) // self.chunk_size
+                if c not in where:
+                    mapped = self.read_chunk(c)  # the file's name and header size; no data is read
+                    where[c] = (mapped.filename, mapped.offset)
+                if c not in files:
+                    files[c] = open(where[c][0], "rb")
+                offset = where[c][1] + (int(row) - c * self.chunk_size) * row_bytes
+                out[j] = np.frombuffer(os.pread(files[c].fileno(), row_bytes, offset), dtype=self.dtype)
+        finally:
+            for fh in files.values():
+                fh.close()
+        return out
+
     def iter_chunks(self):
         """Each chunk in row order, memory-mapped (read-only); the store must be complete.
 
