@@ -12,11 +12,12 @@ head for ``head_epochs`` on cached features, seconds in all). Rows:
   are the budget over its measured epoch time): the recipe itself, the old recipe
   (Adam 3e-3, last 2 stages, crop + flip at full size: the 52.7 % row of
   ``finetune.md``), a plain torchvision loop (PIL decoding every epoch, RandomResizedCrop
-  + flip, SGD with step decay, contiguous memory), each ingredient removed, and
-  EfficientNet-Lite1 / Lite2 with the default recipe.
-- ``default_no_trivial_augment`` / ``default_no_erasing``: the headline without one
-  augmentation, at the default's full length; with ``recipe_default`` on the same seeds the
-  table adds their paired difference (per seed, row minus default) with a 95 % interval.
+  + flip, SGD with step decay, contiguous memory), each ingredient removed (the
+  augmentations off by default added), and EfficientNet-Lite1 / Lite2 with the default recipe.
+- ``default_old_augment``: the headline with TrivialAugmentWide and random erasing (p=0.25),
+  the default until the paired 3-seed ablation at full length dropped them, at the default's
+  full length; with ``recipe_default`` on the same seeds the table adds the paired difference
+  (per seed, row minus default) with a 95 % interval.
 
 Every row runs once per ``--seeds`` seed; with two or more, the table adds each row's
 mean and a 95 % Student-t interval. ``--merge`` adds rows (other rows, other seeds) to
@@ -54,8 +55,8 @@ ROWS = {
     "recipe": ({}, "the default recipe, at the shared budget"),
     "old_recipe": (OLD, "Adam 3e-3, last 2 stages, crop+flip at full size"),
     "plain_loop": (None, "torchvision-style loop: PIL every epoch, SGD 0.01 + step decay"),
-    "no_trivial_augment": ({"augment": Augmentation(trivial_augment=False)}, "ablation"),
-    "no_erasing": ({"augment": Augmentation(erasing=0.0)}, "ablation"),
+    "with_trivial_augment": ({"augment": Augmentation(trivial_augment=True)}, "ablation: adds TrivialAugmentWide"),
+    "with_erasing": ({"augment": Augmentation(erasing=0.25)}, "ablation: adds random erasing (p=0.25)"),
     "no_fixres": ({"augment": Augmentation(crop_ratio=1.0)}, "ablation: train crops at the test size"),
     "no_label_smoothing": ({"label_smoothing": 0.0}, "ablation"),
     "no_warmup": ({"warmup_epochs": 0}, "ablation"),
@@ -63,19 +64,17 @@ ROWS = {
     "no_head_epochs": ({"head_epochs": 0}, "ablation: no linear probing first"),
     "lr_0.03": ({"lr": 0.03}, "the head at 0.03, the backbone at 0.02"),
     "lr_0.003": ({"lr": 0.003}, "the head at 0.003, the backbone at 0.002"),
-    "mild_augment": ({"augment": Augmentation(scale=(0.5, 1.0), trivial_augment=False, erasing=0.0)},
+    "mild_augment": ({"augment": Augmentation(scale=(0.5, 1.0))},
                      "crops of 50-100 %, flips only"),
     "adamw": ({"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05}, "AdamW instead of SGD"),
     "ema": ({"ema_decay": 0.998}, "with an EMA of the weights"),
     "lite1": ({"backbone": "efficientnet_lite1"}, "EfficientNet-Lite1, default recipe, at the shared budget"),
     "lite2": ({"backbone": "efficientnet_lite2"}, "EfficientNet-Lite2, default recipe, at the shared budget"),
-    # the augmentations the shared budget could not decide, at the default's full length (paired by seed)
-    "default_no_trivial_augment": ({"augment": Augmentation(trivial_augment=False)},
-                                   "recipe_default without TrivialAugmentWide (its own budget)"),
-    "default_no_erasing": ({"augment": Augmentation(erasing=0.0)},
-                           "recipe_default without random erasing (its own budget)"),
+    # the augmentations the default dropped, at the default's full length (paired by seed)
+    "default_old_augment": ({"augment": Augmentation(trivial_augment=True, erasing=0.25)},
+                            "recipe_default + TrivialAugmentWide + erasing, the previous default (its own budget)"),
 }
-FULL = ["recipe_default", "default_no_trivial_augment", "default_no_erasing"]
+FULL = ["recipe_default", "default_old_augment"]
 SHARED = [r for r in ROWS if r not in FULL]
 
 
@@ -182,7 +181,7 @@ def plain_loop(Xtr, ytr, size, epochs, seed, batch_size=32):
 def data_ms(Xtr, size, crop, n=96):
     """Milliseconds per training image of input preparation: the plain loop's PIL decode +
     RandomResizedCrop + flip every epoch against skfg's augmentation of cached uint8
-    tensors (crop, flip, TrivialAugmentWide, random erasing)."""
+    tensors (skfg's default augmentation: crop and flip)."""
     import torchvision.transforms as T
     from PIL import Image
 
@@ -203,7 +202,8 @@ def data_ms(Xtr, size, crop, n=96):
     image_tf, erase = aug.image_transform(size), aug.batch_transform()
     t = time.perf_counter()
     x = torch.stack([image_tf(cache[i]) for i in range(n)])
-    erase(x.float())
+    if erase is not None:
+        erase(x.float())
     return plain, 1000 * (time.perf_counter() - t) / n
 
 
@@ -219,7 +219,7 @@ def step_table(args):
         ("plain loop: NCHW, BatchNorm on batch statistics, PIL decoding", size, False, True, None, False, plain_data),
         ("channels-last", size, True, True, None, False, plain_data),
         ("+ frozen BatchNorm", size, True, False, None, False, plain_data),
-        ("+ cached tensors, TrivialAugment, erasing (skfg, test-size crops)", size, True, False, None, False, skfg_data),
+        ("+ cached uint8 tensors, skfg augmentation (test-size crops)", size, True, False, None, False, skfg_data),
         (f"+ FixRes crops of {crop} px (skfg default)", crop, True, False, None, False, skfg_data),
         ("skfg default under bfloat16 autocast", crop, True, False, torch.bfloat16, False, skfg_data),
         ("skfg default under torch.compile (inductor)", crop, True, False, None, True, skfg_data),

@@ -318,8 +318,10 @@ class Augmentation:
     A random resized crop of ``crop_ratio * image_size`` pixels (training at a lower
     resolution than the test images: Touvron et al., "Fixing the train-test resolution
     discrepancy", 2019), a horizontal flip, TrivialAugmentWide (Muller & Hutter, 2021)
-    and random erasing (Zhong et al., 2020). Each step can be turned off; the defaults
-    were chosen on the val split of ``stanford_cars_a`` (``benchmarks/recipe.py``).
+    and random erasing (Zhong et al., 2020). Each step can be turned on or off; the
+    defaults were chosen on the val split of ``stanford_cars_a`` (``benchmarks/recipe.py``):
+    TrivialAugmentWide and random erasing are off, as removing either did not lower val
+    accuracy (paired over 3 seeds) and each costs training time.
 
     Parameters
     ----------
@@ -332,21 +334,21 @@ class Augmentation:
         Range of the crop's aspect ratio.
     flip : bool, default=True
         Random horizontal flips.
-    trivial_augment : bool, default=True
+    trivial_augment : bool, default=False
         One random photometric or geometric operation per image (``TrivialAugmentWide``).
-    erasing : float, default=0.25
+    erasing : float, default=0.0
         Probability of erasing a random rectangle of the normalised image (0: never).
 
     Examples
     --------
     >>> from skfg.images import Augmentation
-    >>> aug = Augmentation(trivial_augment=False)
+    >>> aug = Augmentation(trivial_augment=True, erasing=0.25)
     >>> aug.crop_size(160)
     128
     """
 
-    def __init__(self, crop_ratio=0.8, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3), flip=True, trivial_augment=True,
-                 erasing=0.25):
+    def __init__(self, crop_ratio=0.8, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3), flip=True, trivial_augment=False,
+                 erasing=0.0):
         self.crop_ratio = crop_ratio
         self.scale = scale
         self.ratio = ratio

@@ -75,7 +75,8 @@ class SoftmaxClassifier(BaseTorchClassifier):
     augment : bool or Augmentation, default=True
         With ``extractor``: the training augmentation. ``True`` is
         :class:`skfg.images.Augmentation` with its defaults (random resized crops at 0.8
-        of the extractor's ``image_size``, flips, TrivialAugmentWide, random erasing),
+        of the extractor's ``image_size`` and flips; TrivialAugmentWide and random
+        erasing are available, off by default),
         run on images decoded once per fit; pass an ``Augmentation`` to change a step,
         ``False`` for none.
     cache_frozen : bool, default=True

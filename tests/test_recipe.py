@@ -99,13 +99,14 @@ def test_augmentation_crops_at_the_train_size_and_checks_its_settings():
     for bad in [dict(crop_ratio=0), dict(scale=(0.5, 0.2)), dict(erasing=2.0), dict(ratio=(0, 1))]:
         with pytest.raises(ValueError, match=next(iter(bad))):
             Augmentation(**bad).check()
-    assert repr(Augmentation(erasing=0.0)) == "Augmentation(erasing=0.0)"
+    assert repr(Augmentation(erasing=0.25)) == "Augmentation(erasing=0.25)"
+    assert not Augmentation().trivial_augment and Augmentation().batch_transform() is None  # chosen on val
     assert Augmentation(flip=False) == Augmentation(flip=False) != Augmentation()
 
 
 def test_an_augmentation_object_is_a_parameter_that_clones(images):
     X, y = images
-    clf = small(augment=Augmentation(trivial_augment=False, erasing=0.0))
+    clf = small(augment=Augmentation(trivial_augment=True, erasing=0.25))
     twin = clone(clf)
     assert twin.augment == clf.augment and twin.augment is not clf.augment
     twin.fit(X, y)
