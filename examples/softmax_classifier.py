@@ -27,7 +27,8 @@ print(f"frozen features: test accuracy {pipe.score(X_test, y_test):.3f} "
 #    (10 epochs of the head alone on cached features, then SGD with warm-up + cosine,
 #    label smoothing, BatchNorm on its pretrained statistics, 77 px crops for a 96 px
 #    test size, flips, images decoded once). Only the epochs are cut for this demo: the
-#    default (22) is sized for ~2,400 real images in ~40 minutes on 2 cores.
+#    default (22) is sized for ~2,400 real images (benchmarks/results/recipe.md: about
+#    10 minutes on 2 cores).
 t = time.perf_counter()
 recipe = SoftmaxClassifier(extractor=CNNFeatureExtractor(image_size=96), max_epochs=6, random_state=0)
 recipe.fit(X_train, y_train)

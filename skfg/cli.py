@@ -354,8 +354,9 @@ def build_parser():
     fit.add_argument("-o", "--output", required=True, help="model file: .skops (safe format) or .joblib")
     fit.add_argument("--model", choices=MODELS, default="softmax")
     fit.add_argument("--fine-tune", action="store_true",
-                     help="train the CNN with the classifier (the fine-tuning recipe; ~40 min for 2,400 images "
-                          "on 2 CPU cores) instead of a classifier on the frozen CNN's features")
+                     help="train the CNN with the classifier (the fine-tuning recipe: minutes per thousand "
+                          "images on a laptop CPU, see docs/training.rst) instead of a classifier on the frozen "
+                          "CNN's features")
     fit.add_argument("--backbone", choices=backbone_choices, default="efficientnet_lite0")
     fit.add_argument("--image-size", type=int, default=160)
     fit.add_argument("--trainable-blocks", type=int, default=None, help="with --fine-tune: stages trained "

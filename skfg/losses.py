@@ -372,3 +372,52 @@ class ClassMeanLoss(nn.Module):
                                           margin=self.margin)
         self.means.copy_(means)
         return loss
+
+
+# ------------------------------------------------------------ multi-exit training
+def multi_exit_loss(logits, targets, weights, loss, *, exit_weights=None, distillation=0.0, temperature=1.0):
+    """Loss of a network with several exits, trained jointly.
+
+    ``sum_m a_m * loss(z_m, y, w)`` over the exits' logits ``z_m`` (the last exit is the
+    network's own output), plus, with ``distillation = lambda > 0``, the last exit taught
+    to the earlier ones ("Be Your Own Teacher", Zhang et al., 2019):
+    ``lambda * sum_{m < M} a_m * T^2 * KL(softmax(z_M / T) || softmax(z_m / T))``, the
+    teacher's probabilities detached, per sample weighted by ``w``.
+
+    Parameters
+    ----------
+    logits : Tensor of shape (n, M, n_classes)
+        The logits of the ``M`` exits, the last one last.
+    targets : Tensor of shape (n,)
+    weights : Tensor of shape (n,)
+        Sample weights.
+    loss : callable
+        ``loss(logits (n, n_classes), targets, weights) -> scalar``: the per-exit loss
+        (e.g. the classifier's weighted, label-smoothed cross-entropy).
+    exit_weights : sequence of float, optional
+        ``a_m``, one non-negative weight per exit; all 1 by default (the plain sum).
+    distillation : float, default=0.0
+        ``lambda``: the weight of the distillation term (0: none).
+    temperature : float, default=1.0
+        ``T``: the softmax temperature of the distillation term.
+
+    Returns
+    -------
+    Tensor
+        The scalar loss.
+    """
+    n_exits = logits.shape[1]
+    a = [1.0] * n_exits if exit_weights is None else [float(v) for v in exit_weights]
+    if len(a) != n_exits or min(a) < 0:
+        raise ValueError(f"exit_weights must be {n_exits} non-negative numbers (one per exit), got {exit_weights!r}.")
+    total = sum(a[m] * loss(logits[:, m], targets, weights) for m in range(n_exits) if a[m])
+    if distillation:
+        t = float(temperature)
+        teacher = F.log_softmax(logits[:, -1].detach().float() / t, dim=1)
+        w = weights / weights.sum().clamp_min(1e-12)
+        for m in range(n_exits - 1):
+            if a[m]:
+                student = F.log_softmax(logits[:, m].float() / t, dim=1)
+                kl = F.kl_div(student, teacher, log_target=True, reduction="none").sum(1)
+                total = total + distillation * a[m] * t * t * (kl * w).sum()
+    return total

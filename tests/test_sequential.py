@@ -345,3 +345,41 @@ def test_zero_weight_samples_do_not_move_the_thresholds():
     Xw[w == 0] = rng.randn((w == 0).sum(), 8) * 50  # garbage in zero-weight rows
     other = clone(clf).fit(Xw, y, sample_weight=w)
     np.testing.assert_allclose(other.thresholds_, clf.thresholds_, rtol=1e-6)
+
+
+# ------------------------------------------------------------ multi-exit loss (issue 23)
+def _ce(z, t, w):
+    return (torch.nn.functional.cross_entropy(z, t, reduction="none") * w).sum() / w.sum()
+
+
+def test_multi_exit_loss_is_the_weighted_sum_of_the_exits_losses():
+    from skfg.losses import multi_exit_loss
+
+    g = torch.Generator().manual_seed(0)
+    z, t, w = torch.randn(6, 3, 4, generator=g), torch.tensor([0, 1, 2, 3, 0, 1]), torch.rand(6, generator=g) + 0.1
+    per_exit = [_ce(z[:, m], t, w) for m in range(3)]
+    assert torch.allclose(multi_exit_loss(z, t, w, _ce), sum(per_exit))
+    assert torch.allclose(multi_exit_loss(z, t, w, _ce, exit_weights=[0.5, 0, 2]), 0.5 * per_exit[0] + 2 * per_exit[2])
+    for bad in ([1, 1], [1, -1, 1]):
+        with pytest.raises(ValueError, match="exit_weights"):
+            multi_exit_loss(z, t, w, _ce, exit_weights=bad)
+
+
+def test_multi_exit_distillation_teaches_the_last_exit_to_the_earlier_ones():
+    from skfg.losses import multi_exit_loss
+
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(5, 2, 3, generator=g, requires_grad=True)
+    t, w = torch.tensor([0, 1, 2, 0, 1]), torch.ones(5)
+    plain = multi_exit_loss(z, t, w, _ce)
+    distilled = multi_exit_loss(z, t, w, _ce, distillation=0.5, temperature=2.0)
+    p_last = torch.softmax(z[:, 1] / 2, 1)
+    kl = (p_last * (torch.log_softmax(z[:, 1] / 2, 1) - torch.log_softmax(z[:, 0] / 2, 1))).sum(1).mean()
+    assert torch.allclose(distilled - plain, 0.5 * 4 * kl)
+    # the teacher is detached: the distillation term moves only the earlier exit
+    (distilled - plain).backward()
+    assert z.grad[:, 1].abs().max() == 0 and z.grad[:, 0].abs().max() > 0
+    # an exit that already agrees with the last one gets no distillation loss
+    same = torch.randn(4, 1, 3, generator=g).expand(4, 2, 3)
+    assert torch.allclose(multi_exit_loss(same, t[:4], w[:4], _ce, distillation=1.0),
+                          multi_exit_loss(same, t[:4], w[:4], _ce), atol=1e-6)
