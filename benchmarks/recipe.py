@@ -12,8 +12,9 @@ head for ``head_epochs`` on cached features, seconds in all). Rows:
   are the budget over its measured epoch time): the recipe itself, the old recipe
   (Adam 3e-3, last 2 stages, crop + flip at full size: the 52.7 % row of
   ``finetune.md``), a plain torchvision loop (PIL decoding every epoch, RandomResizedCrop
-  + flip, SGD with step decay, contiguous memory), each ingredient removed (the
-  augmentations off by default added), and EfficientNet-Lite1 / Lite2 with the default recipe.
+  + flip, SGD with step decay, contiguous memory), each ingredient removed (or, for the
+  augmentations off by default, added: ``with_trivial_augment``, ``with_erasing``), and
+  EfficientNet-Lite1 / Lite2 with the default recipe.
 - ``default_old_augment``: the headline with TrivialAugmentWide and random erasing (p=0.25),
   the default until the paired 3-seed ablation at full length dropped them, at the default's
   full length; with ``recipe_default`` on the same seeds the table adds the paired difference
