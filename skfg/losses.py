@@ -408,8 +408,8 @@ def multi_exit_loss(logits, targets, weights, loss, *, exit_weights=None, distil
     """
     n_exits = logits.shape[1]
     a = [1.0] * n_exits if exit_weights is None else [float(v) for v in exit_weights]
-    if len(a) != n_exits or min(a) < 0:
-        raise ValueError(f"exit_weights must be {n_exits} non-negative numbers (one per exit), got {exit_weights!r}.")
+    if len(a) != n_exits or min(a) < 0 or not any(a):
+        raise ValueError(f"exit_weights must be {n_exits} non-negative numbers (one per exit, not all 0), got {exit_weights!r}.")
     total = sum(a[m] * loss(logits[:, m], targets, weights) for m in range(n_exits) if a[m])
     if distillation:
         t = float(temperature)

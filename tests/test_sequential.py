@@ -360,7 +360,7 @@ def test_multi_exit_loss_is_the_weighted_sum_of_the_exits_losses():
     per_exit = [_ce(z[:, m], t, w) for m in range(3)]
     assert torch.allclose(multi_exit_loss(z, t, w, _ce), sum(per_exit))
     assert torch.allclose(multi_exit_loss(z, t, w, _ce, exit_weights=[0.5, 0, 2]), 0.5 * per_exit[0] + 2 * per_exit[2])
-    for bad in ([1, 1], [1, -1, 1]):
+    for bad in ([1, 1], [1, -1, 1], [0, 0, 0]):
         with pytest.raises(ValueError, match="exit_weights"):
             multi_exit_loss(z, t, w, _ce, exit_weights=bad)
 
