@@ -573,7 +573,7 @@ class ShardedIndex:
 class RefinedIndex:
     """A compressed index whose candidates are re-ranked by exact distances to the
     original vectors, read from disk (faiss's ``IndexRefine``, with the vectors kept out
-    of memory).
+    of memory), or by the distances of finer codes held in memory.
 
     Each query's ``k * k_factor`` nearest candidates under the compressed codes are
     looked up in ``vectors`` (a :class:`~skfg.store.FeatureStore` or an array, typically
@@ -581,12 +581,23 @@ class RefinedIndex:
     holds the codes and the candidates' rows, never the collection; the recall lost to
     the codes is recovered as long as the true neighbours are among the candidates.
 
+    Reading a candidate from a store larger than the page cache costs a disk access
+    (~0.1 ms), so a large ``k_factor`` is slow. ``vectors`` may therefore also be a second,
+    finer compressed :class:`NearestNeighborIndex` over the same rows (e.g. ``"opq"`` with
+    64-byte codes, trained on the same sample): the candidates are then re-ranked in
+    memory by its distances (faiss's ``IndexRefine``, in C++). Chaining both keeps the
+    disk reads few: ``RefinedIndex(RefinedIndex(coarse, fine, 16), store, 3)`` re-ranks
+    ``k * 3 * 16`` coarse candidates with the fine codes and reads only the best
+    ``k * 3`` from disk.
+
     Parameters
     ----------
-    index : NearestNeighborIndex or ShardedIndex
-        Fitted, over the rows of ``vectors`` in order.
-    vectors : FeatureStore or array-like of shape (n_vectors, dim)
-        The exact vectors, row ``i`` being the index's row ``i``.
+    index : NearestNeighborIndex, ShardedIndex or RefinedIndex
+        Fitted, over the rows of ``vectors`` in order (a :class:`NearestNeighborIndex`
+        backed by faiss when ``vectors`` is an index).
+    vectors : FeatureStore, NearestNeighborIndex or array-like of shape (n_vectors, dim)
+        The exact vectors, row ``i`` being the index's row ``i``; or a finer index over
+        the same rows, whose (approximate) distances re-rank.
     k_factor : int, default=8
         Candidates searched per neighbour returned.
 
@@ -606,8 +617,16 @@ class RefinedIndex:
 
         if int(k_factor) < 1:
             raise ValueError(f"k_factor must be >= 1; got {k_factor}")
-        n = vectors.n_rows if isinstance(vectors, FeatureStore) else len(vectors)
-        d = vectors.n_features if isinstance(vectors, FeatureStore) else np.shape(vectors)[1]
+        if isinstance(vectors, NearestNeighborIndex):
+            vectors._fitted()
+            if not isinstance(index, NearestNeighborIndex) or index._index is None or vectors._index is None:
+                raise ValueError("re-ranking by a finer index needs two faiss-backed NearestNeighborIndex "
+                                 f"objects (not method='brute'); got {index!r} and {vectors!r}")
+            n, d = vectors.n_vectors_, vectors.dim_
+        elif isinstance(vectors, FeatureStore):
+            n, d = vectors.n_rows, vectors.n_features
+        else:
+            n, d = len(vectors), np.shape(vectors)[1]
         if (n, d) != (index.n_vectors_, index.dim_):
             raise ValueError(f"vectors of shape {(n, d)} do not match the index ({index.n_vectors_} vectors of "
                              f"dimension {index.dim_})")
@@ -617,8 +636,10 @@ class RefinedIndex:
 
     @property
     def memory_bytes(self):
-        """Bytes of the compressed index (the exact vectors stay on disk)."""
-        return self.index.memory_bytes
+        """Bytes of the compressed index, and of the finer one re-ranking (the exact
+        vectors stay on disk)."""
+        fine = self.vectors.memory_bytes if isinstance(self.vectors, NearestNeighborIndex) else 0
+        return self.index.memory_bytes + fine
 
     def _rows(self, ids):
         """The exact vectors of sorted, unique row ids."""
@@ -637,6 +658,8 @@ class RefinedIndex:
         if len(Q) > block:  # bounded memory: candidates x dim per block of queries
             parts = [self.search(Q[i : i + block], k) for i in range(0, len(Q), block)]
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        if isinstance(self.vectors, NearestNeighborIndex):
+            return self._search_refined(Q, k)
         _, cand = self.index.search(Q, k * self.k_factor)
         ids = np.unique(cand[cand >= 0])
         if len(ids) == 0:
@@ -647,3 +670,15 @@ class RefinedIndex:
         d = np.where(cand >= 0, np.einsum("qcd,qcd->qc", diff, diff), np.inf)
         order = np.argsort(d, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(d, order, 1).astype(np.float32), np.take_along_axis(cand, order, 1)
+
+    def _search_refined(self, Q, k):
+        """Candidates of the coarse index re-ranked by the finer index's distances (faiss's
+        ``IndexRefine``, which searches the coarse index with its own ``n_probe``)."""
+        self.index._fitted()
+        if self.vectors.n_vectors_ != self.index.n_vectors_:
+            raise ValueError(f"the finer index holds {self.vectors.n_vectors_} vectors, the index "
+                             f"{self.index.n_vectors_}; add the same rows to both")
+        refine = _faiss().IndexRefine(self.index._index, self.vectors._index)  # borrows both (owns neither)
+        refine.k_factor = float(self.k_factor)
+        d, i = refine.search(Q, k)
+        return d, i.astype(np.int64)

@@ -260,3 +260,44 @@ def test_a_refined_index_recovers_the_exact_neighbours_from_vectors_on_disk(tmp_
     np.testing.assert_array_equal(RefinedIndex(pq, X, k_factor=10).search(Q, 10)[1], i)  # an array alike
     with pytest.raises(ValueError, match="do not match the index"):
         RefinedIndex(pq, X[:10])
+
+
+def test_a_finer_index_in_memory_re_ranks_the_candidates_and_chains_with_the_disk(tmp_path):
+    """The two-stage search of index_scale.py: 4-byte IVF-PQ candidates re-ranked by
+    16-byte PQ codes in memory (faiss IndexRefine), then the best few by the exact rows."""
+    import faiss
+
+    from skfg.index import RefinedIndex
+    from skfg.store import FeatureStore
+
+    X = embeddings(4000, 32, seed=8)
+    Q = embeddings(300, 32, seed=9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        coarse = NearestNeighborIndex("ivfpq", code_size=4, n_lists=16, n_probe=16).fit(X)
+        fine = NearestNeighborIndex("pq", code_size=16).fit(X)
+    exact_i = NearestNeighborIndex("exact").fit(X).search(Q, 10)[1]
+    overlap = lambda found: np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact_i)])
+    two = RefinedIndex(coarse, fine, k_factor=8)
+    d, i = two.search(Q, 10)
+    assert overlap(i) > overlap(coarse.search(Q, 10)[1]) + 0.1
+    ref = faiss.IndexRefine(coarse._index, fine._index)
+    ref.k_factor = 8.0
+    np.testing.assert_array_equal(i, ref.search(Q, 10)[1])  # faiss's own two-stage search
+    assert np.all(np.diff(d, axis=1) >= 0)
+    assert two.memory_bytes == coarse.memory_bytes + fine.memory_bytes
+
+    store = FeatureStore.create(tmp_path / "s", 4000, 32, chunk_size=1000, fingerprint="x")
+    for c in range(store.n_chunks):
+        store.write_chunk(c, X[store.chunk_slice(c)])
+    chained = RefinedIndex(two, store, k_factor=3)  # 30 candidates read from disk a query
+    assert overlap(chained.search(Q, 10)[1]) > max(overlap(i), 0.9)
+
+    with pytest.raises(ValueError, match="faiss-backed"):
+        RefinedIndex(NearestNeighborIndex("brute").fit(X), fine)
+    with pytest.raises(ValueError, match="do not match the index"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        RefinedIndex(coarse, NearestNeighborIndex("pq", code_size=16).fit(X[:2000]))
+    coarse.add(X[:5])
+    with pytest.raises(ValueError, match="add the same rows to both"):
+        two.search(Q, 10)
