@@ -18,7 +18,7 @@ Steps, one run:
    vectors, read from a ``FeatureStore`` on disk written during the build (the ``8 k``,
    ``32 k`` or ``128 k`` nearest candidates under the codes); by 64-byte OPQ codes of the
    same vectors held in memory (trained on 65,536 of the sample, added chunk by chunk
-   beside the 16-byte codes); and in two stages, the finer codes' best ``3 k`` or ``5 k``
+   beside the 16-byte codes); and in two stages, the finer codes' best ``3 k``, ``4 k`` or ``5 k``
    re-ranked by the exact vectors from disk. Every row starts with the store's files
    evicted from the page cache (``posix_fadvise(DONTNEED)``), so each disk read is a real
    one (the 20 GB store would not stay cached on a machine with 4 GiB to spare).
@@ -153,7 +153,7 @@ def main():
                         for f in (8, 32, 128)]
                      + [("OPQ 64 B in memory, 16 k candidates", in_memory, 0)]
                      + [(f"OPQ 64 B in memory, then exact from disk for {f} k", RefinedIndex(in_memory, store, f), f)
-                        for f in (3, 5)])
+                        for f in (3, 4, 5)])
         for label, searcher, reads in searchers:
             searcher.search(queries[:20], 10)  # warm up
             evict(store)
