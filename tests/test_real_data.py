@@ -53,21 +53,20 @@ def test_stanford_cars_a_impostor_loose_defaults(cars):
 
 
 @pytest.mark.data
-@pytest.mark.xfail(reason="known limit, open in issue 20: since the default augmentation is crops + flips only "
-                   "(TrivialAugmentWide and erasing off, chosen on the full set), 22 epochs at lr 0.01 on 280 images "
-                   "at 64 px collapsed to one class in the full suite", strict=False)
 def test_fine_tuning_defaults_train_on_a_small_subset(shared_dataset):
-    """12 classes (280 images: 9 mini-batches an epoch) at 64 px with every default: before the
-    warm-up floor (MIN_WARMUP_STEPS) the default lr collapsed this fit to one class (8.4 %).
-    The outcome on so few images varies a lot with numerics alone: 0.454 run alone, 0.252
-    in the full suite (other tests change the thread settings), hence a floor at 2x chance."""
+    """12 classes (280 images: 9 mini-batches an epoch) at 128 px with every default.
+
+    benchmarks/small_set.py: 3 seeds reach 65-71 % at 128 px and 160 px (the default).
+    At 64 px the recipe is unstable on this set (a known limit, docs/training.rst): one
+    seed in three collapsed to one class, so the test runs at 128 px, the smallest size
+    the measurements back."""
     root = shared_dataset("stanford_cars_a")
     Xtr, ytr = load_image_folder(root / "train")
     Xte, yte = load_image_folder(root / "test")
     keep = np.unique(ytr)[:12]
     Xtr, ytr, Xte, yte = Xtr[np.isin(ytr, keep)], ytr[np.isin(ytr, keep)], Xte[np.isin(yte, keep)], yte[np.isin(yte, keep)]
-    clf = SoftmaxClassifier(extractor=CNNFeatureExtractor(image_size=64), random_state=0).fit(Xtr, ytr)
+    clf = SoftmaxClassifier(extractor=CNNFeatureExtractor(image_size=128), random_state=0).fit(Xtr, ytr)
     pred = clf.predict(Xte)
     acc = float(np.mean(pred == yte))
-    print(f"12 classes at 64 px, fine-tuned with the defaults: {acc:.3f}")
-    assert len(np.unique(pred)) >= 6 and acc >= 0.17  # chance: 0.083
+    print(f"12 classes at 128 px, fine-tuned with the defaults: {acc:.3f}")
+    assert len(np.unique(pred)) >= 10 and acc >= 0.45  # chance: 0.083; measured 0.65-0.71 over 3 seeds
