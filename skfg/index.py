@@ -406,6 +406,13 @@ class NearestNeighborIndex:
         return self
 
     @property
+    def faiss_index(self):
+        """The underlying faiss index (``None`` for ``method="brute"``), e.g. for faiss's own
+        composite searches such as ``IndexRefine``."""
+        self._fitted()
+        return self._index
+
+    @property
     def memory_bytes(self):
         """Bytes held by the stored vectors or codes, plus codebooks/rotations/centroids."""
         self._fitted()
@@ -618,8 +625,8 @@ class RefinedIndex:
         if int(k_factor) < 1:
             raise ValueError(f"k_factor must be >= 1; got {k_factor}")
         if isinstance(vectors, NearestNeighborIndex):
-            vectors._fitted()
-            if not isinstance(index, NearestNeighborIndex) or index._index is None or vectors._index is None:
+            if (not isinstance(index, NearestNeighborIndex) or index.faiss_index is None
+                    or vectors.faiss_index is None):
                 raise ValueError("re-ranking by a finer index needs two faiss-backed NearestNeighborIndex "
                                  f"objects (not method='brute'); got {index!r} and {vectors!r}")
             n, d = vectors.n_vectors_, vectors.dim_
@@ -674,11 +681,10 @@ class RefinedIndex:
     def _search_refined(self, Q, k):
         """Candidates of the coarse index re-ranked by the finer index's distances (faiss's
         ``IndexRefine``, which searches the coarse index with its own ``n_probe``)."""
-        self.index._fitted()
         if self.vectors.n_vectors_ != self.index.n_vectors_:
             raise ValueError(f"the finer index holds {self.vectors.n_vectors_} vectors, the index "
                              f"{self.index.n_vectors_}; add the same rows to both")
-        refine = _faiss().IndexRefine(self.index._index, self.vectors._index)  # borrows both (owns neither)
+        refine = _faiss().IndexRefine(self.index.faiss_index, self.vectors.faiss_index)  # borrows both
         refine.k_factor = float(self.k_factor)
         d, i = refine.search(Q, k)
         return d, i.astype(np.int64)

@@ -281,7 +281,7 @@ def test_a_finer_index_in_memory_re_ranks_the_candidates_and_chains_with_the_dis
     two = RefinedIndex(coarse, fine, k_factor=8)
     d, i = two.search(Q, 10)
     assert overlap(i) > overlap(coarse.search(Q, 10)[1]) + 0.1
-    ref = faiss.IndexRefine(coarse._index, fine._index)
+    ref = faiss.IndexRefine(coarse.faiss_index, fine.faiss_index)
     ref.k_factor = 8.0
     np.testing.assert_array_equal(i, ref.search(Q, 10)[1])  # faiss's own two-stage search
     assert np.all(np.diff(d, axis=1) >= 0)

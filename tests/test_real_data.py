@@ -56,10 +56,11 @@ def test_stanford_cars_a_impostor_loose_defaults(cars):
 def test_fine_tuning_defaults_train_on_a_small_subset(shared_dataset):
     """12 classes (280 images: 9 mini-batches an epoch) at 128 px with every default.
 
-    benchmarks/small_set.py: 3 seeds reach 65-71 % at 128 px and 160 px (the default).
-    At 64 px the recipe is unstable on this set (a known limit, docs/training.rst): one
-    seed in three collapsed to one class, so the test runs at 128 px, the smallest size
-    the measurements back."""
+    benchmarks/small_set.py (3 seeds): 64.7-68.1 % at 128 px, every seed. The recipe is
+    not stable on so small a set at other sizes (a known limit, open in issue 20,
+    docs/training.rst): at 160 px (the default) one seed in three collapsed to 2 classes
+    (10.9 %), at 64 px one reached 25.2 %. This test guards the size that trains on
+    every measured seed."""
     root = shared_dataset("stanford_cars_a")
     Xtr, ytr = load_image_folder(root / "train")
     Xte, yte = load_image_folder(root / "test")
@@ -69,4 +70,4 @@ def test_fine_tuning_defaults_train_on_a_small_subset(shared_dataset):
     pred = clf.predict(Xte)
     acc = float(np.mean(pred == yte))
     print(f"12 classes at 128 px, fine-tuned with the defaults: {acc:.3f}")
-    assert len(np.unique(pred)) >= 10 and acc >= 0.45  # chance: 0.083; measured 0.65-0.71 over 3 seeds
+    assert len(np.unique(pred)) >= 10 and acc >= 0.45  # chance: 0.083; measured 0.647-0.681 over 3 seeds
