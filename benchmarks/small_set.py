@@ -1,14 +1,14 @@
 """The fine-tuning defaults on a small training set, by image size (issue 20's small-set limit).
 
 12 classes of ``stanford_cars_a`` (the first 12 labels: 280 training images, 9 mini-batches
-an epoch; their 117 test images), ``SoftmaxClassifier(extractor=CNNFeatureExtractor(image_size=s))``
+an epoch; their 119 test images), ``SoftmaxClassifier(extractor=CNNFeatureExtractor(image_size=s))``
 with every other parameter at its default (the fine-tuning recipe: 10 head epochs, then 22
 epochs of SGD at lr 0.01 with a warm-up of at least 100 steps, here half the training),
 3 seeds (``random_state``) per row. Rows: the extractor's default size (160 px), 128 px,
 64 px, and 64 px with ``lr=0.003``. Reported: test accuracy per seed, the mean with a 95 %
 Student-t interval, and how many of the 12 classes the predictions use (1: collapsed).
 
-    python benchmarks/small_set.py           # 12 fits, ~10 min on 2 cores
+    python benchmarks/small_set.py           # 12 fits, ~7 min on 2 cores
     python benchmarks/small_set.py --quick   # one seed
 """
 

@@ -588,8 +588,8 @@ class RefinedIndex:
     holds the codes and the candidates' rows, never the collection; the recall lost to
     the codes is recovered as long as the true neighbours are among the candidates.
 
-    Reading a candidate from a store larger than the page cache costs a disk access
-    (~0.1 ms), so a large ``k_factor`` is slow. ``vectors`` may therefore also be a second,
+    Reading a candidate from a store larger than the page cache costs a disk access, so
+    a large ``k_factor`` is slow. ``vectors`` may therefore also be a second,
     finer compressed :class:`NearestNeighborIndex` over the same rows (e.g. ``"opq"`` with
     64-byte codes, trained on the same sample): the candidates are then re-ranked in
     memory by its distances (faiss's ``IndexRefine``, in C++). Chaining both keeps the
