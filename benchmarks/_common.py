@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from skfg._table import format_table
-from _provenance import (Tracer, code_hash, definition_hashes, executed_definitions, known_definitions,
+from _provenance import (HASHING, Tracer, code_hash, definition_hashes, executed_definitions, known_definitions,
                          refresh_stamp, stale_definitions, upgrade_stamp)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,6 +95,7 @@ def provenance():
         "definitions": definitions,
         "known": known_definitions(files, REPO),
         "executed": executed,
+        "hashing": HASHING,
     }
 
 
@@ -221,9 +222,9 @@ def write_results(name, payload, rows, header, notes=""):
         earlier = {}
         for run, old in _MERGED.get(name, {}).items():
             if run in kept:  # (mergeable_rows checked that the code it ran is unchanged)
-                if "definitions" in old and "known" in old:
-                    earlier[run] = old  # per definition already: kept as recorded
-                else:  # a per-module stamp: every definition counted (as recorded if that fails)
+                if "definitions" in old and old.get("hashing", 1) >= HASHING:
+                    earlier[run] = old  # hashed the current way already: kept as recorded
+                else:  # recounted the current way (as recorded if that fails)
                     earlier[run] = refresh_stamp(old, REPO) or old
         if earlier:
             stamp["earlier_runs"] = earlier

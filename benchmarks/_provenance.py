@@ -8,6 +8,14 @@ events stay off), and :func:`provenance` stamps the result with the hash of ever
 definition it ran. A later edit to code the run never executed (another estimator, the
 CLI, a new method) leaves the result valid; an edit to anything it ran makes it stale.
 
+What a run depended on beyond the code it ran (:func:`counted_definitions`): each module's
+top-level statements (they ran at import); a module constant (``NAME = value`` at top level,
+a definition of its own) when code that counts reads it by name, directly, through a
+``from ... import`` of a skfg module or through another constant; a class header when one of
+the class's own methods ran (or it has none, or is decorated, e.g. a dataclass), with the
+headers of the skfg classes it inherits from. So editing a recipe constant stales the
+results that read it, not every result that imported its module.
+
 What a hash covers (:func:`definition_hashes`): the syntax tree of the definition, without
 docstrings, comments, ``import`` statements, ``__all__`` and logging calls
 (``logger.info(...)``, a module's ``logger = logging.getLogger(...)``), none of which can
@@ -18,7 +26,9 @@ that overrides a method of a skfg base class that ran, a new dunder method and a
 definition (a decorator may register it somewhere; ``classmethod``, ``staticmethod`` and
 ``property`` do not count). Not caught: a new method that code
 outside skfg dispatches to by name (e.g. scikit-learn calling a newly added
-``decision_function``), and an import rebound to another object of the same name.
+``decision_function``), an import rebound to another object of the same name, a constant
+read as a module attribute (``module.NAME``) and a class used only through inherited methods
+while it has methods of its own.
 
 Stamps written before definitions were recorded (``"code"`` only: one hash per imported
 module) are checked per module, as they were written. :func:`upgrade_stamp` converts such a
@@ -102,6 +112,21 @@ def _is_builtin_decorator(node):
     return isinstance(node, ast.Attribute) and node.attr in ("setter", "getter", "deleter")
 
 
+def _names(nodes):
+    """The names ``nodes`` read (``ast.Name`` loads), sorted."""
+    return sorted({n.id for node in nodes for n in ast.walk(node)
+                   if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)})
+
+
+def _constant_names(stmt):
+    """Names a top-level ``NAME = value`` (or ``NAME: type = value``) binds; [] otherwise."""
+    if isinstance(stmt, ast.Assign) and all(isinstance(t, ast.Name) for t in stmt.targets):
+        return [t.id for t in stmt.targets]
+    if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
+        return [stmt.target.id]
+    return []
+
+
 def _outline(body, prefix, out, info):
     for node in body:
         if not isinstance(node, _DEFS):
@@ -112,18 +137,64 @@ def _outline(body, prefix, out, info):
                       *(s for s in node.body if not isinstance(s, (*_DEFS, ast.Import, ast.ImportFrom)))]
             out[key] = _digest(header)
             info[key] = {"bases": [ast.unparse(b).split(".")[-1] for b in node.bases],
-                         "decorated": any(not _is_builtin_decorator(d) for d in node.decorator_list)}
+                         "decorated": any(not _is_builtin_decorator(d) for d in node.decorator_list),
+                         "methods": [key + "." + n.name for n in node.body if isinstance(n, _DEFS)
+                                     and not isinstance(n, ast.ClassDef)],
+                         "refs": _names(header)}
             _outline(node.body, key + ".", out, info)
         else:
             out[key] = _digest([node])
-            info[key] = {"decorated": any(not _is_builtin_decorator(d) for d in node.decorator_list)}
+            info[key] = {"decorated": any(not _is_builtin_decorator(d) for d in node.decorator_list),
+                         "refs": _names([node])}
+
+
+def _imported_from(path, node):
+    """The file a top-level ``from ... import`` of the module at ``path`` reads (a relative
+    import, or an absolute one of the module's own top-level package), or None."""
+    path = Path(path).resolve()
+    if node.level:
+        base = path.parent
+        for _ in range(node.level - 1):
+            base = base.parent
+    else:
+        top = path.parent
+        while (top.parent / "__init__.py").is_file():
+            top = top.parent
+        if not node.module or node.module.split(".")[0] != top.name:
+            return None
+        base = top.parent
+    parts = node.module.split(".") if node.module else []
+    target = base.joinpath(*parts) if parts else base
+    for candidate in (target.with_suffix(".py"), target / "__init__.py"):
+        if candidate.is_file():
+            return str(candidate)
+    return None
 
 
 def _parse(path):
+    """``(hashes, info)``: each definition's hash, and what the checks need to know of it
+    (``bases`` and ``methods`` of a class, ``decorated``, ``constant``, the names it reads,
+    ``refs``; under ``"<module>"`` also ``imports``: ``{name: (file, name there)}``)."""
     tree = _Normalise().visit(ast.parse(Path(path).read_text()))
     out, info = {}, {}
-    out[MODULE] = _digest([s for s in tree.body if not isinstance(s, (*_DEFS, ast.Import, ast.ImportFrom))
-                           and not _is_all(s)])
+    rest, constants, imports = [], {}, {}
+    for s in tree.body:
+        if isinstance(s, ast.ImportFrom):
+            source = _imported_from(path, s)
+            if source is not None:
+                imports.update({a.asname or a.name: (source, a.name) for a in s.names})
+        if isinstance(s, (*_DEFS, ast.Import, ast.ImportFrom)) or _is_all(s):
+            continue
+        names = _constant_names(s)
+        for name in names:
+            constants.setdefault(name, []).append(s)
+        if not names:
+            rest.append(s)
+    out[MODULE] = _digest(rest)
+    info[MODULE] = {"refs": _names(rest), "imports": imports}
+    for name, stmts in constants.items():  # a module constant is a definition of its own
+        out[name] = _digest(stmts)
+        info[name] = {"constant": True, "refs": _names([s.value for s in stmts])}
     _outline(tree.body, "", out, info)
     return out, info
 
@@ -198,17 +269,58 @@ def known_definitions(files, relative_to):
     return {str(Path(f).resolve().relative_to(relative_to)): sorted(definition_hashes(f)) for f in files}
 
 
+def counted_definitions(parsed, ran):
+    """What a run depended on, given the functions and methods it ran (``ran``: ``{file:
+    keys}``; ``parsed``: ``{file: _parse(file)}``): those, each module's top-level
+    statements, the header of each class one of whose own methods ran (or that has none,
+    or is decorated, e.g. a dataclass), with every skfg class it inherits from, and the
+    module constants all of these read, directly, through an import or through another
+    constant. ``{file: {definition: hash}}``."""
+    classes = {}  # class name -> (file, key)
+    for f, (_, info) in parsed.items():
+        for key, meta in info.items():
+            if "bases" in meta:
+                classes.setdefault(key.split(".")[-1], (f, key))
+    keys = {f: {MODULE} | set(ran.get(f, ())) for f in parsed}
+    for f, (_, info) in parsed.items():
+        for key, meta in info.items():
+            if "bases" in meta and (meta["decorated"] or not meta["methods"]
+                                    or any(m in keys[f] for m in meta["methods"])):
+                keys[f].add(key)
+                bases = {key.split(".")[-1]} | _ancestors(key.split(".")[-1], {
+                    n: parsed[g][1][k]["bases"] for n, (g, k) in classes.items()})
+                for name in bases:
+                    if name in classes:
+                        keys[classes[name][0]].add(classes[name][1])
+    work = [(f, k) for f, ks in keys.items() for k in ks]
+    while work:
+        f, key = work.pop()
+        info = parsed[f][1]
+        for name in info.get(key, {}).get("refs", ()):
+            target, hops = (f, name), 0
+            while target is not None and target[0] in parsed and hops < 8:
+                there = parsed[target[0]][1]
+                if there.get(target[1], {}).get("constant"):
+                    if target[1] not in keys[target[0]]:
+                        keys[target[0]].add(target[1])
+                        work.append(target)
+                    break
+                target, hops = there[MODULE]["imports"].get(target[1]), hops + 1  # a re-export
+    return {f: {k: parsed[f][0][k] for k in sorted(ks) if k in parsed[f][0]} for f, ks in keys.items()}
+
+
 def executed_definitions(files, tracer, relative_to):
     """``{module path: {definition: hash}}`` of the definitions the traced process ran in
-    ``files``. A module's top-level statements and its class headers ran at import (before
-    any tracer started, perhaps) and are always counted."""
-    stamp = {}
+    ``files``, with what they depend on (:func:`counted_definitions`): a module's top-level
+    statements and class headers ran at import (before any tracer started, perhaps); a
+    class header counts when the class was used, a constant when counted code reads it."""
+    parsed = {str(Path(f).resolve()): _parse(f) for f in files}
+    ran = {}
     for f, qualnames in tracer.executed(files).items():
-        hashes, info = _parse(f)
-        keys = ({MODULE} | {k for k, meta in info.items() if "bases" in meta}
-                | {definition_of(q, hashes) for q in qualnames})
-        stamp[str(Path(f).resolve().relative_to(relative_to))] = {k: hashes[k] for k in sorted(keys)}
-    return stamp
+        hashes = parsed[str(Path(f).resolve())][0]
+        ran[str(Path(f).resolve())] = {definition_of(q, hashes) for q in qualnames}
+    counted = counted_definitions(parsed, ran)
+    return {str(Path(f).relative_to(Path(relative_to).resolve())): v for f, v in counted.items()}
 
 
 def _ancestors(cls, classes, seen=None):
@@ -268,15 +380,20 @@ def stale_definitions(stamp_definitions, repo, known=None):
     return changed
 
 
+# How definitions are hashed and counted: 2 since module constants are definitions of their
+# own and a class header counts only when the class was used (stamps without "hashing": 1).
+HASHING = 2
+
+
 def _unchanged_definitions(stamp, repo):
-    """``{module: definition hashes}`` of the stamp's modules as they are now, or ``None``
-    when one of them no longer hashes as recorded (the code is not the code that ran)."""
+    """``{module: _parse(module)}`` of the stamp's modules as they are now, or ``None`` when
+    one of them no longer hashes as recorded (the code is not the code that ran)."""
     current = {}
     for module, h in stamp["code"].items():
         path = Path(repo) / module
         if not path.is_file() or code_hash(path) != h:
             return None
-        current[module] = definition_hashes(path)
+        current[module] = _parse(path)
     return current
 
 
@@ -285,27 +402,54 @@ def upgrade_stamp(stamp, repo):
     ``None`` when a module no longer hashes as recorded (the stamp is stale: re-run)."""
     if "definitions" in stamp:
         return stamp
-    definitions = _unchanged_definitions(stamp, repo)
-    if definitions is None:
-        return None
-    return dict(stamp, definitions=definitions, known={m: sorted(d) for m, d in definitions.items()},
-                executed="unknown: every definition of the imported modules")
-
-
-def refresh_stamp(stamp, repo):
-    """A per-definition stamp rehashed with the current normalisation, and given the list of
-    every definition its modules had (``known``), while each module still hashes as recorded
-    (then the code is the code that ran, and only how it is hashed changed); ``None`` when a
-    module changed (stale: re-run). Earlier runs' stamps are refreshed alike."""
-    if "definitions" not in stamp:
-        return upgrade_stamp(stamp, repo)
     current = _unchanged_definitions(stamp, repo)
     if current is None:
         return None
-    out = dict(stamp)
-    out["definitions"] = {m: {k: current[m][k] for k in keys if k in current[m]}
-                          for m, keys in stamp["definitions"].items()}
-    out["known"] = {m: sorted(d) for m, d in current.items()}
+    return dict(stamp, definitions={m: hashes for m, (hashes, _) in current.items()},
+                known={m: sorted(hashes) for m, (hashes, _) in current.items()},
+                executed="unknown: every definition of the imported modules", hashing=HASHING)
+
+
+def _recorded_unchanged(stamp, repo):
+    """``{module: _parse(module)}`` of a per-definition stamp's modules when every definition
+    it recorded still hashes as recorded, the way the stamp hashed it (``"<module>"`` with the
+    module constants before :data:`HASHING` 2); ``None`` otherwise (stale: re-run)."""
+    current = {}
+    for module, recorded in stamp["definitions"].items():
+        path = Path(repo) / module
+        if not path.is_file():
+            return None
+        hashes, info = current[module] = _parse(path)
+        if stamp.get("hashing", 1) < 2:
+            tree = _Normalise().visit(ast.parse(path.read_text()))
+            hashes = dict(hashes, **{MODULE: _digest([s for s in tree.body if not isinstance(
+                s, (*_DEFS, ast.Import, ast.ImportFrom)) and not _is_all(s)])})
+        if any(hashes.get(k) != h for k, h in recorded.items()):
+            return None
+    return current
+
+
+def refresh_stamp(stamp, repo):
+    """A per-definition stamp recounted and rehashed the current way (:data:`HASHING`), while
+    every definition it recorded is unchanged (then the code that ran is the code that is
+    there, and only how it is hashed and counted changed); ``None`` when one changed
+    (stale: re-run). The functions and methods it recorded stay; the rest is recounted
+    (:func:`counted_definitions`); ``known`` becomes every definition the modules have now
+    (none new since can have run: the code that ran is unchanged). Earlier runs' stamps are
+    refreshed alike."""
+    if "definitions" not in stamp:
+        return upgrade_stamp(stamp, repo)
+    current = _recorded_unchanged(stamp, repo)
+    if current is None:
+        return None
+    files = {str((Path(repo) / m).resolve()): m for m in current}  # imports name files
+    by_file = {f: current[m] for f, m in files.items()}
+    ran = {f: {k for k in stamp["definitions"][m] if k != MODULE and "bases" not in by_file[f][1].get(k, {})
+               and not by_file[f][1].get(k, {}).get("constant")}
+           for f, m in files.items()}
+    out = dict(stamp, hashing=HASHING)
+    out["definitions"] = {files[f]: v for f, v in counted_definitions(by_file, ran).items()}
+    out["known"] = {m: sorted(hashes) for m, (hashes, _) in current.items()}
     if "earlier_runs" in stamp:
         out["earlier_runs"] = {}
         for run, earlier in stamp["earlier_runs"].items():
@@ -343,7 +487,7 @@ def main(argv=None):
         saved = json.loads(path.read_text())
         stamp = saved.get("provenance")
         kind = status(stamp)
-        if stamp and (kind == "per module" or "known" not in stamp):
+        if stamp and (kind == "per module" or stamp.get("hashing", 1) < HASHING):
             upgraded = refresh_stamp(stamp, repo)
             if upgraded is None:
                 kind += ", stale: re-run it"

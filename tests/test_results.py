@@ -1,6 +1,7 @@
 """Published numbers stay true: no stamped result file may outlive a change to the code
 it measured (``benchmarks/_common.py`` stamps each with the hashes of that code)."""
 
+import ast
 import importlib
 import importlib.util
 import json
@@ -13,8 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _common import code_hash, provenance, stale_results, unbacked_numbers  # noqa: E402
-from _provenance import (Tracer, definition_hashes, definition_of, executed_definitions,  # noqa: E402
-                         stale_definitions, status, upgrade_stamp)
+import _provenance  # noqa: E402
+from _provenance import (HASHING, Tracer, _parse, counted_definitions, definition_hashes,  # noqa: E402
+                         definition_of, executed_definitions, refresh_stamp, stale_definitions, status,
+                         upgrade_stamp)
 
 
 def test_no_stamped_result_is_older_than_the_code_it_measures():
@@ -91,8 +94,9 @@ def g(x):
 
 
 def _stamp_of(tmp_path, executed):
-    hashes = definition_hashes(tmp_path / "skfg" / "m.py")
-    return {"skfg/m.py": {k: hashes[k] for k in executed}}
+    """The stamp of a run that executed these definitions, counted as a traced run's is."""
+    path = str((tmp_path / "skfg" / "m.py").resolve())
+    return {"skfg/m.py": counted_definitions({path: _parse(path)}, {path: set(executed)})[path]}
 
 
 def _edited(tmp_path, old, new):
@@ -112,7 +116,8 @@ def test_the_definition_check_flags_only_changes_to_code_that_ran(tmp_path):
         ("return 0", "return 5"): [],  # nor C.unused
         ("return x + 1", "return x + 2"): ["skfg/m.py:f"],
         ("return y + 1", "return y + 2"): ["skfg/m.py:C.m"],  # a nested function belongs to its method
-        ("SCALE = 2", "SCALE = 3"): ["skfg/m.py:<module>"],
+        ("SCALE = 2", "SCALE = 3"): ["skfg/m.py:SCALE"],  # C.m reads it
+        ("SCALE = 2", "SCALE = 2\nif SCALE:\n    pass"): ["skfg/m.py:<module>"],
         ("k = 3", "k = 4"): ["skfg/m.py:C"],
         ("class C(Base):", "class C(Base, dict):"): ["skfg/m.py:C"],
         ('"""Doc."""\n        def', '"""Other doc."""\n        def'): [],
@@ -164,7 +169,8 @@ def test_the_tracer_records_the_definitions_a_run_executes(tmp_path):
     finally:
         tracer.stop()
     stamp = executed_definitions([path], tracer, tmp_path)
-    assert set(stamp["skfg/m.py"]) == {"<module>", "Base", "C", "C.m"}  # class headers ran at import
+    # class headers ran at import: C's counts (C.m ran), with its base; SCALE is read by C.m
+    assert set(stamp["skfg/m.py"]) == {"<module>", "Base", "C", "C.m", "SCALE"}
     assert definition_of("C.m.<locals>.inner", stamp["skfg/m.py"]) == "C.m"
     assert definition_of("<listcomp>", stamp["skfg/m.py"]) == "<module>"
 
@@ -183,6 +189,97 @@ def test_a_per_module_stamp_upgrades_only_while_its_code_is_unchanged(tmp_path):
     assert [status(s) for s in (None, legacy, upgraded)] == ["unstamped", "per module", "every definition"]
     traced = {"definitions": {}, "executed": "traced"}
     assert status(traced) == "traced" and status(dict(traced, earlier_runs={"x": upgraded})) == "every definition"
+
+
+OTHER = '''
+RECIPE = {"lr": 0.01}
+UNUSED_RECIPE = {"lr": 0.1}
+'''
+
+CONSTANTS = '''
+import dataclasses
+
+from .other import RECIPE as DEFAULTS, UNUSED_RECIPE
+
+LIMIT = 10
+DOUBLE = 2 * LIMIT
+NEVER = 3
+
+
+class Used:
+    settings = DEFAULTS
+
+    def m(self):
+        return DOUBLE
+
+
+class Unused:
+    settings = UNUSED_RECIPE
+
+    def m(self):
+        return NEVER
+
+
+@dataclasses.dataclass
+class Data:
+    size: int = 4
+
+
+def f():
+    return Used().m()
+'''
+
+
+def test_a_constant_or_class_header_counts_only_when_code_that_ran_reads_it(tmp_path):
+    (tmp_path / "skfg").mkdir()
+    (tmp_path / "skfg" / "__init__.py").write_text("")
+    (tmp_path / "skfg" / "other.py").write_text(OTHER)
+    path = tmp_path / "skfg" / "m.py"
+    path.write_text(CONSTANTS)
+    files = [str((tmp_path / "skfg" / n).resolve()) for n in ("m.py", "other.py")]
+    counted = counted_definitions({f: _parse(f) for f in files}, {files[0]: {"f", "Used.m"}})
+    # DOUBLE read by Used.m, LIMIT through DOUBLE, RECIPE through an import (renamed) in a used
+    # class's header; a dataclass's header counts (its methods are generated); Unused does not
+    assert set(counted[files[0]]) == {"<module>", "f", "Used", "Used.m", "DOUBLE", "LIMIT", "Data"}
+    assert set(counted[files[1]]) == {"<module>", "RECIPE"}
+    stamp = {f"skfg/{n}": counted[f] for n, f in zip(("m.py", "other.py"), files)}
+    assert stale_definitions(stamp, tmp_path) == []
+    cases = {
+        ("m.py", "LIMIT = 10", "LIMIT = 11"): ["skfg/m.py:LIMIT"],
+        ("m.py", "NEVER = 3", "NEVER = 4"): [],  # only Unused.m, which never ran, reads it
+        ("m.py", "settings = UNUSED_RECIPE", "settings = None"): [],  # a class that was not used
+        ("m.py", "size: int = 4", "size: int = 5"): ["skfg/m.py:Data"],
+        ("other.py", '{"lr": 0.01}', '{"lr": 0.02}'): ["skfg/other.py:RECIPE"],
+        ("other.py", '{"lr": 0.1}', '{"lr": 0.2}'): [],
+    }
+    for (name, old, new), expected in cases.items():
+        source = CONSTANTS if name == "m.py" else OTHER
+        assert old in source, old
+        (tmp_path / "skfg" / name).write_text(source.replace(old, new, 1))
+        assert stale_definitions(stamp, tmp_path) == expected, (old, new)
+        (tmp_path / "skfg" / name).write_text(source)
+
+
+def test_a_stamp_hashed_the_earlier_way_is_recounted_only_while_what_it_ran_is_unchanged(tmp_path):
+    (tmp_path / "skfg").mkdir()
+    path = tmp_path / "skfg" / "m.py"
+    path.write_text(MODULE)
+    hashes = definition_hashes(path)
+    # hashing 1: "<module>" covered the constants, every class header counted
+    tree = ast.parse(MODULE)
+    old_module = _provenance._digest([s for s in _provenance._Normalise().visit(tree).body
+                                      if isinstance(s, ast.Assign) and s.targets[0].id != "__all__"])
+    old = {"executed": "traced", "definitions": {"skfg/m.py": {
+        "<module>": old_module, "Base": hashes["Base"], "C": hashes["C"], "C.m": hashes["C.m"]}}}
+    assert stale_definitions(old["definitions"], tmp_path) == ["skfg/m.py:<module>"]  # hashed otherwise
+    refreshed = refresh_stamp(old, tmp_path)
+    assert refreshed["hashing"] == HASHING
+    assert set(refreshed["definitions"]["skfg/m.py"]) == {"<module>", "Base", "C", "C.m", "SCALE"}
+    assert stale_definitions(refreshed["definitions"], tmp_path, refreshed["known"]) == []
+    _edited(tmp_path, "return x - 1", "return x - 2")  # g never ran
+    assert refresh_stamp(old, tmp_path) is not None
+    _edited(tmp_path, "SCALE = 2", "SCALE = 3")  # read by C.m, which ran
+    assert refresh_stamp(old, tmp_path) is None
 
 
 # Numbers in the docs with no result file behind them, each with the reason it may stay.
