@@ -48,7 +48,7 @@ from skfg._training import resolve_precision
 from skfg.images import Augmentation
 
 OLD = dict(optimizer="adam", lr=3e-3, weight_decay=1e-4, trainable_blocks=2, label_smoothing=0.0, warmup_epochs=0,
-           head_epochs=0, freeze_batchnorm=False,
+           head_epochs=0, freeze_batchnorm=False, divergence_guard=None,
            augment=Augmentation(crop_ratio=1.0, scale=(0.25, 1.0), trivial_augment=False, erasing=0.0))
 # name -> (SoftmaxClassifier parameters, note); None is the plain torchvision loop
 ROWS = {
@@ -63,6 +63,8 @@ ROWS = {
     "no_warmup": ({"warmup_epochs": 0}, "ablation"),
     "no_frozen_batchnorm": ({"freeze_batchnorm": False}, "ablation: BatchNorm on batch statistics"),
     "no_head_epochs": ({"head_epochs": 0}, "ablation: no linear probing first"),
+    "no_divergence_guard": ({"divergence_guard": None}, "ablation: no divergence guard"),
+    "grad_clip_5": ({"max_grad_norm": 5.0}, "gradient norm clipped to 5"),
     "lr_0.03": ({"lr": 0.03}, "the head at 0.03, the backbone at 0.02"),
     "lr_0.003": ({"lr": 0.003}, "the head at 0.003, the backbone at 0.002"),
     "mild_augment": ({"augment": Augmentation(scale=(0.5, 1.0))},
@@ -362,6 +364,8 @@ def main():
                         "budget_minutes": args.budget if name in SHARED else None,
                         "train_images_per_s": ips, "val_accuracy": val, "test_accuracy": test,
                         "predict_ms_per_image": ms, "machine_gflops": gflops,
+                        "loss_history": [h.get("loss") for h in history],
+                        "lr_halvings": history[-1].get("lr_halvings", 0) if history else 0,
                         "date": time.strftime("%Y-%m-%d", time.gmtime())})
         print(results[-1], flush=True)
         order = {n: i for i, n in enumerate(ROWS)}

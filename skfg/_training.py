@@ -220,6 +220,8 @@ def fit_loop(
     epoch_callback=None,
     precision=None,
     ema_decay=None,
+    max_grad_norm=None,
+    divergence_factor=None,
 ):
     """Train ``module`` for up to ``max_epochs`` epochs.
 
@@ -261,12 +263,25 @@ def fit_loop(
         Keep an exponential moving average of the weights (updated after every step,
         ``torch.optim.swa_utils``); validation, the best-epoch choice and the result use
         the averaged weights.
+    max_grad_norm : float, optional
+        Clip the gradient of the optimiser's parameters to this global L2 norm before
+        each step (``torch.nn.utils.clip_grad_norm_``; after unscaling under a
+        ``GradScaler``). The history then records each epoch's mean norm before clipping
+        (``grad_norm``) and the fraction of steps clipped (``clipped``).
+    divergence_factor : float, optional
+        Guard against a diverging run: when an epoch's mean training loss exceeds this
+        factor times the lowest epoch loss so far, the module and the optimiser go back
+        to their state at the end of that epoch (the EMA too), every learning rate is
+        halved for the rest of the run (the schedule goes on from where it is) and a
+        ``RuntimeWarning`` says so. The history then records ``lr_halvings`` (so far).
 
     Returns
     -------
     result : dict
         ``history`` (list of per-epoch dicts: epoch, loss, val_score, val_loss, seconds,
-        train_seconds (the mini-batches only, without validation), n_samples, lr),
+        train_seconds (the mini-batches only, without validation), n_samples, lr, and
+        with ``max_grad_norm`` grad_norm and clipped, with ``divergence_factor``
+        lr_halvings),
         ``best_epoch``, ``interrupted`` and ``resumed_from`` (epoch or None).
 
     Notes
@@ -284,8 +299,10 @@ def fit_loop(
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         ema = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
-    state = {"epoch": 0, "history": [], "best": [-np.inf, np.inf], "best_epoch": 0, "bad_epochs": 0}
+    state = {"epoch": 0, "history": [], "best": [-np.inf, np.inf], "best_epoch": 0, "bad_epochs": 0,
+             "lowest_loss": np.inf, "lr_halvings": 0}
     best_weights = _cpu_state(module)
+    lowest = None  # (module state, optimiser state, EMA state) at the lowest-loss epoch
     checkpoint = _Checkpoint(checkpoint_dir, signature) if checkpoint_dir else None
     resumed_from = None
     if checkpoint is not None:
@@ -303,13 +320,15 @@ def fit_loop(
             if generator is not None:
                 generator.set_state(saved["generator_rng"])
             best_weights = saved["best_weights"]
-            state = {k: saved[k] for k in state}
+            lowest = saved.get("lowest")
+            state = {k: saved.get(k, v) for k, v in state.items()}
             resumed_from = state["epoch"]
     progress = None
     if verbose:
         from tqdm.auto import tqdm
 
         progress = tqdm(total=max_epochs, initial=state["epoch"], desc="epochs", unit="epoch")
+    clipped_params = [p for g in optimizer.param_groups for p in g["params"]]
     interrupted = False
     try:
         for epoch in range(state["epoch"], max_epochs):
@@ -318,7 +337,7 @@ def fit_loop(
                 with torch.no_grad():
                     epoch_callback(epoch)
             set_train_mode()
-            total, count = 0.0, 0
+            total, count, norms = 0.0, 0, []
             for batch in batches:
                 optimizer.zero_grad(set_to_none=True)
                 with autocast():
@@ -330,9 +349,15 @@ def fit_loop(
                     )
                 if scaler is None:
                     loss.backward()
-                    optimizer.step()
                 else:
                     scaler.scale(loss).backward()
+                    if max_grad_norm is not None:
+                        scaler.unscale_(optimizer)
+                if max_grad_norm is not None:
+                    norms.append(float(torch.nn.utils.clip_grad_norm_(clipped_params, max_grad_norm)))
+                if scaler is None:
+                    optimizer.step()
+                else:
                     scaler.step(optimizer)
                     scaler.update()
                 if scheduler is not None:
@@ -342,6 +367,31 @@ def fit_loop(
                 total += float(loss.detach()) * n
                 count += n
             train_seconds = time.perf_counter() - t0
+            epoch_loss = total / max(count, 1)
+            if divergence_factor is not None:
+                if epoch_loss > divergence_factor * state["lowest_loss"]:
+                    rates = [g["lr"] for g in optimizer.param_groups]
+                    module.load_state_dict(lowest[0])
+                    optimizer.load_state_dict(lowest[1])
+                    if ema is not None:
+                        ema.load_state_dict(lowest[2])
+                    for g, rate in zip(optimizer.param_groups, rates):
+                        g["lr"] = rate / 2
+                    if scheduler is not None:
+                        scheduler.base_lrs = [rate / 2 for rate in scheduler.base_lrs]
+                    state["lr_halvings"] += 1
+                    warnings.warn(
+                        f"The training loss rose to {epoch_loss:.4g} at epoch {epoch + 1}, above "
+                        f"{divergence_factor:g} x its lowest ({state['lowest_loss']:.4g}): the run diverged. Going "
+                        f"back to the weights of that epoch with the learning rates halved (x{0.5 ** state['lr_halvings']:g} "
+                        "in all).",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                elif epoch_loss < state["lowest_loss"]:
+                    state["lowest_loss"] = epoch_loss
+                    lowest = (_cpu_state(module), copy.deepcopy(optimizer.state_dict()),
+                              copy.deepcopy(ema.state_dict()) if ema is not None else None)
             if ema is not None:  # from here on the module holds the averaged weights
                 trained = _cpu_state(module)
                 module.load_state_dict(ema.module.state_dict())
@@ -352,7 +402,7 @@ def fit_loop(
                     score, val_loss = (float(v) for v in validate())
             record = {
                 "epoch": epoch + 1,
-                "loss": total / max(count, 1),
+                "loss": epoch_loss,
                 "val_score": score,
                 "val_loss": val_loss,
                 "seconds": time.perf_counter() - t0,
@@ -360,6 +410,11 @@ def fit_loop(
                 "n_samples": count,
                 "lr": optimizer.param_groups[-1]["lr"],
             }
+            if divergence_factor is not None:
+                record["lr_halvings"] = state["lr_halvings"]
+            if max_grad_norm is not None:
+                record["grad_norm"] = float(np.mean(norms)) if norms else None
+                record["clipped"] = float(np.mean(np.asarray(norms) > max_grad_norm)) if norms else None
             state["history"].append(record)
             state["epoch"] = epoch + 1
             best_score, best_loss = state["best"]
@@ -383,6 +438,7 @@ def fit_loop(
                     "torch_rng": torch.get_rng_state(),
                     "generator_rng": generator.get_state() if generator is not None else None,
                     "best_weights": best_weights,
+                    "lowest": lowest,
                 })
             logger.info("epoch %d/%d: loss %.4f, val score %s, %.1f s", epoch + 1, max_epochs, record["loss"],
                         "-" if score is None else f"{score:.4f}", record["seconds"])

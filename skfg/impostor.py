@@ -145,6 +145,11 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
     warmup_epochs, precision, ema_decay, freeze_batchnorm : as in :class:`skfg.SoftmaxClassifier`.
     label_smoothing : float or "auto", default="auto"
         ``"auto"``: 0 (the RBF vote's probabilities are not smoothed).
+    max_grad_norm : float or None, default=None
+        As in :class:`skfg.SoftmaxClassifier`.
+    divergence_guard : float, None or "auto", default="auto"
+        As in :class:`skfg.SoftmaxClassifier`, but ``"auto"`` is None (no guard) in both
+        modes: the Adam fine-tuning here was measured without it.
     max_epochs : int or "auto", default="auto"
         ``"auto"``: 60 on features, 22 when fine-tuning.
     batch_size : int or "auto", default="auto"
@@ -205,7 +210,7 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
     # (all stages, warm-up, augmentation) is shared. Not yet re-tuned on the recipe's base.
     _feature_defaults = {**FEATURE_DEFAULTS, "lr": 1e-3}
     _fine_tune_defaults = {**FINE_TUNE_RECIPE, "optimizer": "adam", "lr": 1e-3, "backbone_lr_scale": 0.1,
-                           "label_smoothing": 0.0, "head_epochs": 0}
+                           "label_smoothing": 0.0, "head_epochs": 0, "divergence_guard": None}
 
     _parameter_constraints = {
         **BaseTorchClassifier._parameter_constraints,
@@ -252,6 +257,8 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
         label_smoothing="auto",
         precision="auto",
         ema_decay=None,
+        max_grad_norm=None,
+        divergence_guard="auto",
         freeze_batchnorm=True,
         max_epochs="auto",
         batch_size="auto",
@@ -289,6 +296,8 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
         self.label_smoothing = label_smoothing
         self.precision = precision
         self.ema_decay = ema_decay
+        self.max_grad_norm = max_grad_norm
+        self.divergence_guard = divergence_guard
         self.freeze_batchnorm = freeze_batchnorm
         self.max_epochs = max_epochs
         self.batch_size = batch_size

@@ -88,6 +88,11 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
     momentum, schedule, warmup_epochs, label_smoothing, precision, ema_decay, freeze_batchnorm, max_epochs,
     batch_size, validation_fraction, n_iter_no_change, random_state, device, checkpoint_dir, verbose :
         As in :class:`skfg.SoftmaxClassifier` (``head_epochs="auto"`` is 0 here).
+    max_grad_norm : float or None, default=None
+        As in :class:`skfg.SoftmaxClassifier`.
+    divergence_guard : float, None or "auto", default="auto"
+        As in :class:`skfg.SoftmaxClassifier`, but ``"auto"`` is None (no guard) in both
+        modes: the Adam fine-tuning here was measured without it.
     optimizer, lr, weight_decay : "auto" or as in :class:`skfg.SoftmaxClassifier`
         ``"auto"``: Adam at 3e-3 without weight decay, on features and when fine-tuning
         (the softmax recipe's SGD setting is not yet tuned for the cosine head).
@@ -130,7 +135,7 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
     # recipe's base.
     _feature_defaults = {**FEATURE_DEFAULTS, "weight_decay": 0.0}
     _fine_tune_defaults = {**FINE_TUNE_RECIPE, "optimizer": "adam", "lr": 3e-3, "backbone_lr_scale": 0.1,
-                           "weight_decay": 0.0, "head_epochs": 0}
+                           "weight_decay": 0.0, "head_epochs": 0, "divergence_guard": None}
 
     _parameter_constraints = {
         **BaseTorchClassifier._parameter_constraints,
@@ -165,6 +170,8 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         label_smoothing="auto",
         precision="auto",
         ema_decay=None,
+        max_grad_norm=None,
+        divergence_guard="auto",
         freeze_batchnorm=True,
         max_epochs="auto",
         batch_size="auto",
@@ -196,6 +203,8 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         self.label_smoothing = label_smoothing
         self.precision = precision
         self.ema_decay = ema_decay
+        self.max_grad_norm = max_grad_norm
+        self.divergence_guard = divergence_guard
         self.freeze_batchnorm = freeze_batchnorm
         self.max_epochs = max_epochs
         self.batch_size = batch_size

@@ -93,6 +93,64 @@ def test_nan_loss_is_a_clear_error():
         fit_loop(module, [0], lambda b: (torch.tensor(float("nan"), requires_grad=True), 1), optimizer=opt, max_epochs=2)
 
 
+def test_gradient_clipping_bounds_each_step_and_is_recorded():
+    """``max_grad_norm`` clips the global gradient norm before the step: plain SGD at lr 1
+    then moves the weights by at most that norm, and the history records the norm."""
+    torch.manual_seed(0)
+    moved = {}
+    for clip in (None, 0.5):
+        module = nn.Linear(3, 1)
+        start = torch.cat([p.detach().flatten().clone() for p in module.parameters()])
+        opt = make_optimizer([{"params": module.parameters()}], "sgd", lr=1.0, momentum=0)
+        x = torch.full((4, 3), 10.0)  # a steep loss: gradient norm far above 0.5
+        result = fit_loop(module, [x], lambda b: ((module(b) - 100).pow(2).mean(), len(b)), optimizer=opt,
+                          max_epochs=1, max_grad_norm=clip)
+        moved[clip] = float((torch.cat([p.detach().flatten() for p in module.parameters()]) - start).norm())
+        record = result["history"][0]
+        if clip is None:
+            assert "grad_norm" not in record
+        else:
+            assert record["grad_norm"] > 100 and record["clipped"] == 1.0
+    assert moved[0.5] == pytest.approx(0.5, rel=1e-4) and moved[None] > 100
+
+
+def test_a_diverging_run_goes_back_to_its_lowest_loss_at_half_the_rate():
+    """``divergence_factor``: an epoch whose loss is above the factor times the lowest so far
+    restores the module and optimiser of that epoch and halves the learning rates."""
+    module = nn.Linear(2, 1)
+    nn.init.zeros_(module.weight), nn.init.zeros_(module.bias)
+    opt = make_optimizer([{"params": module.parameters()}], "sgd", lr=0.1, momentum=0)
+    scripted, epoch, after = [1.0, 0.8, 5.0, 0.5], [0], []
+
+    def step(x):
+        return scripted[epoch[0]] + module(x).mean(), len(x)  # every step moves each weight by -lr
+
+    def callback(e):
+        epoch[0] = e
+        after.append(module.bias.item())
+
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        result = fit_loop(module, [torch.ones(4, 2)], step, optimizer=opt, max_epochs=4, divergence_factor=1.5,
+                          epoch_callback=callback)
+    # epoch losses 1.0, 0.5, 4.4 (> 1.5 x 0.5): back to the weights after epoch 2 (-0.2), then one step at 0.05
+    assert after == pytest.approx([0.0, -0.1, -0.2, -0.2])
+    assert module.bias.item() == pytest.approx(-0.25)
+    assert [r["lr_halvings"] for r in result["history"]] == [0, 0, 1, 1]
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+
+
+def test_the_guard_is_on_when_fine_tuning_only(blobs):
+    X, y = blobs
+    clf = SoftmaxClassifier(max_epochs=2, random_state=0).fit(X, y)
+    assert clf._setting("divergence_guard") is None and "lr_halvings" not in clf.history_[-1]
+    clf = SoftmaxClassifier(max_epochs=2, divergence_guard=2.0, max_grad_norm=1.0, random_state=0).fit(X, y)
+    assert clf.history_[-1]["lr_halvings"] == 0 and "grad_norm" in clf.history_[-1]
+    assert SoftmaxClassifier(extractor=object())._setting("divergence_guard") == 1.5
+    for bad in ({"divergence_guard": 1.0}, {"max_grad_norm": 0.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            SoftmaxClassifier(**bad).fit(X, y)
+
+
 def weights(clf):
     return {k: v.clone() for k, v in clf.module_.state_dict().items()}
 
@@ -108,7 +166,8 @@ def test_same_random_state_gives_identical_weights(blobs):
 
 def test_resume_from_checkpoint_equals_uninterrupted_run(blobs, tmp_path, monkeypatch):
     X, y = blobs
-    params = dict(embedding_dim=8, dropout=0.2, max_epochs=6, n_iter_no_change=None, batch_size=12, random_state=0)
+    params = dict(embedding_dim=8, dropout=0.2, max_epochs=6, n_iter_no_change=None, batch_size=12, random_state=0,
+                  divergence_guard=1.05)  # the guard's state is checkpointed too
     full = SoftmaxClassifier(**params).fit(X, y)
 
     calls = {"n": 0}
