@@ -9,7 +9,8 @@ head for ``head_epochs`` on cached features, seconds in all). Rows:
 - ``recipe (default)``: ``SoftmaxClassifier(extractor=CNNFeatureExtractor())`` with
   every parameter at its default, for its default epochs (the headline; its own budget).
 - At an equal, shorter wall-time budget (``--budget`` minutes each; every row's epochs
-  are the budget over its measured epoch time): the recipe itself, the old recipe
+  are the budget over its measured step time, timed once per network shape, so rows that
+  differ only in hyper-parameters train equally many epochs): the recipe itself, the old recipe
   (Adam 3e-3, last 2 stages, crop + flip at full size: the 52.7 % row of
   ``finetune.md``), a plain torchvision loop (PIL decoding every epoch, RandomResizedCrop
   + flip, SGD with step decay, contiguous memory), each ingredient removed (or, for the
@@ -329,6 +330,7 @@ def main():
                      f"now {gflops:.0f}); a wall-time budget compares only on one machine: re-run them too")
     if budgets and not any(n in SHARED for n in names):
         args.budget = budgets.pop()  # the note states the merged shared rows' budget
+    step_costs = {}
     for name, seed in todo:
         params, note = ROWS[name]
         params = None if params is None else dict(params)
@@ -340,7 +342,12 @@ def main():
             crop = size if aug is None else aug.crop_size(size)
             blocks = 9 if params is None else {"all": 9, "auto": 9}.get(params.get("trainable_blocks", "auto"),
                                                                         params.get("trainable_blocks"))
-            per_image = step_seconds(backbone, crop, 32, blocks, channels_last=params is not None)
+            key = (backbone, crop, blocks, params is not None)
+            if key not in step_costs:  # once per network shape: rows that differ only in
+                # their hyper-parameters get the same epochs, not each its own timing noise
+                step_costs[key] = step_seconds(backbone, crop, 32, blocks, channels_last=params is not None,
+                                               steps=12)
+            per_image = step_costs[key]
             epochs = max(1, int(args.budget * 60 / (per_image * len(ytr) * (1.0 if params is None else 0.9))))
         t = time.perf_counter()
         if params is None:

@@ -84,6 +84,15 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         training data given to ``fit`` (features, or the image references) and trains on
         it too; ``"weights"`` stores nothing and trains only the new templates and the
         scale.
+    calibrate_imprints : bool, default=True
+        Give an imprinted template the trained templates' mean cosine ``a`` with the
+        base data's mean embedding ``mu`` (``embedding_mean_``): ``w = a * u + sqrt(1 -
+        a**2) * normalize(m - (m . u) u)`` with ``u = mu / |mu|`` and ``m`` the exemplars'
+        mean embedding, instead of the paper's ``normalize(m)`` (``False``, section 4.2).
+        Trained templates are nearly orthogonal to ``mu`` (the softmax gains nothing from
+        the component every embedding shares) while a plain average of embeddings
+        carries it, so plain imprinted templates score high on every input and out-vote
+        the trained classes (see ``docs/imprinting.rst``).
     extractor, trainable_blocks, augment, cache_frozen, head_epochs, warm_start, backbone_lr_scale,
     momentum, schedule, warmup_epochs, label_smoothing, precision, ema_decay, freeze_batchnorm, max_epochs,
     batch_size, validation_fraction, n_iter_no_change, random_state, device, checkpoint_dir, verbose :
@@ -107,6 +116,10 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         The scale ``s``.
     imprint_counts_ : ndarray of shape (n_classes,)
         Exemplars averaged into each imprinted class (0 for trained classes).
+    embedding_mean_ : ndarray of shape (dim,)
+        ``mu``: the mean unit-length embedding of the base training data (by ``fit``,
+        and again after a ``partial_fit`` that fine-tunes on replayed data), the
+        direction ``calibrate_imprints`` calibrates.
     module_, history_, best_epoch_, n_iter_, interrupted_, n_features_in_ :
         As in :class:`skfg.SoftmaxClassifier`.
 
@@ -144,6 +157,7 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         "fine_tune_epochs": [Interval(Integral, 0, None, closed="left")],
         "fine_tune_lr": [Interval(Real, 0, None, closed="neither")],
         "replay": [StrOptions({"data", "weights"})],
+        "calibrate_imprints": ["boolean"],
     }
 
     def __init__(
@@ -154,6 +168,7 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         fine_tune_epochs=0,
         fine_tune_lr=1e-4,
         replay="data",
+        calibrate_imprints=True,
         extractor=None,
         trainable_blocks="auto",
         augment=True,
@@ -187,6 +202,7 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         self.fine_tune_epochs = fine_tune_epochs
         self.fine_tune_lr = fine_tune_lr
         self.replay = replay
+        self.calibrate_imprints = calibrate_imprints
         self.extractor = extractor
         self.trainable_blocks = trainable_blocks
         self.augment = augment
@@ -241,6 +257,7 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         dim = self.module_.head.weight.shape[1]
         self.imprint_counts_ = np.zeros(len(self.classes_), dtype=np.int64)
         self._imprint_sums = np.zeros((len(self.classes_), dim))
+        self.embedding_mean_ = self._embed(X).astype(np.float64).mean(0)
         # what partial_fit replays when fine-tuning (features, or the image references)
         self._replay = (self._replay_inputs(X), self.classes_[self._encode(y)]) if self.replay == "data" else None
         return self
@@ -337,6 +354,8 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         self.module_ = net.eval()
         self.history_ = self.history_ + result["history"]
         self.n_iter_ = len(self.history_)
+        if self.replay == "data":  # the embedding trained: mu moved with it
+            self.embedding_mean_ = self._embed(self._replay[0]).astype(np.float64).mean(0)
 
     @property
     def class_weights_(self):
@@ -416,7 +435,9 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         """Add classes (or refine imprinted ones) from exemplars, without training.
 
         For a label not in ``classes_`` a new weight row is the normalised mean of the
-        exemplars' normalised embeddings (section 4.2, "Average embedding"). For a label
+        exemplars' normalised embeddings (section 4.2, "Average embedding"); with
+        ``calibrate_imprints`` (the default) its component along the base data's mean
+        embedding is set to the trained templates' (see the class documentation). For a label
         imprinted before, the row becomes the normalised mean over all its exemplars so
         far (a running sum and count), so imprinting one exemplar at a time equals
         imprinting them together. Trained classes cannot be imprinted.
@@ -458,6 +479,7 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
                 "imprinted ones). Fine-tune with partial_fit instead."
             )
         emb = self._embed(X, augment=augment).astype(np.float64)
+        trained_templates = self.class_weights_[self.imprint_counts_ == 0].astype(np.float64)
         # changed below in place: work on copies, so a failure leaves the previous model whole
         self.module_ = copy.deepcopy(self.module_)
         self._imprint_sums, self.imprint_counts_ = self._imprint_sums.copy(), self.imprint_counts_.copy()
@@ -471,7 +493,10 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         np.add.at(self.imprint_counts_, codes, 1)
         touched = np.unique(codes)
         head = self.module_.head
-        rows = F.normalize(torch.as_tensor(self._imprint_sums[touched]), dim=1).to(head.weight)
+        rows = F.normalize(torch.as_tensor(self._imprint_sums[touched]), dim=1)
+        if self.calibrate_imprints:
+            rows = _calibrated(rows, trained_templates, getattr(self, "embedding_mean_", None))
+        rows = rows.to(head.weight)
         weight = head.weight.detach()
         if len(new):
             weight = torch.cat([weight, torch.zeros(len(new), weight.shape[1], device=weight.device)])
@@ -481,6 +506,19 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
 
     def _class_index(self, label):
         return int(np.flatnonzero(self.classes_ == label)[0])
+
+
+def _calibrated(rows, trained, mean):
+    """Unit ``rows`` whose cosine with ``mean`` is the mean cosine of the unit ``trained``
+    templates with it, the rest of each row kept in its direction orthogonal to ``mean``
+    (``calibrate_imprints``); ``rows`` as given when ``mean`` is ~0 or nothing is trained."""
+    norm = 0.0 if mean is None else float(np.linalg.norm(mean))  # None: pickled before it existed
+    if norm < 1e-6 or not len(trained):
+        return rows
+    u = torch.as_tensor(mean / norm, dtype=rows.dtype)
+    a = float(np.clip(np.mean(trained @ (mean / norm)), -1.0, 1.0))
+    perp = F.normalize(rows - (rows @ u)[:, None] * u, dim=1)
+    return a * u + (1.0 - a * a) ** 0.5 * perp
 
 
 def _concat(a, b, images):

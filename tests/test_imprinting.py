@@ -25,7 +25,7 @@ def blobs():
 
 def test_one_exemplar_gives_its_normalised_embedding(blobs):
     X, y, nX, ny = blobs
-    clf = small().fit(X, y)
+    clf = small(calibrate_imprints=False).fit(X, y)  # the paper's rule
     phi = clf.transform(nX[:1])
     clf.imprint(nX[:1], ny[:1])
     w = clf.class_weights_
@@ -36,7 +36,7 @@ def test_one_exemplar_gives_its_normalised_embedding(blobs):
 
 def test_average_rule_and_incremental_order_independence(blobs):
     X, y, nX, ny = blobs
-    base = small().fit(X, y)
+    base = small(calibrate_imprints=False).fit(X, y)
     phi = base.transform(nX)
     together = joblib.load(_dump(base)).imprint(nX, ny)
     mean = phi[:3].mean(0)
@@ -50,6 +50,50 @@ def test_average_rule_and_incremental_order_independence(blobs):
     np.testing.assert_array_equal(together.imprint_counts_, [0, 0, 0, 3, 2])
     # the base templates are untouched
     np.testing.assert_array_equal(together.class_weights_[:3], base.class_weights_)
+    # calibrated, too, imprinting one exemplar at a time equals imprinting them together
+    base.set_params(calibrate_imprints=True)
+    together = joblib.load(_dump(base)).imprint(nX, ny)
+    one_by_one = joblib.load(_dump(base))
+    for i in [4, 2, 0, 3, 1]:
+        one_by_one.imprint(nX[i : i + 1], ny[i : i + 1])
+    order = [one_by_one.classes_.tolist().index(c) for c in together.classes_]
+    np.testing.assert_allclose(one_by_one.class_weights_[order], together.class_weights_, rtol=1e-5, atol=1e-6)
+
+
+def _shared_component_data(rng):
+    """Inputs that all share one component, as a CNN's embeddings do: 3 base classes and a
+    novel one, each 2 units along its own axis of R^8 from a common offset."""
+    common, axes = np.r_[np.full(6, 3.0), 0, 0], np.eye(8)
+
+    def draw(k, n):
+        return (common + 2.0 * axes[k] + 0.5 * rng.randn(n, 8)).astype(np.float32)
+
+    y = np.repeat(["a", "b", "c"], 40)
+    return (np.r_[draw(0, 40), draw(1, 40), draw(2, 40)], y, np.r_[draw(0, 40), draw(1, 40), draw(2, 40)], y,
+            draw(3, 3), draw(3, 40))
+
+
+def test_calibrated_imprinting_leaves_old_classes_far_from_the_new_one_alone():
+    """Issue 22's regression test: imprinting one class must not change the predictions of
+    the old classes on inputs far from it (here the half of the old classes' test inputs
+    least similar to the new class's exemplars, in the embedding)."""
+    X, y, Xt, yt, nX, novel_test = _shared_component_data(np.random.RandomState(0))
+    changed = {}
+    for calibrate in (False, True):
+        clf = small(embedding_dim=8, max_epochs=30, calibrate_imprints=calibrate).fit(X, y)
+        before, phi = clf.predict(Xt), clf.transform(Xt)
+        assert np.mean(before == yt) > 0.9
+        clf.imprint(nX, ["d"] * 3)
+        after = clf.predict(Xt)
+        similarity = phi @ clf.transform(nX).mean(0)
+        far = similarity < np.median(similarity)
+        changed[calibrate] = (np.mean(before[far] != after[far]), np.mean(before != after))
+        assert np.mean(clf.predict(novel_test) == "d") > 0.9  # the new class is recognised either way
+        if calibrate:  # its template's cosine with the mean embedding is the trained templates' mean
+            u = clf.embedding_mean_ / np.linalg.norm(clf.embedding_mean_)
+            assert clf.class_weights_[3] @ u == pytest.approx(np.mean(clf.class_weights_[:3] @ u), abs=1e-5)
+    assert changed[True][0] == 0.0
+    assert changed[False][0] > 0.0 and changed[False][1] > 2 * changed[True][1]  # the paper's rule steals more
 
 
 def test_predict_proba_uses_the_scale(blobs):
