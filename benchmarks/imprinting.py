@@ -6,15 +6,17 @@ frozen default-backbone features (160 px). Rows: Rand-noFT, Imprinting, Rand+FT,
 Imprinting+FT, AllClassJoint, and the nearest neighbour over all exemplars (Fig. 6).
 Imprinting+Aug needs images (``extractor=``) and is not part of the frozen-feature run.
 
-``--e2e`` runs the protocol end to end instead (``results/imprinting_e2e.*``): the base
-model trains the last ``--e2e-blocks`` CNN stages with the cosine head for
-``--e2e-epochs``, then Rand-noFT, Imprinting, Imprinting+Aug (``--aug`` random crops per
-exemplar) and the nearest neighbour over all exemplars, on images; with
-``--e2e-ft-epochs`` also Imprinting+FT and Rand+FT (n <= 5, first draw: CPU budget).
+``--e2e`` runs the protocol end to end instead (``results/imprinting_e2e.*``), scored on
+val (for choices) and test: the base model is ``ImprintedClassifier(extractor=
+CNNFeatureExtractor())`` with the fine-tuning recipe (``--e2e-blocks`` / ``--e2e-epochs``
+override it), then Rand-noFT, Imprinting with the paper's rule and calibrated (the
+default, ``calibrate_imprints``), Imprinting+Aug (``--aug`` random crops per exemplar),
+Imprinting+FT and Rand+FT (``--e2e-ft-epochs``, n <= 5, ``--e2e-ft-draws`` draws), and the
+nearest neighbour among the novel exemplars (novel-only protocol), on images.
 
     python benchmarks/imprinting.py --quick   # n in {1, 5}, 1 draw
     python benchmarks/imprinting.py           # full
-    python benchmarks/imprinting.py --e2e     # end to end (about 15 minutes on 2 cores)
+    python benchmarks/imprinting.py --e2e     # end to end (about 30 minutes on 2 cores)
 """
 
 import argparse
@@ -51,17 +53,19 @@ def randomise_novel(clf, seed):
     return clf
 
 
-def summarise(runs, methods, shots):
+def summarise(runs, methods, shots, parts=(("novel classes", 1), ("all classes", 0))):
     """Table rows and JSON records (mean ± std over draws) of ``runs[(method, n)] = [(all, novel), ...]``.
 
-    A method measured at only some n leaves the other cells empty; one never measured has no row.
+    ``parts`` names the positions of each run's tuple. A method measured at only some n (or
+    parts: NaN) leaves the other cells empty; one never measured has no row.
     """
     rows, results = [], []
-    for part, j in (("novel classes", 1), ("all classes", 0)):
+    for part, j in parts:
         for m in methods:
             cells = []
             for n in shots:
-                v = np.array([r[j] for r in runs.get((m, n), [])])
+                v = np.array([r[j] for r in runs.get((m, n), [])], dtype=float)
+                v = v[~np.isnan(v)]
                 cells.append(f"{100 * v.mean():.1f} ± {100 * v.std():.1f}" if len(v) else "")
                 if len(v):
                     results.append({"method": m, "n": n, "part": part, "accuracy_mean": float(v.mean()),
@@ -78,16 +82,18 @@ def main():
                         help="fine-tuning budgets, each its own Rand+FT / Imprinting+FT rows")
     parser.add_argument("--cache", default=True, help="feature cache: a directory to reuse features across runs")
     parser.add_argument("--e2e", action="store_true", help="the end-to-end protocol (results/imprinting_e2e.*)")
-    parser.add_argument("--e2e-epochs", type=int, default=5)
-    parser.add_argument("--e2e-blocks", type=int, default=2)
-    parser.add_argument("--e2e-ft-epochs", type=int, default=0)
+    parser.add_argument("--e2e-epochs", type=int, default=None, help="base epochs (default: the recipe's)")
+    parser.add_argument("--e2e-blocks", type=int, default=None, help="trainable stages (default: the recipe's)")
+    parser.add_argument("--e2e-ft-epochs", type=int, default=2, help="Imprinting+FT / Rand+FT epochs (0: none)")
+    parser.add_argument("--e2e-ft-draws", type=int, default=3, help="draws with the fine-tuning rows")
     parser.add_argument("--aug", type=int, default=5, help="random crops per exemplar for Imprinting+Aug")
     args = parser.parse_args()
     root = DATA / "stanford_cars_a"
     Xtr, ytr = load_image_folder(root / "train")
     Xte, yte = load_image_folder(root / "test")
     if args.e2e:
-        return end_to_end(args, Xtr, ytr, Xte, yte)
+        Xva, yva = load_image_folder(root / "val")
+        return end_to_end(args, Xtr, ytr, Xva, yva, Xte, yte)
     ext = CNNFeatureExtractor(image_size=160, cache=args.cache).fit()
     Ftr, Fte = ext.transform(Xtr), ext.transform(Xte)
     shots, draws = ((1, 5), 1) if args.quick else ((1, 2, 5, 10, 20), 3)
@@ -166,28 +172,50 @@ def main():
     )
 
 
-def end_to_end(args, Xtr, ytr, Xte, yte):
-    """The protocol with the CNN trained end to end and imprinting from images."""
+def end_to_end(args, Xtr, ytr, Xva, yva, Xte, yte):
+    """The protocol with the CNN trained end to end and imprinting from images, scored on val and test."""
     classes = np.unique(ytr)
     if args.quick:
-        keep = np.isin(ytr, classes[:20]), np.isin(yte, classes[:20])
-        Xtr, ytr, Xte, yte, classes = Xtr[keep[0]], ytr[keep[0]], Xte[keep[1]], yte[keep[1]], classes[:20]
+        keep = np.isin(ytr, classes[:20]), np.isin(yva, classes[:20]), np.isin(yte, classes[:20])
+        Xtr, ytr, Xva, yva, Xte, yte = (Xtr[keep[0]], ytr[keep[0]], Xva[keep[1]], yva[keep[1]], Xte[keep[2]],
+                                        yte[keep[2]])
+        classes = classes[:20]
     shots, draws = ((1, 5), 1) if args.quick else ((1, 2, 5, 10, 20), 3)
     n_base = len(classes) // 2
-    novel_test = ~np.isin(yte, classes[:n_base])
+    base_classes, novel_classes = classes[:n_base], classes[n_base:]
     base_idx, _ = low_shot_split(ytr, n_base, 1, random_state=0)
-    ext = CNNFeatureExtractor(image_size=160)
+    ext = CNNFeatureExtractor()
+    fit_params = {k: v for k, v in (("trainable_blocks", args.e2e_blocks), ("max_epochs", args.e2e_epochs))
+                  if v is not None}  # None: the fine-tuning recipe's default
     t = time.perf_counter()
-    base = ImprintedClassifier(extractor=ext, trainable_blocks=args.e2e_blocks, max_epochs=args.e2e_epochs,
-                               random_state=0).fit(Xtr[base_idx], ytr[base_idx])
+    base = ImprintedClassifier(extractor=ext, random_state=0, **fit_params).fit(Xtr[base_idx], ytr[base_idx])
     base_fit_s = time.perf_counter() - t
     print(f"base model: {len(base_idx)} images, {base_fit_s:.0f} s", flush=True)
+    splits = {"val": (Xva, yva), "test": (Xte, yte)}
+    unit = lambda A: A / np.linalg.norm(A, axis=1, keepdims=True)  # noqa: E731
+    embedded = {name: unit(base.transform(X)) for name, (X, _) in splits.items()}
 
-    def scores(pred):
-        return float((pred == yte).mean()), float((pred[novel_test] == yte[novel_test]).mean())
+    def scores(templates, labels, embeddings=None):
+        """Accuracy on all classes, on the novel classes' images, and on the novel classes'
+        images among the novel templates only (the paper's novel-only protocol), per split."""
+        out = {}
+        W = unit(np.asarray(templates, dtype=np.float64))
+        labels = np.asarray(labels)
+        novel_rows = np.isin(labels, novel_classes)
+        for name, (_, y) in splits.items():
+            E = embedded[name] if embeddings is None else embeddings[name]
+            S = E @ W.T
+            pred = labels[np.argmax(S, 1)]
+            novel = np.isin(y, novel_classes)
+            only = labels[novel_rows][np.argmax(S[novel][:, novel_rows], 1)]
+            out[name] = (float((pred == y).mean()), float((pred[novel] == y[novel]).mean()),
+                         float((only == y[novel]).mean()))
+        return out
 
-    Ete = base.transform(Xte)
-    Ete /= np.linalg.norm(Ete, axis=1, keepdims=True)
+    def model_scores(model):
+        embeddings = {name: unit(model.transform(X)) for name, (X, _) in splits.items()}
+        return scores(model.class_weights_, model.classes_, embeddings)
+
     runs, imprint_ms = {}, []
     for n in shots:
         for draw in range(draws):
@@ -197,41 +225,57 @@ def end_to_end(args, Xtr, ytr, Xte, yte):
             t = time.perf_counter()
             imp = copy(base).imprint(Xn, yn)
             imprint_ms.append(1000 * (time.perf_counter() - t) / len(np.unique(yn)))  # CNN included
-            res["Imprinting"] = scores(imp.predict(Xte))
-            res["Imprinting+Aug"] = scores(copy(base).imprint(Xn, yn, augment=args.aug).predict(Xte))
-            res["Rand-noFT"] = scores(randomise_novel(copy(imp), draw).predict(Xte))
-            if args.e2e_ft_epochs and n <= 5 and draw == 0:
+            res["Imprinting (calibrated)"] = scores(imp.class_weights_, imp.classes_)
+            paper = copy(base).set_params(calibrate_imprints=False).imprint(Xn, yn)
+            res["Imprinting (paper rule)"] = scores(paper.class_weights_, paper.classes_)
+            aug = copy(base).imprint(Xn, yn, augment=args.aug)
+            res["Imprinting+Aug (calibrated)"] = scores(aug.class_weights_, aug.classes_)
+            rand = randomise_novel(copy(imp), draw)
+            res["Rand-noFT"] = scores(rand.class_weights_, rand.classes_)
+            if args.e2e_ft_epochs and n <= 5 and draw < args.e2e_ft_draws:
                 tuned = copy(base).set_params(fine_tune_epochs=args.e2e_ft_epochs).partial_fit(Xn, yn)
-                res["Imprinting+FT"] = scores(tuned.predict(Xte))
+                res["Imprinting+FT"] = model_scores(tuned)
                 rand = randomise_novel(copy(imp), draw).set_params(fine_tune_epochs=args.e2e_ft_epochs)
                 rand._fine_tune(Xn, yn)  # partial_fit's fine-tuning step, from random novel templates
-                res["Rand+FT"] = scores(rand.predict(Xte))
-            joint_y = np.r_[ytr[base_idx], yn]
-            E = base.transform(np.r_[Xtr[base_idx], Xn])
-            nn_index = NearestNeighborIndex("exact").fit(E / np.linalg.norm(E, axis=1, keepdims=True))
-            res["Nearest neighbour (all exemplars)"] = scores(joint_y[nn_index.search(Ete, 1)[1][:, 0]])
+                res["Rand+FT"] = model_scores(rand)
+            # nearest neighbour among the novel exemplars (novel-only protocol: novel images only)
+            En = unit(base.transform(Xn))
+            res["Nearest neighbour (novel exemplars)"] = {
+                name: (np.nan, np.nan, float((yn[np.argmax(embedded[name][np.isin(y, novel_classes)] @ En.T, 1)]
+                                              == y[np.isin(y, novel_classes)]).mean()))
+                for name, (_, y) in splits.items()}
             for k, v in res.items():
                 runs.setdefault((k, n), []).append(v)
-            print(n, draw, {k: f"{a:.3f}/{b:.3f}" for k, (a, b) in res.items()}, flush=True)
-    methods = ["Rand-noFT", "Imprinting", "Imprinting+Aug", "Rand+FT", "Imprinting+FT",
-               "Nearest neighbour (all exemplars)"]
-    rows, results = summarise(runs, methods, shots)
+            print(n, draw, {k: "/".join(f"{a:.3f}" for a in v["val"]) for k, v in res.items()}, flush=True)
+    methods = ["Rand-noFT", "Imprinting (paper rule)", "Imprinting (calibrated)", "Imprinting+Aug (calibrated)",
+               "Rand+FT", "Imprinting+FT", "Nearest neighbour (novel exemplars)"]
+    rows, results = [], []
+    for split in splits:
+        parts = (("all classes", 0), ("novel classes", 1), ("novel only", 2))
+        split_runs = {key: [v[split] for v in vals] for key, vals in runs.items()}
+        part_rows, part_results = summarise(split_runs, methods, shots, parts=parts)
+        rows += [(split, *r) for r in part_rows]
+        results += [{"split": split, **r} for r in part_results]
     write_results(
         "imprinting_e2e" + ("_quick" if args.quick else ""),
-        {"dataset": "stanford_cars_a", "image_size": 160, "features": "efficientnet_lite0 trained end to end",
-         "trainable_blocks": args.e2e_blocks, "epochs": args.e2e_epochs, "aug": args.aug,
-         "n_base_classes": int(n_base), "n_novel_classes": int(len(classes) - n_base), "draws": draws,
-         "fine_tune_epochs": args.e2e_ft_epochs, "base_fit_seconds": base_fit_s,
+        {"dataset": "stanford_cars_a", "image_size": ext.image_size, "features": "efficientnet_lite0 trained end to end",
+         "base_params": fit_params, "base_history_epochs": len(base.history_), "aug": args.aug,
+         "n_base_classes": int(n_base), "n_novel_classes": int(len(novel_classes)), "draws": draws,
+         "fine_tune_epochs": args.e2e_ft_epochs, "fine_tune_draws": min(args.e2e_ft_draws, draws),
+         "base_fit_seconds": base_fit_s, "base_classes": base_classes.tolist(),
          "imprint_one_class_ms_with_cnn": {"median": float(np.median(imprint_ms))}, "results": results},
         rows,
-        ("test set", "method", *[f"n={n}" for n in shots]),
-        notes=(f"Top-1 test accuracy (%), mean ± std over {draws} draws. Base model: the last "
-               f"{args.e2e_blocks} stages of EfficientNet-Lite0 trained with the cosine head for "
-               f"{args.e2e_epochs} epochs on {len(base_idx)} images of {n_base} classes ({base_fit_s:.0f} s). "
-               f"Imprinting+Aug averages {args.aug} random crops/flips per exemplar. Imprinting per class, CNN "
-               f"included: median {np.median(imprint_ms):.0f} ms."
-               + (f" Imprinting+FT / Rand+FT: {args.e2e_ft_epochs} epochs, n <= 5, first draw only."
-                  if args.e2e_ft_epochs else "")),
+        ("split", "part", "method", *[f"n={n}" for n in shots]),
+        notes=(f"Top-1 accuracy (%), mean ± std over {draws} draws of the novel exemplars, on val and test "
+               f"(choices are made on val). Base model: ImprintedClassifier(extractor=CNNFeatureExtractor()) with "
+               f"{'the fine-tuning recipe' if not fit_params else fit_params}, fitted once on {len(base_idx)} images "
+               f"of {n_base} classes ({base_fit_s / 60:.1f} min). all classes: base and novel test images against "
+               "all templates; novel classes: the novel classes' images, same templates; novel only: the novel "
+               "classes' images against the novel templates (or exemplars) only. Imprinting+Aug averages "
+               f"{args.aug} random crops/flips per exemplar. Imprinting per class, CNN included: median "
+               f"{np.median(imprint_ms):.0f} ms."
+               + (f" Imprinting+FT / Rand+FT: {args.e2e_ft_epochs} epochs at fine_tune_lr, n <= 5, "
+                  f"{min(args.e2e_ft_draws, draws)} draw(s)." if args.e2e_ft_epochs else "")),
     )
 
 
