@@ -20,6 +20,8 @@ head for ``head_epochs`` on cached features, seconds in all). Rows:
   the default until the paired 3-seed ablation at full length dropped them, at the default's
   full length; with ``recipe_default`` on the same seeds the table adds the paired difference
   (per seed, row minus default) with a 95 % interval.
+- ``default_no_label_smoothing``: the headline without label smoothing, at full length,
+  paired by seed in the same way.
 
 Every row runs once per ``--seeds`` seed; with two or more, the table adds each row's
 mean and a 95 % Student-t interval. ``--merge`` adds rows (other rows, other seeds) to
@@ -77,8 +79,11 @@ ROWS = {
     # the augmentations the default dropped, at the default's full length (paired by seed)
     "default_old_augment": ({"augment": Augmentation(trivial_augment=True, erasing=0.25)},
                             "recipe_default + TrivialAugmentWide + erasing, the previous default (its own budget)"),
+    # label smoothing, which the single-seed shared-budget ablations did not support, at full length
+    "default_no_label_smoothing": ({"label_smoothing": 0.0},
+                                   "recipe_default without label smoothing (its own budget)"),
 }
-FULL = ["recipe_default", "default_old_augment"]
+FULL = ["recipe_default", "default_old_augment", "default_no_label_smoothing"]
 SHARED = [r for r in ROWS if r not in FULL]
 
 
