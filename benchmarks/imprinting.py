@@ -192,7 +192,11 @@ def end_to_end(args, Xtr, ytr, Xva, yva, Xte, yte):
     base_fit_s = time.perf_counter() - t
     print(f"base model: {len(base_idx)} images, {base_fit_s:.0f} s", flush=True)
     splits = {"val": (Xva, yva), "test": (Xte, yte)}
-    unit = lambda A: A / np.linalg.norm(A, axis=1, keepdims=True)  # noqa: E731
+    novel_images = {name: np.isin(y, novel_classes) for name, (_, y) in splits.items()}
+
+    def unit(A):
+        return A / np.linalg.norm(A, axis=1, keepdims=True)
+
     embedded = {name: unit(base.transform(X)) for name, (X, _) in splits.items()}
 
     def scores(templates, labels, embeddings=None):
@@ -206,7 +210,7 @@ def end_to_end(args, Xtr, ytr, Xva, yva, Xte, yte):
             E = embedded[name] if embeddings is None else embeddings[name]
             S = E @ W.T
             pred = labels[np.argmax(S, 1)]
-            novel = np.isin(y, novel_classes)
+            novel = novel_images[name]
             only = labels[novel_rows][np.argmax(S[novel][:, novel_rows], 1)]
             out[name] = (float((pred == y).mean()), float((pred[novel] == y[novel]).mean()),
                          float((only == y[novel]).mean()))
@@ -241,9 +245,8 @@ def end_to_end(args, Xtr, ytr, Xva, yva, Xte, yte):
             # nearest neighbour among the novel exemplars (novel-only protocol: novel images only)
             En = unit(base.transform(Xn))
             res["Nearest neighbour (novel exemplars)"] = {
-                name: (np.nan, np.nan, float((yn[np.argmax(embedded[name][np.isin(y, novel_classes)] @ En.T, 1)]
-                                              == y[np.isin(y, novel_classes)]).mean()))
-                for name, (_, y) in splits.items()}
+                name: (np.nan, np.nan, float((yn[np.argmax(embedded[name][novel] @ En.T, 1)] == y[novel]).mean()))
+                for name, (_, y), novel in zip(splits, splits.values(), novel_images.values())}
             for k, v in res.items():
                 runs.setdefault((k, n), []).append(v)
             print(n, draw, {k: "/".join(f"{a:.3f}" for a in v["val"]) for k, v in res.items()}, flush=True)
