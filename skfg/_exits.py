@@ -15,6 +15,7 @@ from sklearn.linear_model._base import LinearClassifierMixin
 from torch import nn
 
 from .images import decode_jobs, eval_transform, iter_inputs
+from .losses import multi_exit_loss
 from .pooling import pool_stage_outputs
 from .softmax import SoftmaxClassifier
 
@@ -169,12 +170,17 @@ class _BranchHeads(nn.Module):
 class _BranchSoftmax(SoftmaxClassifier):
     """Step 1 of the training algorithm: softmax heads on every branch, CNN fine-tuned.
 
-    The loss is the sum of the branches' cross-entropies; validation and prediction use
-    the last branch. ``fit`` takes the branches' feature columns (``feature_groups``).
+    The loss is :func:`skfg.losses.multi_exit_loss` over the branches (the weighted sum
+    of their cross-entropies, optionally with the last branch distilled into the earlier
+    ones); validation and prediction use the last branch. ``fit`` takes the branches'
+    feature columns (``feature_groups``) and the loss's ``exit_weights``,
+    ``distillation`` and ``temperature``.
     """
 
-    def fit(self, X, y, sample_weight=None, feature_groups=None):
+    def fit(self, X, y, sample_weight=None, feature_groups=None, exit_weights=None, distillation=0.0,
+            temperature=1.0):
         self.feature_groups_ = list(feature_groups)
+        self.exit_loss_ = {"exit_weights": exit_weights, "distillation": distillation, "temperature": temperature}
         return super().fit(X, y, sample_weight)
 
     def _make_head(self, n_features, n_classes):
@@ -182,8 +188,7 @@ class _BranchSoftmax(SoftmaxClassifier):
 
     def _training_loss(self, ctx, batch):
         x, t, w, _ = batch
-        out = ctx.data.forward(ctx.net, x)
-        return sum(self._loss(out[:, b], t, w) for b in range(out.shape[1]))
+        return multi_exit_loss(ctx.data.forward(ctx.net, x), t, w, self._loss, **self.exit_loss_)
 
     def _validation_outputs(self, ctx, idx):
         return ctx.data.outputs(ctx.net, idx)[:, -1]
@@ -196,10 +201,12 @@ _BRANCH_FIXED = ("extractor", "max_epochs", "trainable_blocks", "embedding_dim",
                  "kmax_weight_epochs")
 
 
-def fine_tune_exits(extractor, X, y, sample_weight, *, epochs, trainable_blocks, params=None):
+def fine_tune_exits(extractor, X, y, sample_weight, *, epochs, trainable_blocks, params=None, exit_weights=None,
+                    distillation=0.0, temperature=1.0):
     """Fine-tune the fitted ``extractor``'s backbone with a linear softmax head on every exit
-    (sum of the cross-entropies, ``params`` of :class:`skfg.SoftmaxClassifier`) and return
-    the extractor with the trained trunk (:meth:`skfg.CNNFeatureExtractor.set_network`)."""
+    (:func:`skfg.losses.multi_exit_loss` with ``exit_weights``, ``distillation`` and
+    ``temperature``; ``params`` of :class:`skfg.SoftmaxClassifier`) and return the
+    extractor with the trained trunk (:meth:`skfg.CNNFeatureExtractor.set_network`)."""
     if extractor.pooling == "kmax_weighted":
         raise ValueError(
             "fine_tune_epochs with pooling='kmax_weighted' would learn pooling weights that the "
@@ -215,7 +222,8 @@ def fine_tune_exits(extractor, X, y, sample_weight, *, epochs, trainable_blocks,
     tuner = _BranchSoftmax(extractor=clone(extractor), trainable_blocks=trainable_blocks, max_epochs=epochs,
                            **params)
     groups = [extractor.feature_groups_[n] for n in extractor.layers_]
-    tuner.fit(X, y, sample_weight=sample_weight, feature_groups=groups)
+    tuner.fit(X, y, sample_weight=sample_weight, feature_groups=groups, exit_weights=exit_weights,
+              distillation=distillation, temperature=temperature)
     return extractor.set_network(tuner.module_.trunk)
 
 

@@ -78,14 +78,23 @@ class EarlyExitClassifier(VersionedStateMixin, ClassifierMixin, BaseEstimator):
     extractor : CNNFeatureExtractor or None, default=None
         Images mode; its ``layers`` are the exits.
     fine_tune_epochs : int, default=0
-        Images mode, optional step 1: first fine-tune the last ``trainable_blocks``
-        stages of the backbone with a softmax head on every branch (sum of the
-        cross-entropies) through the training core, for this many epochs.
-    trainable_blocks : int or "all", default=2
-        Stages trained by the fine-tuning step.
+        Images mode, optional step 1: first train the exits with the backbone, for this
+        many epochs: a linear softmax head on every exit, one multi-exit loss
+        (:func:`skfg.losses.multi_exit_loss`: ``exit_weights`` and ``distillation``),
+        through :class:`skfg.SoftmaxClassifier`'s fine-tuning recipe. The per-layer
+        classifiers and thresholds are then fitted on the trained network's features.
+        ``0``: the paper's mode, on the pretrained (frozen) features.
+    trainable_blocks : int, "all" or "auto", default="auto"
+        Stages trained by the fine-tuning step; ``"auto"``: all (the recipe's).
     fine_tune_params : dict or None, default=None
         Further :class:`skfg.SoftmaxClassifier` parameters of the fine-tuning step
-        (``lr``, ``augment``, ``batch_size``, ...).
+        (``lr``, ``augment``, ``batch_size``, ...); the rest are the recipe's.
+    exit_weights : sequence of float or None, default=None
+        The multi-exit loss's weight of each exit's cross-entropy, one per layer in
+        forward order; ``None``: all 1 (the plain sum).
+    distillation : float, default=0.0
+        Weight of the term that teaches the last exit's (detached) probabilities to the
+        earlier exits ("Be Your Own Teacher"); 0: none.
     random_state : int, RandomState or None, default=None
         Seeds the threshold split, the fine-tuning, and the layer classifiers whose own
         ``random_state`` is None.
@@ -144,8 +153,10 @@ class EarlyExitClassifier(VersionedStateMixin, ClassifierMixin, BaseEstimator):
         "normalize": ["boolean"],
         "extractor": [None, CNNFeatureExtractor],
         "fine_tune_epochs": [Interval(Integral, 0, None, closed="left")],
-        "trainable_blocks": [Interval(Integral, 0, None, closed="left"), StrOptions({"all"})],
+        "trainable_blocks": [Interval(Integral, 0, None, closed="left"), StrOptions({"all", "auto"})],
         "fine_tune_params": [None, dict],
+        "exit_weights": [None, "array-like"],
+        "distillation": [Interval(Real, 0, None, closed="left")],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
@@ -169,8 +180,10 @@ class EarlyExitClassifier(VersionedStateMixin, ClassifierMixin, BaseEstimator):
         normalize=True,
         extractor=None,
         fine_tune_epochs=0,
-        trainable_blocks=2,
+        trainable_blocks="auto",
         fine_tune_params=None,
+        exit_weights=None,
+        distillation=0.0,
         random_state=None,
         verbose=False,
     ):
@@ -184,6 +197,8 @@ class EarlyExitClassifier(VersionedStateMixin, ClassifierMixin, BaseEstimator):
         self.fine_tune_epochs = fine_tune_epochs
         self.trainable_blocks = trainable_blocks
         self.fine_tune_params = fine_tune_params
+        self.exit_weights = exit_weights
+        self.distillation = distillation
         self.random_state = random_state
         self.verbose = verbose
 
@@ -291,9 +306,13 @@ class EarlyExitClassifier(VersionedStateMixin, ClassifierMixin, BaseEstimator):
             )
         if self.fine_tune_epochs == 0:
             return extractor
+        if self.exit_weights is not None and len(self.exit_weights) != len(extractor.layers_):
+            raise ValueError(f"exit_weights has {len(self.exit_weights)} entries; the extractor has "
+                             f"{len(extractor.layers_)} exits ({', '.join(extractor.layers_)}).")
         params = {"random_state": self.random_state, "verbose": self.verbose, **(self.fine_tune_params or {})}
         return fine_tune_exits(extractor, source, y, sample_weight, epochs=self.fine_tune_epochs,
-                               trainable_blocks=self.trainable_blocks, params=params)
+                               trainable_blocks=self.trainable_blocks, params=params,
+                               exit_weights=self.exit_weights, distillation=self.distillation)
 
     # ------------------------------------------------------------- prediction
     def _decide(self, m, Xm, output=None):

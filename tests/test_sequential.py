@@ -383,3 +383,58 @@ def test_multi_exit_distillation_teaches_the_last_exit_to_the_earlier_ones():
     same = torch.randn(4, 1, 3, generator=g).expand(4, 2, 3)
     assert torch.allclose(multi_exit_loss(same, t[:4], w[:4], _ce, distillation=1.0),
                           multi_exit_loss(same, t[:4], w[:4], _ce), atol=1e-6)
+
+
+def test_batches_skip_per_image_and_equal_the_per_image_path(image_model, images):
+    """Exited images leave a batch of 16 (the deeper stages see only the rest), with the
+    same predictions and exits as one image at a time."""
+    _, (Xt, _) = images
+    batched, single = clone(image_model), clone(image_model)
+    for model, size in ((batched, 16), (single, 1)):
+        model.__dict__.update({k: v for k, v in image_model.__dict__.items() if k.endswith("_")})
+        model.extractor_ = clone(image_model.extractor_).fit()
+        model.extractor_.set_params(batch_size=size)
+        model.extractor_.network_ = image_model.extractor_.network_
+    net = image_model.extractor_.network_
+    sizes = {}
+    handles = [net.stages[n].register_forward_pre_hook(
+        lambda mod, inp, n=n: sizes.setdefault(n, []).append(inp[0].shape[0])) for n in ("stage5", "head")]
+    try:
+        y_b, e_b = batched.predict(Xt, return_exit=True)
+    finally:
+        for h in handles:
+            h.remove()
+    y_s, e_s = single.predict(Xt, return_exit=True)
+    np.testing.assert_array_equal(y_b, y_s)
+    np.testing.assert_array_equal(e_b, e_s)
+    counts = np.bincount(e_b, minlength=3)
+    assert 0 < counts[0] < len(Xt)
+    assert sum(sizes["stage5"]) == len(Xt) - counts[0] and max(sizes["stage5"]) > 1  # batched, minus exits
+    assert sum(sizes["head"]) == counts[2]
+
+
+def test_joint_exit_training_takes_the_exit_weights_and_distillation(images):
+    (X, y), _ = images
+    ext = CNNFeatureExtractor(layers=["stage5", "head"], image_size=48, cache=False)
+    # stage5 trains, so the first exit's loss reaches the CNN
+    common = dict(extractor=ext, alpha=0.5, fine_tune_epochs=1, trainable_blocks=4,
+                  fine_tune_params={"augment": False, "batch_size": 8, "head_epochs": 0}, random_state=0)
+
+    def stage5(**kw):
+        state = EarlyExitClassifier(**common, **kw).fit(X, y).extractor_.network_.state_dict()
+        return {k: v for k, v in state.items() if k.startswith("stages.stage5") and v.is_floating_point()}
+
+    both, again = stage5(), stage5()
+    assert all(torch.equal(both[k], again[k]) for k in both)  # deterministic, so the differences below are real
+    for other in (stage5(exit_weights=[0.0, 1.0]), stage5(distillation=5.0)):
+        assert any(not torch.equal(both[k], other[k]) for k in both)
+    with pytest.raises(ValueError, match="exit_weights has 3 entries"):
+        EarlyExitClassifier(**common, exit_weights=[1, 1, 1]).fit(X, y)
+
+
+def test_predict_never_moves_the_thresholds(image_model, images):
+    _, (Xt, _) = images
+    before = image_model.thresholds_.copy()
+    image_model.predict(Xt)
+    image_model.staged_predict(Xt)
+    np.testing.assert_array_equal(image_model.thresholds_, before)

@@ -1,0 +1,144 @@
+"""Impostor networks end to end on the fine-tuning recipe's base (issue 22), against softmax.
+
+Every row fine-tunes ``ImpostorClassifier(extractor=CNNFeatureExtractor())`` (loose
+impostors, 512-d embedding) on the train split of ``stanford_cars_a`` with the recipe's
+shared ingredients (all stages, linear probing first, warm-up then cosine, FixRes crops,
+frozen BatchNorm, the divergence guard) and one candidate's optimiser, ``sigma`` and
+impostor learning rate; it reports val and test accuracy. The softmax rows it compares
+against are not refitted: they are read from ``results/recipe.json`` (same split, same
+epochs, same seeds), and the stale-results check keeps both files on current code.
+
+- ``--epochs N`` (selection): every candidate at N fine-tuning epochs, seed 0; compared
+  on **val** with the recipe rows of the shared budget that trained N epochs.
+- ``--epochs 0`` (default, full length): the recipe's 22 epochs; ``--rows`` the
+  candidate(s) chosen on val, ``--seeds 0,1,2``; paired by seed with ``recipe_default``
+  (difference per seed and a 95 % Student-t interval).
+
+    python benchmarks/impostor_recipe.py --quick                  # 12 classes, 64 px, 2 epochs
+    python benchmarks/impostor_recipe.py --epochs 7               # selection, ~25 min
+    python benchmarks/impostor_recipe.py --rows adamw_s0.3 --seeds 0,1,2 --merge   # ~25 min
+"""
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from _common import DATA, RESULTS, mergeable_rows, seed_interval, write_results
+from skfg import CNNFeatureExtractor, ImpostorClassifier
+from skfg._table import format_table
+from skfg.datasets import load_image_folder
+
+SGD = dict(optimizer="sgd", lr=0.01, backbone_lr_scale=2 / 3, weight_decay=1e-4)
+ADAMW = dict(optimizer="adamw", lr=3e-3, backbone_lr_scale=2 / 3, weight_decay=0.05)  # recipe.json's "adamw" row
+RECIPE = dict(head_epochs=10, warmup_epochs=1, divergence_guard=1.5, embedding_dim=512)
+# name -> (ImpostorClassifier parameters, note)
+ROWS = {
+    "defaults": ({}, "ImpostorClassifier's fine-tuning defaults (Adam 1e-3, backbone x0.1, no head epochs)"),
+    "sgd_s0.3_fast": ({**RECIPE, **SGD, "sigma": 0.3, "impostor_lr_scale": 30.0},
+                      "softmax recipe's SGD; impostors at 30x lr"),
+    "sgd_s0.6_fast": ({**RECIPE, **SGD, "sigma": 0.6, "impostor_lr_scale": 30.0},
+                      "softmax recipe's SGD; impostors at 30x lr"),
+    "sgd_s0.45": ({**RECIPE, **SGD, "sigma": 0.45}, "softmax recipe's SGD; impostors at the head's lr"),
+    "adamw_s0.3": ({**RECIPE, **ADAMW, "sigma": 0.3, "impostor_lr_scale": 0.3},
+                   "AdamW 3e-3, wd 0.05; impostors at 0.3x lr"),
+    "adamw_s0.6": ({**RECIPE, **ADAMW, "sigma": 0.6, "impostor_lr_scale": 0.3},
+                   "AdamW 3e-3, wd 0.05; impostors at 0.3x lr"),
+}
+
+
+def softmax_rows(epochs):
+    """recipe.json's softmax rows at ``epochs`` fine-tuning epochs (0: ``recipe_default``)."""
+    rows = json.loads((RESULTS / "recipe.json").read_text())["rows"]
+    if epochs == 0:
+        return [r for r in rows if r["name"] == "recipe_default"]
+    return [r for r in rows if r["epochs"] == epochs and r["budget_minutes"] is not None
+            and r["backbone"] == "efficientnet_lite0" and r["params"] != "None"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rows", default=None, help="comma-separated row names (default: all)")
+    parser.add_argument("--epochs", type=int, default=0, help="fine-tuning epochs; 0: the recipe's (22)")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--merge", action="store_true", help="add to the results file (same code only)")
+    args = parser.parse_args()
+    root = DATA / "stanford_cars_a"
+    splits = [load_image_folder(root / s) for s in ("train", "val", "test")]
+    size = CNNFeatureExtractor().image_size
+    if args.quick:
+        keep = sorted(set(splits[0][1]))[:12]
+        splits = [(X[np.isin(y, keep)], y[np.isin(y, keep)]) for X, y in splits]
+        size, args.epochs = 64, 2
+    (Xtr, ytr), (Xva, yva), (Xte, yte) = splits
+    names = list(ROWS) if args.rows is None else args.rows.split(",")
+    if set(names) - set(ROWS):
+        parser.error(f"unknown rows {sorted(set(names) - set(ROWS))}; valid: {', '.join(ROWS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = "impostor_recipe_quick" if args.quick else "impostor_recipe"
+    todo = [(n, s, args.epochs) for s in seeds for n in names]
+    try:
+        results = [r for r in mergeable_rows(out) if (r["name"], r["seed"], r["epochs_arg"]) not in todo] \
+            if args.merge else []
+    except ValueError as err:
+        parser.error(str(err))
+    for name, seed, epochs in todo:
+        params, note = ROWS[name]
+        params = dict(params)
+        if epochs:
+            params["max_epochs"] = epochs
+        clf = ImpostorClassifier(extractor=CNNFeatureExtractor(image_size=size), random_state=seed, **params)
+        t = time.perf_counter()
+        clf.fit(Xtr, ytr)
+        fit_min = (time.perf_counter() - t) / 60
+        history = clf.history_
+        results.append({"name": name, "note": note, "params": repr(params), "seed": seed, "epochs_arg": epochs,
+                        "epochs": clf._setting("max_epochs"), "fit_minutes": fit_min,
+                        "val_accuracy": float(clf.score(Xva, yva)), "test_accuracy": float(clf.score(Xte, yte)),
+                        "lr_halvings": history[-1].get("lr_halvings", 0) if history else 0,
+                        "loss_history": [h.get("loss") for h in history]})
+        print(results[-1], flush=True)
+        write(out, results, args.quick, (len(ytr), len(yva), len(yte)), size)
+
+
+def write(out, results, quick, sizes, size):
+    order = {n: i for i, n in enumerate(ROWS)}
+    results.sort(key=lambda r: (r["epochs_arg"] == 0, r["epochs_arg"], order[r["name"]], r["seed"]))
+    rows = [(r["name"], r["epochs"], r["seed"], f"{r['val_accuracy']:.3f}", f"{r['test_accuracy']:.3f}",
+             f"{r['fit_minutes']:.1f}", r["lr_halvings"], r["note"]) for r in results]
+    softmax = {}
+    for epochs in sorted({r["epochs_arg"] for r in results}):
+        if not quick:
+            softmax[epochs] = softmax_rows(epochs)
+        for s in softmax.get(epochs, []):
+            rows.append((f"softmax: {s['name']} (recipe.json)", s["epochs"], s["seed"], f"{s['val_accuracy']:.3f}",
+                         f"{s['test_accuracy']:.3f}", f"{s['fit_minutes']:.1f}", s.get("lr_halvings", 0),
+                         "SoftmaxClassifier, " + s["note"]))
+    header = ("row", "epochs", "seed", "val acc", "test acc", "fit min", "lr halvings", "note")
+    notes = (f"stanford_cars_a ({sizes[0]} train / {sizes[1]} val / {sizes[2]} test images), {size} px, 2 CPU cores; "
+             "loose impostors, 512-d embedding, linear probing for 10 epochs first, warm-up, cosine, "
+             "divergence guard 1.5; the softmax rows are read from recipe.json. Choices on val only.")
+    paired = {}
+    base = {s["seed"]: s for s in softmax.get(0, [])}
+    for name in ROWS:
+        mine = {r["seed"]: r for r in results if r["name"] == name and r["epochs_arg"] == 0}
+        common = sorted(set(mine) & set(base))
+        if len(common) >= 2:
+            d = {k: [mine[s][f"{k}_accuracy"] - base[s][f"{k}_accuracy"] for s in common] for k in ("val", "test")}
+            paired[name] = {"seeds": common, **{f"{k}_per_seed": v for k, v in d.items()},
+                            **{f"{k}_{w}": x for k in d for w, x in zip(("mean", "half_width"), seed_interval(d[k]))}}
+    if paired:
+        notes += "\n\nPaired by seed with softmax recipe_default (impostor minus softmax, points; 95 % Student-t):\n\n"
+        notes += format_table([(n, ",".join(map(str, p["seeds"])),
+                                " ".join(f"{100 * v:+.1f}" for v in p["test_per_seed"]),
+                                f"{100 * p['val_mean']:+.1f} ± {100 * p['val_half_width']:.1f}",
+                                f"{100 * p['test_mean']:+.1f} ± {100 * p['test_half_width']:.1f}")
+                               for n, p in paired.items()],
+                              ("row", "seeds", "test diff per seed", "val diff", "test diff"))
+    write_results(out, {"rows": results, "paired": paired, "image_size": size, "quick": quick}, rows, header, notes)
+
+
+if __name__ == "__main__":
+    main()
