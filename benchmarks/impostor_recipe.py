@@ -48,13 +48,17 @@ ROWS = {
 }
 
 
+# recipe.json's shared-budget rows to compare with at a short budget: the recipe, the
+# recipe without label smoothing (impostors have none) and with the candidates' AdamW
+SHORT_COMPARATORS = ("recipe", "no_label_smoothing", "adamw")
+
+
 def softmax_rows(epochs):
     """recipe.json's softmax rows at ``epochs`` fine-tuning epochs (0: ``recipe_default``)."""
     rows = json.loads((RESULTS / "recipe.json").read_text())["rows"]
     if epochs == 0:
         return [r for r in rows if r["name"] == "recipe_default"]
-    return [r for r in rows if r["epochs"] == epochs and r["budget_minutes"] is not None
-            and r["backbone"] == "efficientnet_lite0" and r["params"] != "None"]
+    return [r for r in rows if r["epochs"] == epochs and r["name"] in SHORT_COMPARATORS]
 
 
 def main():
