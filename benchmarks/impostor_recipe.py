@@ -131,7 +131,7 @@ def write(out, results, quick, sizes, size):
         common = sorted(set(mine) & set(base))
         if len(common) >= 2:
             d = {k: [mine[s][f"{k}_accuracy"] - base[s][f"{k}_accuracy"] for s in common] for k in ("val", "test")}
-            paired[name] = {"seeds": common, **{f"{k}_per_seed": v for k, v in d.items()},
+            paired[name] = {"name": name, "seeds": common, **{f"{k}_per_seed": v for k, v in d.items()},
                             **{f"{k}_{w}": x for k in d for w, x in zip(("mean", "half_width"), seed_interval(d[k]))}}
     if paired:
         notes += "\n\nPaired by seed with softmax recipe_default (impostor minus softmax, points; 95 % Student-t):\n\n"
@@ -141,7 +141,7 @@ def write(out, results, quick, sizes, size):
                                 f"{100 * p['test_mean']:+.1f} ± {100 * p['test_half_width']:.1f}")
                                for n, p in paired.items()],
                               ("row", "seeds", "test diff per seed", "val diff", "test diff"))
-    write_results(out, {"rows": results, "paired": paired, "image_size": size, "quick": quick}, rows, header, notes)
+    write_results(out, {"rows": results, "paired": list(paired.values()), "image_size": size, "quick": quick}, rows, header, notes)
 
 
 if __name__ == "__main__":
