@@ -179,6 +179,22 @@ def seed_interval(values, confidence=0.95):
     return float(values.mean()), float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * sem)
 
 
+def paired_by_seed(rows, base_rows, parts=("val", "test")):
+    """``row - base`` of each part's accuracy (``"<part>_accuracy"``) on the seeds both ran:
+    ``{"seeds", "<part>_per_seed", "<part>_mean", "<part>_half_width"}`` (95 % Student-t,
+    :func:`seed_interval`), or ``None`` with fewer than two common seeds."""
+    mine, base = {r["seed"]: r for r in rows}, {r["seed"]: r for r in base_rows}
+    common = sorted(set(mine) & set(base))
+    if len(common) < 2:
+        return None
+    out = {"seeds": common}
+    for k in parts:
+        d = [mine[s][f"{k}_accuracy"] - base[s][f"{k}_accuracy"] for s in common]
+        out[f"{k}_per_seed"] = d
+        out[f"{k}_mean"], out[f"{k}_half_width"] = seed_interval(d)
+    return out
+
+
 def mergeable_rows(name):
     """The rows of ``results/<name>.json`` when the code they measured has not changed since
     (:func:`stale_results`), so a run can add rows (more seeds, more

@@ -17,6 +17,7 @@ epochs, same seeds), and the stale-results check keeps both files on current cod
     python benchmarks/impostor_recipe.py --quick                  # 12 classes, 64 px, 2 epochs
     python benchmarks/impostor_recipe.py --epochs 7               # selection, ~25 min
     python benchmarks/impostor_recipe.py --rows adamw_s0.3 --seeds 0,1,2 --merge   # ~25 min
+    python benchmarks/impostor_recipe.py --render   # the table again, e.g. after recipe.json gained rows
 """
 
 import argparse
@@ -25,7 +26,7 @@ import time
 
 import numpy as np
 
-from _common import DATA, RESULTS, mergeable_rows, seed_interval, write_results
+from _common import DATA, RESULTS, mergeable_rows, paired_by_seed, write_results
 from skfg import CNNFeatureExtractor, ImpostorClassifier
 from skfg._table import format_table
 from skfg.datasets import load_image_folder
@@ -53,11 +54,16 @@ ROWS = {
 SHORT_COMPARATORS = ("recipe", "no_label_smoothing", "adamw")
 
 
+# recipe.json's full-length rows to pair with: the headline (SGD) and the headline with
+# the chosen impostor row's optimiser (AdamW), so the gain is also read at an equal optimiser
+FULL_COMPARATORS = ("recipe_default", "default_adamw")
+
+
 def softmax_rows(epochs):
-    """recipe.json's softmax rows at ``epochs`` fine-tuning epochs (0: ``recipe_default``)."""
+    """recipe.json's softmax rows at ``epochs`` fine-tuning epochs (0: ``FULL_COMPARATORS``)."""
     rows = json.loads((RESULTS / "recipe.json").read_text())["rows"]
     if epochs == 0:
-        return [r for r in rows if r["name"] == "recipe_default"]
+        return [r for r in rows if r["name"] in FULL_COMPARATORS]
     return [r for r in rows if r["epochs"] == epochs and r["name"] in SHORT_COMPARATORS]
 
 
@@ -68,6 +74,8 @@ def main():
     parser.add_argument("--epochs", type=int, default=0, help="fine-tuning epochs; 0: the recipe's (22)")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--merge", action="store_true", help="add to the results file (same code only)")
+    parser.add_argument("--render", action="store_true",
+                        help="no fits: rewrite the table from the results file (e.g. after recipe.json gained rows)")
     args = parser.parse_args()
     root = DATA / "stanford_cars_a"
     splits = [load_image_folder(root / s) for s in ("train", "val", "test")]
@@ -82,12 +90,14 @@ def main():
         parser.error(f"unknown rows {sorted(set(names) - set(ROWS))}; valid: {', '.join(ROWS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
     out = "impostor_recipe_quick" if args.quick else "impostor_recipe"
-    todo = [(n, s, args.epochs) for s in seeds for n in names]
+    todo = [] if args.render else [(n, s, args.epochs) for s in seeds for n in names]
     try:
         results = [r for r in mergeable_rows(out) if (r["name"], r["seed"], r["epochs_arg"]) not in todo] \
-            if args.merge else []
+            if args.merge or args.render else []
     except ValueError as err:
         parser.error(str(err))
+    if args.render:
+        write(out, results, args.quick, (len(ytr), len(yva), len(yte)), size)
     for name, seed, epochs in todo:
         params, note = ROWS[name]
         params = dict(params)
@@ -124,24 +134,22 @@ def write(out, results, quick, sizes, size):
     notes = (f"stanford_cars_a ({sizes[0]} train / {sizes[1]} val / {sizes[2]} test images), {size} px, 2 CPU cores; "
              "loose impostors, 512-d embedding, linear probing for 10 epochs first, warm-up, cosine, "
              "divergence guard 1.5; the softmax rows are read from recipe.json. Choices on val only.")
-    paired = {}
-    base = {s["seed"]: s for s in softmax.get(0, [])}
-    for name in ROWS:
-        mine = {r["seed"]: r for r in results if r["name"] == name and r["epochs_arg"] == 0}
-        common = sorted(set(mine) & set(base))
-        if len(common) >= 2:
-            d = {k: [mine[s][f"{k}_accuracy"] - base[s][f"{k}_accuracy"] for s in common] for k in ("val", "test")}
-            paired[name] = {"name": name, "seeds": common, **{f"{k}_per_seed": v for k, v in d.items()},
-                            **{f"{k}_{w}": x for k in d for w, x in zip(("mean", "half_width"), seed_interval(d[k]))}}
+    paired = []
+    for against in FULL_COMPARATORS:
+        base = [s for s in softmax.get(0, []) if s["name"] == against]
+        for name in ROWS:
+            p = paired_by_seed([r for r in results if r["name"] == name and r["epochs_arg"] == 0], base)
+            if p is not None:
+                paired.append({"name": name, "against": against, **p})
     if paired:
-        notes += "\n\nPaired by seed with softmax recipe_default (impostor minus softmax, points; 95 % Student-t):\n\n"
-        notes += format_table([(n, ",".join(map(str, p["seeds"])),
+        notes += "\n\nPaired by seed with the softmax rows at full length (impostor minus softmax, points; 95 % Student-t):\n\n"
+        notes += format_table([(p["name"], p["against"], ",".join(map(str, p["seeds"])),
                                 " ".join(f"{100 * v:+.1f}" for v in p["test_per_seed"]),
                                 f"{100 * p['val_mean']:+.1f} ± {100 * p['val_half_width']:.1f}",
                                 f"{100 * p['test_mean']:+.1f} ± {100 * p['test_half_width']:.1f}")
-                               for n, p in paired.items()],
-                              ("row", "seeds", "test diff per seed", "val diff", "test diff"))
-    write_results(out, {"rows": results, "paired": list(paired.values()), "image_size": size, "quick": quick}, rows, header, notes)
+                               for p in paired],
+                              ("row", "against", "seeds", "test diff per seed", "val diff", "test diff"))
+    write_results(out, {"rows": results, "paired": paired, "image_size": size, "quick": quick}, rows, header, notes)
 
 
 if __name__ == "__main__":

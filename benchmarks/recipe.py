@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from _common import DATA, machine_gflops, mergeable_rows, seed_interval, write_results
+from _common import DATA, machine_gflops, mergeable_rows, paired_by_seed, seed_interval, write_results
 from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.backbones import build_backbone
 from skfg.datasets import load_image_folder
@@ -281,18 +281,10 @@ def summary(results):
 
 
 def paired_differences(results):
-    """Each full-length row minus ``recipe_default`` on the seeds both ran: mean and 95 % Student-t interval."""
-    base = {r["seed"]: r for r in results if r["name"] == "recipe_default"}
-    out = {}
-    for name in FULL[1:]:
-        rs = [r for r in results if r["name"] == name and r["seed"] in base]
-        if len(rs) < 2:
-            continue
-        val, val_hw = seed_interval([r["val_accuracy"] - base[r["seed"]]["val_accuracy"] for r in rs])
-        test, test_hw = seed_interval([r["test_accuracy"] - base[r["seed"]]["test_accuracy"] for r in rs])
-        out[name] = {"seeds": [r["seed"] for r in rs], "val_mean": val, "val_half_width": val_hw,
-                     "test_mean": test, "test_half_width": test_hw}
-    return out
+    """Each full-length row minus ``recipe_default`` on the seeds both ran (:func:`paired_by_seed`)."""
+    base = [r for r in results if r["name"] == "recipe_default"]
+    paired = {name: paired_by_seed([r for r in results if r["name"] == name], base) for name in FULL[1:]}
+    return {name: p for name, p in paired.items() if p is not None}
 
 
 def main():

@@ -341,6 +341,18 @@ def test_a_file_filled_over_several_runs_keeps_each_runs_provenance(tmp_path, mo
     assert stale_results(tmp_path) == {}
 
 
+def test_paired_by_seed_pairs_only_the_seeds_both_ran():
+    from _common import paired_by_seed
+
+    base = [{"seed": s, "val_accuracy": 0.5, "test_accuracy": 0.6 + 0.01 * s} for s in (0, 1, 2)]
+    rows = [{"seed": s, "val_accuracy": 0.5, "test_accuracy": 0.63 + 0.01 * s} for s in (1, 2, 3)]
+    p = paired_by_seed(rows, base)
+    assert p["seeds"] == [1, 2] and p["test_per_seed"] == pytest.approx([0.03, 0.03])
+    assert p["test_mean"] == pytest.approx(0.03) and p["test_half_width"] == pytest.approx(0.0)
+    assert p["val_mean"] == 0.0 and p["val_half_width"] == 0.0  # identical: an interval of width 0 around 0
+    assert paired_by_seed(rows[:1], base) is None  # one common seed: no interval
+
+
 sys.path.insert(0, str(REPO / "docs" / "_ext"))
 from skfg_results import markdown_tables, result_value, sync_readme  # noqa: E402
 
