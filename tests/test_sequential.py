@@ -413,6 +413,28 @@ def test_batches_skip_per_image_and_equal_the_per_image_path(image_model, images
     assert sum(sizes["head"]) == counts[2]
 
 
+def test_the_stages_run_with_one_blas_thread_and_restore_it(image_model, images, monkeypatch):
+    """BLAS threads spinning after an exit's matrix product would take the cores from
+    the next stage: prediction limits BLAS to one thread, and puts the limit back."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return {d["filepath"]: d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"}
+
+    _, (Xt, _) = images
+    before, seen = blas_threads(), []
+    decide = image_model._exit
+
+    def spy(*args):
+        seen.append(blas_threads())
+        return decide(*args)
+
+    monkeypatch.setattr(image_model, "_exit", spy)
+    image_model.predict(Xt)
+    assert seen and all(set(s.values()) <= {1} for s in seen)
+    assert blas_threads() == before
+
+
 def test_joint_exit_training_takes_the_exit_weights_and_distillation(images):
     (X, y), _ = images
     ext = CNNFeatureExtractor(layers=["stage5", "head"], image_size=48, cache=False)
