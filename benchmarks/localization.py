@@ -9,7 +9,10 @@ rectangle is the ground-truth box.
 
 Rows (one seed; the paper's protocol: the box threshold ``tau`` is fixed, ``ObjectCropper``'s
 default 0.3 (Table 2), never chosen with ground-truth boxes; the rates at other ``tau`` on
-**val** are reported beside it, and the ``tau`` val picks is applied to test in its own row):
+**val** are reported beside it, and the ``tau`` val picks is applied to test in its own row;
+each for ``ObjectCropper``'s default box rule, the connected region around the map's
+maximum, and for the paper's, every cell above ``tau``; the teacher sees the images at
+``teacher_size="auto"``, twice its own input size, so 14 x 14 maps at 224 px):
 
 - ``ObjectCropper()`` with every default (the pretrained ImageNet teacher): the share of
   test images whose box reaches IoU >= 0.5 (paper Table 4), for the student and for the
@@ -46,30 +49,38 @@ def composite_split(split, classes, size, seed):
     return images, y[keep], boxes
 
 
-def iou_rates(maps, truth, size, taus):
-    """``{tau: share of images whose box at tau has IoU >= 0.5}`` and the mean IoU per tau."""
+def iou_rates(maps, truth, size, taus, component):
+    """``{tau: share of images whose box at tau has IoU >= 0.5}`` and the mean IoU per tau
+    (``component``: the box of the connected region around the maximum, else the paper's)."""
     out = {}
     for tau in taus:
-        iou = box_iou(np.array([heatmap_to_box(m, (size, size), tau) for m in maps]), truth)
+        iou = box_iou(np.array([heatmap_to_box(m, (size, size), tau, component=component) for m in maps]), truth)
         out[tau] = (float(np.mean(iou >= 0.5)), float(iou.mean()))
     return out
 
 
 def evaluate_cropper(name, cropper, data, size, default_tau, rows, results):
+    """IoU >= 0.5 rates of the student and the teacher's own maps on test, at the default
+    ``tau`` and at the ``tau`` chosen on val, for the cropper's box rule and the paper's."""
     (Xva, bva), (Xte, bte) = data
     res = {"name": name}
     val_maps = {s: cropper.predict_heatmaps(Xva, source=s) for s in ("student", "teacher")}
     test_maps = {s: cropper.predict_heatmaps(Xte, source=s) for s in ("student", "teacher")}
-    val_rates = {s: iou_rates(val_maps[s], bva, size, TAUS) for s in val_maps}
-    val_tau = float(max(TAUS, key=lambda t: val_rates["student"][t][0]))  # chosen on val, never on test
-    for label, tau in (("default tau", default_tau), ("tau chosen on val", val_tau)):
-        test = {s: iou_rates(test_maps[s], bte, size, (tau,))[tau] for s in test_maps}
-        res[label] = {"tau": tau, "student_iou05": test["student"][0], "teacher_iou05": test["teacher"][0],
-                      "student_mean_iou": test["student"][1], "teacher_mean_iou": test["teacher"][1]}
-        rows.append((name, f"{label} ({tau:g})", f"{test['student'][0]:.3f}", f"{test['teacher'][0]:.3f}",
-                     f"{test['student'][1]:.3f}", f"{test['teacher'][1]:.3f}"))
-    res["val_sweep"] = {f"{tau:g}": {"student_iou05": val_rates["student"][tau][0],
-                                      "teacher_iou05": val_rates["teacher"][tau][0]} for tau in TAUS}
+    rules = [(cropper.box, cropper.box == "component")] + ([("all", False)] if cropper.box != "all" else [])
+    for rule, component in rules:
+        val_rates = {s: iou_rates(val_maps[s], bva, size, TAUS, component) for s in val_maps}
+        val_tau = float(max(TAUS, key=lambda t: val_rates["student"][t][0]))  # chosen on val, never on test
+        label_rule = f"box={rule!r}" + (" (default)" if rule == cropper.box else " (the paper's rule)")
+        for label, tau in (("default tau", default_tau), ("tau chosen on val", val_tau)):
+            test = {s: iou_rates(test_maps[s], bte, size, (tau,), component)[tau] for s in test_maps}
+            res[f"{rule}: {label}"] = {"box": rule, "tau": tau, "student_iou05": test["student"][0],
+                                       "teacher_iou05": test["teacher"][0], "student_mean_iou": test["student"][1],
+                                       "teacher_mean_iou": test["teacher"][1]}
+            rows.append((name, label_rule, f"{label} ({tau:g})", f"{test['student'][0]:.3f}",
+                         f"{test['teacher'][0]:.3f}", f"{test['student'][1]:.3f}", f"{test['teacher'][1]:.3f}"))
+        res[f"{rule}: val_sweep"] = {f"{tau:g}": {"student_iou05": val_rates["student"][tau][0],
+                                                  "teacher_iou05": val_rates["teacher"][tau][0]} for tau in TAUS}
+    res["teacher_size"], res["heatmap_shape"] = cropper.teacher_size_, list(cropper.heatmap_shape_)
     results.append(res)
 
 
@@ -119,7 +130,7 @@ def main():
         gain[label] = {"val_accuracy": float(clf.score(ext.transform(transform(Xva)), yva)),
                        "test_accuracy": float(clf.score(ext.transform(transform(Xte)), yte))}
     payload["classification"] = gain
-    header = ("cropper", "tau", "student IoU>=0.5", "teacher IoU>=0.5", "student mean IoU", "teacher mean IoU")
+    header = ("cropper", "box", "tau", "student IoU>=0.5", "teacher IoU>=0.5", "student mean IoU", "teacher mean IoU")
     notes = (f"Composite set: stanford_cars_a car crops on scikit-learn's two photographs, {size} px, "
              f"{len(classes)} classes, {len(ytr)} train / {len(yva)} val / {len(yte)} test images; the car covers "
              f"{payload['object_area_fraction']:.0%} of the image on average. Rates on test; tau chosen on val boxes "

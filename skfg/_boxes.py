@@ -6,6 +6,7 @@ exclusive. Re-exported by :mod:`skfg.localization`.
 from numbers import Real
 
 import numpy as np
+from scipy import ndimage
 
 __all__ = ["box_iou", "check_tau", "heatmap_to_box"]
 
@@ -31,12 +32,14 @@ def _resize_bilinear(m, size):
     return m[:, lo] * (1 - w) + m[:, hi] * w
 
 
-def heatmap_to_box(heatmap, image_shape, tau=0.3, upsample=True):
+def heatmap_to_box(heatmap, image_shape, tau=0.3, upsample=True, component=False):
     """Bounding box of the object in a heat map (ELoPE section 5, last paragraph).
 
     The map is min-max normalised and binarised at ``tau``; the box is the smallest
-    rectangle containing every cell whose value is strictly greater than ``tau``,
-    mapped to the image's pixel coordinates (the map is taken to cover the whole image).
+    rectangle containing every cell whose value is strictly greater than ``tau``
+    (the paper's rule) or, with ``component=True``, only the connected region of such
+    cells around the map's maximum; mapped to the image's pixel coordinates (the map
+    is taken to cover the whole image).
 
     Parameters
     ----------
@@ -52,6 +55,10 @@ def heatmap_to_box(heatmap, image_shape, tau=0.3, upsample=True):
         normalising and thresholding, so the box edges fall between map cells instead
         of on the coarse ``I x J`` grid. ``False`` thresholds the ``I x J`` cells
         themselves, as the paper describes it.
+    component : bool, default=False
+        Box only the 8-connected region above ``tau`` that holds the maximum, so a
+        second, weaker hot spot elsewhere does not stretch the box (ours; finer maps
+        have such spots: ``docs/localization.rst``).
 
     Returns
     -------
@@ -74,6 +81,11 @@ def heatmap_to_box(heatmap, image_shape, tau=0.3, upsample=True):
     [40.0, 10.0, 60.0, 30.0]
     >>> heatmap_to_box(np.ones((7, 7)), (30, 50)).tolist()     # no object found: everything
     [0.0, 0.0, 50.0, 30.0]
+    >>> m[3, 0] = 0.8                                   # a second, weaker spot, not connected
+    >>> heatmap_to_box(m, (40, 80), upsample=False).tolist()
+    [0.0, 10.0, 60.0, 40.0]
+    >>> heatmap_to_box(m, (40, 80), upsample=False, component=True).tolist()
+    [40.0, 10.0, 60.0, 30.0]
     """
     m = np.asarray(heatmap, dtype=np.float64)
     if m.ndim != 2 or m.size == 0:
@@ -89,7 +101,11 @@ def heatmap_to_box(heatmap, image_shape, tau=0.3, upsample=True):
     lo, hi = m.min(), m.max()
     if hi - lo <= 1e-12 * max(1.0, abs(hi), abs(lo)):  # constant: no object found, keep it all
         return np.array([0.0, 0.0, float(width), float(height)])
-    mask = (m - lo) / (hi - lo) > tau  # never empty: the maximum is 1 > tau
+    m = (m - lo) / (hi - lo)
+    mask = m > tau  # never empty: the maximum is 1 > tau
+    if component:
+        labels, _ = ndimage.label(mask, structure=np.ones((3, 3)))
+        mask = labels == labels[np.unravel_index(np.argmax(m), m.shape)]
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     h, w = m.shape
     return np.array([cols[0] * width / w, rows[0] * height / h, (cols[-1] + 1) * width / w, (rows[-1] + 1) * height / h])

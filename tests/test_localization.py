@@ -176,7 +176,11 @@ def test_boxes_in_pixels_of_each_original_image(small):
         assert c.mode == "RGB" and c.size == (int(np.ceil(x1) - np.floor(x0)), int(np.ceil(y1) - np.floor(y0)))
     # the same box from the map by hand: student map -> heatmap_to_box with the image's shape
     maps = crop.predict_heatmaps(images)
-    np.testing.assert_array_equal(boxes[1], heatmap_to_box(maps[1], (77, 31), crop.tau))
+    np.testing.assert_array_equal(boxes[1], heatmap_to_box(maps[1], (77, 31), crop.tau, component=True))
+    # box="all", the paper's rule, is read at prediction (no refit)
+    paper = joblib.load(_dump(crop)).set_params(box="all").predict_boxes(images)
+    for i, (w, h) in enumerate(sizes):
+        np.testing.assert_array_equal(paper[i], heatmap_to_box(maps[i], (h, w), crop.tau, component=False))
 
 
 def test_transform_feeds_a_feature_extractor_and_classifier_in_a_pipeline():
@@ -249,10 +253,12 @@ def test_teacher_as_a_fitted_feature_extractor_is_used_and_not_modified():
     ext = CNNFeatureExtractor(image_size=128).fit()
     before = state_fingerprint(ext.network_)
     crop = ObjectCropper(ext, max_epochs=1, random_state=0).fit(X)
-    assert crop.teacher_size_ == 128 and crop.heatmap_shape_ == (4, 4)  # its image_size
+    assert crop.teacher_size_ == 256 and crop.heatmap_shape_ == (8, 8)  # "auto": twice its image_size
     assert state_fingerprint(ext.network_) == before and not ext.network_.training
     # an unfitted extractor is fitted on a clone: the same maps
     again = ObjectCropper(CNNFeatureExtractor(image_size=128), max_epochs=1, random_state=0).fit(X)
+    own = ObjectCropper(ext, teacher_size=None, max_epochs=1, random_state=0).fit(X)
+    assert own.teacher_size_ == 128 and own.heatmap_shape_ == (4, 4)  # None: its image_size
     np.testing.assert_array_equal(again.predict_heatmaps(X, source="teacher"), crop.predict_heatmaps(X, source="teacher"))
 
 
@@ -264,7 +270,7 @@ def test_fine_tuned_classifier_as_teacher_and_frozen_through_clone():
     before = state_fingerprint(trunk)
     crop = clone(ObjectCropper(FrozenEstimator(clf), max_epochs=1, random_state=0))  # stays fitted
     crop.fit(X)
-    assert crop.teacher_size_ == 64 and crop.heatmap_shape_ == (2, 2)
+    assert crop.teacher_size_ == 128 and crop.heatmap_shape_ == (4, 4)  # twice its image_size
     assert state_fingerprint(trunk) == before and not trunk.training
     # its maps come from the fine-tuned trunk (the trained head stage), not the ImageNet one
     batch = torch.stack([eval_transform(64, "squash")(Image.fromarray(x)) for x in X])
