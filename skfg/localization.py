@@ -250,6 +250,12 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
       while their scale and shift train, so training and prediction behave the same
       even on few, small batches.
     - ``upsample=True`` thresholds the bilinearly upsampled map (finer boxes).
+    - ``teacher_size="auto"`` shows the teacher the images at twice its input size
+      (14 x 14 maps instead of 7 x 7), and ``box="component"`` boxes only the connected
+      hot region around the maximum: on cars pasted into photographs the paper's 7 x 7
+      maps and rule gave boxes far too large for small objects
+      (``benchmarks/localization.py``). ``teacher_size=None, box="all"`` is the paper's
+      setting.
 
     The teacher is not pickled with the cropper (a pretrained backbone would add
     ~19 MB and the student does not need it). ``source="teacher"`` after loading

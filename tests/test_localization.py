@@ -268,9 +268,10 @@ def test_fine_tuned_classifier_as_teacher_and_frozen_through_clone():
                             augment=False, max_epochs=2, validation_fraction=0, random_state=0).fit(X, y)
     trunk = clf.module_.trunk
     before = state_fingerprint(trunk)
-    crop = clone(ObjectCropper(FrozenEstimator(clf), max_epochs=1, random_state=0))  # stays fitted
+    # teacher_size=None: the trunk's own input size, so its maps can be checked by hand below
+    crop = clone(ObjectCropper(FrozenEstimator(clf), teacher_size=None, max_epochs=1, random_state=0))  # stays fitted
     crop.fit(X)
-    assert crop.teacher_size_ == 128 and crop.heatmap_shape_ == (4, 4)  # twice its image_size
+    assert crop.teacher_size_ == 64 and crop.heatmap_shape_ == (2, 2)
     assert state_fingerprint(trunk) == before and not trunk.training
     # its maps come from the fine-tuned trunk (the trained head stage), not the ImageNet one
     batch = torch.stack([eval_transform(64, "squash")(Image.fromarray(x)) for x in X])
