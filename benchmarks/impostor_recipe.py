@@ -46,6 +46,9 @@ ROWS = {
                    "AdamW 3e-3, wd 0.05; impostors at 0.3x lr"),
     "adamw_s0.6": ({**RECIPE, **ADAMW, "sigma": 0.6, "impostor_lr_scale": 0.3},
                    "AdamW 3e-3, wd 0.05; impostors at 0.3x lr"),
+    # below the smallest sigma tried first (0.3, the best of four), after the equal-optimiser comparison
+    "adamw_s0.2": ({**RECIPE, **ADAMW, "sigma": 0.2, "impostor_lr_scale": 0.3},
+                   "AdamW 3e-3, wd 0.05; impostors at 0.3x lr; a fifth candidate, tried after the others"),
 }
 
 
