@@ -64,9 +64,9 @@ def stage_ms(network, size, batch_sizes, repeats):
     return out
 
 
-def exit_bounds(stage_costs, exits):
-    """Per batch size and exit: the share of the network's time spent up to that exit, and
-    the speed-up if every image left there (``1 / share``), the most an exit can give."""
+def share_before_exit(stage_costs, exits):
+    """Per batch size and exit: the share of the network's time spent up to that exit
+    (``1 / share`` is the speed-up if every image left there, the most an exit can give)."""
     out = {}
     for bs, costs in stage_costs.items():
         names, total = list(costs), sum(costs.values())
@@ -153,12 +153,12 @@ def run_seed(args, seed, size, splits):
     chosen = max(ok, key=lambda c: c["val_last_ms_batch1"] / c["val_ms_batch1"]) if ok else None
     dec = decode_ms(tX["test"], size, args.repeats)
     costs = stage_ms(clf.extractor_.network_, size, (1,) + BATCHES, args.repeats)
-    return {"stage_ms": {str(b): c for b, c in costs.items()},
-            "share_before_exit": {str(b): v for b, v in exit_bounds(costs, exits).items()},"seed": seed, "image_size": size, "exits": exits, "exit_weights": weights,
+    return {"seed": seed, "image_size": size, "exits": exits, "exit_weights": weights,
             "distillation": args.distillation, "epochs": args.epochs or 22, "fit_minutes": fit_min,
             "exit_accuracy": stage, "last_exit_accuracy": base_acc, "configs": configs,
             "chosen": None if chosen is None else {"thresholds": chosen["thresholds"], "alpha": chosen["alpha"]},
-            "decode_ms": dec, "n_timing": n_t}
+            "decode_ms": dec, "n_timing": n_t, "stage_ms": {str(b): c for b, c in costs.items()},
+            "share_before_exit": {str(b): v for b, v in share_before_exit(costs, exits).items()}}
 
 
 def oracle_bounds(run):
@@ -171,8 +171,7 @@ def oracle_bounds(run):
     exits, acc = run["exits"], run["exit_accuracy"]["test"]
     out = {}
     for bs, shares in run.get("share_before_exit", {}).items():
-        last = "test_last_ms_batch1" if bs == "1" else f"test_last_ms_batch{bs}"
-        end_to_end = float(np.mean([c[last] for c in run["configs"]]))
+        end_to_end = float(np.mean([c[f"test_last_ms_batch{bs}"] for c in run["configs"]]))
         network = sum(run["stage_ms"][bs].values())
         left, saved = 1.0, 0.0
         for m, e in enumerate(exits[:-1]):

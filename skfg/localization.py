@@ -163,7 +163,7 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
         ``"auto"``: twice that (448). Sets the heat-map size: ``teacher_size / 32``
         cells a side for the registered backbones, so ``"auto"`` gives 14 x 14 maps
         where the teacher's own size gives 7 x 7, too coarse for objects under a third
-        of the image (ours; ``docs/localization.rst`` has the measured numbers).
+        of the image (ours; see ``docs/localization.rst``).
     input_size : int, default=64
         Side of the square student input (the paper's 64 x 64).
     student_stages : int, default=4
@@ -252,10 +252,10 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
     - ``upsample=True`` thresholds the bilinearly upsampled map (finer boxes).
     - ``teacher_size="auto"`` shows the teacher the images at twice its input size
       (14 x 14 maps instead of 7 x 7), and ``box="component"`` boxes only the connected
-      hot region around the maximum: on cars pasted into photographs the paper's 7 x 7
-      maps and rule gave boxes far too large for small objects
-      (``benchmarks/localization.py``). ``teacher_size=None, box="all"`` is the paper's
-      setting.
+      hot region around the maximum: in a first look at cars pasted into photographs the
+      paper's 7 x 7 maps and rule gave boxes far too large for small objects
+      (``benchmarks/localization.py`` measures both). ``teacher_size=None, box="all"``
+      is the paper's setting.
 
     The teacher is not pickled with the cropper (a pretrained backbone would add
     ~19 MB and the student does not need it). ``source="teacher"`` after loading
