@@ -22,24 +22,42 @@ maximum, and for the paper's, every cell above ``tau``; the teacher sees the ima
   ``--teacher-epochs``), then ``ObjectCropper(teacher=FrozenEstimator(teacher))``;
 - the classification gain from cropping: ``SoftmaxClassifier(embedding_dim=512)`` on frozen
   GKMP features of the full composites against the same on the fine-tuned teacher's
-  cropper's crops (val and test accuracy).
+  cropper's crops (val and test accuracy);
+- ELoPE's headline on the composites, end to end, over ``--seeds``: GAP on the full images,
+  GKMP + L_w + L_b on the full images, and GKMP + L_w + L_b on the crops of the fine-tuned
+  teacher's cropper (default parameters), each ``SoftmaxClassifier(embedding_dim=512)``
+  with the same per-fit budget (224 px, last ``--blocks`` stages trainable, up to
+  ``--epochs`` epochs with early stopping on 10 % of train, no augmentation so the frozen
+  stages run once: a few minutes a fit); each row minus GAP paired by seed (95 % t interval).
+  The cropper is fitted once (seed ``--seed``); the classifiers' seeds vary.
 
     python benchmarks/localization.py --quick   # 12 classes, 128 px, 1 teacher epoch: minutes
-    python benchmarks/localization.py           # 98 classes, 224 px: about 20 min on 2 cores
+    python benchmarks/localization.py           # 98 classes, 224 px: about 80 min on 2 cores
+
+The fitted teacher and croppers are kept in ``--work`` (joblib), so a run that stopped in
+the classification section continues there with ``--resume``.
 """
 
 import argparse
 import time
+from pathlib import Path
 
+import joblib
 import numpy as np
 from sklearn.frozen import FrozenEstimator
 
-from _common import DATA, write_results
+from _common import DATA, paired_by_seed, seed_interval, write_results
 from skfg import CNNFeatureExtractor, ObjectCropper, SoftmaxClassifier
 from skfg.datasets import load_image_folder, make_composite
 from skfg.localization import box_iou, heatmap_to_box
 
 TAUS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+# label, pooling, embedding_loss, cropped (ELoPE's rows: elope.py)
+E2E_ROWS = [
+    ("GAP", "gap", None, False),
+    ("GKMP + L_w + L_b", "kmax", "class_means", False),
+    ("GKMP + L_w + L_b + localization", "kmax", "class_means", True),
+]
 
 
 def composite_split(split, classes, size, seed):
@@ -88,7 +106,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="12 classes, 128 px, 1 teacher epoch")
     parser.add_argument("--teacher-epochs", type=int, default=10, help="fine-tuning epochs of the teacher")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the composites' teacher and croppers")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the end-to-end rows")
+    parser.add_argument("--epochs", type=int, default=15, help="end-to-end rows: most epochs")
+    parser.add_argument("--blocks", type=int, default=2, help="end-to-end rows: trainable_blocks")
+    parser.add_argument("--work", default=None, help="where the fitted teacher and croppers are kept "
+                        "(default: /tmp/skfg_localization[_quick])")
+    parser.add_argument("--resume", action="store_true", help="reuse the teacher and croppers in --work")
     args = parser.parse_args()
     classes = sorted(set(load_image_folder(DATA / "stanford_cars_a" / "train")[1]))
     size, epochs = 224, args.teacher_epochs
@@ -105,20 +129,34 @@ def main():
     rows, croppers_out = [], []
     data = ((Xva, bva), (Xte, bte))
 
-    t = time.perf_counter()
-    pretrained = ObjectCropper(random_state=args.seed).fit(Xtr)
-    payload["pretrained_cropper_fit_s"] = time.perf_counter() - t
+    work = Path(args.work or f"/tmp/skfg_localization{'_quick' if args.quick else ''}")
+    work.mkdir(parents=True, exist_ok=True)
+    settings = {k: payload[k] for k in ("n_classes", "image_size", "n_train", "teacher_epochs", "seed")}
+
+    def fitted(key, make):
+        """``make()``'s estimator and its fit time, or both from ``work`` with ``--resume``."""
+        path = work / f"{key}.joblib"
+        if args.resume and path.exists():
+            saved = joblib.load(path)
+            if saved["settings"] != settings:
+                raise SystemExit(f"--resume: {path} was fitted with other settings: {saved['settings']}")
+            return saved["model"], saved["fit_s"]
+        t = time.perf_counter()
+        model = make()
+        out = {"settings": settings, "model": model, "fit_s": time.perf_counter() - t}
+        joblib.dump(out, path)
+        return model, out["fit_s"]
+
+    pretrained, payload["pretrained_cropper_fit_s"] = fitted(
+        "pretrained_cropper", lambda: ObjectCropper(random_state=args.seed).fit(Xtr))
     evaluate_cropper("ObjectCropper() (pretrained teacher)", pretrained, data, size, default_tau, rows, croppers_out)
 
-    t = time.perf_counter()
-    teacher = SoftmaxClassifier(extractor=CNNFeatureExtractor(image_size=size), max_epochs=epochs,
-                                random_state=args.seed).fit(Xtr, ytr)
-    payload["teacher_fit_s"] = time.perf_counter() - t
+    teacher, payload["teacher_fit_s"] = fitted("teacher", lambda: SoftmaxClassifier(
+        extractor=CNNFeatureExtractor(image_size=size), max_epochs=epochs, random_state=args.seed).fit(Xtr, ytr))
     payload["teacher_val_accuracy"] = float(teacher.score(Xva, yva))
     payload["teacher_test_accuracy"] = float(teacher.score(Xte, yte))
-    t = time.perf_counter()
-    tuned = ObjectCropper(teacher=FrozenEstimator(teacher), random_state=args.seed).fit(Xtr)
-    payload["tuned_cropper_fit_s"] = time.perf_counter() - t
+    tuned, payload["tuned_cropper_fit_s"] = fitted("tuned_cropper", lambda: ObjectCropper(
+        teacher=FrozenEstimator(teacher), random_state=args.seed).fit(Xtr))
     evaluate_cropper("ObjectCropper(teacher=fine-tuned)", tuned, data, size, default_tau, rows, croppers_out)
     payload["croppers"] = croppers_out
 
@@ -130,6 +168,10 @@ def main():
         gain[label] = {"val_accuracy": float(clf.score(ext.transform(transform(Xva)), yva)),
                        "test_accuracy": float(clf.score(ext.transform(transform(Xte)), yte))}
     payload["classification"] = gain
+    crops = {"full": (Xtr, Xva, Xte), "cropped": tuple(tuned.transform(X) for X in (Xtr, Xva, Xte))}
+    boxes = tuned.predict_boxes(Xte)
+    payload["crop_kept_area_fraction"] = float(np.mean((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])) / size**2)
+    payload["e2e"] = e2e = end_to_end(args, crops, (ytr, yva, yte), size)
     header = ("cropper", "box", "tau", "student IoU>=0.5", "teacher IoU>=0.5", "student mean IoU", "teacher mean IoU")
     notes = (f"Composite set: stanford_cars_a car crops on scikit-learn's two photographs, {size} px, "
              f"{len(classes)} classes, {len(ytr)} train / {len(yva)} val / {len(yte)} test images; the car covers "
@@ -137,9 +179,57 @@ def main():
              f"in its own row. Fine-tuned teacher: {epochs} epochs, val {payload['teacher_val_accuracy']:.3f} / test "
              f"{payload['teacher_test_accuracy']:.3f}, fit {payload['teacher_fit_s'] / 60:.1f} min.\n\n"
              "Frozen GKMP features + SoftmaxClassifier(embedding_dim=512), val / test accuracy: "
-             + "; ".join(f"{k}: {v['val_accuracy']:.3f} / {v['test_accuracy']:.3f}" for k, v in gain.items()) + ".")
+             + "; ".join(f"{k}: {v['val_accuracy']:.3f} / {v['test_accuracy']:.3f}" for k, v in gain.items()) + ".\n\n"
+             + e2e_notes(e2e, payload))
     write_results("localization" + ("_quick" if args.quick else ""), {"rows": croppers_out, **payload}, rows,
                   header, notes)
+
+
+def end_to_end(args, crops, labels, size):
+    """ELoPE's rows fitted end to end over ``args.seeds`` (see the module docstring):
+    ``{"budget", "runs": [...], "summary": {label: mean/sd}, "paired_vs_gap": {label: ...}}``."""
+    (ytr, yva, yte), runs = labels, []
+    epochs = 1 if args.quick else args.epochs
+    for seed in args.seeds:
+        for label, pooling, loss, cropped in E2E_ROWS:
+            Xtr, Xva, Xte = crops["cropped" if cropped else "full"]
+            clf = SoftmaxClassifier(embedding_dim=512, embedding_loss=loss,
+                                    extractor=CNNFeatureExtractor(image_size=size, pooling=pooling),
+                                    trainable_blocks=args.blocks, max_epochs=epochs, augment=False, random_state=seed)
+            t = time.perf_counter()
+            clf.fit(Xtr, ytr)
+            runs.append({"name": label, "seed": seed, "fit_s": time.perf_counter() - t, "epochs": clf.n_iter_,
+                         "best_epoch": clf.best_epoch_, "val_accuracy": float(clf.score(Xva, yva)),
+                         "test_accuracy": float(clf.score(Xte, yte))})
+            print(runs[-1], flush=True)
+    summary = {}
+    for label, *_ in E2E_ROWS:
+        mine = [r for r in runs if r["name"] == label]
+        summary[label] = {f"{k}_{stat}": v for k in ("val", "test") for stat, v in
+                          zip(("mean", "half_width"), seed_interval([r[f"{k}_accuracy"] for r in mine]))}
+    gap = [r for r in runs if r["name"] == "GAP"]
+    paired = {label: paired_by_seed([r for r in runs if r["name"] == label], gap) for label, *_ in E2E_ROWS[1:]}
+    return {"budget": {"image_size": size, "trainable_blocks": args.blocks, "max_epochs": epochs, "augment": False,
+                       "embedding_dim": 512}, "runs": runs, "summary": summary, "paired_vs_gap": paired}
+
+
+def e2e_notes(e2e, payload):
+    """The end-to-end section of the Markdown notes: one line a row, then the paired gains."""
+    b = e2e["budget"]
+    lines = [f"End to end on the composites ({b['image_size']} px, trainable_blocks={b['trainable_blocks']}, up to "
+             f"{b['max_epochs']} epochs, no augmentation, 512-d embedding; seeds "
+             f"{sorted({r['seed'] for r in e2e['runs']})}; crops of the fine-tuned teacher's cropper at its defaults "
+             f"keep {payload['crop_kept_area_fraction']:.0%} of the image), mean +- 95 % half-width, val / test:"]
+    for label, s in e2e["summary"].items():
+        per = " / ".join(f"{r['test_accuracy']:.3f}" for r in e2e["runs"] if r["name"] == label)
+        lines.append(f"- {label}: {s['val_mean']:.3f} +- {s['val_half_width']:.3f} / "
+                     f"{s['test_mean']:.3f} +- {s['test_half_width']:.3f} (test per seed {per})")
+    for label, p in e2e["paired_vs_gap"].items():
+        if p is not None:
+            lines.append(f"- {label} minus GAP, paired by seed: val {100 * p['val_mean']:+.1f} +- "
+                         f"{100 * p['val_half_width']:.1f} points, test {100 * p['test_mean']:+.1f} +- "
+                         f"{100 * p['test_half_width']:.1f} points")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
