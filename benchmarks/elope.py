@@ -15,15 +15,20 @@ The localization module (``ObjectCropper``) is trained with the GKMP row's fine-
 network as teacher, seeing 224 px images (7 x 7 maps; paper section 5), and crops train
 and test images once.
 
+Every row runs for each of ``--seeds`` (the classifier's seed: its initialisation, the
+early-stopping split and the batch order); the localization rows crop with one cropper,
+taught by the first seed's GKMP network. Each row is reported as mean +- 95 % t
+half-width over the seeds and minus GAP paired by seed (``_common.paired_by_seed``).
+
 Also measured: the added components' parameters, FLOPs (multiply-adds counted by
 ``torch.utils.flop_counter``) and batch-1 latency against the GAP model, timed
-alternately image by image in the same loop; and, since ``stanford_cars_a`` images are
-already cropped to the car, the localization on the synthetic set with ground-truth
-boxes: the share of test images with IoU >= 0.5 (paper Table 4) for the student and
-for the teacher's own heat map, and frozen-feature accuracy with and without cropping.
+alternately image by image in the same loop. ``stanford_cars_a``'s images are already
+cropped to the car, so the localization rows have nothing to remove here;
+``benchmarks/localization.py`` measures the module where the object is small, on real
+photographs with known boxes.
 
-    python benchmarks/elope.py --quick   # 20 classes, 96 px, 1 epoch: minutes
-    python benchmarks/elope.py           # 98 classes, 160 px, 15 epochs: about 25 min on 2 cores
+    python benchmarks/elope.py --quick   # 20 classes, 96 px, 2 epochs, 2 seeds: minutes
+    python benchmarks/elope.py           # 98 classes, 160 px, 15 epochs, 3 seeds: about 75 min on 2 cores
     python benchmarks/elope.py --rows 0 1 2 ; python benchmarks/elope.py --resume   # in parts
 
 Fitted models and finished rows are kept in ``--work`` (joblib files), so ``--resume``
@@ -42,11 +47,11 @@ import torch
 from sklearn.frozen import FrozenEstimator
 from torch.utils.flop_counter import FlopCounterMode
 
-from _common import DATA, alternating_ms, write_results
+from _common import DATA, alternating_ms, paired_by_seed, seed_interval, write_results
 from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.backbones import build_backbone
-from skfg.datasets import load_image_folder, make_fine_grained
-from skfg.localization import ObjectCropper, box_iou, heatmap_to_box
+from skfg.datasets import load_image_folder
+from skfg.localization import ObjectCropper
 
 # label, pooling, embedding_loss, localization, weighted averaging
 ROWS = [
@@ -76,72 +81,6 @@ def flops(module, *inputs):
     return counter.get_total_flops() / 2
 
 
-def ious(maps, truth, size, tau):
-    """IoU of the boxes of ``size x size`` images' heat maps at threshold ``tau`` with ``truth``."""
-    return box_iou(np.array([heatmap_to_box(m, (size, size), tau) for m in maps]), truth)
-
-
-def synthetic_localization(args, payload, rows):
-    """IoU >= 0.5 rate of the student and of the teacher's map, and what cropping does to
-    frozen-feature accuracy, on images with ground-truth boxes.
-
-    Two teachers: the pretrained backbone (``teacher=None``) and a classifier fine-tuned
-    on the synthetic training images (GKMP, last 3 stages, 30 epochs at 224 px), the
-    paper's "trained classification model". The box threshold ``tau`` is chosen on the
-    training images' boxes (the paper sets it per data set); the rates are also given for
-    several ``tau`` from the same fit, as it is a prediction-time parameter.
-    """
-    n_train, n_test = (10, 10) if args.quick else (30, 20)
-    size, taus = 128, (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-    Xtr, ytr, btr = make_fine_grained(args.synthetic_classes, n_train, image_size=size, random_state=0, return_boxes=True)
-    Xte, yte, bte = make_fine_grained(args.synthetic_classes, n_test, image_size=size, random_state=1, return_boxes=True)
-    t = time.perf_counter()
-    tuned = SoftmaxClassifier(
-        extractor=CNNFeatureExtractor(image_size=224, pooling="kmax", resize="squash"), trainable_blocks=3,
-        max_epochs=2 if args.quick else 30, augment=False, random_state=0,
-    ).fit(Xtr, ytr)
-    out = {"n_train": len(ytr), "n_test": len(yte), "image_size": size,
-           "teacher_fit_s": time.perf_counter() - t, "teacher_test_accuracy": float(tuned.score(Xte, yte)),
-           "object_area_fraction": float(np.mean((bte[:, 2] - bte[:, 0]) * (bte[:, 3] - bte[:, 1])) / size**2)}
-    croppers = {}
-    for name, teacher in {"pretrained": None, "fine-tuned": FrozenEstimator(tuned)}.items():
-        t = time.perf_counter()
-        cropper = ObjectCropper(teacher=teacher, teacher_size=224, random_state=0).fit(Xtr)
-        res = {"cropper_fit_s": time.perf_counter() - t}
-        # the student's maps of the training images choose tau; the teacher's are not needed there
-        train_maps = cropper.predict_heatmaps(Xtr)
-        test_maps = {source: cropper.predict_heatmaps(Xte, source=source) for source in ("student", "teacher")}
-
-        # tau: the paper's per-data-set threshold, chosen here on the training images' boxes
-        chosen = args.tau_synthetic
-        if chosen is None:
-            chosen = float(taus[int(np.argmax([np.mean(ious(train_maps, btr, size, tau) >= 0.5) for tau in taus]))])
-        res["tau"] = chosen
-        for tau in sorted({*taus, chosen}):
-            for source in ("student", "teacher"):
-                iou = ious(test_maps[source], bte, size, tau)
-                res[f"iou05_{source}_tau{tau:g}"] = float(np.mean(iou >= 0.5))
-                res[f"iou_{source}_mean_tau{tau:g}"] = float(iou.mean())
-        out[name] = res
-        croppers[name] = cropper.set_params(tau=chosen)
-        sweep = "; ".join(f"tau {tau:g}: {res[f'iou05_student_tau{tau:g}']:.2f} / {res[f'iou05_teacher_tau{tau:g}']:.2f}"
-                          for tau in taus)
-        rows.append(("synthetic", f"IoU>=0.5 student / teacher, {name} teacher",
-                     f"{res[f'iou05_student_tau{chosen:g}']:.2f} / {res[f'iou05_teacher_tau{chosen:g}']:.2f}", "",
-                     f"{res['cropper_fit_s']:.0f}", "", f"at tau {chosen:g} (chosen on the training boxes); {sweep}"))
-    ext = CNNFeatureExtractor(image_size=size, pooling="kmax")
-    cropper = croppers["fine-tuned"]
-    for label, (A, B) in {"full images": (Xtr, Xte), "cropped": (cropper.transform(Xtr), cropper.transform(Xte))}.items():
-        clf = SoftmaxClassifier(embedding_dim=512, random_state=0).fit(ext.fit().transform(A), ytr)
-        out[f"frozen_accuracy_{label}"] = float(clf.score(ext.transform(B), yte))
-    payload["synthetic"] = out
-    rows.append(("synthetic", "GKMP frozen features: full / cropped (fine-tuned teacher)",
-                 f"{out['frozen_accuracy_full images']:.3f} / {out['frozen_accuracy_cropped']:.3f}", "", "", "",
-                 f"{args.synthetic_classes} classes, {n_train} train / {n_test} test per class; the object covers "
-                 f"{out['object_area_fraction']:.0%} of the image; fine-tuned teacher: test accuracy "
-                 f"{out['teacher_test_accuracy']:.3f}, fit {out['teacher_fit_s']:.0f} s; crops at tau {cropper.tau:g}"))
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="20 classes, 96 px, 1 epoch")
@@ -150,9 +89,8 @@ def main():
     parser.add_argument("--augment", action="store_true", help="random-resized crops and flips (slower)")
     parser.add_argument("--blocks", type=int, default=2, help="trainable_blocks of every row")
     parser.add_argument("--tau", type=float, default=0.2, help="box threshold on cars (Table 2: 0.2)")
-    parser.add_argument("--tau-synthetic", type=float, default=None,
-                        help="box threshold on the synthetic set (default: chosen on the training boxes)")
-    parser.add_argument("--synthetic-classes", type=int, default=20)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds of every row (default 0 1 2; "
+                        "quick: 0 1)")
     parser.add_argument("--n-timing", type=int, default=100, help="test images timed at batch 1")
     parser.add_argument("--rows", nargs="*", type=int, default=None,
                         help="fit only these rows (indices into ROWS) and stop; finish with --resume")
@@ -163,12 +101,13 @@ def main():
     torch.manual_seed(0)
     n_classes, size, epochs = (20, 96, 2) if args.quick else (98, 160, args.epochs)
     n_weighted = 1 if args.quick else args.weighted_epochs
+    seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
     name = "elope" + ("_quick" if args.quick else "")
     (Xtr, ytr), (Xte, yte) = load("train", n_classes), load("test", n_classes)
     payload = {"dataset": "stanford_cars_a", "image_size": size, "backbone": "efficientnet_lite0", "device": "cpu",
                "n_train": len(ytr), "n_test": len(yte), "n_classes": n_classes, "epochs": epochs,
                "weighted_epochs": n_weighted, "trainable_blocks": args.blocks, "tau": args.tau,
-               "augment": args.augment}
+               "augment": args.augment, "seeds": seeds}
     work = Path(args.work or f"/tmp/skfg_elope{'_quick' if args.quick else ''}")
     work.mkdir(parents=True, exist_ok=True)
     done = {}
@@ -176,9 +115,9 @@ def main():
         saved = json.loads((work / "rows.json").read_text())
         if saved["settings"] != payload:
             raise SystemExit(f"--resume: {work} holds a run with other settings: {saved['settings']}")
-        done = {int(k): v for k, v in saved["rows"].items()}
+        done = saved["rows"]
     rows, results = [], []
-    header = ("section", "method", "test acc", "fit s", "extra fit s", "predict ms/img", "note")
+    header = ("section", "method", "seed", "test acc", "fit s", "extra fit s", "predict ms/img", "note")
 
     def save(notes=""):
         payload["results"] = results
@@ -200,67 +139,28 @@ def main():
             except KeyError:
                 return default
 
-    models, crops = Models(), None
+    models, crops = Models(), {}
     settings = dict(payload)
     todo = range(len(ROWS)) if args.rows is None else args.rows
-    for i in todo:
-        label, pooling, loss, loc, weighted = ROWS[i]
-        if i in done:
-            results.append(done[i]["result"])
-            rows.append(tuple(done[i]["row"]))
-            payload.update(done[i].get("payload", {}))
-            continue
-        extra_s, A, B, note = 0.0, Xtr, Xte, ""
-        if loc:
-            if crops is None:  # the teacher is the GKMP row's fine-tuned network (section 5)
-                teacher = models.get("row2")
-                if teacher is None:
-                    raise SystemExit("localization rows need the GKMP row (index 2) in the same run")
-                t = time.perf_counter()
-                cropper = models.get("cropper")
-                if cropper is None:
-                    cropper = ObjectCropper(teacher=teacher, teacher_size=224, tau=args.tau, random_state=0).fit(Xtr)
-                    joblib.dump(cropper, work / "cropper.joblib")
-                crops = (cropper.transform(Xtr), cropper.transform(Xte), time.perf_counter() - t)
-                boxes = cropper.predict_boxes(Xte)
-                areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-                originals = np.array([np.prod(im.size) for im in _originals(Xte)], dtype=float)
-                payload["localization"] = {
-                    "fit_and_crop_s": crops[2], "n_parameters": int(cropper.n_parameters_),
-                    "multiply_adds": float(cropper.flops_), "mean_kept_area_fraction": float(np.mean(areas / originals)),
-                    "share_cropped_below_90pct": float(np.mean(areas / originals < 0.9)),
-                }
-                models["cropper"] = cropper
-            A, B, extra_s = crops[0], crops[1], crops[2]
-            note = f"crops keep {payload['localization']['mean_kept_area_fraction']:.0%} of the image area on average"
-        clf = SoftmaxClassifier(
-            embedding_dim=512, embedding_loss=loss, extractor=CNNFeatureExtractor(image_size=size, pooling=pooling),
-            trainable_blocks=args.blocks, max_epochs=epochs, kmax_weight_epochs=n_weighted if weighted else 0,
-            augment=args.augment, random_state=0,
-        )
-        t = time.perf_counter()
-        clf.fit(A, ytr)
-        fit_s = time.perf_counter() - t
-        t = time.perf_counter()
-        acc = float(np.mean(clf.predict(B) == yte))
-        pred_ms = 1000 * (time.perf_counter() - t) / len(yte)
-        models[f"row{i}"] = clf
-        joblib.dump(clf, work / f"row{i}.joblib")
-        if weighted:
-            note += ("; " if note else "") + "pool weights " + ", ".join(
-                f"{w:.2f}" for w in clf.module_.pool_parameters()[0].detach().tolist())
-        results.append({"method": label, "pooling": pooling, "embedding_loss": loss, "localization": loc,
-                        "weighted": weighted, "test_accuracy": acc, "fit_s": fit_s, "extra_fit_s": extra_s,
-                        "epochs": clf.n_iter_, "best_epoch": clf.best_epoch_, "predict_ms_per_image": pred_ms})
-        rows.append(("cars", label, f"{acc:.3f}", f"{fit_s:.0f}", f"{extra_s:.0f}" if loc else "",
-                     f"{pred_ms:.2f}", note))
-        print(rows[-1], flush=True)
-        done[i] = {"result": results[-1], "row": rows[-1],
-                   "payload": {"localization": payload["localization"]} if loc else {}}
-        (work / "rows.json").write_text(json.dumps({"settings": settings, "rows": done}, indent=1))
-        save()
+    for seed in seeds:
+        for i in todo:
+            key = f"{i}:{seed}"
+            if key in done:
+                results.append(done[key]["result"])
+                rows.append(tuple(done[key]["row"]))
+                payload.update(done[key].get("payload", {}))
+                continue
+            result, row = fit_row(i, seed, seeds[0], args, models, crops, work, (Xtr, ytr, Xte, yte), size, epochs,
+                                  n_weighted, payload)
+            results.append(result)
+            rows.append(row)
+            print(row, flush=True)
+            done[key] = {"result": result, "row": row,
+                         "payload": {"localization": payload["localization"]} if ROWS[i][3] else {}}
+            (work / "rows.json").write_text(json.dumps({"settings": settings, "rows": done}, indent=1))
+            save()
 
-    if args.rows is not None:  # a part of the run: the cost and synthetic sections come with --resume
+    if args.rows is not None:  # a part of the run: the cost section comes with --resume
         save()
         return
 
@@ -272,8 +172,8 @@ def main():
     if models.get("cropper") is not None:
         cost["cropper_parameters"] = int(models["cropper"].n_parameters_)
         cost["cropper_multiply_adds"] = float(models["cropper"].flops_)
-    full = models.get(f"row{len(ROWS) - 1}")
-    base = models.get("row0")
+    full = models.get(f"row{len(ROWS) - 1}_s{seeds[0]}")
+    base = models.get(f"row0_s{seeds[0]}")
     if full is not None and base is not None:
         cropper = models["cropper"]
         X_time = Xte[: args.n_timing]
@@ -290,15 +190,85 @@ def main():
                      f"parameters: cropper {cost['cropper_parameters']:,}, pool weights 4"))
     payload["cost"] = cost
 
-    synthetic_localization(args, payload, rows)
-    acc = {r["method"]: r["test_accuracy"] for r in results}
+    payload["summary"], payload["paired_vs_gap"] = summarise(results)
     notes = [f"{n_classes} classes, {size} px, trainable_blocks={args.blocks}, up to {epochs} epochs (+{n_weighted} "
              f"for weighted averaging), {'with' if args.augment else 'no'} augmentation, 512-d hidden layer in "
-             "every row; one seed."]
-    if "GAP" in acc and ROWS[-1][0] in acc:
-        notes.append(f"all components vs GAP: {acc[ROWS[-1][0]]:.3f} vs {acc['GAP']:.3f} "
-                     f"({100 * (acc[ROWS[-1][0]] - acc['GAP']):+.1f} points)")
+             f"every row; seeds {seeds}; test accuracy mean +- 95 % t half-width, and minus GAP paired by seed:"]
+    for label, *_ in ROWS:
+        m = payload["summary"].get(label)
+        p = payload["paired_vs_gap"].get(label)
+        if m is not None:
+            notes.append(f"{label}: {m['test_mean']:.3f} +- {m['test_half_width']:.3f}" + (
+                f"; minus GAP {100 * p['test_mean']:+.1f} +- {100 * p['test_half_width']:.1f} points "
+                f"(per seed {', '.join(f'{100 * d:+.1f}' for d in p['test_per_seed'])})" if p else ""))
     save("\n".join(f"- {n}" for n in notes))
+
+
+def summarise(results):
+    """Per row the test accuracy's mean and 95 % half-width over seeds, and each row minus
+    GAP paired by seed (:func:`paired_by_seed`; ``None`` with fewer than two seeds)."""
+    summary, paired = {}, {}
+    gap = [r for r in results if r["method"] == "GAP"]
+    for label, *_ in ROWS:
+        mine = [r for r in results if r["method"] == label]
+        if mine:
+            mean, hw = seed_interval([r["test_accuracy"] for r in mine])
+            summary[label] = {"test_mean": mean, "test_half_width": hw, "n_seeds": len(mine)}
+            if label != "GAP":
+                paired[label] = paired_by_seed(mine, gap, parts=("test",))
+    return summary, paired
+
+
+def fit_row(i, seed, first_seed, args, models, crops, work, data, size, epochs, n_weighted, payload):
+    """Fit ROWS[i] with ``seed``: ``(result dict, table row)``; the fitted model is kept in
+    ``models`` and ``work``. The localization rows crop with one cropper, taught by
+    ``first_seed``'s GKMP network (fitted on the first call, kept in ``crops``)."""
+    Xtr, ytr, Xte, yte = data
+    label, pooling, loss, loc, weighted = ROWS[i]
+    extra_s, A, B, note = 0.0, Xtr, Xte, ""
+    if loc:
+        if not crops:  # the teacher is the GKMP row's fine-tuned network (section 5)
+            teacher = models.get(f"row2_s{first_seed}")
+            if teacher is None:
+                raise SystemExit(f"localization rows need the GKMP row (index 2) with seed {first_seed} in the run")
+            t = time.perf_counter()
+            cropper = models.get("cropper")
+            if cropper is None:
+                cropper = ObjectCropper(teacher=teacher, teacher_size=224, tau=args.tau, random_state=0).fit(Xtr)
+                joblib.dump(cropper, work / "cropper.joblib")
+            crops.update(train=cropper.transform(Xtr), test=cropper.transform(Xte), fit_s=time.perf_counter() - t)
+            boxes = cropper.predict_boxes(Xte)
+            areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            originals = np.array([np.prod(im.size) for im in _originals(Xte)], dtype=float)
+            payload["localization"] = {
+                "fit_and_crop_s": crops["fit_s"], "n_parameters": int(cropper.n_parameters_),
+                "multiply_adds": float(cropper.flops_), "mean_kept_area_fraction": float(np.mean(areas / originals)),
+                "share_cropped_below_90pct": float(np.mean(areas / originals < 0.9)),
+            }
+            models["cropper"] = cropper
+        A, B, extra_s = crops["train"], crops["test"], crops["fit_s"]
+        note = f"crops keep {payload['localization']['mean_kept_area_fraction']:.0%} of the image area on average"
+    clf = SoftmaxClassifier(
+        embedding_dim=512, embedding_loss=loss, extractor=CNNFeatureExtractor(image_size=size, pooling=pooling),
+        trainable_blocks=args.blocks, max_epochs=epochs, kmax_weight_epochs=n_weighted if weighted else 0,
+        augment=args.augment, random_state=seed,
+    )
+    t = time.perf_counter()
+    clf.fit(A, ytr)
+    fit_s = time.perf_counter() - t
+    t = time.perf_counter()
+    acc = float(np.mean(clf.predict(B) == yte))
+    pred_ms = 1000 * (time.perf_counter() - t) / len(yte)
+    joblib.dump(clf, work / f"row{i}_s{seed}.joblib")  # ``models`` loads it from there when asked
+    if weighted:
+        note += ("; " if note else "") + "pool weights " + ", ".join(
+            f"{w:.2f}" for w in clf.module_.pool_parameters()[0].detach().tolist())
+    result = {"method": label, "seed": seed, "pooling": pooling, "embedding_loss": loss, "localization": loc,
+              "weighted": weighted, "test_accuracy": acc, "fit_s": fit_s, "extra_fit_s": extra_s,
+              "epochs": clf.n_iter_, "best_epoch": clf.best_epoch_, "predict_ms_per_image": pred_ms}
+    row = ("cars", label, str(seed), f"{acc:.3f}", f"{fit_s:.0f}", f"{extra_s:.0f}" if loc else "",
+           f"{pred_ms:.2f}", note)
+    return result, list(row)
 
 
 def _originals(X):
