@@ -180,10 +180,10 @@ def main():
         ms = alternating_ms([base.predict, lambda x: full.predict(cropper.transform(x)),
                              lambda x: cropper.transform(x)], X_time, 2 if args.quick else 3)
         cost.update(gap_ms_per_image=ms[0], full_ms_per_image=ms[1], cropper_ms_per_image=ms[2])
-        rows.append(("cost", "full model vs GAP, batch 1", "", "", "", f"{ms[1]:.2f} vs {ms[0]:.2f}",
+        rows.append(("cost", "full model vs GAP, batch 1", "", "", "", "", f"{ms[1]:.2f} vs {ms[0]:.2f}",
                      f"x{ms[1] / ms[0]:.2f} time; the cropper alone {ms[2]:.2f} ms (decode + student + crop)"))
     if "cropper_multiply_adds" in cost:
-        rows.append(("cost", "added multiply-adds", "", "", "", "",
+        rows.append(("cost", "added multiply-adds", "", "", "", "", "",
                      f"cropper {cost['cropper_multiply_adds'] / 1e6:.1f} M + embedding 0.66 M vs backbone "
                      f"{cost['backbone_multiply_adds'] / 1e6:.0f} M at {size} px "
                      f"(+{(cost['cropper_multiply_adds'] + 0.66e6) / cost['backbone_multiply_adds']:.1%}); "
