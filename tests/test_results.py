@@ -285,7 +285,6 @@ def test_a_stamp_hashed_the_earlier_way_is_recounted_only_while_what_it_ran_is_u
 # Numbers in the docs with no result file behind them, each with the reason it may stay.
 KNOWN_UNBACKED = {
     ("impostor.rst", "50.8 %"): "the mean of three per-seed values of impostor_e2e_seeds.md, computed in the text",
-    ("localization.rst", "38.3 %"): "measured by hand before the benchmarks kept results; to be re-measured (issue 22)",
 }
 
 
