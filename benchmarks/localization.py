@@ -32,7 +32,7 @@ maximum, and for the paper's, every cell above ``tau``; the teacher sees the ima
   The cropper is fitted once (seed ``--seed``); the classifiers' seeds vary.
 
     python benchmarks/localization.py --quick   # 12 classes, 128 px, 1 teacher epoch: minutes
-    python benchmarks/localization.py           # 98 classes, 224 px: about 80 min on 2 cores
+    python benchmarks/localization.py           # 98 classes, 224 px: about an hour on 2 cores
 
 The fitted teacher and croppers are kept in ``--work`` (joblib), so a run that stopped in
 the classification section continues there with ``--resume``.

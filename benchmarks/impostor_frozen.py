@@ -1,0 +1,121 @@
+"""Impostor loose vs SoftmaxClassifier(embedding_dim=512) on frozen features (issue 22).
+
+The issue's second impostor target: on frozen CNN features (EfficientNet-Lite0 with its
+ImageNet weights, ``CNNFeatureExtractor(image_size=160)``, computed once), the loose
+impostor head should reach at least the accuracy of a softmax head with the same 512-d
+hidden layer ("ConvNet-extra" in the paper's Table 1), each with its main parameter
+chosen by ``GridSearchCV`` on **val**:
+
+- ``ImpostorClassifier(impostors="loose")`` over ``sigma`` in ``SIGMAS``;
+- ``SoftmaxClassifier(embedding_dim=512)`` over its learning rate in ``LRS`` (the same
+  number of candidates: the same tuning budget).
+
+``GridSearchCV(cv=PredefinedSplit(...))`` fits each candidate on train and scores it on
+val; ``refit=True`` then fits the chosen one on train + val, as a user of scikit-learn
+would, and that model is scored on test. Every row runs once per ``--seeds`` seed (the
+heads' initialisation and batch order; the features are the same); the table gives each
+row's mean with a 95 % Student-t interval and loose minus softmax paired by seed.
+
+    python benchmarks/impostor_frozen.py --quick   # 12 classes, 96 px: a few minutes
+    python benchmarks/impostor_frozen.py           # 98 classes, 160 px, 3 seeds: about 40 min on 2 cores
+
+The features are kept in ``--work`` (``features_<size>.npz``) and reused by a later run
+with the same classes and size.
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import GridSearchCV, PredefinedSplit
+
+from _common import DATA, paired_by_seed, seed_interval, write_results
+from skfg import CNNFeatureExtractor, ImpostorClassifier, SoftmaxClassifier
+from skfg.datasets import load_image_folder
+
+SIGMAS = (0.3, 0.6, 1.0)
+LRS = (1e-3, 3e-3, 1e-2)
+ROWS = {
+    "impostor_loose": (lambda seed: ImpostorClassifier(impostors="loose", random_state=seed), "sigma", SIGMAS),
+    "softmax_512": (lambda seed: SoftmaxClassifier(embedding_dim=512, random_state=seed), "lr", LRS),
+}
+
+
+def features(classes, size, work):
+    """Frozen features and labels of train, val and test (cached in ``work``)."""
+    path = work / f"features_{size}_{len(classes)}.npz"
+    if path.exists():
+        saved = np.load(path)
+        return [(saved[f"F{i}"], saved[f"y{i}"]) for i in range(3)], float(saved["seconds"])
+    ext, out, t = CNNFeatureExtractor(image_size=size).fit(), [], time.perf_counter()
+    for split in ("train", "val", "test"):
+        X, y = load_image_folder(DATA / "stanford_cars_a" / split)
+        keep = np.isin(y, classes)
+        out.append((ext.transform(X[keep]), y[keep]))
+    seconds = time.perf_counter() - t
+    np.savez(path, seconds=seconds, **{f"F{i}": F for i, (F, _) in enumerate(out)},
+             **{f"y{i}": y for i, (_, y) in enumerate(out)})
+    return out, seconds
+
+
+def run_row(name, seed, splits):
+    """``GridSearchCV`` on val for one row and seed, refit on train + val, scored on test."""
+    (Ftr, ytr), (Fva, yva), (Fte, yte) = splits
+    make, param, grid = ROWS[name]
+    search = GridSearchCV(make(seed), {param: list(grid)}, cv=PredefinedSplit([-1] * len(ytr) + [0] * len(yva)),
+                          refit=True)
+    t = time.perf_counter()
+    search.fit(np.concatenate([Ftr, Fva]), np.concatenate([ytr, yva]))
+    return {"name": name, "seed": seed, "param": param, "chosen": search.best_params_[param],
+            "val_accuracy": float(search.best_score_),  # the chosen candidate fitted on train, scored on val
+            "val_scores": {str(v): float(s) for v, s in zip(grid, search.cv_results_["mean_test_score"])},
+            "test_accuracy": float(search.score(Fte, yte)), "search_and_refit_s": time.perf_counter() - t}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="12 classes, 96 px")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--work", default="/tmp/skfg_impostor_frozen", help="where the features are kept")
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    classes = sorted(set(load_image_folder(DATA / "stanford_cars_a" / "train")[1]))
+    size = 160
+    if args.quick:
+        classes, size = classes[:12], 96
+    splits, extract_s = features(classes, size, work)
+    runs = []
+    for seed in args.seeds:
+        for name in ROWS:
+            runs.append(run_row(name, seed, splits))
+            print(runs[-1], flush=True)
+    summary = {name: {f"{k}_{stat}": v for k in ("val", "test") for stat, v in
+                      zip(("mean", "half_width"), seed_interval([r[f"{k}_accuracy"] for r in runs if r["name"] == name]))}
+               for name in ROWS}
+    paired = paired_by_seed([r for r in runs if r["name"] == "impostor_loose"],
+                            [r for r in runs if r["name"] == "softmax_512"])
+    rows = [(r["name"], r["seed"], f"{r['param']}={r['chosen']:g}",
+             " / ".join(f"{s:.3f}" for s in r["val_scores"].values()), f"{r['val_accuracy']:.3f}",
+             f"{r['test_accuracy']:.3f}", f"{r['search_and_refit_s']:.0f}") for r in runs]
+    header = ("row", "seed", "chosen on val", "val per candidate", "val (chosen)", "test", "search + refit s")
+    notes = [f"Frozen EfficientNet-Lite0 features (ImageNet weights, {size} px, {len(classes)} classes; "
+             f"{len(splits[0][1])} train / {len(splits[1][1])} val / {len(splits[2][1])} test); GridSearchCV on val "
+             f"(PredefinedSplit), refit on train + val; sigma in {SIGMAS}, lr in {LRS}; seeds {args.seeds}."]
+    for name, s in summary.items():
+        notes.append(f"{name}: val {s['val_mean']:.3f} +- {s['val_half_width']:.3f}, "
+                     f"test {s['test_mean']:.3f} +- {s['test_half_width']:.3f}")
+    if paired is not None:
+        notes.append(f"impostor_loose minus softmax_512, paired by seed: test {100 * paired['test_mean']:+.1f} +- "
+                     f"{100 * paired['test_half_width']:.1f} points (per seed "
+                     f"{', '.join(f'{100 * d:+.1f}' for d in paired['test_per_seed'])}), val "
+                     f"{100 * paired['val_mean']:+.1f} +- {100 * paired['val_half_width']:.1f}")
+    write_results("impostor_frozen" + ("_quick" if args.quick else ""),
+                  {"runs": runs, "summary": summary, "paired_loose_minus_softmax": paired, "image_size": size,
+                   "n_classes": len(classes), "extract_s": extract_s, "sigmas": SIGMAS, "lrs": LRS},
+                  rows, header, "\n".join(f"- {n}" for n in notes))
+
+
+if __name__ == "__main__":
+    main()
