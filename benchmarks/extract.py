@@ -2,7 +2,8 @@
 
 The naive reference is what most code does: ``torchvision.datasets.ImageFolder`` +
 ``DataLoader(batch_size=32)`` + the same network in eval mode under ``no_grad``
-(channels-first). Both produce GAP + L2-normalised features of the last stage of the
+(channels-first), each image resized whole to the square input as skfg's default
+``resize="squash"``. Both produce GAP + L2-normalised features of the last stage of the
 default backbone, checked equal (max abs diff < 1e-4).
 
     python benchmarks/extract.py            # stanford_cars_a test split, 160 and 224 px
@@ -26,7 +27,8 @@ from skfg.pooling import pool_stage_outputs
 
 def naive_features(root, size, indices, batch_size=32):
     net = build_backbone("efficientnet_lite0", "imagenet").eval()
-    tf = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(net.mean, net.std)])
+    # the whole image resized to size x size, as CNNFeatureExtractor's default resize="squash"
+    tf = T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize(net.mean, net.std)])
     ds = ImageFolder(str(root), transform=tf)
     loader = DataLoader(Subset(ds, indices), batch_size=batch_size, shuffle=False)
     out = []
