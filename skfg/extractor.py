@@ -80,7 +80,7 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
     n_jobs : int or None, default=None
         Threads that decode images while the network runs; 0 decodes in the calling
         thread. ``None`` picks 0 when the network runs on the CPU (it already uses every
-        core, and a decode thread measured slower on 2 cores, see
+        core, and a decode thread measured no faster on 2 cores, see
         ``benchmarks/results/extract.md``) and ``min(4, cpu_count)`` on a GPU.
     cache : bool or str, default=True
         Reuse features of images seen before with the same settings: ``True`` keeps
