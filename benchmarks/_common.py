@@ -179,6 +179,15 @@ def seed_interval(values, confidence=0.95):
     return float(values.mean()), float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1) * sem)
 
 
+def seed_summary(rows, parts=("val", "test")):
+    """Mean and 95 % half-width (:func:`seed_interval`) of each part's accuracy
+    (``"<part>_accuracy"``) over one row's seeds: ``{"<part>_mean", "<part>_half_width"}``."""
+    out = {}
+    for k in parts:
+        out[f"{k}_mean"], out[f"{k}_half_width"] = seed_interval([r[f"{k}_accuracy"] for r in rows])
+    return out
+
+
 def paired_by_seed(rows, base_rows, parts=("val", "test")):
     """``row - base`` of each part's accuracy (``"<part>_accuracy"``) on the seeds both ran:
     ``{"seeds", "<part>_per_seed", "<part>_mean", "<part>_half_width"}`` (95 % Student-t,

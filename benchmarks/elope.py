@@ -47,7 +47,7 @@ import torch
 from sklearn.frozen import FrozenEstimator
 from torch.utils.flop_counter import FlopCounterMode
 
-from _common import DATA, alternating_ms, paired_by_seed, seed_interval, write_results
+from _common import DATA, alternating_ms, paired_by_seed, seed_summary, write_results
 from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.backbones import build_backbone
 from skfg.datasets import load_image_folder
@@ -212,8 +212,7 @@ def summarise(results):
     for label, *_ in ROWS:
         mine = [r for r in results if r["method"] == label]
         if mine:
-            mean, hw = seed_interval([r["test_accuracy"] for r in mine])
-            summary[label] = {"test_mean": mean, "test_half_width": hw, "n_seeds": len(mine)}
+            summary[label] = {**seed_summary(mine, parts=("test",)), "n_seeds": len(mine)}
             if label != "GAP":
                 paired[label] = paired_by_seed(mine, gap, parts=("test",))
     return summary, paired

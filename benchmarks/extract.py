@@ -5,7 +5,8 @@ The naive reference is what most code does: ``torchvision.datasets.ImageFolder``
 (channels-first), each image resized whole to the square input as skfg's default
 ``resize="squash"``. The baseline is tuned as a user would tune it: batch sizes 32, 8
 and 4 without loader workers and 8 with two (``NAIVE``); the ratios are against the
-fastest of them ("x best naive") and against the common ``batch_size=32``. Both produce GAP + L2-normalised features of the last stage of the
+fastest of them ("x best naive") and against the common ``batch_size=32``. Both
+produce GAP + L2-normalised features of the last stage of the
 default backbone, checked equal (max abs diff < 1e-4).
 
     python benchmarks/extract.py            # stanford_cars_a test split, 160 and 224 px

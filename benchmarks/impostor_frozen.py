@@ -17,9 +17,9 @@ heads' initialisation and batch order; the features are the same); the table giv
 row's mean with a 95 % Student-t interval and loose minus softmax paired by seed.
 
     python benchmarks/impostor_frozen.py --quick   # 12 classes, 96 px: a few minutes
-    python benchmarks/impostor_frozen.py           # 98 classes, 160 px, 3 seeds: about 40 min on 2 cores
+    python benchmarks/impostor_frozen.py           # 98 classes, 160 px, 3 seeds: about 10 min on 2 cores
 
-The features are kept in ``--work`` (``features_<size>.npz``) and reused by a later run
+The features are kept in ``--work`` (``features_<size>_<n classes>.npz``) and reused by a later run
 with the same classes and size.
 """
 
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import GridSearchCV, PredefinedSplit
 
-from _common import DATA, paired_by_seed, seed_interval, write_results
+from _common import DATA, paired_by_seed, seed_summary, write_results
 from skfg import CNNFeatureExtractor, ImpostorClassifier, SoftmaxClassifier
 from skfg.datasets import load_image_folder
 
@@ -91,9 +91,7 @@ def main():
         for name in ROWS:
             runs.append(run_row(name, seed, splits))
             print(runs[-1], flush=True)
-    summary = {name: {f"{k}_{stat}": v for k in ("val", "test") for stat, v in
-                      zip(("mean", "half_width"), seed_interval([r[f"{k}_accuracy"] for r in runs if r["name"] == name]))}
-               for name in ROWS}
+    summary = {name: seed_summary([r for r in runs if r["name"] == name]) for name in ROWS}
     paired = paired_by_seed([r for r in runs if r["name"] == "impostor_loose"],
                             [r for r in runs if r["name"] == "softmax_512"])
     rows = [(r["name"], r["seed"], f"{r['param']}={r['chosen']:g}",

@@ -46,7 +46,7 @@ import joblib
 import numpy as np
 from sklearn.frozen import FrozenEstimator
 
-from _common import DATA, paired_by_seed, seed_interval, write_results
+from _common import DATA, paired_by_seed, seed_summary, write_results
 from skfg import CNNFeatureExtractor, ObjectCropper, SoftmaxClassifier
 from skfg.datasets import load_image_folder, make_composite
 from skfg.localization import box_iou, heatmap_to_box
@@ -202,11 +202,7 @@ def end_to_end(args, crops, labels, size):
                          "best_epoch": clf.best_epoch_, "val_accuracy": float(clf.score(Xva, yva)),
                          "test_accuracy": float(clf.score(Xte, yte))})
             print(runs[-1], flush=True)
-    summary = {}
-    for label, *_ in E2E_ROWS:
-        mine = [r for r in runs if r["name"] == label]
-        summary[label] = {f"{k}_{stat}": v for k in ("val", "test") for stat, v in
-                          zip(("mean", "half_width"), seed_interval([r[f"{k}_accuracy"] for r in mine]))}
+    summary = {label: seed_summary([r for r in runs if r["name"] == label]) for label, *_ in E2E_ROWS}
     gap = [r for r in runs if r["name"] == "GAP"]
     paired = {label: paired_by_seed([r for r in runs if r["name"] == label], gap) for label, *_ in E2E_ROWS[1:]}
     return {"budget": {"image_size": size, "trainable_blocks": args.blocks, "max_epochs": epochs, "augment": False,
