@@ -275,17 +275,31 @@ def timing_rounds(repeats):
             yield r
 
 
-def alternating_ms(predictors, X, repeats):
-    """Per predictor, mean over images of the best-of-``repeats`` time of one image (ms).
+def alternating_ms(predictors, X, repeats, per_round=False):
+    """Per predictor, mean over images of the best-of-``repeats`` time of one image (ms);
+    with ``per_round``, every time itself: ``(repeats, n_predictors, n_images)`` ms.
 
     The predictors run one after the other on each image, so a slow spell of the machine
     hits all of them alike.
     """
-    best = np.full((len(predictors), len(X)), np.inf)
+    times = []
     for _ in timing_rounds(repeats):
+        t_round = np.empty((len(predictors), len(X)))
         for i in range(len(X)):
             for k, predict in enumerate(predictors):
                 t = time.perf_counter()
                 predict(X[i : i + 1])
-                best[k, i] = min(best[k, i], time.perf_counter() - t)
-    return 1000 * best.mean(1)
+                t_round[k, i] = time.perf_counter() - t
+        times.append(t_round)
+    times = 1000 * np.asarray(times)
+    return times if per_round else times.min(0).mean(1)
+
+
+def speedup_spread(times):
+    """Speed-up of predictor 1 over predictor 0 from :func:`alternating_ms`'s ``per_round``
+    times: ``(speed-up, low, high)``, the speed-up on each image's best time and the lowest
+    and highest of the speed-ups measured in each round alone (the spread of repeated
+    runs: a speed-up whose spread holds 1 is none)."""
+    best = times.min(0).mean(1)
+    per_round = times[:, 0].mean(1) / times[:, 1].mean(1)
+    return float(best[0] / best[1]), float(per_round.min()), float(per_round.max())
