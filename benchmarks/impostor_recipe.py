@@ -16,7 +16,9 @@ epochs, same seeds), and the stale-results check keeps both files on current cod
 
     python benchmarks/impostor_recipe.py --quick                  # 12 classes, 64 px, 2 epochs
     python benchmarks/impostor_recipe.py --epochs 7               # selection, ~25 min
-    python benchmarks/impostor_recipe.py --rows adamw_s0.3 --seeds 0,1,2 --merge   # ~25 min
+    python benchmarks/impostor_recipe.py --rows adamw_s0.3 --seeds 0,1,2 --merge   # ~45 min
+    python benchmarks/impostor_recipe.py --epochs 7 --merge \
+        --rows adamw_s0.3_smooth0.1,adamw_s0.6to0.3,adamw_s0.3_implr1   # schedule ideas, ~15 min
     python benchmarks/impostor_recipe.py --render   # the table again, e.g. after recipe.json gained rows
 """
 
@@ -28,8 +30,49 @@ import numpy as np
 
 from _common import DATA, RESULTS, mergeable_rows, paired_by_seed, write_results
 from skfg import CNNFeatureExtractor, ImpostorClassifier
+from skfg._distances import squared_distances
 from skfg._table import format_table
 from skfg.datasets import load_image_folder
+from skfg.losses import class_log_proba, exclude_self, rbf_log_kernel, weighted_finite_mean
+
+
+
+class ScheduleVariant(ImpostorClassifier):
+    """Two ideas of issue 22 tried here, not in skfg: ``smoothing``, label smoothing of the
+    RBF vote (the softmax recipe smooths by 0.1; impostors train without it), and
+    ``sigma_start``, sigma annealed geometrically from ``sigma_start`` to ``sigma`` over the
+    fine-tuning epochs (the head epochs at ``sigma_start``; prediction at ``sigma``).
+    Loose impostors only; the sum runs over every impostor (``n_neighbors=None``).
+    """
+
+    def __init__(self, smoothing=0.0, sigma_start=None, **params):
+        super().__init__(**params)
+        self.smoothing = smoothing
+        self.sigma_start = sigma_start
+
+    def _train(self, ctx, max_epochs, signature, **kw):
+        self._phase = (max_epochs, signature.endswith(":head"))
+        self._sigma_now = self.sigma_start or self.sigma
+        return super()._train(ctx, max_epochs, signature, **kw)
+
+    def _epoch_start(self, ctx, epoch):
+        super()._epoch_start(ctx, epoch)
+        n_epochs, head = self._phase
+        if self.sigma_start and not head:
+            self._sigma_now = self.sigma_start * (self.sigma / self.sigma_start) ** (epoch / max(1, n_epochs - 1))
+
+    def _training_loss(self, ctx, batch):
+        # eq. (6) with the NCA term smoothed: (1 - e) * -log p(l_i | x_i) + e * mean_l -log p(l | x_i)
+        x, t, w, rows = batch
+        aux, emb = ctx.aux, ctx.data.forward(ctx.net, x)
+        own, impostors = aux.own[rows], aux.positions()
+        lk = exclude_self(rbf_log_kernel(squared_distances(emb, impostors), self._sigma_now, aux.log_weights), own)
+        log_p = class_log_proba(lk, aux.labels, aux.n_classes)
+        loss = -(1 - self.smoothing) * log_p.gather(1, t[:, None]).squeeze(1) \
+            - self.smoothing * log_p.clamp_min(-30).mean(1)
+        gap = ((emb - impostors[own.clamp_min(0)]) ** 2).sum(1).to(loss.dtype) * (own >= 0)
+        return weighted_finite_mean(loss + self.attachment * gap, w)
+
 
 SGD = dict(optimizer="sgd", lr=0.01, backbone_lr_scale=2 / 3, weight_decay=1e-4)
 ADAMW = dict(optimizer="adamw", lr=3e-3, backbone_lr_scale=2 / 3, weight_decay=0.05)  # recipe.json's "adamw" row
@@ -49,7 +92,15 @@ ROWS = {
     # below the smallest sigma tried first (0.3, the best of four), after the equal-optimiser comparison
     "adamw_s0.2": ({**RECIPE, **ADAMW, "sigma": 0.2, "impostor_lr_scale": 0.3},
                    "AdamW 3e-3, wd 0.05; impostors at 0.3x lr; a fifth candidate, tried after the others"),
+    # issue 22's schedule ideas on the chosen row, after the equal-optimiser comparison (ScheduleVariant)
+    "adamw_s0.3_smooth0.1": ({**RECIPE, **ADAMW, "sigma": 0.3, "impostor_lr_scale": 0.3, "smoothing": 0.1},
+                             "adamw_s0.3 with the vote label-smoothed by 0.1 (as the softmax recipe)"),
+    "adamw_s0.6to0.3": ({**RECIPE, **ADAMW, "sigma": 0.3, "impostor_lr_scale": 0.3, "sigma_start": 0.6},
+                        "adamw_s0.3 with sigma annealed 0.6 -> 0.3 over the fine-tuning epochs"),
+    "adamw_s0.3_implr1": ({**RECIPE, **ADAMW, "sigma": 0.3, "impostor_lr_scale": 1.0},
+                          "adamw_s0.3 with the impostors at the head's lr (1x)"),
 }
+VARIANT_PARAMS = {"smoothing", "sigma_start"}  # rows with these are ScheduleVariant fits
 
 
 # recipe.json's shared-budget rows to compare with at a short budget: the recipe, the
@@ -106,7 +157,8 @@ def main():
         params = dict(params)
         if epochs:
             params["max_epochs"] = epochs
-        clf = ImpostorClassifier(extractor=CNNFeatureExtractor(image_size=size), random_state=seed, **params)
+        cls = ScheduleVariant if VARIANT_PARAMS & set(params) else ImpostorClassifier
+        clf = cls(extractor=CNNFeatureExtractor(image_size=size), random_state=seed, **params)
         t = time.perf_counter()
         clf.fit(Xtr, ytr)
         fit_min = (time.perf_counter() - t) / 60

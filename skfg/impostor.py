@@ -144,7 +144,9 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
     schedule : {"cosine", "step", "constant"}, default="cosine"
     warmup_epochs, precision, ema_decay, freeze_batchnorm : as in :class:`skfg.SoftmaxClassifier`.
     label_smoothing : float or "auto", default="auto"
-        ``"auto"``: 0 (the RBF vote's probabilities are not smoothed).
+        ``"auto"``: 0 (the RBF vote's probabilities are not smoothed). Other values are
+        accepted but not yet applied to the impostor loss: every value trains as 0
+        (smoothing by 0.1 did not help end to end; ``docs/impostor.rst``).
     max_grad_norm : float or None, default=None
         As in :class:`skfg.SoftmaxClassifier`.
     divergence_guard : float, None or "auto", default="auto"
