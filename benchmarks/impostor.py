@@ -32,7 +32,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.svm import SVC, LinearSVC
 
-from _common import DATA, RESULTS, write_results
+from _common import DATA, RESULTS, seed_interval, write_results
 from skfg import CNNFeatureExtractor, ImpostorClassifier, SoftmaxClassifier
 from skfg.datasets import load_image_folder
 from skfg.index import NearestNeighborIndex
@@ -71,7 +71,7 @@ def head_mode_impostors(schemes, sigmas, data, record):
     return head
 
 
-def compression(head, data, record, results, summary, seeds=(0,)):
+def compression(head, data, record, results, summary, seeds=(0,), paired=None):
     """Section 3: impostors stored as PQ / OPQ codes of 8-64 bytes, three recipes.
 
     - From the random projection: the head-mode fixed scheme (impostors = the randomly
@@ -86,6 +86,9 @@ def compression(head, data, record, results, summary, seeds=(0,)):
       compresses the impostors and tunes the codebooks (``codebook_epochs``, default); at
       16 B also with ``codebook_epochs=0`` (compression only). Reference: section 1's
       loose row. The 16 B rows are repeated for the extra ``seeds`` (same sigma).
+
+    ``paired`` (a dict) receives, per method and tuning, the 16 B accuracy minus the
+    uncompressed loose model's, per seed, with its mean and 95 % Student-t half-width.
     """
     Ftr, ytr = data[0], data[1]
     sec, sigma_fixed, loose = "3 compression", head["fixed"][1], head["loose"][2]
@@ -121,15 +124,16 @@ def compression(head, data, record, results, summary, seeds=(0,)):
                         f"{acc:.3f} vs {plain_acc:.3f} ({100 * (acc - plain_acc):+.1f} points; target: within 1); "
                         f"codes {plain_bytes / codes:.0f}x smaller, {plain_bytes / m.impostor_memory_bytes_:.1f}x "
                         "with codebooks")
-    loose_compressed(head, data, record, results, summary, methods, seeds)
+    loose_compressed(head, data, record, results, summary, methods, seeds, paired)
 
 
-def loose_compressed(head, data, record, results, summary, methods, seeds):
+def loose_compressed(head, data, record, results, summary, methods, seeds, paired=None):
     """Section 3, loose recipe: the final loose impostors compressed, codebooks tuned (see
     :func:`compression`); per-seed 16 B differences to the uncompressed loose model."""
     Ftr, ytr = data[0], data[1]
     sec, sigma = "3 compression", head["loose"][1]
     diffs = {}  # (method, tuned) -> [16 B accuracy - uncompressed accuracy] per seed
+    plains = []  # the uncompressed loose model's accuracy per seed
 
     def fit(seed, method="exact", code=16, **kw):
         return timed(lambda: ImpostorClassifier(sigma, impostors="loose", index=method, code_size=code,
@@ -143,6 +147,7 @@ def loose_compressed(head, data, record, results, summary, methods, seeds):
             m, s = fit(seed)
             plain_acc = record(sec, f"Impostor loose, uncompressed{tag}", m, s, f"sigma={sigma}")
             plain_bytes = m.impostor_memory_bytes_
+        plains.append(plain_acc)
         rows = [(method, code, tuned) for method in methods for code in ((8, 16, 32, 64) if seed == 0 else (16,))
                 for tuned in ((True, False) if code == 16 else (True,))]  # 16 B also without tuning
         for method, code, tuned in rows:
@@ -160,10 +165,17 @@ def loose_compressed(head, data, record, results, summary, methods, seeds):
                                plain_accuracy=plain_acc)
             if code == 16:
                 diffs.setdefault((method, tuned), []).append(100 * (acc - plain_acc))
+    if paired is not None:
+        mean, half = seed_interval(plains)
+        paired["uncompressed"] = {"seeds": list(seeds), "per_seed": plains, "mean": mean, "half_width": half}
     for (method, tuned), d in diffs.items():
         how = "codebooks tuned" if tuned else "compressed only"
         summary[f"{method.upper()} 16 B vs uncompressed, loose, {how}, {len(d)} seed(s)"] = (
             f"{' / '.join(f'{v:+.1f}' for v in d)} points, mean {np.mean(d):+.1f} (target: within 1)")
+        if paired is not None:
+            mean, half = seed_interval([v / 100 for v in d])
+            paired[f"{method}_{'tuned' if tuned else 'compressed_only'}"] = {
+                "seeds": list(seeds), "per_seed": [v / 100 for v in d], "mean": mean, "half_width": half}
 
 
 def softmax_embedding(clf, F):
@@ -420,7 +432,7 @@ def main():
     if args.compression_only:
         name = "impostor_compression" + ("_quick" if args.quick else "")
         compression(head_mode_impostors(("fixed", "loose"), sigmas, data, record), data, record, results, summary,
-                    seeds=(0,) if args.quick else (0, 1, 2))
+                    seeds=(0,) if args.quick else (0, 1, 2), paired=payload.setdefault("loose_16b_minus_uncompressed", {}))
         save()
         return
     if args.cost_only:
@@ -463,7 +475,8 @@ def main():
 
     # ---------------------------------------------------------------- 3. compression (fixed scheme)
     sigma_fixed = head["fixed"][1]
-    compression(head, data, record, results, summary, seeds=(0,) if args.quick else (0, 1, 2))
+    compression(head, data, record, results, summary, seeds=(0,) if args.quick else (0, 1, 2),
+                paired=payload.setdefault("loose_16b_minus_uncompressed", {}))
     save()
 
     # ---------------------------------------------------------------- 4-5. unseen classes
