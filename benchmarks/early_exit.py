@@ -192,6 +192,8 @@ def main():
     # the fine-tuned rows' accuracy drop is against their own weakened head: never a gain
     chosen = choose_on_val([r for r in runs if "fine-tuned" not in r["model"]])
     payload["chosen_on_val"] = chosen
+    # the same rule among the fine-tuned model's settings (against its own last exit)
+    payload["chosen_on_val_fine_tuned"] = choose_on_val([r for r in runs if "fine-tuned" in r["model"]])
     ok = chosen is not None and chosen["speedup_low"] >= 1.3 and chosen["accuracy_drop_points"] <= 1.0
     payload["target_met"] = bool(ok)
     if chosen is None:

@@ -283,9 +283,7 @@ def test_a_stamp_hashed_the_earlier_way_is_recounted_only_while_what_it_ran_is_u
 
 
 # Numbers in the docs with no result file behind them, each with the reason it may stay.
-KNOWN_UNBACKED = {
-    ("impostor.rst", "50.8 %"): "the mean of three per-seed values of impostor_e2e_seeds.md, computed in the text",
-}
+KNOWN_UNBACKED = {}
 
 
 def test_every_accuracy_in_the_docs_is_in_a_result_file():
