@@ -55,7 +55,7 @@ def features(classes, size, work):
         out.append((ext.transform(X[keep]), y[keep]))
     seconds = time.perf_counter() - t
     np.savez(path, seconds=seconds, **{f"F{i}": F for i, (F, _) in enumerate(out)},
-             **{f"y{i}": y for i, (_, y) in enumerate(out)})
+             **{f"y{i}": np.asarray(y, dtype=str) for i, (_, y) in enumerate(out)})  # not object: loads unpickled
     return out, seconds
 
 
