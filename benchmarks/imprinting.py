@@ -150,7 +150,7 @@ def main():
                 res[f"Imprinting+FT ({ep} ep)"] = model_scores(tuned)
                 rand = randomise_novel(copy(imp), draw).set_params(fine_tune_epochs=ep)
                 rand._fine_tune(Fn, yn)  # partial_fit's fine-tuning step, from random novel templates
-                res[f"Rand+FT ({ep} ep)"] = scores(rand.predict)
+                res[f"Rand+FT ({ep} ep)"] = model_scores(rand)
             joint_X = np.r_[Ftr[base_idx], Fn]
             joint_y = np.r_[ytr[base_idx], yn]
             # AllClassJoint: a plain softmax classifier on base + novel, novel oversampled
