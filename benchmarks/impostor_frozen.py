@@ -59,22 +59,22 @@ def features(classes, size, work):
     return out, seconds
 
 
-def run_row(name, seed, splits):
-    """``GridSearchCV`` on val for one row and seed, refit on train + val, scored on test."""
-    (Ftr, ytr), (Fva, yva), (Fte, yte) = splits
-    make, param, grid = ROWS[name]
-    search = GridSearchCV(make(seed), {param: list(grid)}, cv=PredefinedSplit([-1] * len(ytr) + [0] * len(yva)),
+def search_on_val(estimator, param, grid, splits):
+    """``GridSearchCV`` of ``estimator`` over ``param`` in ``grid``: each candidate fitted on
+    train and scored on val (``PredefinedSplit``), the best refitted on train + val.
+    Returns ``(search, seconds)``."""
+    (Ftr, ytr), (Fva, yva) = splits[:2]
+    search = GridSearchCV(estimator, {param: list(grid)}, cv=PredefinedSplit([-1] * len(ytr) + [0] * len(yva)),
                           refit=True)
     t = time.perf_counter()
     search.fit(np.concatenate([Ftr, Fva]), np.concatenate([ytr, yva]))
-    return {"name": name, "seed": seed, "param": param, "chosen": search.best_params_[param],
-            "val_accuracy": float(search.best_score_),  # the chosen candidate fitted on train, scored on val
-            "val_scores": {str(v): float(s) for v, s in zip(grid, search.cv_results_["mean_test_score"])},
-            "test_accuracy": float(search.score(Fte, yte)), "search_and_refit_s": time.perf_counter() - t}
+    return search, time.perf_counter() - t
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def frozen_setup(description):
+    """The command line shared with ``open_set.py`` (``--quick``, ``--seeds``, ``--work``) and
+    the frozen features it selects: ``(args, classes, size, splits, extract_s)``."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="12 classes, 96 px")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--work", default="/tmp/skfg_impostor_frozen", help="where the features are kept")
@@ -86,6 +86,22 @@ def main():
     if args.quick:
         classes, size = classes[:12], 96
     splits, extract_s = features(classes, size, work)
+    return args, classes, size, splits, extract_s
+
+
+def run_row(name, seed, splits):
+    """``GridSearchCV`` on val for one row and seed, refit on train + val, scored on test."""
+    make, param, grid = ROWS[name]
+    search, seconds = search_on_val(make(seed), param, grid, splits)
+    Fte, yte = splits[2]
+    return {"name": name, "seed": seed, "param": param, "chosen": search.best_params_[param],
+            "val_accuracy": float(search.best_score_),  # the chosen candidate fitted on train, scored on val
+            "val_scores": {str(v): float(s) for v, s in zip(grid, search.cv_results_["mean_test_score"])},
+            "test_accuracy": float(search.score(Fte, yte)), "search_and_refit_s": seconds}
+
+
+def main():
+    args, classes, size, splits, extract_s = frozen_setup(__doc__)
     runs = []
     for seed in args.seeds:
         for name in ROWS:

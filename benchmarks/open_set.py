@@ -25,17 +25,11 @@ entropy's, paired by seed.
 The features are kept in ``--work`` (as ``benchmarks/impostor_frozen.py`` keeps them).
 """
 
-import argparse
-import time
-from pathlib import Path
-
 import numpy as np
-from sklearn.model_selection import GridSearchCV, PredefinedSplit
 
-from _common import DATA, seed_interval, write_results
-from impostor_frozen import LRS, SIGMAS, features
+from _common import seed_interval, write_results
+from impostor_frozen import LRS, SIGMAS, frozen_setup, search_on_val
 from skfg import ImpostorClassifier, SoftmaxClassifier
-from skfg.datasets import load_image_folder
 from skfg.metrics import ks_distance, open_set_auroc
 
 # name -> (estimator for a seed, the parameter GridSearchCV chooses, its candidates)
@@ -56,16 +50,13 @@ REFERENCE = ("softmax", "entropy")  # what the paired differences are against
 def run_head(name, seed, seen, unseen_test):
     """One head and seed: ``GridSearchCV`` on the seen classes' val, refit on train + val,
     then seen-class test accuracy and every score's AUROC / KS on seen vs unseen test."""
-    (Ftr, ytr), (Fva, yva), (Fte, yte) = seen
     make, param, grid = HEADS[name]
-    search = GridSearchCV(make(seed), {param: list(grid)}, cv=PredefinedSplit([-1] * len(ytr) + [0] * len(yva)),
-                          refit=True)
-    t = time.perf_counter()
-    search.fit(np.concatenate([Ftr, Fva]), np.concatenate([ytr, yva]))
+    search, seconds = search_on_val(make(seed), param, grid, seen)
     model = search.best_estimator_
+    Fte, yte = seen[2]
     out = {"head": name, "seed": seed, "param": param, "chosen": search.best_params_[param],
            "val_accuracy": float(search.best_score_), "seen_test_accuracy": float(model.score(Fte, yte)),
-           "fit_s": time.perf_counter() - t, "scores": {}}
+           "fit_s": seconds, "scores": {}}
     for score, fn in SCORES.items():
         s_seen, s_unseen = fn(model, Fte), fn(model, unseen_test)
         out["scores"][score] = {"auroc": open_set_auroc(s_seen, s_unseen), "ks": ks_distance(s_seen, s_unseen),
@@ -92,18 +83,7 @@ def summarise(runs):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="12 classes, 96 px")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--work", default="/tmp/skfg_impostor_frozen", help="where the features are kept")
-    args = parser.parse_args()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    classes = sorted(set(load_image_folder(DATA / "stanford_cars_a" / "train")[1]))
-    size = 160
-    if args.quick:
-        classes, size = classes[:12], 96
-    splits, extract_s = features(classes, size, work)
+    args, classes, size, splits, extract_s = frozen_setup(__doc__)
     seen_classes = classes[: len(classes) // 2]
     seen = [(F[np.isin(y, seen_classes)], y[np.isin(y, seen_classes)]) for F, y in splits]
     Fte, yte = splits[2]
