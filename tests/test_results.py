@@ -371,12 +371,14 @@ def test_the_readme_numbers_are_those_of_the_results():
 def test_result_specs_read_numbers_and_tables(tmp_path):
     (tmp_path / "r.json").write_text(json.dumps({"rows": [{"name": "a", "seed": 0, "acc": 0.7431},
                                                           {"name": "a", "seed": 1, "acc": 0.5},
-                                                          {"name": "lr_0.003", "seed": 0, "acc": 0.25}],
+                                                          {"name": "lr_0.003", "seed": 0, "acc": 0.25},
+                                                          {"name": "x, PQ 16 B", "seed": 2, "acc": 0.125}],
                                                  "summary": {"speedup": 2.449}}))
     assert result_value("r:rows[name=a,seed=1].acc|pct", tmp_path) == "50.0 %"
     assert result_value("r:rows[0].acc|f3", tmp_path) == "0.743"
     assert result_value("r:rows[name=lr_0.003].acc|f3", tmp_path) == "0.250"  # a dot inside a selector
     assert result_value("r:summary.speedup|x", tmp_path) == "2.45x"
+    assert result_value('r:rows[name="x, PQ 16 B",seed=2].acc|f3', tmp_path) == "0.125"  # a quoted comma
     assert result_value("r:rows[0].acc / rows[1].acc|x", tmp_path) == "1.49x"
     for bad in ("r:rows[name=b].acc", "r:summary.missing", "missing:x", "r:summary.speedup|pc"):
         with pytest.raises(KeyError):

@@ -6,8 +6,8 @@ In the Sphinx pages:
   ``benchmarks/results/recipe.json`` (``|pct``: ``74.3 %``; ``|pts``: ``2.2`` points; ``|spts``: ``+1.5``;
   ``|f3``: ``0.743``; ``|f1``: ``36.7``; ``|x``: ``2.45x``; ``|e1``: ``2.5e-06``; no
   format: as stored; ``"file:a.b / c.d|x"``: the ratio of two values). A path
-  step ``rows[name=lite2,seed=0]`` picks the first list item whose fields match,
-  ``rows[0]`` the first item.
+  step ``rows[name=lite2,seed=0]`` picks the first list item whose fields match
+  (a value holding a comma is quoted: ``rows[method="a, b"]``), ``rows[0]`` the first item.
 - ``.. results-table:: recipe`` renders the Markdown table(s) of
   ``benchmarks/results/recipe.md`` with the commit and date that measured them
   (``:table: 1`` for the second table only).
@@ -39,6 +39,7 @@ FORMATS = {
     "e1": lambda v: f"{v:.1e}",
 }
 _STEP = re.compile(r"^([^\[\]]+)(?:\[([^\]]+)\])?$")
+_CONDITION = re.compile(r'(\w+)=("[^"]*"|[^,]*)')
 
 
 def _convert(text):
@@ -81,7 +82,8 @@ def _lookup(value, steps, spec, name):
         if select and select.isdigit():
             value = value[int(select)]
         elif select:
-            conditions = dict(c.split("=", 1) for c in select.split(","))
+            # key=value pairs split at commas; a value with commas is quoted: method="a, b"
+            conditions = {k: v[1:-1] if v.startswith('"') else v for k, v in _CONDITION.findall(select)}
             matches = [v for v in value if all(str(v.get(k)) == c or v.get(k) == _convert(c)
                                                for k, c in conditions.items())]
             if not matches:
