@@ -7,10 +7,12 @@ Sections (default backbone, 160 px, CPU; sigma chosen on the ``val`` split):
 2. Cost: the RBF rule's share of the per-image predict time including the CNN; search
    latency and recall@10 vs the number of impostors M (synthetic, d=512).
 3. Compression: PQ / OPQ codes of 8-64 bytes. Fixed impostors from the random projection
-   and from the trained loose model (the paper's recipe, ``warm_start``); loose impostors
+   (the paper's protocol: the initial embeddings compressed) and from the trained loose
+   model (ours, ``warm_start``); loose impostors
    compressed after training with their codebooks tuned (``codebook_epochs``), over seeds.
 4. Metric learning: train on the first 49 classes, Recall@K and NMI on the other 49.
-5. Open set: entropy of seen vs unseen classes, KS distance.
+5. Open set: entropy of seen vs unseen classes, KS distance (unsigned; ``open_set.py``
+   measures the signed AUROC over seeds).
 
     python benchmarks/impostor.py --quick     # 20 classes, 96 px, M up to 1e5, minutes
     python benchmarks/impostor.py             # full (about 1.5 hours on 2 cores)
@@ -74,9 +76,11 @@ def head_mode_impostors(schemes, sigmas, data, record):
 def compression(head, data, record, results, summary, seeds=(0,), paired=None):
     """Section 3: impostors stored as PQ / OPQ codes of 8-64 bytes, three recipes.
 
-    - From the random projection: the head-mode fixed scheme (impostors = the randomly
-      initialised projection's embeddings), compressed; reference: that scheme uncompressed.
-    - From the loose model (the paper's recipe, section 4 "Impostors compression"): the
+    - From the random projection (the paper's protocol, section 4 "Impostor compression":
+      the initial embeddings compressed): the head-mode fixed scheme (impostors = the
+      randomly initialised projection's embeddings), compressed; reference: that scheme
+      uncompressed.
+    - From the loose model (ours): the
       head-mode loose model's trained embeddings are the impostors, compressed, and the
       fixed scheme trains on against their codes (``warm_start=True``); reference: the
       same recipe uncompressed. Its sigma is chosen on val among ``WARM_SIGMAS``; its fit
