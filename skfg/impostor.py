@@ -128,9 +128,9 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
         initial embeddings): train ``"loose"``, then
         ``set_params(impostors="fixed", index="pq", warm_start=True).fit(X, y)``: the
         trained embeddings are compressed, and the network adapts to their codes (on
-        stanford_cars_a features 16-byte PQ codes then lose 2.1 points instead of 5.2;
-        ``impostors="loose", index="pq"`` with tuned codebooks is +0.3 points on a 3-seed
-        mean; see ``docs/impostor.rst``).
+        stanford_cars_a features 16-byte PQ codes then stay within about a point of the
+        uncompressed model, where compressing the initial embeddings loses 3-4 points;
+        see ``docs/impostor.rst``).
     optimizer : {"adam", "adamw", "sgd", "auto"}, default="auto"
         ``"auto"``: Adam, on features and when fine-tuning (the softmax recipe's SGD
         setting is not yet tuned for impostor heads).
