@@ -12,9 +12,10 @@ evaluated on ``test``:
    and the speed-up against the last-layer LinearSVC. Timing alternates between the two
    image by image, in the same loop, keeping each image's best of ``--repeats``; each
    speed-up comes with its spread over the repeats (the speed-up of each round alone).
-   Which (exit set, scheme, alpha) is "best" is chosen on **val**: the largest speed-up estimated on val (its exit
-   histogram times section 1's latency per stage) among those within 1 point of the last
-   layer's val accuracy; its test accuracy and measured speed-up are then reported.
+   Which (exit set, scheme, alpha) is "best" is chosen on **val**: the largest speed-up
+   estimated on val (its exit histogram times section 1's latency per stage) among those
+   within 1 point of the last layer's val accuracy; its test accuracy and measured
+   speed-up are then reported.
    One fit per exit set: the thresholds of every (scheme, alpha) come from the stored
    held-out scores (``inter_class_scores_``), which equals refitting (tested).
 3. With ``--fine-tune-epochs N``: the same after step 1 of the training algorithm
@@ -189,10 +190,9 @@ def main():
 
     payload.update(exit_sets=exit_sets, last_layer_accuracy=base_acc, last_layer_val_accuracy=base["val"],
                    early_exit=runs, fits=fits)
-    # the fine-tuned rows' accuracy drop is against their own weakened head: never a gain
+    # the fine-tuned model is another model: its rows are chosen among themselves, against its own last exit
     chosen = choose_on_val([r for r in runs if "fine-tuned" not in r["model"]])
     payload["chosen_on_val"] = chosen
-    # the same rule among the fine-tuned model's settings (against its own last exit)
     payload["chosen_on_val_fine_tuned"] = choose_on_val([r for r in runs if "fine-tuned" in r["model"]])
     ok = chosen is not None and chosen["speedup_low"] >= 1.3 and chosen["accuracy_drop_points"] <= 1.0
     payload["target_met"] = bool(ok)

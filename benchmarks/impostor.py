@@ -139,6 +139,10 @@ def loose_compressed(head, data, record, results, summary, methods, seeds, paire
     diffs = {}  # (method, tuned) -> [16 B accuracy - uncompressed accuracy] per seed
     plains = []  # the uncompressed loose model's accuracy per seed
 
+    def over_seeds(values):
+        mean, half = seed_interval(values)
+        return {"seeds": list(seeds), "per_seed": values, "mean": mean, "half_width": half}
+
     def fit(seed, method="exact", code=16, **kw):
         return timed(lambda: ImpostorClassifier(sigma, impostors="loose", index=method, code_size=code,
                                                 random_state=seed, **kw).fit(Ftr, ytr))
@@ -168,18 +172,15 @@ def loose_compressed(head, data, record, results, summary, methods, seeds, paire
                                total_bytes=m.impostor_memory_bytes_, plain_bytes=plain_bytes,
                                plain_accuracy=plain_acc)
             if code == 16:
-                diffs.setdefault((method, tuned), []).append(100 * (acc - plain_acc))
+                diffs.setdefault((method, tuned), []).append(acc - plain_acc)
     if paired is not None:
-        mean, half = seed_interval(plains)
-        paired["uncompressed"] = {"seeds": list(seeds), "per_seed": plains, "mean": mean, "half_width": half}
+        paired["uncompressed"] = over_seeds(plains)
     for (method, tuned), d in diffs.items():
         how = "codebooks tuned" if tuned else "compressed only"
         summary[f"{method.upper()} 16 B vs uncompressed, loose, {how}, {len(d)} seed(s)"] = (
-            f"{' / '.join(f'{v:+.1f}' for v in d)} points, mean {np.mean(d):+.1f} (target: within 1)")
+            f"{' / '.join(f'{100 * v:+.1f}' for v in d)} points, mean {100 * np.mean(d):+.1f} (target: within 1)")
         if paired is not None:
-            mean, half = seed_interval([v / 100 for v in d])
-            paired[f"{method}_{'tuned' if tuned else 'compressed_only'}"] = {
-                "seeds": list(seeds), "per_seed": [v / 100 for v in d], "mean": mean, "half_width": half}
+            paired[f"{method}_{'tuned' if tuned else 'compressed_only'}"] = over_seeds(d)
 
 
 def softmax_embedding(clf, F):

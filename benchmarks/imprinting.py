@@ -44,6 +44,16 @@ def copy(est):
     return joblib.load(buf)
 
 
+def unit(A):
+    """The rows of ``A`` scaled to unit L2 norm."""
+    return A / np.linalg.norm(A, axis=1, keepdims=True)
+
+
+def nearest_label(E, W, labels):
+    """For each row of ``E``, the label of the row of ``W`` with the largest cosine."""
+    return np.asarray(labels)[np.argmax(unit(E) @ unit(np.asarray(W, dtype=np.float64)).T, 1)]
+
+
 def randomise_novel(clf, seed):
     """Rand-noFT: Xavier-uniform random templates for the imprinted (novel) classes."""
     head = clf.module_.head
@@ -112,9 +122,6 @@ def main():
 
     novel_classes = classes[n_base:]
 
-    def unit(A):
-        return A / np.linalg.norm(A, axis=1, keepdims=True)
-
     def scores(model_predict):
         pred = model_predict(Fte)
         return float((pred == yte).mean()), float((pred[novel_test] == yte[novel_test]).mean()), np.nan
@@ -124,8 +131,9 @@ def main():
         templates only (the paper's protocol, section 6.1.1)."""
         all_acc, novel_acc, _ = scores(model.predict)
         rows = np.isin(model.classes_, novel_classes)
-        S = unit(model.transform(Fte[novel_test])) @ unit(np.asarray(model.class_weights_, dtype=np.float64)[rows]).T
-        return all_acc, novel_acc, float((model.classes_[rows][np.argmax(S, 1)] == yte[novel_test]).mean())
+        only = nearest_label(model.transform(Fte[novel_test]), np.asarray(model.class_weights_)[rows],
+                             model.classes_[rows])
+        return all_acc, novel_acc, float((only == yte[novel_test]).mean())
 
     runs = {}
     imprint_ms = []
@@ -165,8 +173,7 @@ def main():
             _, nearest = nn_index.search(q / np.linalg.norm(q, axis=1, keepdims=True), 1)
             res["Nearest neighbour (all exemplars)"] = scores(lambda F, nn_=nearest: joint_y[nn_[:, 0]])
             # the paper's protocol: novel images, nearest neighbour among the novel exemplars only
-            En = unit(base.transform(Fn))
-            only = yn[np.argmax(unit(q[novel_test]) @ En.T, 1)]
+            only = nearest_label(q[novel_test], base.transform(Fn), yn)
             res["Nearest neighbour (novel exemplars)"] = (np.nan, np.nan, float((only == yte[novel_test]).mean()))
             for k, v in res.items():
                 runs.setdefault((k, n), []).append(v)
@@ -219,10 +226,6 @@ def end_to_end(args, Xtr, ytr, Xva, yva, Xte, yte):
     print(f"base model: {len(base_idx)} images, {base_fit_s:.0f} s", flush=True)
     splits = {"val": (Xva, yva), "test": (Xte, yte)}
     novel_images = {name: np.isin(y, novel_classes) for name, (_, y) in splits.items()}
-
-    def unit(A):
-        return A / np.linalg.norm(A, axis=1, keepdims=True)
-
     embedded = {name: unit(base.transform(X)) for name, (X, _) in splits.items()}
 
     def scores(templates, labels, embeddings=None):
