@@ -1,4 +1,4 @@
-"""Impostor loose vs SoftmaxClassifier(embedding_dim=512) on frozen features (issue 22).
+"""Heads on frozen features, each tuned the same way on val (issues 22 and 19).
 
 The issue's second impostor target: on frozen CNN features (EfficientNet-Lite0 with its
 ImageNet weights, ``CNNFeatureExtractor(image_size=160)``, computed once), the loose
@@ -9,6 +9,11 @@ chosen by ``GridSearchCV`` on **val**:
 - ``ImpostorClassifier(impostors="loose")`` over ``sigma`` in ``SIGMAS``;
 - ``SoftmaxClassifier(embedding_dim=512)`` over its learning rate in ``LRS`` (the same
   number of candidates: the same tuning budget).
+
+Beside them, with the same budget of three candidates, the plain feature-path defaults
+against scikit-learn's linear baselines at their best settings (features standardised
+first, as a user would): ``SoftmaxClassifier()`` over ``LRS``,
+``LogisticRegression`` and ``LinearSVC`` over ``C`` in ``CS``.
 
 ``GridSearchCV(cv=PredefinedSplit(...))`` fits each candidate on train and scores it on
 val; ``refit=True`` then fits the chosen one on train + val, as a user of scikit-learn
@@ -28,7 +33,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, PredefinedSplit
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
 
 from _common import DATA, paired_by_seed, seed_summary, write_results
 from skfg import CNNFeatureExtractor, ImpostorClassifier, SoftmaxClassifier
@@ -36,10 +45,17 @@ from skfg.datasets import load_image_folder
 
 SIGMAS = (0.3, 0.6, 1.0)
 LRS = (1e-3, 3e-3, 1e-2)
+CS = (0.01, 0.1, 1.0)
 ROWS = {
     "impostor_loose": (lambda seed: ImpostorClassifier(impostors="loose", random_state=seed), "sigma", SIGMAS),
     "softmax_512": (lambda seed: SoftmaxClassifier(embedding_dim=512, random_state=seed), "lr", LRS),
+    "softmax": (lambda seed: SoftmaxClassifier(random_state=seed), "lr", LRS),
+    "logistic_regression": (lambda seed: make_pipeline(
+        StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed)), "logisticregression__C", CS),
+    "linear_svc": (lambda seed: make_pipeline(StandardScaler(), LinearSVC(random_state=seed)), "linearsvc__C", CS),
 }
+# row minus baseline, paired by seed
+PAIRS = (("impostor_loose", "softmax_512"), ("softmax", "logistic_regression"), ("softmax", "linear_svc"))
 
 
 def features(classes, size, work):
@@ -108,26 +124,29 @@ def main():
             runs.append(run_row(name, seed, splits))
             print(runs[-1], flush=True)
     summary = {name: seed_summary([r for r in runs if r["name"] == name]) for name in ROWS}
-    paired = paired_by_seed([r for r in runs if r["name"] == "impostor_loose"],
-                            [r for r in runs if r["name"] == "softmax_512"])
-    rows = [(r["name"], r["seed"], f"{r['param']}={r['chosen']:g}",
+    of = {name: [r for r in runs if r["name"] == name] for name in ROWS}
+    paired = {f"{a}_minus_{b}": paired_by_seed(of[a], of[b]) for a, b in PAIRS}
+    rows = [(r["name"], r["seed"], f"{r['param'].rsplit('__', 1)[-1]}={r['chosen']:g}",
              " / ".join(f"{s:.3f}" for s in r["val_scores"].values()), f"{r['val_accuracy']:.3f}",
              f"{r['test_accuracy']:.3f}", f"{r['search_and_refit_s']:.0f}") for r in runs]
     header = ("row", "seed", "chosen on val", "val per candidate", "val (chosen)", "test", "search + refit s")
     notes = [f"Frozen EfficientNet-Lite0 features (ImageNet weights, {size} px, {len(classes)} classes; "
              f"{len(splits[0][1])} train / {len(splits[1][1])} val / {len(splits[2][1])} test); GridSearchCV on val "
-             f"(PredefinedSplit), refit on train + val; sigma in {SIGMAS}, lr in {LRS}; seeds {args.seeds}."]
+             f"(PredefinedSplit), refit on train + val; sigma in {SIGMAS}, lr in {LRS}, C in {CS} (after "
+             f"StandardScaler); seeds {args.seeds}."]
     for name, s in summary.items():
         notes.append(f"{name}: val {s['val_mean']:.3f} +- {s['val_half_width']:.3f}, "
                      f"test {s['test_mean']:.3f} +- {s['test_half_width']:.3f}")
-    if paired is not None:
-        notes.append(f"impostor_loose minus softmax_512, paired by seed: test {100 * paired['test_mean']:+.1f} +- "
-                     f"{100 * paired['test_half_width']:.1f} points (per seed "
-                     f"{', '.join(f'{100 * d:+.1f}' for d in paired['test_per_seed'])}), val "
-                     f"{100 * paired['val_mean']:+.1f} +- {100 * paired['val_half_width']:.1f}")
+    for (a, b), p in zip(PAIRS, paired.values()):
+        if p is not None:
+            notes.append(f"{a} minus {b}, paired by seed: test {100 * p['test_mean']:+.1f} +- "
+                         f"{100 * p['test_half_width']:.1f} points (per seed "
+                         f"{', '.join(f'{100 * d:+.1f}' for d in p['test_per_seed'])}), val "
+                         f"{100 * p['val_mean']:+.1f} +- {100 * p['val_half_width']:.1f}")
     write_results("impostor_frozen" + ("_quick" if args.quick else ""),
-                  {"runs": runs, "summary": summary, "paired_loose_minus_softmax": paired, "image_size": size,
-                   "n_classes": len(classes), "extract_s": extract_s, "sigmas": SIGMAS, "lrs": LRS},
+                  {"runs": runs, "summary": summary, "paired": paired,
+                   "paired_loose_minus_softmax": paired["impostor_loose_minus_softmax_512"], "image_size": size,
+                   "n_classes": len(classes), "extract_s": extract_s, "sigmas": SIGMAS, "lrs": LRS, "cs": CS},
                   rows, header, "\n".join(f"- {n}" for n in notes))
 
 
