@@ -10,7 +10,6 @@ silently outlive the code it measured, while an edit to code a benchmark never r
 its results valid.
 """
 
-import contextlib
 import json
 import os
 import platform
@@ -214,8 +213,8 @@ def paired_by_seed(rows, base_rows, parts=("val", "test")):
     return out
 
 
-def mergeable_rows(name):
-    """The rows of ``results/<name>.json`` when the code they measured has not changed since
+def mergeable_rows(name, key="rows"):
+    """The rows (``payload[key]``) of ``results/<name>.json`` when the code they measured has not changed since
     (:func:`stale_results`), so a run can add rows (more seeds, more
     settings) to them; ``[]`` when there is no such file. Raises ``ValueError`` naming the
     modules that changed otherwise."""
@@ -231,25 +230,25 @@ def mergeable_rows(name):
     run = stamp.get("run", "legacy")
     runs = {**stamp.get("earlier_runs", {}), run: {k: v for k, v in stamp.items() if k != "earlier_runs"}}
     _MERGED[name] = runs
-    rows = saved["rows"]
+    rows = saved[key]
     if isinstance(rows, list) and all(isinstance(r, dict) for r in rows):
         for r in rows:
             r.setdefault("run", run)
     return rows
 
 
-def write_results(name, payload, rows, header, notes=""):
+def write_results(name, payload, rows, header, notes="", rows_key="rows"):
     """Write ``results/<name>.json`` and a Markdown table ``results/<name>.md``, both
     stamped with the run's :func:`provenance`.
 
-    Rows (``payload["rows"]``, dicts) are tagged with the ``run`` that measured them; rows
+    Rows (``payload[rows_key]``, dicts) are tagged with the ``run`` that measured them; rows
     merged from an earlier file (:func:`mergeable_rows`) keep theirs, and the stamp keeps
     those runs' own provenance under ``earlier_runs`` (as long as a row of theirs is left),
     so a file filled over several runs is checked against the code each of them ran."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = provenance()
     stamp["run"] = _RUN_ID
-    table = payload.get("rows")
+    table = payload.get(rows_key)
     if isinstance(table, list) and all(isinstance(r, dict) for r in table):
         for r in table:
             r.setdefault("run", stamp["run"])
@@ -276,32 +275,27 @@ def write_results(name, payload, rows, header, notes=""):
     print(md)
 
 
-def timing_rounds(repeats):
-    """``range(repeats)`` for a best-of timing loop: the first round runs traced (it records
-    the code the timed calls execute), the others with the trace hook off, so the best time
-    is not slowed by it."""
-    for r in range(repeats):
-        with TRACER.paused() if r else contextlib.nullcontext():
-            yield r
+def alternating_ms(predictors, X, repeats, per_round=False, batch=1):
+    """Per predictor, mean over the batches of ``X`` (``batch`` items each; images one by
+    one by default) of the best-of-``repeats`` time per item (ms); with ``per_round``,
+    every time itself: ``(repeats, n_predictors, n_batches)`` ms per item.
 
-
-def alternating_ms(predictors, X, repeats, per_round=False):
-    """Per predictor, mean over images of the best-of-``repeats`` time of one image (ms);
-    with ``per_round``, every time itself: ``(repeats, n_predictors, n_images)`` ms.
-
-    The predictors run one after the other on each image, so a slow spell of the machine
-    hits all of them alike.
+    The predictors run one after the other on each batch, so a slow spell of the machine
+    hits all of them alike. Each first runs once, untimed, with the code trace on (it
+    records the code the timed calls execute); every timed round runs with it off.
     """
-    times = []
-    for _ in timing_rounds(repeats):
-        t_round = np.empty((len(predictors), len(X)))
-        for i in range(len(X)):
-            for k, predict in enumerate(predictors):
-                t = time.perf_counter()
-                predict(X[i : i + 1])
-                t_round[k, i] = time.perf_counter() - t
-        times.append(t_round)
-    times = 1000 * np.asarray(times)
+    chunks = [X[i : i + batch] for i in range(0, len(X) - batch + 1, batch)]
+    for predict in predictors:
+        predict(chunks[0])
+    times = np.empty((repeats, len(predictors), len(chunks)))
+    with TRACER.paused():
+        for r in range(repeats):
+            for j, x in enumerate(chunks):
+                for k, predict in enumerate(predictors):
+                    t = time.perf_counter()
+                    predict(x)
+                    times[r, k, j] = (time.perf_counter() - t) / len(x)
+    times *= 1000
     return times if per_round else times.min(0).mean(1)
 
 

@@ -22,7 +22,8 @@ half-width over the seeds and minus GAP paired by seed (``_common.paired_by_seed
 
 Also measured: the added components' parameters, FLOPs (multiply-adds counted by
 ``torch.utils.flop_counter``) and batch-1 latency against the GAP model, timed
-alternately image by image in the same loop. ``stanford_cars_a``'s images are already
+alternately image by image in the same loop, ``--timing-rounds`` rounds (best time per
+image, and the ratio's range over the rounds alone). ``stanford_cars_a``'s images are already
 cropped to the car, so the localization rows have nothing to remove here;
 ``benchmarks/localization.py`` measures the module where the object is small, on real
 photographs with known boxes.
@@ -30,6 +31,7 @@ photographs with known boxes.
     python benchmarks/elope.py --quick   # 20 classes, 96 px, 2 epochs, 2 seeds: minutes
     python benchmarks/elope.py           # 98 classes, 160 px, 15 epochs, 3 seeds: about 75 min on 2 cores
     python benchmarks/elope.py --rows 0 1 2 ; python benchmarks/elope.py --resume   # in parts
+    python benchmarks/elope.py --resume --cost-only   # the cost section again, on the kept models
 
 Fitted models and finished rows are kept in ``--work`` (joblib files), so ``--resume``
 continues where a run stopped, with the same data and settings.
@@ -47,7 +49,7 @@ import torch
 from sklearn.frozen import FrozenEstimator
 from torch.utils.flop_counter import FlopCounterMode
 
-from _common import DATA, alternating_ms, paired_by_seed, seed_summary, write_results
+from _common import DATA, alternating_ms, mergeable_rows, paired_by_seed, seed_summary, speedup_spread, write_results
 from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.backbones import build_backbone
 from skfg.datasets import load_image_folder
@@ -97,6 +99,10 @@ def main():
     parser.add_argument("--work", default=None, help="where fitted models and finished rows are kept "
                         "(default: /tmp/skfg_elope[_quick])")
     parser.add_argument("--resume", action="store_true", help="skip the rows already finished in --work")
+    parser.add_argument("--cost-only", action="store_true",
+                        help="re-measure only the cost section on the models a finished run left in --work; the "
+                        "rows keep the values and provenance of results/elope.json (whose code must be unchanged)")
+    parser.add_argument("--timing-rounds", type=int, default=5, help="rounds of the batch-1 timing (quick: 2)")
     args = parser.parse_args()
     torch.manual_seed(0)
     n_classes, size, epochs = (20, 96, 2) if args.quick else (98, 160, args.epochs)
@@ -121,7 +127,7 @@ def main():
 
     def save(notes=""):
         payload["results"] = results
-        write_results(name, payload, rows, header, notes=notes)
+        write_results(name, payload, rows, header, notes=notes, rows_key="results")
 
     class Models(dict):
         """Fitted models of this run, loaded from ``work`` when an earlier part fitted them."""
@@ -142,6 +148,18 @@ def main():
     models, crops = Models(), {}
     settings = dict(payload)
     todo = range(len(ROWS)) if args.rows is None else args.rows
+    if args.cost_only:  # every row from the results file, checked against the run that fitted the models
+        keys = [f"{i}:{seed}" for seed in seeds for i in range(len(ROWS))]
+        kept = mergeable_rows(name, key="results")
+        if not args.resume or any(k not in done for k in keys) or [
+                {k: v for k, v in r.items() if k != "run"} for r in kept] != [done[k]["result"] for k in keys]:
+            raise SystemExit(f"--cost-only needs --resume and a finished run in {work} that produced "
+                             f"results/{name}.json")
+        results.extend(kept)
+        rows.extend(tuple(done[k]["row"]) for k in keys)
+        for k in keys:
+            payload.update(done[k].get("payload", {}))
+        todo = []
     for seed in seeds:
         for i in todo:
             key = f"{i}:{seed}"
@@ -177,11 +195,17 @@ def main():
     if full is not None and base is not None:
         cropper = models["cropper"]
         X_time = Xte[: args.n_timing]
-        ms = alternating_ms([base.predict, lambda x: full.predict(cropper.transform(x)),
-                             lambda x: cropper.transform(x)], X_time, 2 if args.quick else 3)
-        cost.update(gap_ms_per_image=ms[0], full_ms_per_image=ms[1], cropper_ms_per_image=ms[2])
+        rounds = 2 if args.quick else args.timing_rounds
+        times = alternating_ms([base.predict, lambda x: full.predict(cropper.transform(x)),
+                                lambda x: cropper.transform(x)], X_time, rounds, per_round=True)
+        ms = times.min(0).mean(1)
+        ratio, low, high = speedup_spread(times[:, [1, 0]])  # full / GAP time, and its range over the rounds
+        cost.update(gap_ms_per_image=ms[0], full_ms_per_image=ms[1], cropper_ms_per_image=ms[2],
+                    full_over_gap=ratio, full_over_gap_low=low, full_over_gap_high=high, timing_rounds=rounds,
+                    n_timing=len(X_time))
         rows.append(("cost", "full model vs GAP, batch 1", "", "", "", "", f"{ms[1]:.2f} vs {ms[0]:.2f}",
-                     f"x{ms[1] / ms[0]:.2f} time; the cropper alone {ms[2]:.2f} ms (decode + student + crop)"))
+                     f"x{ratio:.2f} time [rounds {low:.2f}-{high:.2f}]; the cropper alone {ms[2]:.2f} ms "
+                     f"(decode + student + crop)"))
     if "cropper_multiply_adds" in cost:
         rows.append(("cost", "added multiply-adds", "", "", "", "", "",
                      f"cropper {cost['cropper_multiply_adds'] / 1e6:.1f} M + embedding 0.66 M vs backbone "

@@ -6,7 +6,8 @@ of stanford_cars_a (EfficientNet-Lite0 at 160 px; the latency does not depend on
 it is trained), exported with :func:`skfg.export.export_onnx`. Two measurements:
 
 - network: the graph alone on decoded uint8 images in memory (torch: the exported module
-  in eager mode; onnxruntime: the session), alternating, best of ``--repeats``;
+  in eager mode; onnxruntime: the session), alternating, best of ``--repeats`` rounds, with the
+  speed-up's range over the rounds alone;
 - end to end: ``predict_proba`` from image files (decoding included): the skfg Pipeline
   vs :class:`skfg.export.OnnxModel`.
 
@@ -23,19 +24,21 @@ import numpy as np
 import torch
 from sklearn.pipeline import Pipeline
 
-from _common import DATA, timing_rounds, write_results
+from _common import DATA, alternating_ms, speedup_spread, write_results
 from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.datasets import load_image_folder
 from skfg.export import OnnxModel, _graph, export_onnx, onnx_input
 
 
-def best_ms(fn, x, repeats):
-    best = np.inf
-    for _ in timing_rounds(repeats):
-        t = time.perf_counter()
-        fn(x)
-        best = min(best, time.perf_counter() - t)
-    return 1000 * best / len(x)
+def spread(times):
+    """The speed-up (torch / onnxruntime) on each chunk's best time and its lowest and
+    highest value over the rounds alone (:func:`_common.speedup_spread`)."""
+    speedup, low, high = speedup_spread(times)
+    return {"speedup": speedup, "speedup_low": low, "speedup_high": high, "rounds": len(times)}
+
+
+def ratio_text(row):
+    return f"{row['speedup']:.2f}x [{row['speedup_low']:.2f}-{row['speedup_high']:.2f}]"
 
 
 def main():
@@ -44,6 +47,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     repeats = 2 if args.quick else args.repeats
+    e2e_repeats = 2 if args.quick else 3
     Xtr, ytr = load_image_folder(DATA / "stanford_cars_a" / "train")
     Xte, _ = load_image_folder(DATA / "stanford_cars_a" / "test")
     rng = np.random.default_rng(0)
@@ -70,35 +74,29 @@ def main():
 
         rows, results = [], []
         for batch in (1, 32):
-            chunks = [images[i : i + batch] for i in range(0, len(images) - batch + 1, batch)][: 32 if batch == 1 else 8]
-            ms = {"torch": [], "onnxruntime": []}
-            for x in chunks:  # alternating, so a slow spell of the machine hits both
-                ms["torch"].append(best_ms(torch_net, x, repeats))
-                ms["onnxruntime"].append(best_ms(ort_net, x, repeats))
-            a, b = float(np.mean(ms["torch"])), float(np.mean(ms["onnxruntime"]))
-            results.append({"measure": "network", "batch": batch, "torch_ms": a, "onnxruntime_ms": b})
-            rows.append((f"network, batch {batch}", f"{a:.2f}", f"{b:.2f}", f"{a / b:.2f}x"))
-        for name, predict in (("torch", pipe.predict_proba), ("onnxruntime", served.predict_proba)):
-            predict(Xte[:8])  # warm up
-        e2e = {}
-        for _ in timing_rounds(2):
-            for name, predict in (("torch", pipe.predict_proba), ("onnxruntime", served.predict_proba)):
-                t = time.perf_counter()
-                predict(Xte)
-                e2e[name] = min(e2e.get(name, np.inf), 1000 * (time.perf_counter() - t) / len(Xte))
-        results.append({"measure": "end_to_end", "batch": 32, "torch_ms": e2e["torch"],
-                        "onnxruntime_ms": e2e["onnxruntime"]})
-        rows.append(("from files (decode + resize), predict_proba", f"{e2e['torch']:.2f}", f"{e2e['onnxruntime']:.2f}",
-                     f"{e2e['torch'] / e2e['onnxruntime']:.2f}x"))
+            n = 32 if batch == 1 else 8 * batch
+            times = alternating_ms((torch_net, ort_net), images[:n], repeats, per_round=True, batch=batch)
+            a, b = times.min(0).mean(1)
+            results.append({"measure": "network", "batch": batch, "torch_ms": float(a), "onnxruntime_ms": float(b),
+                            **spread(times)})
+            rows.append((f"network, batch {batch}", f"{a:.2f}", f"{b:.2f}", ratio_text(results[-1])))
+        times = alternating_ms((pipe.predict_proba, served.predict_proba), Xte, e2e_repeats, per_round=True,
+                               batch=len(Xte))
+        a, b = times.min(0).mean(1)
+        results.append({"measure": "end_to_end", "batch": 32, "torch_ms": float(a), "onnxruntime_ms": float(b),
+                        **spread(times)})
+        rows.append(("from files (decode + resize), predict_proba", f"{a:.2f}", f"{b:.2f}", ratio_text(results[-1])))
     notes = (f"Pipeline(CNNFeatureExtractor() [EfficientNet-Lite0, 160 px], SoftmaxClassifier()) on stanford_cars_a, "
              f"{len(Xte)} test images, 2 CPU cores (torch {torch.get_num_threads()} threads). ms per image; speed-up = "
-             f"torch / onnxruntime. Network rows: best of {repeats} per batch, batches alternating between the two. "
+             f"torch / onnxruntime on each batch's best time, [lowest-highest] over the rounds alone (a speed-up whose "
+             f"range holds 1.00 is none). Network rows: {repeats} rounds, batches alternating between the two; "
+             f"end to end: {e2e_repeats} rounds over the whole test set. "
              f"Export took {export_s:.0f} s; the file is {size_mb:.1f} MB; the largest probability difference between "
              f"the two on the test images is {proba_gap:.1e}. End to end, skfg's predict_proba decodes with its own "
              f"batching (batch_size {pipe[0].batch_size}); OnnxModel runs batches of {served.batch_size}.")
     write_results("export_quick" if args.quick else "export",
                   {"rows": results, "export_seconds": export_s, "file_mb": size_mb, "max_proba_difference": proba_gap},
-                  rows, ("measure", "torch eager ms/img", "onnxruntime ms/img", "speed-up"), notes)
+                  rows, ("measure", "torch eager ms/img", "onnxruntime ms/img", "speed-up [round range]"), notes)
 
 
 if __name__ == "__main__":
