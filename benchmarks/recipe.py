@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from _common import DATA, machine_gflops, mergeable_rows, paired_by_seed, seed_interval, write_results
+from _common import DATA, TRACER, machine_gflops, mergeable_rows, paired_by_seed, seed_interval, write_results
 from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.backbones import build_backbone
 from skfg.datasets import load_image_folder
@@ -92,11 +92,12 @@ FULL = ["recipe_default", "default_old_augment", "default_no_label_smoothing", "
 SHARED = [r for r in ROWS if r not in FULL]
 
 
-def step_seconds(backbone, crop, batch_size, trainable, channels_last, steps=4, dtype=None, weights=None,
-                 train_batchnorm=False, compiled=False):
-    """Seconds per training image of a forward + backward + SGD step (random input), under
-    autocast to ``dtype`` when given; BatchNorm on batch statistics or frozen (skfg's
-    default); the forward through ``torch.compile`` when ``compiled``."""
+def make_step(backbone, crop, batch_size, trainable, channels_last, dtype=None, weights=None,
+              train_batchnorm=False, compiled=False):
+    """A function that runs one forward + backward + SGD step of ``batch_size`` random
+    images and returns its seconds; under autocast to ``dtype`` when given; BatchNorm on
+    batch statistics or frozen (skfg's default); the forward through ``torch.compile``
+    when ``compiled``."""
     net = build_backbone(backbone, weights=weights)
     names = net.stage_names
     for name in names[: len(names) - trainable]:
@@ -118,8 +119,8 @@ def step_seconds(backbone, crop, batch_size, trainable, channels_last, steps=4, 
     opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad] + list(head.parameters()), lr=1e-3)
     x = torch.randn(batch_size, 3, crop, crop).contiguous(memory_format=fmt)
     y = torch.randint(0, 98, (batch_size,))
-    times, warm = [], 3 if compiled else 1
-    for _ in range(steps + warm):
+
+    def step():
         t = time.perf_counter()
         with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
             logits = forward(x)
@@ -127,7 +128,17 @@ def step_seconds(backbone, crop, batch_size, trainable, channels_last, steps=4, 
         opt.zero_grad()
         loss.backward()
         opt.step()
-        times.append(time.perf_counter() - t)
+        return time.perf_counter() - t
+
+    return step
+
+
+def step_seconds(backbone, crop, batch_size, trainable, channels_last, steps=4, compiled=False, **kwargs):
+    """Seconds per training image of :func:`make_step`'s step: the median of ``steps``
+    steps after the warm-up (one step; three under ``torch.compile``)."""
+    step = make_step(backbone, crop, batch_size, trainable, channels_last, compiled=compiled, **kwargs)
+    warm = 3 if compiled else 1
+    times = [step() for _ in range(steps + warm)]
     return float(np.median(times[warm:])) / batch_size
 
 
@@ -228,40 +239,59 @@ def step_table(args):
     size = 64 if args.quick else CNNFeatureExtractor().image_size
     crop = Augmentation().crop_size(size)
     Xtr, _ = load_image_folder(DATA / "stanford_cars_a" / "train")
-    plain_data, skfg_data = data_ms(Xtr, size, crop, n=32 if args.quick else 96)
-    settings = [  # label, crop, channels-last, BatchNorm trained, dtype, compile, data ms
-        ("plain loop: NCHW, BatchNorm on batch statistics, PIL decoding", size, False, True, None, False, plain_data),
-        ("channels-last", size, True, True, None, False, plain_data),
-        ("+ frozen BatchNorm", size, True, False, None, False, plain_data),
-        ("+ cached uint8 tensors, skfg augmentation (test-size crops)", size, True, False, None, False, skfg_data),
-        (f"+ FixRes crops of {crop} px (skfg default)", crop, True, False, None, False, skfg_data),
-        ("skfg default under bfloat16 autocast", crop, True, False, torch.bfloat16, False, skfg_data),
-        ("skfg default under torch.compile (inductor)", crop, True, False, None, True, skfg_data),
+    settings = [  # label, crop, channels-last, BatchNorm trained, dtype, compile, input preparation
+        ("plain loop: NCHW, BatchNorm on batch statistics, PIL decoding", size, False, True, None, False, "plain"),
+        ("channels-last", size, True, True, None, False, "plain"),
+        ("+ frozen BatchNorm", size, True, False, None, False, "plain"),
+        ("+ cached uint8 tensors, skfg augmentation (test-size crops)", size, True, False, None, False, "skfg"),
+        (f"+ FixRes crops of {crop} px (skfg default)", crop, True, False, None, False, "skfg"),
+        ("skfg default under bfloat16 autocast", crop, True, False, torch.bfloat16, False, "skfg"),
+        ("skfg default under torch.compile (inductor)", crop, True, False, None, True, "skfg"),
     ]
     if args.quick:
         settings = [s for s in settings if not s[5]]
-    rows, results, base = [], [], None
-    for label, c, cl, bn_train, dtype, compiled, data in settings:
-        t = time.perf_counter()
-        step = 1000 * step_seconds("efficientnet_lite0", c, 32, 9, cl, steps=3 if args.quick else 5, dtype=dtype,
-                                   weights="imagenet", train_batchnorm=bn_train, compiled=compiled)
-        total = step + data
-        base = base or total
-        rows.append((label, c, f"{step:.1f}", f"{data:.1f}", f"{total:.1f}", f"{1000 / total:.1f}",
-                     f"{base / total:.2f}x"))
-        results.append({"setting": label, "crop": c, "step_ms_per_image": step, "data_ms_per_image": data,
-                        "ms_per_image": total, "images_per_s": 1000 / total, "speedup_vs_plain": base / total,
-                        "wall_seconds": time.perf_counter() - t})
-        print(rows[-1], flush=True)
+    steppers = []
+    for label, c, cl, bn_train, dtype, compiled, _ in settings:
+        step = make_step("efficientnet_lite0", c, 32, 9, cl, dtype=dtype, weights="imagenet",
+                         train_batchnorm=bn_train, compiled=compiled)
+        for _ in range(3 if compiled else 1):  # warm-up (and, traced, the record of the code it runs)
+            step()
+        steppers.append(step)
+    rounds, steps = (2, 3) if args.quick else (args.rounds, 5)
+    step_ms, data = np.empty((rounds, len(settings))), np.empty((rounds, len(settings)))
+    with TRACER.paused():
+        for r in range(rounds):  # every setting once per round, so a slow spell hits all of them
+            plain_data, skfg_data = data_ms(Xtr, size, crop, n=32 if args.quick else 96)
+            for k, (setting, step) in enumerate(zip(settings, steppers)):
+                step_ms[r, k] = 1000 * np.median([step() for _ in range(steps)]) / 32
+                data[r, k] = skfg_data if setting[-1] == "skfg" else plain_data
+            print(f"round {r}: " + " ".join(f"{v:.1f}" for v in step_ms[r]), flush=True)
+    total = step_ms + data
+    per_round = total[:, :1] / total  # speed-up over the plain loop within each round
+    med = {k: np.median(v, 0) for k, v in (("step", step_ms), ("data", data), ("total", total))}
+    rows, results = [], []
+    for k, (label, c, *_) in enumerate(settings):
+        speedup = med["total"][0] / med["total"][k]
+        lo, hi = per_round[:, k].min(), per_round[:, k].max()
+        rows.append((label, c, f"{med['step'][k]:.1f}", f"{med['data'][k]:.1f}", f"{med['total'][k]:.1f}",
+                     f"{1000 / med['total'][k]:.1f}", f"{speedup:.2f}x [{lo:.2f}-{hi:.2f}]"))
+        results.append({"setting": label, "crop": c, "step_ms_per_image": float(med["step"][k]),
+                        "data_ms_per_image": float(med["data"][k]), "ms_per_image": float(med["total"][k]),
+                        "images_per_s": float(1000 / med["total"][k]), "speedup_vs_plain": float(speedup),
+                        "speedup_low": float(lo), "speedup_high": float(hi),
+                        "ms_per_image_rounds": total[:, k].tolist()})
     with warnings.catch_warnings():  # the check precision="bfloat16" makes (float32 without native support)
         warnings.simplefilter("ignore")
         native_bf16 = resolve_precision("bfloat16", "cpu") is not None
     write_results("recipe_steps_quick" if args.quick else "recipe_steps", {"rows": results, "cpu_has_bf16": native_bf16},
                   rows, ("setting (each row adds to the one above)", "crop px", "step ms/img", "data ms/img",
-                         "ms/img", "img/s", "vs plain loop"),
+                         "ms/img", "img/s", "vs plain loop [round range]"),
                   "EfficientNet-Lite0 with its ImageNet weights, every stage trained, batch 32, SGD; step = forward + "
-                  "backward + update on a fixed batch, median of the steps after the warm-up (torch.compile: after "
-                  "three), 2 CPU cores; data = preparing one training image from the stanford_cars_a train files. "
+                  f"backward + update on a fixed batch, after a warm-up (torch.compile: three steps); {rounds} rounds, "
+                  f"each timing every setting in turn ({steps} steps, their median); data = preparing one training "
+                  "image from the stanford_cars_a train files, once per round. Times are medians over the rounds; "
+                  "'vs plain loop' is the ratio of those medians, [lowest-highest] the ratio within each round "
+                  "alone (a ratio whose range holds 1.00 is no difference). 2 CPU cores. "
                   f"This CPU {'has' if native_bf16 else 'lacks'} native bfloat16 (AVX512-BF16/AMX); without it "
                   "precision='bfloat16' falls back to float32.")
 
@@ -298,6 +328,7 @@ def main():
                              "unchanged, and add these")
     parser.add_argument("--name", default=None, help="results file name (default: recipe or recipe_quick)")
     parser.add_argument("--steps", action="store_true", help="only the step-time table (recipe_steps.md)")
+    parser.add_argument("--rounds", type=int, default=5, help="--steps: rounds of timing every setting in turn")
     args = parser.parse_args()
     if args.steps:
         return step_table(args)
