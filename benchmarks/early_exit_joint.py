@@ -10,8 +10,8 @@ fitted on the trained network's features. Per seed:
 2. Every (scheme, alpha): val and test accuracy, exit counts, and end-to-end ms/image
    (decode + CNN + SVMs) against **the same model's last exit alone** (the same trained
    network and last-layer SVM behind a single-exit extractor), at batch 1 (image by
-   image, alternating, best of ``--repeats``) and in batches of 8 and 32 (whole sets,
-   alternating).
+   image, alternating, best of ``--repeats`` rounds) and in batches of 8 and 32 (whole
+   sets, alternating), each speed-up with its range over the rounds alone.
    The operating point is chosen on **val**: the largest batch-1 speed-up whose val
    accuracy is at most 1 point below the last exit's; its test row is the result.
 3. The decode share: ms/image of decoding + resizing alone against the last exit's; and
@@ -35,7 +35,7 @@ import time
 import numpy as np
 import torch
 
-from _common import DATA, RESULTS, alternating_ms, mergeable_rows, seed_interval, write_results
+from _common import DATA, RESULTS, alternating_ms, mergeable_rows, seed_interval, speedup_spread, write_results
 from skfg import CNNFeatureExtractor, EarlyExitClassifier
 from skfg._exits import layer_features
 from skfg.datasets import load_image_folder
@@ -88,15 +88,14 @@ def single_exit(clf, size):
     return ext, predict
 
 
-def batch_ms(predictors, X, repeats):
-    """Per predictor, the best-of-``repeats`` ms/image of predicting all of ``X`` at once."""
-    best = np.full(len(predictors), np.inf)
-    for _ in range(repeats):
-        for k, predict in enumerate(predictors):
-            t = time.perf_counter()
-            predict(X)
-            best[k] = min(best[k], time.perf_counter() - t)
-    return 1000 * best / len(X)
+def timed(row, prefix, bs, times):
+    """Record :func:`_common.alternating_ms`'s per-round times of (last exit alone, early
+    exits) in ``row``: the ms/image of each (best per image) and the speed-up's range over
+    the rounds alone (:func:`_common.speedup_spread`)."""
+    base, mine = times.min(0).mean(1)
+    _, low, high = speedup_spread(times)
+    row.update({f"{prefix}ms_batch{bs}": float(mine), f"{prefix}last_ms_batch{bs}": float(base),
+                f"{prefix}speedup_batch{bs}_low": low, f"{prefix}speedup_batch{bs}_high": high})
 
 
 def decode_ms(X, size, repeats):
@@ -137,14 +136,15 @@ def run_seed(args, seed, size, splits):
                 pred, ex = model.predict(X, return_exit=True)
                 row[f"{part}_accuracy"] = float(np.mean(pred == y))
                 row[f"{part}_exit_counts"] = np.bincount(ex, minlength=len(exits)).tolist()
-                base1, mine1 = alternating_ms([baseline, model.predict], tX[part], args.repeats)
-                row[f"{part}_ms_batch1"], row[f"{part}_last_ms_batch1"] = mine1, base1
+                times = alternating_ms([baseline, model.predict], tX[part], args.repeats, per_round=True)
+                timed(row, f"{part}_", 1, times)
                 if part == "test":
                     for bs in BATCHES:
                         for e in (clf.extractor_, base_ext):
                             e.set_params(batch_size=bs)
-                        base_b, mine_b = batch_ms([baseline, model.predict], tX[part], args.repeats)
-                        row[f"test_ms_batch{bs}"], row[f"test_last_ms_batch{bs}"] = mine_b, base_b
+                        times = alternating_ms([baseline, model.predict], tX[part], args.repeats, per_round=True,
+                                               batch=len(tX[part]))  # the whole set in one call
+                        timed(row, "test_", bs, times)
                     for e in (clf.extractor_, base_ext):
                         e.set_params(batch_size=1)
             print(row, flush=True)
@@ -216,6 +216,14 @@ def main():
         write(name, runs, args, splits)
 
 
+def speedup_text(config, bs):
+    """The test speed-up at batch ``bs``, with its range over the timing rounds when recorded."""
+    text = f"{config[f'test_last_ms_batch{bs}'] / config[f'test_ms_batch{bs}']:.2f}x"
+    if f"test_speedup_batch{bs}_low" in config:
+        text += f" [{config[f'test_speedup_batch{bs}_low']:.2f}-{config[f'test_speedup_batch{bs}_high']:.2f}]"
+    return text
+
+
 def write(name, runs, args, splits):
     runs.sort(key=lambda r: r["seed"])
     single = {}
@@ -234,9 +242,8 @@ def write(name, runs, args, splits):
                          + (" (chosen on val)" if chosen else ""), "/".join(map(str, c["test_exit_counts"])),
                          f"{100 * c['val_accuracy']:.1f}", f"{100 * c['test_accuracy']:.1f}",
                          f"{100 * (c['test_accuracy'] - r['last_exit_accuracy']['test']):+.1f}",
-                         f"{c['test_ms_batch1']:.2f}", f"{c['test_last_ms_batch1'] / c['test_ms_batch1']:.2f}x",
-                         *[v for bs in BATCHES for v in (f"{c[f'test_ms_batch{bs}']:.2f}",
-                                                          f"{c[f'test_last_ms_batch{bs}'] / c[f'test_ms_batch{bs}']:.2f}x")]))
+                         f"{c['test_ms_batch1']:.2f}", speedup_text(c, 1),
+                         *[v for bs in BATCHES for v in (f"{c[f'test_ms_batch{bs}']:.2f}", speedup_text(c, bs))]))
     header = ("seed", "exit / thresholds", "test exits", "val acc %", "test acc %", "vs last exit",
               "ms/img b1", "speed-up b1", *[h for bs in BATCHES for h in (f"ms/img b{bs}", f"speed-up b{bs}")])
     (Xtr, ytr), (Xva, yva), (Xte, yte) = splits
@@ -247,9 +254,10 @@ def write(name, runs, args, splits):
              f"distillation {r0['distillation']:g}), then a LinearSVC per exit and the thresholds (training "
              f"algorithm of the paper). ms/image: decode + CNN + SVMs over the first {r0['n_timing']} images; "
              "batch 1: image by image, alternating with the last exit alone, best of "
-             f"{args.repeats}; batches of 8 and 32: the whole set, alternating, best of {args.repeats} (extractor "
-             "batch_size 8 or 32; skfg's default is 4). The speed-ups are "
-             "against the same model's last exit alone (same network and SVM, one exit). "
+             f"{args.repeats} rounds per image; batches of 8 and 32: the whole set, alternating, best of {args.repeats} "
+             "(extractor batch_size 8 or 32; skfg's default is 4). The speed-ups are "
+             "against the same model's last exit alone (same network and SVM, one exit); [lowest-highest] is the "
+             "speed-up within each round alone (one that holds 1.00 is none). "
              "The operating point is chosen on val (largest batch-1 speed-up at <= 1 point below the last "
              "exit on val).")
     summary = []
