@@ -24,7 +24,7 @@ Steps, one run:
    one (the 20 GB store would not stay cached on a machine with 4 GiB to spare).
    Milliseconds per query at batch 1 (each query searched alone, 1,000 of them) and at
    batch 1,000 (after another eviction); recall@10 as the overlap of the top-10 with the
-   exact top-10 (``|found & truth| / 10``, the measure of ``impostor.md``'s scaling rows)
+   exact top-10 (``|found & truth| / 10``, the measure of ``impostor.py``'s scaling rows)
    and as "1-recall@10" (the exact nearest among the 10 found).
 
 Targets: peak RSS <= 4 GiB, <= 5 ms a query at recall@10 >= 0.9.

@@ -11,8 +11,8 @@ head for ``head_epochs`` on cached features, seconds in all). Rows:
 - At an equal, shorter wall-time budget (``--budget`` minutes each; every row's epochs
   are the budget over its measured step time, timed once per network shape, so rows that
   differ only in hyper-parameters train equally many epochs): the recipe itself, the old recipe
-  (Adam 3e-3, last 2 stages, crop + flip at full size: the 52.7 % row of
-  ``finetune.md``), a plain torchvision loop (PIL decoding every epoch, RandomResizedCrop
+  (Adam 3e-3, last 2 stages, crop + flip at full size: the best fine-tuning before the
+  recipe), a plain torchvision loop (PIL decoding every epoch, RandomResizedCrop
   + flip, SGD with step decay, contiguous memory), each ingredient removed (or, for the
   augmentations off by default, added: ``with_trivial_augment``, ``with_erasing``), and
   EfficientNet-Lite1 / Lite2 with the default recipe.

@@ -100,9 +100,10 @@ class SoftmaxClassifier(BaseTorchClassifier):
     optimizer : {"adam", "adamw", "sgd", "auto"}, default="auto"
         ``"auto"``: Adam on features; SGD with Nesterov momentum when fine-tuning.
     lr : float or "auto", default="auto"
-        Learning rate of the head. ``"auto"``: 3e-3 on features (chosen on frozen
-        EfficientNet-Lite0 features of ``stanford_cars_a``: 46.4 % test accuracy, one
-        seed, ``benchmarks/results/impostor.md``); 0.01 when fine-tuning (the recipe).
+        Learning rate of the head. ``"auto"``: 3e-3 on features (the middle of the
+        candidates ``benchmarks/impostor_frozen.py`` searches on val for the frozen
+        EfficientNet-Lite0 features of ``stanford_cars_a``); 0.01 when fine-tuning (the
+        recipe).
     backbone_lr_scale : float or "auto", default="auto"
         The backbone's learning rate is ``lr * backbone_lr_scale``; ``"auto"``: 0.1 on
         features (unused), 2/3 when fine-tuning (0.0067 for the backbone).

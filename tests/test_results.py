@@ -348,6 +348,51 @@ def test_a_file_filled_over_several_runs_keeps_each_runs_provenance(tmp_path, mo
     assert stale_results(tmp_path) == {}
 
 
+def test_rows_kept_under_another_key_keep_their_runs_provenance(tmp_path, monkeypatch):
+    import _common
+
+    monkeypatch.setattr(_common, "RESULTS", tmp_path)
+    monkeypatch.setattr(_common, "_MERGED", {})
+    monkeypatch.setattr(_common, "_RUN_ID", "the fitting run")
+    _common.write_results("t", {"results": [{"name": "a"}], "cost": 1.0}, [("a",)], ("name",), rows_key="results")
+    first = json.loads((tmp_path / "t.json").read_text())
+    assert first["results"][0]["run"] == "the fitting run"
+    monkeypatch.setattr(_common, "_RUN_ID", "a timing run")
+    kept = _common.mergeable_rows("t", key="results")
+    _common.write_results("t", {"results": kept, "cost": 2.0}, [("a",)], ("name",), rows_key="results")
+    second = json.loads((tmp_path / "t.json").read_text())
+    assert second["cost"] == 2.0 and second["results"][0]["run"] == "the fitting run"
+    assert set(second["provenance"]["earlier_runs"]) == {"the fitting run"}
+    with pytest.raises(KeyError):
+        _common.mergeable_rows("t")  # no "rows" in this file
+
+
+def test_alternating_ms_times_every_predictor_per_batch_and_round():
+    import time as _time
+
+    from _common import alternating_ms, speedup_spread
+
+    calls = []
+
+    def slow(x):
+        calls.append(("slow", len(x)))
+        _time.sleep(0.004 * len(x))
+
+    def fast(x):
+        calls.append(("fast", len(x)))
+        _time.sleep(0.001 * len(x))
+
+    X = list(range(6))
+    times = alternating_ms([slow, fast], X, 2, per_round=True, batch=3)
+    assert times.shape == (2, 2, 2)  # rounds, predictors, batches
+    assert calls[:2] == [("slow", 3), ("fast", 3)]  # one untimed call each first
+    assert calls[2:] == [("slow", 3), ("fast", 3)] * 4  # then alternating, batch by batch
+    assert (times[:, 0] >= 4).all() and (times[:, 1] >= 1).all()  # ms per item, not per call
+    speedup, low, high = speedup_spread(times)
+    assert low <= high and 2 < speedup < 4.5 and 2 < low
+    assert alternating_ms([slow, fast], X, 2).shape == (2,)  # best per image, image by image
+
+
 def test_paired_by_seed_pairs_only_the_seeds_both_ran():
     from _common import paired_by_seed
 
