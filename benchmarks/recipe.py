@@ -283,7 +283,8 @@ def step_table(args):
     with warnings.catch_warnings():  # the check precision="bfloat16" makes (float32 without native support)
         warnings.simplefilter("ignore")
         native_bf16 = resolve_precision("bfloat16", "cpu") is not None
-    write_results("recipe_steps_quick" if args.quick else "recipe_steps", {"rows": results, "cpu_has_bf16": native_bf16},
+    write_results("recipe_steps_quick" if args.quick else "recipe_steps", {"rows": results, "cpu_has_bf16": native_bf16,
+                                                                        "rounds": rounds, "steps_per_round": steps},
                   rows, ("setting (each row adds to the one above)", "crop px", "step ms/img", "data ms/img",
                          "ms/img", "img/s", "vs plain loop [round range]"),
                   "EfficientNet-Lite0 with its ImageNet weights, every stage trained, batch 32, SGD; step = forward + "
