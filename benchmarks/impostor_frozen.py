@@ -46,7 +46,7 @@ from skfg.datasets import load_image_folder
 SIGMAS = (0.3, 0.6, 1.0)
 LRS = (1e-3, 3e-3, 1e-2)
 CS = (0.01, 0.1, 1.0)
-CS_SVC = (1e-4, 1e-3, 1e-2)  # LinearSVC is best at small C here (and slow to converge at large C)
+CS_SVC = (1e-5, 1e-4, 1e-3)  # LinearSVC is best at small C here (and slow to converge at large C)
 ROWS = {
     "impostor_loose": (lambda seed: ImpostorClassifier(impostors="loose", random_state=seed), "sigma", SIGMAS),
     "softmax_512": (lambda seed: SoftmaxClassifier(embedding_dim=512, random_state=seed), "lr", LRS),
