@@ -35,12 +35,14 @@ maximum, and for the paper's, every cell above ``tau``; the teacher sees the ima
 
     python benchmarks/localization.py --quick   # 12 classes, 128 px, 1 teacher epoch: minutes
     python benchmarks/localization.py           # 98 classes, 224 px: about 70 minutes on 2 cores
+    python benchmarks/localization.py --resume --cropper-seeds-only   # only the cropper seeds, added
 
 The fitted teacher and croppers are kept in ``--work`` (joblib), so a run that stopped in
 the classification section continues there with ``--resume``.
 """
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -48,7 +50,7 @@ import joblib
 import numpy as np
 from sklearn.frozen import FrozenEstimator
 
-from _common import DATA, paired_by_seed, seed_interval, seed_summary, write_results
+from _common import DATA, RESULTS, mergeable_rows, paired_by_seed, seed_interval, seed_summary, write_results
 from skfg import CNNFeatureExtractor, ObjectCropper, SoftmaxClassifier
 from skfg.datasets import load_image_folder, make_composite
 from skfg.localization import box_iou, heatmap_to_box
@@ -117,6 +119,9 @@ def main():
     parser.add_argument("--work", default=None, help="where the fitted teacher and croppers are kept "
                         "(default: /tmp/skfg_localization[_quick])")
     parser.add_argument("--resume", action="store_true", help="reuse the teacher and croppers in --work")
+    parser.add_argument("--cropper-seeds-only", action="store_true",
+                        help="with --resume: only refit the cropper over --cropper-seeds on the kept teacher; every "
+                        "other value keeps results/localization.json's value and stamp (its code must be unchanged)")
     args = parser.parse_args()
     classes = sorted(set(load_image_folder(DATA / "stanford_cars_a" / "train")[1]))
     size, epochs = 224, args.teacher_epochs
@@ -151,6 +156,8 @@ def main():
         joblib.dump(out, path)
         return model, out["fit_s"]
 
+    if args.cropper_seeds_only:
+        return cropper_seeds_only(args, work, fitted, Xtr, (Xte, bte), size, default_tau)
     pretrained, payload["pretrained_cropper_fit_s"] = fitted(
         "pretrained_cropper", lambda: ObjectCropper(random_state=args.seed).fit(Xtr))
     evaluate_cropper("ObjectCropper() (pretrained teacher)", pretrained, data, size, default_tau, rows, croppers_out)
@@ -164,6 +171,7 @@ def main():
     evaluate_cropper("ObjectCropper(teacher=fine-tuned)", tuned, data, size, default_tau, rows, croppers_out)
     payload["croppers"] = croppers_out
     payload["cropper_seeds"] = cropper_seeds(args, tuned, teacher, fitted, Xtr, (Xte, bte), size, default_tau)
+    name = "localization" + ("_quick" if args.quick else "")
 
     ext = CNNFeatureExtractor(image_size=size, pooling="kmax").fit()
     gain = {}
@@ -176,10 +184,19 @@ def main():
     crops = {"full": (Xtr, Xva, Xte), "cropped": tuple(tuned.transform(X) for X in (Xtr, Xva, Xte))}
     boxes = tuned.predict_boxes(Xte)
     payload["crop_kept_area_fraction"] = float(np.mean((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])) / size**2)
-    payload["e2e"] = e2e = end_to_end(args, crops, (ytr, yva, yte), size)
-    header = ("cropper", "box", "tau", "student IoU>=0.5", "teacher IoU>=0.5", "student mean IoU", "teacher mean IoU")
+    payload["e2e"] = end_to_end(args, crops, (ytr, yva, yte), size)
+    write(name, {"rows": croppers_out, **payload}, rows, args)
+
+
+HEADER = ("cropper", "box", "tau", "student IoU>=0.5", "teacher IoU>=0.5", "student mean IoU", "teacher mean IoU")
+
+
+def write(name, payload, rows, args):
+    """The results file and its Markdown table and notes, from ``payload``."""
+    size, epochs, gain, e2e = payload["image_size"], payload["teacher_epochs"], payload["classification"], payload["e2e"]
     notes = (f"Composite set: stanford_cars_a car crops on scikit-learn's two photographs, {size} px, "
-             f"{len(classes)} classes, {len(ytr)} train / {len(yva)} val / {len(yte)} test images; the car covers "
+             f"{payload['n_classes']} classes, {payload['n_train']} train / {payload['n_val']} val / "
+             f"{payload['n_test']} test images; the car covers "
              f"{payload['object_area_fraction']:.0%} of the image on average. Rates on test; tau chosen on val boxes "
              f"in its own row. Fine-tuned teacher: {epochs} epochs, val {payload['teacher_val_accuracy']:.3f} / test "
              f"{payload['teacher_test_accuracy']:.3f}, fit {payload['teacher_fit_s'] / 60:.1f} min.\n\n"
@@ -187,8 +204,46 @@ def main():
              "Frozen GKMP features + SoftmaxClassifier(embedding_dim=512), val / test accuracy: "
              + "; ".join(f"{k}: {v['val_accuracy']:.3f} / {v['test_accuracy']:.3f}" for k, v in gain.items()) + ".\n\n"
              + e2e_notes(e2e, payload))
-    write_results("localization" + ("_quick" if args.quick else ""), {"rows": croppers_out, **payload}, rows,
-                  header, notes)
+    write_results(name, payload, rows, HEADER, notes)
+
+
+def table_rows(croppers):
+    """The Markdown rows of :func:`evaluate_cropper`'s results."""
+    rows = []
+    for res in croppers:
+        default_rule = None  # the cropper's own rule comes first (evaluate_cropper)
+        for key, r in res.items():
+            if isinstance(r, dict) and "student_iou05" in r:
+                rule, label = key.split(": ", 1)
+                default_rule = default_rule or rule
+                label_rule = f"box={rule!r}" + (" (default)" if rule == default_rule else " (the paper's rule)")
+                rows.append((res["name"], label_rule, f"{label} ({r['tau']:g})", f"{r['student_iou05']:.3f}",
+                             f"{r['teacher_iou05']:.3f}", f"{r['student_mean_iou']:.3f}", f"{r['teacher_mean_iou']:.3f}"))
+    return rows
+
+
+def cropper_seeds_only(args, work, fitted, Xtr, test, size, tau):
+    """``--cropper-seeds-only``: the kept teacher and seed-``--seed`` cropper from ``--work``
+    (checked against the results file: the same test rate), the other seeds fitted, and
+    the results file rewritten with ``cropper_seeds`` added; its other values and their
+    stamp are kept (:func:`_common.mergeable_rows`)."""
+    name = "localization" + ("_quick" if args.quick else "")
+    croppers = mergeable_rows(name)
+    saved = json.loads((RESULTS / f"{name}.json").read_text())
+    if not args.resume:
+        raise SystemExit("--cropper-seeds-only needs --resume (the teacher and cropper of the run in --work)")
+    if not all((work / f"{k}.joblib").exists() for k in ("teacher", "tuned_cropper")):
+        raise SystemExit(f"--cropper-seeds-only: no teacher.joblib and tuned_cropper.joblib in {work}")
+    teacher, _ = fitted("teacher", None)
+    tuned, _ = fitted("tuned_cropper", None)
+    out = cropper_seeds(args, tuned, teacher, fitted, Xtr, test, size, tau)
+    kept = croppers[1]["component: default tau"]["student_iou05"]
+    at_seed = out["component"]["student_iou05_per_seed"][args.cropper_seeds.index(args.seed)]
+    if abs(kept - at_seed) > 1e-12:
+        raise SystemExit(f"the cropper in {work} is not the one results/{name}.json measured ({at_seed} vs {kept})")
+    payload = {k: v for k, v in saved.items() if k not in ("provenance", "machine")}
+    payload.update(rows=croppers, cropper_seeds=out)
+    write(name, payload, table_rows(croppers), args)
 
 
 def cropper_seeds(args, tuned, teacher, fitted, Xtr, test, size, tau):
