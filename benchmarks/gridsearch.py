@@ -85,7 +85,7 @@ def main():
              f"2 CPU cores; {rounds} rounds, each running the four settings in turn. Seconds: median over the "
              "rounds; speed-up: n_jobs=1's median over the row's, [lowest-highest] within each round alone (one "
              "whose range holds 1.00 is no difference).")
-    write_results("gridsearch" + ("_quick" if args.quick else ""), {"rows": results, "n_images": n}, rows,
+    write_results("gridsearch" + ("_quick" if args.quick else ""), {"rows": results, "n_images": n, "rounds": rounds}, rows,
                   ("setting", "seconds", "speed-up [round range]", "best C", "best CV score"), notes)
 
 
