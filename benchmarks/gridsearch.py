@@ -11,7 +11,8 @@
 - ``n_jobs=2``, shared disk cache, warmed first by one ``transform`` over the images in the
   calling process (its time included): workers only read.
 
-Wall time of each (the warm-up included where there is one), as a ratio to ``n_jobs=1``
+Wall time of each (the warm-up included where there is one; with fresh worker processes
+every time, as a user's first search, their start included), as a ratio to ``n_jobs=1``
 with its range over ``--rounds`` rounds, and the best ``C`` and score, which must agree.
 
     python benchmarks/gridsearch.py --quick    # 150 images
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from joblib.externals.loky import get_reusable_executor
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
@@ -58,6 +60,9 @@ def main():
     for r in range(rounds):  # every setting once per round, so a slow spell hits all of them
         for k, (label, n_jobs, disk, warm) in enumerate(settings):
             clear_feature_cache()
+            # fresh worker processes every time, as a user's first search: reused ones would
+            # still hold their in-memory feature caches (and their imports) from an earlier round
+            get_reusable_executor().shutdown(wait=True)
             directory = Path(tempfile.mkdtemp(prefix="skfg_gridsearch_")) if disk else None
             try:
                 t = time.perf_counter()
