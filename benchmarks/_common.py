@@ -25,7 +25,7 @@ import torch
 
 from skfg._table import format_table
 from _provenance import (HASHING, Tracer, code_hash, definition_hashes, executed_definitions, known_definitions,
-                         refresh_stamp, stale_definitions, upgrade_stamp)
+                         refresh_stamp, stale_definitions)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -299,11 +299,23 @@ def alternating_ms(predictors, X, repeats, per_round=False, batch=1):
     return times if per_round else times.min(0).mean(1)
 
 
+def ratio_over_rounds(base, other):
+    """Speed-up of ``other`` over ``base`` from their times in rounds that each time every
+    setting in turn (one time a round each): ``(ratio of the medians, lowest, highest)``,
+    the last two the ratio within each round alone. The range is the spread of repeated
+    runs: a speed-up whose range holds 1 is none."""
+    base, other = np.asarray(base, dtype=float), np.asarray(other, dtype=float)
+    if base.shape != other.shape or base.ndim != 1 or len(base) == 0:
+        raise ValueError(f"one time a round for each: got shapes {base.shape} and {other.shape}")
+    per_round = base / other
+    return float(np.median(base) / np.median(other)), float(per_round.min()), float(per_round.max())
+
+
 def speedup_spread(times):
     """Speed-up of predictor 1 over predictor 0 from :func:`alternating_ms`'s ``per_round``
-    times: ``(speed-up, low, high)``, the speed-up on each image's best time and the lowest
-    and highest of the speed-ups measured in each round alone (the spread of repeated
-    runs: a speed-up whose spread holds 1 is none)."""
+    times: ``(speed-up, low, high)``, the speed-up on each image's best time (best of the
+    rounds, so it can lie outside the range) and the lowest and highest of the speed-ups
+    measured in each round alone (:func:`ratio_over_rounds`)."""
     best = times.min(0).mean(1)
-    per_round = times[:, 0].mean(1) / times[:, 1].mean(1)
-    return float(best[0] / best[1]), float(per_round.min()), float(per_round.max())
+    _, low, high = ratio_over_rounds(times[:, 0].mean(1), times[:, 1].mean(1))
+    return float(best[0] / best[1]), low, high

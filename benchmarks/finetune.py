@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from _common import DATA, write_results
+from _common import DATA, ratio_over_rounds, write_results
 from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.datasets import load_image_folder
 
@@ -124,17 +124,16 @@ def cache_table(ext, Xtr, ytr, size, rounds, quick):
                                 "epoch_seconds": [h["seconds"] for h in clf.history_]})
             print(cache, fits[cache][-1], flush=True)
     med = {c: [float(np.median(f["epoch_seconds"])) for f in fits[c]] for c in fits}  # per round
-    per_round = np.array(med[False]) / np.array(med[True])
-    ratio = float(np.median(med[False]) / np.median(med[True]))
+    ratio, low, high = ratio_over_rounds(med[False], med[True])
     rows = [(f"frozen-prefix cache {'on' if c else 'off'}", f"{np.median(med[c]):.2f}",
              " / ".join(f"{v:.2f}" for v in med[c]), f"{np.median([f['fit_seconds'] for f in fits[c]]):.0f}")
             for c in (True, False)]
-    rows.append(("epochs faster with the cache", f"{ratio:.1f}x", f"rounds {per_round.min():.1f}-{per_round.max():.1f}x",
+    rows.append(("epochs faster with the cache", f"{ratio:.1f}x", f"rounds {low:.1f}-{high:.1f}x",
                  ""))
     write_results("finetune_cache" + ("_quick" if quick else ""),
                   {"rows": [{"cache": c, **f} for c in (True, False) for f in fits[c]], "image_size": size,
                    "n_train": len(ytr), "epochs": epochs, "rounds": rounds, "epoch_speedup": ratio,
-                   "epoch_speedup_low": float(per_round.min()), "epoch_speedup_high": float(per_round.max())},
+                   "epoch_speedup_low": low, "epoch_speedup_high": high},
                   rows, ("setting", "s/epoch (median)", "s/epoch per round", "fit s (median)"),
                   f"SoftmaxClassifier(extractor=CNNFeatureExtractor(image_size={size}), trainable_blocks=1, "
                   f"augment=False, head_epochs=0, max_epochs={epochs}) on {len(ytr)} stanford_cars_a training images, "

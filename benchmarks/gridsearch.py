@@ -31,7 +31,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 
-from _common import DATA, write_results
+from _common import DATA, ratio_over_rounds, write_results
 from skfg import CNNFeatureExtractor, clear_feature_cache
 from skfg.datasets import load_image_folder
 
@@ -75,17 +75,16 @@ def main():
                     shutil.rmtree(directory, ignore_errors=True)
             best.setdefault(k, set()).add((gs.best_params_["clf__C"], round(float(gs.best_score_), 6)))
             print(r, label, f"{seconds[r, k]:.1f} s", flush=True)
-    med, per_round = np.median(seconds, 0), seconds[:, :1] / seconds
+    med = np.median(seconds, 0)
     results, rows = [], []
     for k, (label, n_jobs, disk, warm) in enumerate(settings):
         (C, score), agree = sorted(best[k])[0], len(best[k]) == 1  # the same choice in every round?
+        speedup, low, high = ratio_over_rounds(seconds[:, 0], seconds[:, k])
         results.append({"setting": label, "n_jobs": n_jobs, "disk_cache": disk, "warmed": warm,
                         "seconds": float(med[k]), "seconds_per_round": seconds[:, k].tolist(),
-                        "vs_n_jobs_1": float(med[0] / med[k]), "vs_n_jobs_1_low": float(per_round[:, k].min()),
-                        "vs_n_jobs_1_high": float(per_round[:, k].max()), "best_C": C, "best_score": score,
-                        "same_choice_every_round": agree})
-        rows.append((label, f"{med[k]:.1f}", f"{med[0] / med[k]:.2f}x [{per_round[:, k].min():.2f}-"
-                     f"{per_round[:, k].max():.2f}]", C, f"{score:.3f}"))
+                        "vs_n_jobs_1": speedup, "vs_n_jobs_1_low": low, "vs_n_jobs_1_high": high,
+                        "best_C": C, "best_score": score, "same_choice_every_round": agree})
+        rows.append((label, f"{med[k]:.1f}", f"{speedup:.2f}x [{low:.2f}-{high:.2f}]", C, f"{score:.3f}"))
     notes = (f"{n} stanford_cars_a train images, 160 px, EfficientNet-Lite0 features, 3 values of C x 3 folds; "
              f"2 CPU cores; {rounds} rounds, each running the four settings in turn. Seconds: median over the "
              "rounds; speed-up: n_jobs=1's median over the row's, [lowest-highest] within each round alone (one "

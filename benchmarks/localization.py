@@ -81,9 +81,10 @@ def iou_rates(maps, truth, size, taus, component):
     return out
 
 
-def evaluate_cropper(name, cropper, data, size, default_tau, rows, results):
+def evaluate_cropper(name, cropper, data, size, default_tau, results):
     """IoU >= 0.5 rates of the student and the teacher's own maps on test, at the default
-    ``tau`` and at the ``tau`` chosen on val, for the cropper's box rule and the paper's."""
+    ``tau`` and at the ``tau`` chosen on val, for the cropper's box rule and the paper's,
+    appended to ``results`` (their Markdown rows: :func:`table_rows`)."""
     (Xva, bva), (Xte, bte) = data
     res = {"name": name}
     val_maps = {s: cropper.predict_heatmaps(Xva, source=s) for s in ("student", "teacher")}
@@ -92,14 +93,11 @@ def evaluate_cropper(name, cropper, data, size, default_tau, rows, results):
     for rule, component in rules:
         val_rates = {s: iou_rates(val_maps[s], bva, size, TAUS, component) for s in val_maps}
         val_tau = float(max(TAUS, key=lambda t: val_rates["student"][t][0]))  # chosen on val, never on test
-        label_rule = f"box={rule!r}" + (" (default)" if rule == cropper.box else " (the paper's rule)")
         for label, tau in (("default tau", default_tau), ("tau chosen on val", val_tau)):
             test = {s: iou_rates(test_maps[s], bte, size, (tau,), component)[tau] for s in test_maps}
             res[f"{rule}: {label}"] = {"box": rule, "tau": tau, "student_iou05": test["student"][0],
                                        "teacher_iou05": test["teacher"][0], "student_mean_iou": test["student"][1],
                                        "teacher_mean_iou": test["teacher"][1]}
-            rows.append((name, label_rule, f"{label} ({tau:g})", f"{test['student'][0]:.3f}",
-                         f"{test['teacher'][0]:.3f}", f"{test['student'][1]:.3f}", f"{test['teacher'][1]:.3f}"))
         res[f"{rule}: val_sweep"] = {f"{tau:g}": {"student_iou05": val_rates["student"][tau][0],
                                                   "teacher_iou05": val_rates["teacher"][tau][0]} for tau in TAUS}
     res["teacher_size"], res["heatmap_shape"] = cropper.teacher_size_, list(cropper.heatmap_shape_)
@@ -135,7 +133,7 @@ def main():
                "object_area_fraction": float(np.mean((bte[:, 2] - bte[:, 0]) * (bte[:, 3] - bte[:, 1])) / size**2),
                "make_composite_s": time.perf_counter() - t}
     default_tau = ObjectCropper().tau
-    rows, croppers_out = [], []
+    croppers_out = []
     data = ((Xva, bva), (Xte, bte))
 
     work = Path(args.work or f"/tmp/skfg_localization{'_quick' if args.quick else ''}")
@@ -160,7 +158,7 @@ def main():
         return cropper_seeds_only(args, work, fitted, Xtr, (Xte, bte), size, default_tau)
     pretrained, payload["pretrained_cropper_fit_s"] = fitted(
         "pretrained_cropper", lambda: ObjectCropper(random_state=args.seed).fit(Xtr))
-    evaluate_cropper("ObjectCropper() (pretrained teacher)", pretrained, data, size, default_tau, rows, croppers_out)
+    evaluate_cropper("ObjectCropper() (pretrained teacher)", pretrained, data, size, default_tau, croppers_out)
 
     teacher, payload["teacher_fit_s"] = fitted("teacher", lambda: SoftmaxClassifier(
         extractor=CNNFeatureExtractor(image_size=size), max_epochs=epochs, random_state=args.seed).fit(Xtr, ytr))
@@ -168,7 +166,7 @@ def main():
     payload["teacher_test_accuracy"] = float(teacher.score(Xte, yte))
     tuned, payload["tuned_cropper_fit_s"] = fitted("tuned_cropper", lambda: ObjectCropper(
         teacher=FrozenEstimator(teacher), random_state=args.seed).fit(Xtr))
-    evaluate_cropper("ObjectCropper(teacher=fine-tuned)", tuned, data, size, default_tau, rows, croppers_out)
+    evaluate_cropper("ObjectCropper(teacher=fine-tuned)", tuned, data, size, default_tau, croppers_out)
     payload["croppers"] = croppers_out
     payload["cropper_seeds"] = cropper_seeds(args, tuned, teacher, fitted, Xtr, (Xte, bte), size, default_tau)
     name = "localization" + ("_quick" if args.quick else "")
@@ -185,7 +183,7 @@ def main():
     boxes = tuned.predict_boxes(Xte)
     payload["crop_kept_area_fraction"] = float(np.mean((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])) / size**2)
     payload["e2e"] = end_to_end(args, crops, (ytr, yva, yte), size)
-    write(name, {"rows": croppers_out, **payload}, rows, args)
+    write(name, {"rows": croppers_out, **payload}, table_rows(croppers_out), args)
 
 
 HEADER = ("cropper", "box", "tau", "student IoU>=0.5", "teacher IoU>=0.5", "student mean IoU", "teacher mean IoU")

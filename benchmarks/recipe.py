@@ -44,7 +44,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from _common import DATA, TRACER, machine_gflops, mergeable_rows, paired_by_seed, seed_interval, write_results
+from _common import (DATA, TRACER, machine_gflops, mergeable_rows, paired_by_seed, ratio_over_rounds, seed_interval,
+                     write_results)
 from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.backbones import build_backbone
 from skfg.datasets import load_image_folder
@@ -267,12 +268,10 @@ def step_table(args):
                 data[r, k] = skfg_data if setting[-1] == "skfg" else plain_data
             print(f"round {r}: " + " ".join(f"{v:.1f}" for v in step_ms[r]), flush=True)
     total = step_ms + data
-    per_round = total[:, :1] / total  # speed-up over the plain loop within each round
     med = {k: np.median(v, 0) for k, v in (("step", step_ms), ("data", data), ("total", total))}
     rows, results = [], []
     for k, (label, c, *_) in enumerate(settings):
-        speedup = med["total"][0] / med["total"][k]
-        lo, hi = per_round[:, k].min(), per_round[:, k].max()
+        speedup, lo, hi = ratio_over_rounds(total[:, 0], total[:, k])  # over the plain loop
         rows.append((label, c, f"{med['step'][k]:.1f}", f"{med['data'][k]:.1f}", f"{med['total'][k]:.1f}",
                      f"{1000 / med['total'][k]:.1f}", f"{speedup:.2f}x [{lo:.2f}-{hi:.2f}]"))
         results.append({"setting": label, "crop": c, "step_ms_per_image": float(med["step"][k]),

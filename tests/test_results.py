@@ -393,6 +393,19 @@ def test_alternating_ms_times_every_predictor_per_batch_and_round():
     assert alternating_ms([slow, fast], X, 2).shape == (2,)  # best per image, image by image
 
 
+def test_ratio_over_rounds_is_the_ratio_of_medians_with_the_per_round_range():
+    from _common import ratio_over_rounds
+
+    base, other = [10.0, 12.0, 30.0], [5.0, 4.0, 10.0]  # a slow third round hits both
+    speedup, low, high = ratio_over_rounds(base, other)
+    assert speedup == pytest.approx(12.0 / 5.0)
+    assert (low, high) == (pytest.approx(2.0), pytest.approx(3.0))
+    same = ratio_over_rounds([1.0, 1.1, 0.9], [1.05, 1.0, 0.95])  # noise: the range holds 1
+    assert same[1] < 1 < same[2]
+    with pytest.raises(ValueError, match="one time a round"):
+        ratio_over_rounds([1.0, 2.0], [1.0])
+
+
 def test_paired_by_seed_pairs_only_the_seeds_both_ran():
     from _common import paired_by_seed
 
