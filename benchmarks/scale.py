@@ -121,9 +121,9 @@ def main():
     resume = resume_row(X[: sizes[0]], chunk, ext.transform(X[: sizes[0]]))
     notes = (f"2 CPU cores; LocalCluster of 2 single-threaded worker processes; chunks of {chunk} images; "
              "in-process: the same extractor, no feature cache. img/s: on the median seconds over "
-             f"{args.rounds} rounds, each running every size and way in turn; (ratio to in process [lowest-highest "
+             f"{args.rounds} rounds, each running every size and way in turn (in brackets: the ratio to in process [lowest-highest "
              "within a round]; a range holding 1.00 is no difference). Client peak RSS is the process's high-water "
-             "mark after each size (last round).\n\nResume: {resume['chunks_before_kill']} of {resume['n_chunks']} chunks on disk "
+             f"mark after each size (last round).\n\nResume: {resume['chunks_before_kill']} of {resume['n_chunks']} chunks on disk "
              f"when the first run was killed; the second run computed the {resume['chunks_missing_at_resume']} "
              f"missing ones and rewrote {resume['finished_chunks_rewritten']} of the finished; "
              f"largest difference to an uninterrupted extraction {resume['max_abs_diff_vs_uninterrupted']:.1e}.")
