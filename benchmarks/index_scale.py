@@ -21,7 +21,9 @@ Steps, one run:
    beside the 16-byte codes); and in two stages, the finer codes' best ``3 k``, ``4 k`` or ``5 k``
    re-ranked by the exact vectors from disk. Every row starts with the store's files
    evicted from the page cache (``posix_fadvise(DONTNEED)``), so each disk read is a real
-   one (the 20 GB store would not stay cached on a machine with 4 GiB to spare).
+   one (the 20 GB store would not stay cached on a machine with 4 GiB to spare). The rows
+   are read by 8 threads at once (``read_threads``); the last row of each ``n_probe``
+   reads the 4 k candidates one after the other, as before.
    Milliseconds per query at batch 1 (each query searched alone, 1,000 of them) and at
    batch 1,000 (after another eviction); recall@10 as the overlap of the top-10 with the
    exact top-10 (``|found & truth| / 10``, the measure of ``impostor.py``'s scaling rows)
@@ -159,7 +161,9 @@ def main():
                          for f in (8, 32, 128)]
                       + [(probe, "OPQ 64 B in memory, 16 k candidates", in_memory, 0)]
                       + [(probe, f"OPQ 64 B in memory, then exact from disk for {f} k",
-                          RefinedIndex(in_memory, store, f), f) for f in (3, 4, 5)])
+                          RefinedIndex(in_memory, store, f), f) for f in (3, 4, 5)]
+                      + [(probe, "OPQ 64 B in memory, then exact from disk for 4 k, one read at a time",
+                          RefinedIndex(in_memory, store, 4, read_threads=1), 4)])  # the reads in parallel, or not
     # Rounds: every searcher in turn, then again, so a slow spell of the machine (or of the
     # disk) hits all rows alike; each row reports the median over the rounds and the range.
     single, batched, found = {}, {}, {}

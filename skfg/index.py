@@ -607,6 +607,9 @@ class RefinedIndex:
         the same rows, whose (approximate) distances re-rank.
     k_factor : int, default=8
         Candidates searched per neighbour returned.
+    read_threads : int, default=8
+        Threads reading the candidates' rows from a :class:`~skfg.store.FeatureStore`
+        at once (:meth:`~skfg.store.FeatureStore.read_rows`; 1 reads one after the other).
 
     Examples
     --------
@@ -619,11 +622,13 @@ class RefinedIndex:
     True
     """
 
-    def __init__(self, index, vectors, k_factor=8):
+    def __init__(self, index, vectors, k_factor=8, read_threads=8):
         from .store import FeatureStore
 
         if int(k_factor) < 1:
             raise ValueError(f"k_factor must be >= 1; got {k_factor}")
+        if isinstance(read_threads, bool) or not isinstance(read_threads, (int, np.integer)) or read_threads < 1:
+            raise ValueError(f"read_threads must be a positive int; got {read_threads!r}")
         if isinstance(vectors, NearestNeighborIndex):
             if (not isinstance(index, NearestNeighborIndex) or index.faiss_index is None
                     or vectors.faiss_index is None):
@@ -638,6 +643,7 @@ class RefinedIndex:
             raise ValueError(f"vectors of shape {(n, d)} do not match the index ({index.n_vectors_} vectors of "
                              f"dimension {index.dim_})")
         self.index, self.vectors, self.k_factor = index, vectors, int(k_factor)
+        self.read_threads = int(read_threads)
         self.n_vectors_, self.dim_ = index.n_vectors_, index.dim_
         self._block_floats = 2**24  # candidate vector entries held per block of queries (64 MB)
 
@@ -653,7 +659,7 @@ class RefinedIndex:
         from .store import FeatureStore
 
         if isinstance(self.vectors, FeatureStore):
-            return self.vectors.read_rows(ids).astype(np.float32, copy=False)
+            return self.vectors.read_rows(ids, n_threads=getattr(self, "read_threads", 8)).astype(np.float32, copy=False)
         return np.asarray(self.vectors[ids], dtype=np.float32)
 
     def search(self, queries, k):

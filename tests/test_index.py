@@ -262,6 +262,25 @@ def test_a_refined_index_recovers_the_exact_neighbours_from_vectors_on_disk(tmp_
         RefinedIndex(pq, X[:10])
 
 
+def test_rows_read_from_many_threads_are_the_rows_read_one_by_one(tmp_path):
+    from skfg.index import RefinedIndex
+    from skfg.store import FeatureStore
+
+    X = embeddings(3000, 16, seed=3)
+    store = FeatureStore.create(tmp_path / "s", 3000, 16, chunk_size=700, fingerprint="x")
+    for c in range(store.n_chunks):
+        store.write_chunk(c, X[store.chunk_slice(c)])
+    rows = np.random.RandomState(0).permutation(3000)[:257]  # unsorted, every chunk
+    for n_threads in (1, 2, 8, 300):
+        np.testing.assert_array_equal(store.read_rows(rows, n_threads=n_threads), X[rows])
+    assert store.read_rows([], n_threads=8).shape == (0, 16)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="n_threads"):
+            store.read_rows(rows, n_threads=bad)
+    with pytest.raises(ValueError, match="read_threads"):
+        RefinedIndex(NearestNeighborIndex("exact").fit(X), store, read_threads=0)
+
+
 def test_a_finer_index_in_memory_re_ranks_the_candidates_and_chains_with_the_disk(tmp_path):
     """The two-stage search of index_scale.py: 4-byte IVF-PQ candidates re-ranked by
     16-byte PQ codes in memory (faiss IndexRefine), then the best few by the exact rows."""
