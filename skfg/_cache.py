@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._files import atomic_path, remove_stale_temporaries
+
 logger = logging.getLogger("skfg")
 
 
@@ -40,6 +42,7 @@ class FeatureCache:
         self._bytes = 0
         self._lock = threading.Lock()
         self._unwritable = set()  # disk folders whose write failure was logged
+        self._cleaned = set()  # disk folders cleared of dead writers' temporary files
 
     def __len__(self):
         return len(self._data)
@@ -101,17 +104,15 @@ class FeatureCache:
                 self._write(self._disk_path(directory, config, key), value, directory)
 
     def _write(self, path, value, directory):
-        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as fh:
+            if path.parent not in self._cleaned:  # what killed writers left here, once per process
+                self._cleaned.add(path.parent)
+                remove_stale_temporaries(path.parent, "*")
+            # atomic: readers never see half a file; no fsync (a damaged entry is recomputed)
+            with atomic_path(path, fsync=False, clean=False) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, value)
-            os.replace(tmp, path)  # atomic: readers never see half a file
         except OSError as exc:  # full disk, read-only folder: the features are still returned
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:  # no folder to hold it: nothing was written
-                pass
             if str(directory) not in self._unwritable:
                 self._unwritable.add(str(directory))
                 logger.warning("skfg feature cache: cannot write to %s (%s); features are computed but not "

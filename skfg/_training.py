@@ -10,7 +10,6 @@ import contextlib
 import copy
 import logging
 import math
-import os
 import time
 import warnings
 from pathlib import Path
@@ -18,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.utils import check_random_state
+
+from ._files import atomic_path
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
@@ -197,9 +198,8 @@ class _Checkpoint:
 
     def save(self, state):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(dict(state, signature=self.signature), tmp)
-        os.replace(tmp, self.path)
+        with atomic_path(self.path) as tmp:
+            torch.save(dict(state, signature=self.signature), tmp)
 
 
 def fit_loop(

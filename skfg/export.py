@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._files import atomic_path
 from ._version import __version__
 from .images import ImageSource, eval_transform, iter_batches
 from .pooling import pool_stage_outputs
@@ -200,8 +201,8 @@ def export_onnx(model, path, *, opset_version=OPSET, check=True):
     rng = torch.Generator().manual_seed(0)
     example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=rng)
     probe = torch.randint(0, 256, (3, 3, size, size), dtype=torch.uint8, generator=rng)  # another batch size
-    tmp = f"{path}.part"
-    try:
+    with atomic_path(path) as tmp:
+        tmp = str(tmp)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torch.export's own deprecations
             torch.onnx.export(graph, (example,), tmp, input_names=["images"], output_names=outputs,
@@ -224,10 +225,6 @@ def export_onnx(model, path, *, opset_version=OPSET, check=True):
             if diff > 1e-3:
                 raise RuntimeError(f"the ONNX graph's outputs differ from the torch model's by {diff:.3g} (> 1e-3); "
                                    "no file written")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ._distances import decode_pq, squared_distances
+from ._files import atomic_path
 
 __all__ = ["COMPRESSED", "METHODS", "NearestNeighborIndex", "RefinedIndex", "ShardedIndex", "decode_pq",
            "squared_distances"]
@@ -488,8 +489,10 @@ class NearestNeighborIndex:
             raise ValueError("method='brute' keeps its vectors in torch; save it with joblib, or use method='exact'")
         path = Path(path)
         meta = {k: v for k, v in vars(self).items() if not k.startswith("_")}
-        _faiss().write_index(self._index, str(path))
-        Path(str(path) + ".json").write_text(json.dumps(meta))
+        with atomic_path(path) as tmp:
+            _faiss().write_index(self._index, str(tmp))
+        with atomic_path(str(path) + ".json") as tmp:
+            tmp.write_text(json.dumps(meta))
         return path
 
     @classmethod

@@ -2,9 +2,12 @@
 
 :func:`save_model` writes the skops format (a zip of JSON and arrays; torch weights are
 stored as state-dict bytes and read back with ``torch.load(weights_only=True)``).
-:func:`load_model` builds only the types of skfg and scikit-learn and the plain data
-types skops trusts (numpy arrays and dtypes, containers); a file naming any other type is
-refused, and the message names it.
+:func:`load_model` builds only the types of an explicit allow-list
+(:func:`loadable_types`: skfg's public estimators and their parts, the scikit-learn
+estimators a Pipeline holds with them, plain data), checked by name *before* anything is
+imported; a file naming any other type or any function is refused, and the message names
+it. A loaded model never chooses where skfg writes (:func:`forget_write_paths`).
+:func:`save_model` writes atomically: a failed save leaves the previous file intact.
 
 Weights still equal to a backbone's packaged ImageNet weights are saved by reference
 (the backbone's name and a SHA-256 digest; :mod:`skfg.backbones._reference`) in every format, so a
@@ -19,29 +22,150 @@ another version warns (:class:`skfg._base.SkfgVersionWarning`).
 """
 
 import contextlib
-import importlib
+import functools
+import json
 import os
 import zipfile
 
+import numpy as np
+
+from ._files import atomic_path
 from .backbones import embedded_weights
 
-TRUSTED_PREFIXES = ("skfg.", "sklearn.")
+# The classes a saved model may contain, by name, checked before anything is imported.
+# skfg's public estimators and their documented parts (given as classes: skfg is imported)
+# and the scikit-learn estimators a user puts in a Pipeline with them (given by their public
+# module: :func:`loadable_types` resolves each to the module that defines it).
+SKLEARN_LOADABLE = {
+    "sklearn.pipeline": ("Pipeline", "FeatureUnion"),
+    "sklearn.preprocessing": ("StandardScaler", "Normalizer", "MinMaxScaler", "MaxAbsScaler", "RobustScaler",
+                              "LabelEncoder", "LabelBinarizer"),
+    "sklearn.decomposition": ("PCA", "TruncatedSVD"),
+    "sklearn.discriminant_analysis": ("LinearDiscriminantAnalysis",),
+    "sklearn.svm": ("LinearSVC", "SVC"),
+    "sklearn.linear_model": ("LogisticRegression", "RidgeClassifier"),
+    "sklearn.neighbors": ("KNeighborsClassifier", "NearestCentroid"),
+    "sklearn.dummy": ("DummyClassifier",),
+}
+# skops' nodes that rebuild a function or a bound method: never built unless the user
+# trusts the name (a function stored in a model could be called on the file's terms)
+_CALLABLE_NODES = {"FunctionNode", "MethodNode", "PartialNode", "OperatorFuncNode"}
 
 
-def _is_trusted(name):
-    """A class (never a function) of skfg, or a scikit-learn estimator class."""
-    module, _, attr = name.rpartition(".")
-    if not module.startswith(TRUSTED_PREFIXES):
-        return False
-    try:
-        obj = getattr(importlib.import_module(module), attr)
-    except Exception:
-        return False
-    if not isinstance(obj, type):
-        return False
+def _type_name(cls):
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _skfg_loadable():
+    from .extractor import CNNFeatureExtractor
+    from .impostor import ImpostorClassifier
+    from .imprinting import ImprintedClassifier
+    from .index import NearestNeighborIndex
+    from .localization import ObjectCropper
+    from .parallel import ParallelPostFit
+    from .sequential import EarlyExitClassifier
+    from .softmax import SoftmaxClassifier
+
+    return [CNNFeatureExtractor, EarlyExitClassifier, ImpostorClassifier, ImprintedClassifier, NearestNeighborIndex,
+            ObjectCropper, ParallelPostFit, SoftmaxClassifier]
+
+
+def _data_types():
+    """The plain data types of a saved model: Python's, NumPy's arrays, dtypes and random states."""
+    builtin = [int, float, complex, str, bool, bytes, bytearray, list, tuple, set, dict, slice, type(None)]
+    numpy = [np.ndarray, np.ma.MaskedArray, np.dtype, np.random.RandomState, np.random.Generator, np.random.SeedSequence]
+    bit_generators = [t for t in vars(np.random).values() if isinstance(t, type) and issubclass(t, np.random.BitGenerator)]
+    scalars = set(np.sctypeDict.values())
+    names = {_type_name(t) for t in [*builtin, *numpy, *scalars, *bit_generators]}
+    names |= {f"numpy.random.{t.__name__}" for t in bit_generators}  # skops names them by their public path
+    names |= {f"{t.__module__}.{t.__name__}" for t in scalars}
+    return names
+
+
+@functools.lru_cache(maxsize=None)
+def loadable_types():
+    """The type names (``"module.Class"``) that :func:`load_model` builds without being told.
+
+    skfg's public estimators and their parts (:class:`~skfg.index.NearestNeighborIndex`,
+    :class:`~skfg.parallel.ParallelPostFit`), the scikit-learn estimators of
+    :data:`SKLEARN_LOADABLE`, and plain data (Python's containers and scalars, NumPy's
+    arrays, dtypes and random states). Nothing else: not skfg's private classes, not the
+    rest of scikit-learn, never a function.
+
+    Returns
+    -------
+    names : frozenset of str
+    """
+    import importlib
+
+    classes = list(_skfg_loadable())
+    for module, names in SKLEARN_LOADABLE.items():
+        public = importlib.import_module(module)  # our own fixed list, never a name from a file
+        classes += [getattr(public, name) for name in names]
+    return frozenset({_type_name(c) for c in classes} | _data_types())
+
+
+def _named_types(path):
+    """``(type names, callable names)`` of every node in a skops file, read from its
+    ``schema.json`` as text: nothing is imported or built."""
+    with zipfile.ZipFile(path) as archive:
+        schema = json.loads(archive.read("schema.json"))
+    types, callables = set(), set()
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            if "__loader__" in node and ("__module__" in node or "__class__" in node):
+                name = f"{node.get('__module__')}.{node.get('__class__')}"
+                if node["__loader__"] in _CALLABLE_NODES:
+                    func = (node.get("content") or {}).get("func") if node["__loader__"] == "MethodNode" else None
+                    callables.add(f"{name}.{func}" if func else name)
+                else:
+                    types.add(name)
+            stack.extend(node.values())
+    return types, callables
+
+
+WRITE_PATH_PARAMS = {"cache": True, "checkpoint_dir": None}
+"""Parameters that name a folder skfg writes to, and what :func:`load_model` sets them to."""
+
+
+def forget_write_paths(model):
+    """Reset every parameter that names a folder to write to (:data:`WRITE_PATH_PARAMS`),
+    in ``model`` and every estimator it holds, fitted parts included.
+
+    A loaded model must not choose where skfg writes: an extractor's ``cache`` folder
+    becomes the in-memory cache, a ``checkpoint_dir`` becomes None; give them again
+    (``set_params``) to use them.
+
+    Returns
+    -------
+    reset : list of str
+        ``"<class>.<parameter>"`` of each reset parameter.
+    """
     from sklearn.base import BaseEstimator
 
-    return obj.__module__.startswith("skfg.") or issubclass(obj, BaseEstimator)
+    reset, seen, stack = [], set(), [model]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, BaseEstimator):
+            params = obj.get_params(deep=False)
+            for name, safe in WRITE_PATH_PARAMS.items():
+                if isinstance(params.get(name), (str, os.PathLike)):
+                    obj.set_params(**{name: safe})
+                    reset.append(f"{type(obj).__name__}.{name}")
+        if isinstance(obj, (list, tuple)):
+            stack.extend(obj)
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+            stack.extend(v for v in vars(obj).values() if isinstance(v, (BaseEstimator, list, tuple, dict)))
+    return reset
 
 
 def _skops():
@@ -69,8 +193,8 @@ def save_model(model, path, *, embed_weights=False):
         without the weights package.
     """
     sio = _skops()
-    with embedded_weights() if embed_weights else contextlib.nullcontext():
-        sio.dump(model, os.fspath(path))
+    with embedded_weights() if embed_weights else contextlib.nullcontext(), atomic_path(path) as tmp:
+        sio.dump(model, tmp)
 
 
 def is_safe_format(path):
@@ -91,9 +215,12 @@ def load_model(path, *, trusted=(), allow_pickle=False):
     ----------
     path : str or path-like
     trusted : sequence of str, default=()
-        Further type names (``"module.Class"``) to build, after you have inspected them:
-        by default only skfg's classes and scikit-learn's estimator classes are (never
-        a function: a function stored in a model could be called on the attacker's terms).
+        Further type or function names (``"module.Class"``) to build, after you have
+        inspected them. By default only :func:`loadable_types` are: skfg's public
+        estimators and their parts, the scikit-learn estimators of
+        :data:`SKLEARN_LOADABLE`, and plain data; never a function (a function stored in a
+        model could be called on the file's terms). The names are checked as text before
+        anything is imported, so a file naming a module cannot make loading import it.
     allow_pickle : bool, default=False
         Also accept a pickle or joblib file. It can run any code it holds: only for
         files from sources you trust.
@@ -101,6 +228,9 @@ def load_model(path, *, trusted=(), allow_pickle=False):
     Returns
     -------
     model : estimator
+        With every folder to write to forgotten (:func:`forget_write_paths`): a
+        ``cache=`` folder becomes the in-memory cache and ``checkpoint_dir`` None, so
+        that a file cannot choose where skfg writes. Give them again with ``set_params``.
 
     Raises
     ------
@@ -134,22 +264,26 @@ def load_model(path, *, trusted=(), allow_pickle=False):
         import joblib
 
         try:
-            return joblib.load(path)
+            model = joblib.load(path)
         except Exception as exc:  # truncated, damaged, or not a pickle
             raise ValueError(f"{path} is truncated or damaged ({type(exc).__name__}: {exc}).") from exc
+        forget_write_paths(model)
+        return model
     sio = _skops()
     try:
-        types = sio.get_untrusted_types(file=path)
+        types, callables = _named_types(path)
     except Exception as exc:
         raise ValueError(f"{path} is damaged or not a model file ({type(exc).__name__}: {exc}).") from exc
     trusted = {trusted} if isinstance(trusted, str) else set(trusted)
-    refused = sorted(t for t in types if not _is_trusted(t) and t not in trusted)
+    refused = sorted((types - loadable_types() - trusted) | (callables - trusted))
     if refused:
         raise ValueError(
             f"{path} holds types that skfg does not trust: {', '.join(refused)}. Load only files from "
             "sources you trust; after inspecting these types, pass them as trusted=[...]."
         )
     try:
-        return sio.load(path, trusted=types)
+        model = sio.load(path, trusted=sorted(types | callables))
     except Exception as exc:
         raise ValueError(f"{path} could not be loaded ({type(exc).__name__}: {exc}).") from exc
+    forget_write_paths(model)
+    return model

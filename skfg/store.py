@@ -14,10 +14,11 @@ resume guarantee directly.
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ._files import atomic_path
 
 FORMAT = "skfg-features/1"
 
@@ -104,7 +105,8 @@ class FeatureStore:
                                  + "; use another folder, or delete this one to start again")
             return store
         directory.mkdir(parents=True, exist_ok=True)
-        _atomic_write(manifest, lambda f: f.write(json.dumps(meta, indent=2).encode()))
+        with atomic_path(manifest) as tmp:
+            tmp.write_text(json.dumps(meta, indent=2))
         return cls(directory)
 
     @property
@@ -131,7 +133,8 @@ class FeatureStore:
         if values.shape != (rows.stop - rows.start, self.n_features):
             raise ValueError(f"chunk {i} must have shape {(rows.stop - rows.start, self.n_features)}, "
                              f"got {values.shape}")
-        _atomic_write(self._path(i), lambda f: np.save(f, values))
+        with atomic_path(self._path(i)) as tmp, open(tmp, "wb") as f:
+            np.save(f, values)
 
     def read_chunk(self, i):
         """Chunk ``i``, memory-mapped (read-only)."""
@@ -225,14 +228,3 @@ class FeatureStore:
         blocks = [da.from_array(self.read_chunk(i), chunks=-1) for i in range(self.n_chunks)]
         return da.concatenate(blocks, axis=0)
 
-
-def _atomic_write(path, write):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
