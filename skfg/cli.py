@@ -118,12 +118,38 @@ def cmd_backbones(args):
     return 0
 
 
+SPLITS = ("train", "val", "test")
+
+
 def _split(root, split):
-    """``root/split`` when it exists, else ``root`` (a folder of class folders)."""
+    """``root/split`` when it exists; ``root`` itself when it is a folder of class folders
+    (no ``train``/``val``/``test`` in it); an error for a split root without ``split``."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"no data folder at {root} (expected {root}/[{split}/]<class>/<image>)")
-    return root / split if (root / split).is_dir() else root
+    if (root / split).is_dir():
+        return root / split
+    present = [s for s in SPLITS if (root / s).is_dir()]
+    if present:
+        raise FileNotFoundError(f"{root} has no {split}/ folder (it has {', '.join(p + '/' for p in present)})")
+    return root
+
+
+def _writable(path, what):
+    """Check, before any work, that the folder of the file ``path`` exists."""
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no folder {folder} to write the {what} {Path(path).name} into")
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"cannot write the {what} into {folder}")
+    return path
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_model(args):
@@ -153,25 +179,34 @@ def build_model(args):
     if args.fine_tune:
         if args.trainable_blocks is not None:
             params["trainable_blocks"] = args.trainable_blocks
-        return cls(extractor=ext, verbose=verbose, **params)
+        return cls(extractor=ext, verbose=verbose, checkpoint_dir=checkpoint_dir(args), **params)
     if args.trainable_blocks is not None:
         raise ValueError("--trainable-blocks needs --fine-tune (without it the CNN is not trained)")
+    if args.checkpoint_dir is not None:
+        raise ValueError("--checkpoint-dir needs --fine-tune (a classifier on frozen features trains in seconds)")
     return Pipeline([("cnn", ext), ("clf", cls(**params))])
 
 
+def checkpoint_dir(args):
+    """Where ``skfg fit --fine-tune`` keeps its checkpoint: ``--checkpoint-dir``, by default
+    ``<output>.checkpoints`` beside the model file."""
+    return args.checkpoint_dir or f"{args.output}.checkpoints"
+
+
 def save(model, path):
-    """``.skops``: the safe format (:func:`skfg.save_model`); any other ending: joblib."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"no folder {path.parent} to write {path.name} into")
-    if path.suffix == ".skops":
+    """``.skops``: the safe format (:func:`skfg.save_model`); any other ending: joblib.
+    Atomic either way: a failed save leaves the previous file as it was."""
+    if Path(path).suffix == ".skops":
         from .persistence import save_model
 
         save_model(model, path)
     else:
         import joblib
 
-        joblib.dump(model, path)
+        from ._files import atomic_path
+
+        with atomic_path(path) as tmp:
+            joblib.dump(model, tmp)
 
 
 def load(path, trust_pickle):
@@ -190,15 +225,32 @@ def load(path, trust_pickle):
     return load_model(path)
 
 
+def _final(model):
+    return model.steps[-1][1] if hasattr(model, "steps") else model
+
+
 def cmd_fit(args):
     from .datasets import load_image_folder
 
+    _writable(args.output, "model")
     X, y = load_image_folder(_split(args.data, "train"))
     model = build_model(args)
+    ckpt = checkpoint_dir(args) if args.fine_tune else None
+    if ckpt and any(Path(ckpt).rglob("checkpoint.pt")):
+        print(f"skfg fit: resuming from the checkpoint in {ckpt}", file=sys.stderr)
     t = time.perf_counter()
     model.fit(X, y)
     fit_s = time.perf_counter() - t
+    if getattr(_final(model), "interrupted_", False):  # Ctrl-C after an epoch: never saved as the model
+        where = (f"the checkpoint is kept in {ckpt}: run the same command again to resume"
+                 if ckpt else "nothing was kept")
+        print(f"skfg fit: interrupted; {args.output} was not written; {where}", file=sys.stderr)
+        return 130
     save(model, args.output)
+    if ckpt and not args.checkpoint_dir:  # the default folder has done its work
+        import shutil
+
+        shutil.rmtree(ckpt, ignore_errors=True)
     size = os.path.getsize(args.output) / 2**20
     print(f"fitted {args.model} on {len(X)} images of {len(np.unique(y))} classes in {fit_s:.0f} s; "
           f"saved {args.output} ({size:.1f} MB)")
@@ -271,6 +323,8 @@ def cmd_evaluate(args):
 
     from .datasets import load_image_folder
 
+    if args.confusion:
+        _writable(args.confusion, "confusion matrix")
     model = load(args.model, args.trust_pickle)
     X, y = load_image_folder(_split(args.data, args.split))
     unknown = sorted(set(y) - {str(c) for c in model.classes_})
@@ -321,6 +375,7 @@ def cmd_evaluate(args):
 def cmd_export(args):
     from .export import OnnxModel, export_onnx
 
+    _writable(args.onnx, "ONNX file")
     model = load(args.model, args.trust_pickle)
     t = time.perf_counter()
     export_onnx(model, args.onnx)  # checked against the torch model on random images
@@ -365,13 +420,16 @@ def build_parser():
     fit.add_argument("--exits", default="stage4,stage6,head", help="early-exit: the exit stages")
     fit.add_argument("--alpha", type=float, default=0.1, help="early-exit: the false-acceptance rate")
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--checkpoint-dir", help="with --fine-tune: the folder of the checkpoint written after every "
+                                              "epoch (default: OUTPUT.checkpoints, removed once the model is "
+                                              "saved); after Ctrl-C the same command resumes from it")
     fit.add_argument("--quiet", action="store_true", help="no progress bars")
     fit.set_defaults(func=cmd_fit)
 
     predict = sub.add_parser("predict", help="predict the class of images (CSV or JSON on stdout)")
     predict.add_argument("model", help="a file written by skfg fit (or skfg.save_model / joblib)")
     predict.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
-    predict.add_argument("--top-k", type=int, default=1)
+    predict.add_argument("--top-k", type=_positive_int, default=1)
     predict.add_argument("--format", choices=("csv", "json"), default="csv")
     predict.add_argument("--trust-pickle", action="store_true",
                          help="also load a joblib/pickle model (it can run any code it holds)")
@@ -380,7 +438,7 @@ def build_parser():
     evaluate = sub.add_parser("evaluate", help="accuracy, top-5 and a per-class report on an image folder")
     evaluate.add_argument("model")
     evaluate.add_argument("data", help="ImageFolder root; DATA/<split> is used when present")
-    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--split", default="test", help="the split folder to score (when DATA has split folders)")
     evaluate.add_argument("--format", choices=("text", "json"), default="text")
     evaluate.add_argument("--confusion", help="write the confusion matrix: .csv, or an image (.png, needs "
                                               "matplotlib)")

@@ -187,3 +187,72 @@ def test_version_and_python_dash_m():
 
     out = subprocess.run([sys.executable, "-m", "skfg", "--version"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == f"skfg {__version__}"
+
+
+
+# ------------------------------------------------------------------ interrupting and late failures
+def test_ctrl_c_during_fine_tuning_keeps_the_model_and_the_rerun_resumes(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    _image_folder(tmp_path / "data" / "train", 3, 4, size=40)
+    out = tmp_path / "m.skops"
+    out.write_bytes(b"the previous model")
+    cmd = [sys.executable, "-m", "skfg", "fit", str(tmp_path / "data"), "-o", str(out), "--fine-tune",
+           "--image-size", "40", "--max-epochs", "40", "--quiet"]
+    ckpt = tmp_path / "m.skops.checkpoints" / "checkpoint.pt"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ckpt.exists(), proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert out.read_bytes() == b"the previous model"  # -o untouched
+    assert f"{out} was not written; the checkpoint is kept in {ckpt.parent}: run the same command again" in err
+    assert ckpt.exists()
+    # the same command resumes from the checkpoint, saves the model and removes its default checkpoint folder
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming from the checkpoint in {ckpt.parent}" in done.stderr
+    assert not ckpt.parent.exists()
+    from skfg import load_model
+
+    epochs = [h["epoch"] for h in load_model(out).history_]  # the head's epochs, then the 40 of the whole network
+    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) >= 40
+
+
+def test_fit_checks_its_paths_before_any_work(tmp_path, capsys):
+    import re
+
+    _image_folder(tmp_path / "data" / "train", 2, 2, size=32)
+    _image_folder(tmp_path / "only_val" / "val", 2, 2, size=32)
+    for argv, message in [
+        (["fit", str(tmp_path / "data"), "-o", str(tmp_path / "missing" / "m.skops")], "no folder .*missing"),
+        (["fit", str(tmp_path / "only_val"), "-o", str(tmp_path / "m.skops")], r"has no train/ folder \(it has val/\)"),
+        (["evaluate", str(tmp_path / "m.skops"), str(tmp_path / "data"), "--confusion", str(tmp_path / "no" / "c.csv")],
+         "no folder .*no.* confusion matrix"),
+        (["export", str(tmp_path / "m.skops"), "--onnx", str(tmp_path / "no" / "m.onnx")], "no folder .*ONNX"),
+        (["fit", str(tmp_path / "data"), "-o", str(tmp_path / "m.skops"), "--checkpoint-dir", "x"],
+         "--checkpoint-dir needs --fine-tune"),
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert re.search(message, err), (argv, err)
+    assert not (tmp_path / "m.skops").exists()
+
+
+def test_a_missing_split_is_named_not_replaced_by_the_root(tmp_path, capsys):
+    from skfg.cli import _split
+
+    _image_folder(tmp_path / "train", 2, 2, size=32)
+    _image_folder(tmp_path / "test", 2, 2, size=32)
+    with pytest.raises(FileNotFoundError, match=r"has no tset/ folder \(it has train/, test/\)"):
+        _split(tmp_path, "tset")
+    assert _split(tmp_path / "train", "test") == tmp_path / "train"  # a folder of class folders
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", "m.skops", "x.png", "--top-k", "0"])
+    assert stop.value.code == 2
+    assert "--top-k: must be at least 1, got 0" in capsys.readouterr().err
