@@ -5,9 +5,9 @@ the measured code had uncommitted changes, a hash of each skfg module the run im
 finer, a hash of each skfg definition (function, method, class header, module top level)
 the run executed, recorded by a call hook that starts when a script in ``benchmarks/``
 imports this module. :func:`stale_results` lists the result files whose executed code has
-changed since; ``tests/test_results.py`` fails on them, so a number in the docs cannot
-silently outlive the code it measured, while an edit to code a benchmark never ran leaves
-its results valid.
+changed since; ``status.py`` shows them and the docs mark their numbers stale, so a number
+cannot silently outlive the code it measured (without freezing the code), while an edit to
+code a benchmark never ran leaves its results valid.
 """
 
 import json
@@ -25,7 +25,7 @@ import torch
 
 from skfg._table import format_table
 from _provenance import (HASHING, Tracer, code_hash, definition_hashes, executed_definitions, known_definitions,
-                         refresh_stamp, stale_definitions)
+                         refresh_stamp, stale_results)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -96,28 +96,6 @@ def provenance():
         "executed": executed,
         "hashing": HASHING,
     }
-
-
-def stale_results(results_dir=RESULTS, repo=REPO):
-    """``{result file: [what changed]}`` for stamped results whose executed code changed
-    since they were measured (:func:`_provenance.stale_definitions`; per module for stamps
-    written before definitions were recorded); unstamped files are skipped."""
-    stale = {}
-    for path in sorted(Path(results_dir).glob("*.json")):
-        stamp = json.loads(path.read_text()).get("provenance")
-        if not stamp:
-            continue
-        if "definitions" in stamp:
-            changed = stale_definitions(stamp["definitions"], repo, stamp.get("known"))
-            for run, earlier in stamp.get("earlier_runs", {}).items():
-                changed += [f"{c} (run {run})"
-                            for c in stale_definitions(earlier["definitions"], repo, earlier.get("known"))]
-        else:
-            changed = [m for m, h in stamp["code"].items()
-                       if not (Path(repo) / m).is_file() or code_hash(Path(repo) / m) != h]
-        if changed:
-            stale[path.name] = changed
-    return stale
 
 
 _PERCENT = re.compile(r"(?<![\w.])(\d{1,3}\.\d)\s?%")

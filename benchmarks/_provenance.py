@@ -38,6 +38,7 @@ it records every definition of those modules as executed, since which ran is unk
 
 import ast
 import hashlib
+import json
 import sys
 import threading
 from contextlib import contextmanager
@@ -105,11 +106,17 @@ def _digest(nodes):
 _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
+_CACHES = ("cache", "lru_cache", "cached_property")  # functools' memoising decorators
+
+
 def _is_builtin_decorator(node):
-    """``@classmethod``, ``@staticmethod``, ``@property`` and ``@x.setter``: they register nothing."""
+    """``@classmethod``, ``@staticmethod``, ``@property``, ``@x.setter`` and functools'
+    caches (``@functools.lru_cache(...)``): they register nothing."""
+    if isinstance(node, ast.Call):
+        node = node.func
     if isinstance(node, ast.Name):
-        return node.id in ("classmethod", "staticmethod", "property")
-    return isinstance(node, ast.Attribute) and node.attr in ("setter", "getter", "deleter")
+        return node.id in ("classmethod", "staticmethod", "property", *_CACHES)
+    return isinstance(node, ast.Attribute) and node.attr in ("setter", "getter", "deleter", *_CACHES)
 
 
 def _names(nodes):
@@ -171,11 +178,22 @@ def _imported_from(path, node):
     return None
 
 
+_PARSED = {}  # (path, source) -> _parse's result: every stamp checks the same files
+
+
 def _parse(path):
     """``(hashes, info)``: each definition's hash, and what the checks need to know of it
     (``bases`` and ``methods`` of a class, ``decorated``, ``constant``, the names it reads,
     ``refs``; under ``"<module>"`` also ``imports``: ``{name: (file, name there)}``)."""
-    tree = _Normalise().visit(ast.parse(Path(path).read_text()))
+    source = Path(path).read_text()
+    key = (str(path), source)
+    if key not in _PARSED:
+        _PARSED[key] = _parse_source(path, source)
+    return _PARSED[key]
+
+
+def _parse_source(path, source):
+    tree = _Normalise().visit(ast.parse(source))
     out, info = {}, {}
     rest, constants, imports = [], {}, {}
     for s in tree.body:
@@ -458,6 +476,30 @@ def refresh_stamp(stamp, repo):
                 return None
             out["earlier_runs"][run] = refreshed
     return out
+
+
+def stale_results(results_dir=None, repo=None):
+    """``{result file: [what changed]}`` for stamped results whose executed code changed
+    since they were measured (:func:`_provenance.stale_definitions`; per module for stamps
+    written before definitions were recorded); unstamped files are skipped."""
+    repo = Path(repo) if repo is not None else Path(__file__).resolve().parents[1]
+    results_dir = Path(results_dir) if results_dir is not None else repo / "benchmarks" / "results"
+    stale = {}
+    for path in sorted(results_dir.glob("*.json")):
+        stamp = json.loads(path.read_text()).get("provenance")
+        if not stamp:
+            continue
+        if "definitions" in stamp:
+            changed = stale_definitions(stamp["definitions"], repo, stamp.get("known"))
+            for run, earlier in stamp.get("earlier_runs", {}).items():
+                changed += [f"{c} (run {run})"
+                            for c in stale_definitions(earlier["definitions"], repo, earlier.get("known"))]
+        else:
+            changed = [m for m, h in stamp["code"].items()
+                       if not (Path(repo) / m).is_file() or code_hash(Path(repo) / m) != h]
+        if changed:
+            stale[path.name] = changed
+    return stale
 
 
 def status(stamp):

@@ -128,8 +128,8 @@ def _named_types(path):
     return types, callables
 
 
+# Parameters that name a folder skfg writes to, and what :func:`load_model` sets them to
 WRITE_PATH_PARAMS = {"cache": True, "checkpoint_dir": None}
-"""Parameters that name a folder skfg writes to, and what :func:`load_model` sets them to."""
 
 
 def forget_write_paths(model):

@@ -16,6 +16,12 @@ In ``README.md`` (plain Markdown, no Sphinx), a number between
 ``<!-- result SPEC -->`` and ``<!-- /result -->`` is rewritten from the results by
 ``python docs/_ext/skfg_results.py --readme`` (``--check`` fails when one is out of date;
 ``tests/test_results.py`` runs it).
+
+A number from a *stale* result (measured before a change to the code it ran;
+``benchmarks/status.py``) is marked: a superscript "stale" beside it whose note says
+"measured at <commit> (<date>), before changes to <names>" (in the HTML docs on hover,
+in the README as the link's title, and in ``benchmarks/results/STATUS.md``). Being
+stale fails no check: the sweep re-runs it (``benchmarks/sweep.py``).
 """
 
 import json
@@ -25,6 +31,25 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
+_NOTES = {}  # (results folder, repo) -> {result name: stale note}
+
+
+def stale_note(name, results_dir=RESULTS, repo=REPO):
+    """The note of a stale result file (``"measured at ..., before changes to ..."``), or
+    None when the file is fresh or unstamped."""
+    key = (str(results_dir), str(repo))
+    if key not in _NOTES:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        try:
+            from status import stale_notes
+        finally:
+            sys.path.remove(str(REPO / "benchmarks"))
+        _NOTES[key] = stale_notes(Path(results_dir), Path(repo))
+    return _NOTES[key].get(name)
+
+
+def _file_of(spec):
+    return spec.strip().partition("|")[0].partition(":")[0]
 
 FORMATS = {
     None: lambda v: str(v),
@@ -112,19 +137,31 @@ def markdown_tables(name, results_dir=RESULTS):
 
 
 _README = re.compile(r"<!-- result (?P<spec>[^>]+?) -->(?P<value>.*?)<!-- /result -->", re.S)
+_MARK = re.compile(r"<sup>\[stale\].*?</sup>$", re.S)
+STATUS_LINK = "benchmarks/results/STATUS.md"
 
 
-def sync_readme(path=REPO / "README.md", check=False, results_dir=RESULTS):
+def readme_mark(note):
+    """The README's mark of a stale number: a superscript link to STATUS.md, titled with the note."""
+    return f'<sup>[stale]({STATUS_LINK} "{note}")</sup>'
+
+
+def sync_readme(path=REPO / "README.md", check=False, results_dir=RESULTS, repo=REPO):
     """Rewrite (or with ``check``, list) the README numbers that differ from the results:
-    ``[(spec, written, from results)]``."""
+    ``[(spec, written, from results)]``. Rewriting also sets each number's stale mark;
+    the check compares the numbers only (a stale result fails nothing)."""
     text = Path(path).read_text()
     stale = []
 
     def fill(m):
         value = result_value(m.group("spec"), results_dir)
-        if m.group("value") != value:
-            stale.append((m.group("spec"), m.group("value"), value))
-        return f"<!-- result {m.group('spec')} -->{value}<!-- /result -->"
+        written = _MARK.sub("", m.group("value"))
+        if written != value:
+            stale.append((m.group("spec"), written, value))
+        if check:
+            return m.group(0)
+        note = stale_note(_file_of(m.group("spec")), results_dir, repo)
+        return f"<!-- result {m.group('spec')} -->{value}{readme_mark(note) if note else ''}<!-- /result -->"
 
     new = _README.sub(fill, text)
     if not check and new != text:
@@ -138,7 +175,13 @@ def setup(app):  # pragma: no cover - exercised by the docs build
 
     def result_role(name, rawtext, text, lineno, inliner, options=None, content=None):
         try:
-            return [nodes.Text(result_value(text))], []
+            out = [nodes.Text(result_value(text))]
+            note = stale_note(_file_of(text))
+            if note:  # a visible mark, the note on hover
+                mark = nodes.superscript()
+                mark += nodes.abbreviation("stale", "stale", explanation=note, classes=["stale-result"])
+                out.append(mark)
+            return out, []
         except KeyError as err:
             msg = inliner.reporter.error(str(err), line=lineno)
             return [inliner.problematic(rawtext, rawtext, msg)], [msg]
@@ -170,6 +213,10 @@ def setup(app):  # pragma: no cover - exercised by the docs build
                 out.append(table)
             source = f"benchmarks/results/{self.arguments[0]}.md"
             out.append(nodes.paragraph(text=f"{measured} Source: {source}." if measured else f"Source: {source}."))
+            note = stale_note(self.arguments[0])
+            if note:
+                out.append(nodes.paragraph(text=f"Stale: {note} (benchmarks/results/STATUS.md).",
+                                           classes=["stale-result"]))
             return out
 
     app.add_role("result", result_role)
