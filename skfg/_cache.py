@@ -9,11 +9,14 @@ training set.
 Memory is bounded (``SKFG_CACHE_MB``, default 1024 MB, least recently used entries
 dropped). The disk layer holds one ``.npy`` file per image and configuration
 (``4 * n_features`` bytes plus a 128-byte header each) and is never pruned: delete the
-folder to reclaim it. A disk entry that cannot be read or has the wrong shape is logged
-by path and recomputed; a failed write is logged once per folder and skipped (the
-features are still returned), and leaves no temporary file behind.
+folder to reclaim it. Each disk entry ends with the configuration and image keys it was
+written for, after the array: an entry that cannot be read, has the wrong shape, holds a
+NaN or infinity, or names another key (a file copied over another) is logged by path and
+recomputed; a failed write is logged once per folder and skipped (the features are still
+returned), and leaves no temporary file behind.
 """
 
+import io
 import logging
 import os
 import threading
@@ -72,7 +75,7 @@ class FeatureCache:
                     path = self._disk_path(directory, config, key)
                     if path.is_file():
                         try:
-                            value = np.load(path, allow_pickle=False)
+                            value = _read_entry(path, config, key)
                             if shape is not None and value.shape != tuple(shape):
                                 raise ValueError(f"shape {value.shape}, expected {tuple(shape)}")
                         except Exception as exc:  # a corrupt entry is recomputed (and rewritten), not trusted
@@ -101,9 +104,9 @@ class FeatureCache:
             value.setflags(write=False)
             self._put_memory(config, key, value)
             if directory is not None:
-                self._write(self._disk_path(directory, config, key), value, directory)
+                self._write(self._disk_path(directory, config, key), value, directory, config, key)
 
-    def _write(self, path, value, directory):
+    def _write(self, path, value, directory, config, key):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if path.parent not in self._cleaned:  # what killed writers left here, once per process
@@ -112,11 +115,29 @@ class FeatureCache:
             # atomic: readers never see half a file; no fsync (a damaged entry is recomputed)
             with atomic_path(path, fsync=False, clean=False) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, value)
+                fh.write(_tail(config, key))
         except OSError as exc:  # full disk, read-only folder: the features are still returned
             if str(directory) not in self._unwritable:
                 self._unwritable.add(str(directory))
                 logger.warning("skfg feature cache: cannot write to %s (%s); features are computed but not "
                                "stored there", directory, exc)
+
+
+def _tail(config, key):
+    return f"\nskfg-cache {config} {key}\n".encode()
+
+
+def _read_entry(path, config, key):
+    """The vector of a disk entry, checked: finite, and written for ``(config, key)``."""
+    data = Path(path).read_bytes()
+    with io.BytesIO(data) as fh:
+        value = np.lib.format.read_array(fh, allow_pickle=False)
+        tail = fh.read()
+    if tail != _tail(config, key):
+        raise ValueError("written for another image or configuration (or by an older skfg)")
+    if value.dtype.kind == "f" and not np.isfinite(value).all():
+        raise ValueError("holds NaN or infinite values")
+    return value
 
 
 _MEMORY = FeatureCache(max_bytes=int(os.environ.get("SKFG_CACHE_MB", "1024")) * 2**20)

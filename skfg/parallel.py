@@ -189,7 +189,7 @@ def _extract_chunk(transformer, X, rows):
         return "bad", found
 
 
-def extract_features(transformer, X, directory, chunk_size=256, client=None, max_in_flight=None):
+def extract_features(transformer, X, directory, chunk_size=256, client=None, max_in_flight=None, adopt=False):
     """Features of the images ``X`` into a :class:`~skfg.store.FeatureStore`, resumably.
 
     Parameters
@@ -211,6 +211,11 @@ def extract_features(transformer, X, directory, chunk_size=256, client=None, max
     max_in_flight : int or None
         Chunks submitted at a time (bounds the client's memory); default twice the
         workers' threads.
+    adopt : bool, default=False
+        Take the chunk files of a folder without ``manifest.json`` as rows of this
+        extraction (:meth:`FeatureStore.create <skfg.store.FeatureStore.create>`); by
+        default such a folder is refused. Damaged chunks (truncated, of the wrong shape or
+        dtype, without a checksum) are recomputed either way.
 
     Returns
     -------
@@ -233,7 +238,7 @@ def extract_features(transformer, X, directory, chunk_size=256, client=None, max
     paths = getattr(X, "ndim", 0) == 1 and np.asarray(X[:1]).dtype.kind in "OUS"
     inputs = [str(x) for x in X] if paths else X  # a list, an object or a unicode array: the same paths
     store = FeatureStore.create(directory, n, probe.shape[1], chunk_size,
-                                fingerprint=joblib.hash((transformer, inputs)))
+                                fingerprint=joblib.hash((transformer, inputs)), adopt=adopt)
     todo = store.missing_chunks()
     logger.info("extracting %d of %d chunks into %s", len(todo), store.n_chunks, store.directory)
     errors = []

@@ -2,17 +2,31 @@
 
 A :class:`FeatureStore` is a folder with ``manifest.json`` (the number of rows, the width,
 the chunk size, the dtype and a fingerprint of what the features are of) and one ``.npy``
-file per finished chunk, written to a temporary name and renamed into place, so a chunk
-file is either complete or absent: a run killed at any point leaves only finished chunks,
-and the next run computes the others (:func:`skfg.parallel.extract_features`). Chunks
-read back memory-mapped, or as one lazy ``dask.array``.
+file per finished chunk, written to a temporary name, flushed to disk and renamed into
+place, so a chunk file is either complete or absent: a run killed at any point leaves only
+finished chunks, and the next run computes the others
+(:func:`skfg.parallel.extract_features`). Chunks read back memory-mapped, or as one lazy
+``dask.array``.
+
+The store does not trust its files. Each chunk's checksum is written beside it
+(``chunk-<i>.sum``, before the chunk itself, so a chunk never exists without one; a file
+per chunk rather than a list in the manifest, which would be rewritten for every chunk).
+Every read checks the chunk's header and size against the manifest (its shape and dtype:
+a chunk of 3 rows where 4 belong, a float64 chunk in a float32 store, a zero-byte or
+truncated file); reading a whole chunk (:meth:`FeatureStore.to_numpy`,
+:meth:`~FeatureStore.iter_chunks`, :meth:`~FeatureStore.verify`) also checks its checksum.
+A damaged chunk is an error naming its file, and counts as missing, so that the next
+extraction recomputes it; rows are never returned misaligned. A folder of chunks without
+``manifest.json`` is refused unless adopted explicitly (``create(..., adopt=True)``).
 
 NumPy's ``.npy`` shards and a JSON manifest were picked over Zarr: no extra dependency,
 readable by anything that reads NumPy files, and the atomic rename per chunk gives the
 resume guarantee directly.
 """
 
+import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -20,7 +34,16 @@ import numpy as np
 
 from ._files import atomic_path
 
-FORMAT = "skfg-features/1"
+FORMAT = "skfg-features/2"  # 2: a checksum beside each chunk
+_FORMATS = ("skfg-features/1", FORMAT)  # 1: no checksums (read with the other checks only)
+logger = logging.getLogger("skfg")
+
+
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _checksum(values):
+    return hashlib.blake2b(np.ascontiguousarray(values).tobytes(), digest_size=16).hexdigest()
 
 
 _READ_POOLS = {}  # (process id, threads) -> ThreadPoolExecutor, shared by every store
@@ -74,19 +97,24 @@ class FeatureStore:
             meta = json.loads(manifest.read_text())
         except ValueError as err:
             raise ValueError(f"{manifest} is damaged ({err}); delete the folder and extract again") from err
-        if meta.get("format") != FORMAT:
+        if meta.get("format") not in _FORMATS:
             raise ValueError(f"{manifest} is not a {FORMAT} manifest (format {meta.get('format')!r})")
+        self.checksums = meta["format"] != "skfg-features/1"
         self.n_rows, self.n_features = int(meta["n_rows"]), int(meta["n_features"])
         self.chunk_size, self.dtype = int(meta["chunk_size"]), np.dtype(meta["dtype"])
         self.fingerprint = meta["fingerprint"]
 
     @classmethod
-    def create(cls, directory, n_rows, n_features, chunk_size, fingerprint, dtype="float32"):
+    def create(cls, directory, n_rows, n_features, chunk_size, fingerprint, dtype="float32", adopt=False):
         """Open the store at ``directory``, creating it when absent.
 
         An existing store must have been created with the same shape, chunk size, dtype
         and fingerprint (a ``ValueError`` names what differs): its finished chunks are
         then kept, which is how an interrupted extraction resumes.
+
+        A folder that holds chunk files but no ``manifest.json`` is refused: nothing says
+        what its rows are of. With ``adopt=True`` its chunks of the right shape and dtype
+        are taken as rows of ``fingerprint`` (their checksums computed now).
         """
         if int(n_rows) < 1 or int(n_features) < 1 or int(chunk_size) < 1:
             raise ValueError(f"n_rows, n_features and chunk_size must be >= 1, got {n_rows}, {n_features}, "
@@ -104,10 +132,20 @@ class FeatureStore:
                 raise ValueError(f"{directory} holds another feature store: " + ", ".join(differ)
                                  + "; use another folder, or delete this one to start again")
             return store
+        orphans = sorted(directory.glob("chunk-*.npy")) if directory.is_dir() else []
+        if orphans and not adopt:
+            raise ValueError(f"{directory} holds {len(orphans)} chunk files but no manifest.json, so nothing says "
+                             "what their rows are of; use another folder, delete them, or pass adopt=True if "
+                             "they are rows of this very extraction")
         directory.mkdir(parents=True, exist_ok=True)
         with atomic_path(manifest) as tmp:
             tmp.write_text(json.dumps(meta, indent=2))
-        return cls(directory)
+        store = cls(directory)
+        for i in range(store.n_chunks):
+            if adopt and store._path(i).is_file() and store._header_problem(i) is None:
+                with atomic_path(store._sum_path(i)) as tmp:
+                    tmp.write_text(_checksum(np.load(store._path(i), mmap_mode="r")))
+        return store
 
     @property
     def n_chunks(self):
@@ -122,30 +160,98 @@ class FeatureStore:
     def _path(self, i):
         return self.directory / f"chunk-{i:08d}.npy"
 
+    def _sum_path(self, i):
+        return self.directory / f"chunk-{i:08d}.sum"
+
+    def _header_problem(self, i):
+        """What is wrong with chunk ``i``'s file as the manifest describes it (header,
+        shape, dtype, size, checksum file), or None; reads the header only."""
+        rows = self.chunk_slice(i)
+        path = self._path(i)
+        try:
+            with open(path, "rb") as fh:
+                version = np.lib.format.read_magic(fh)
+                read_header = _HEADER_READERS.get(version)
+                if read_header is None:
+                    return f".npy format version {version}, expected 1.0 or 2.0"
+                shape, fortran, dtype = read_header(fh)
+                offset = fh.tell()
+            size = path.stat().st_size
+        except (OSError, ValueError, SyntaxError) as exc:  # a zero-byte or cut header
+            return f"not a readable .npy file ({type(exc).__name__}: {exc})"
+        expected = (rows.stop - rows.start, self.n_features)
+        if tuple(shape) != expected or fortran:
+            return f"shape {tuple(shape)}, expected {expected}"
+        if np.dtype(dtype) != self.dtype:
+            return f"dtype {np.dtype(dtype)}, expected {self.dtype}"
+        if size != offset + int(np.prod(shape)) * self.dtype.itemsize:
+            return f"{size} bytes, expected {offset + int(np.prod(shape)) * self.dtype.itemsize} (truncated?)"
+        if self.checksums and not self._sum_path(i).is_file():
+            return f"no checksum file {self._sum_path(i).name}"
+        return None
+
+    def _problem(self, i, full=False):
+        """``None``, ``"missing"`` or what is wrong with chunk ``i`` (``full``: its checksum too)."""
+        if not self._path(i).is_file():
+            return "missing"
+        problem = self._header_problem(i)
+        if problem is None and full and self.checksums:
+            if _checksum(np.load(self._path(i), mmap_mode="r")) != self._sum_path(i).read_text().strip():
+                problem = "its content does not match its checksum"
+        return problem
+
     def missing_chunks(self):
-        """Indices of the chunks not written yet."""
-        return [i for i in range(self.n_chunks) if not self._path(i).is_file()]
+        """Indices of the chunks not written yet, or damaged (to recompute: each damaged
+        file is logged by name)."""
+        out = []
+        for i in range(self.n_chunks):
+            problem = self._problem(i)
+            if problem is not None:
+                if problem != "missing":
+                    logger.warning("skfg feature store: %s is damaged (%s); it counts as missing and is recomputed",
+                                   self._path(i), problem)
+                out.append(i)
+        return out
 
     def write_chunk(self, i, values):
-        """Write chunk ``i`` (atomically: a complete file or none)."""
+        """Write chunk ``i`` (atomically: a complete file or none), its checksum first."""
         rows = self.chunk_slice(i)
         values = np.asarray(values, dtype=self.dtype)
         if values.shape != (rows.stop - rows.start, self.n_features):
             raise ValueError(f"chunk {i} must have shape {(rows.stop - rows.start, self.n_features)}, "
                              f"got {values.shape}")
+        if self.checksums:
+            with atomic_path(self._sum_path(i)) as tmp:
+                tmp.write_text(_checksum(values))
         with atomic_path(self._path(i)) as tmp, open(tmp, "wb") as f:
             np.save(f, values)
 
-    def read_chunk(self, i):
-        """Chunk ``i``, memory-mapped (read-only)."""
+    def _damaged(self, i, problem):
+        return ValueError(f"{self._path(i)} (chunk {i} of {self.directory}) is damaged: {problem}. Run the "
+                          "extraction again (skfg.parallel.extract_features recomputes it), or delete the file")
+
+    def read_chunk(self, i, verify=False):
+        """Chunk ``i``, memory-mapped (read-only).
+
+        Its header, shape, dtype and size are checked against the manifest; with
+        ``verify`` its checksum too (which reads the whole chunk). A damaged chunk raises
+        a ``ValueError`` naming its file.
+        """
         self.chunk_slice(i)
-        path = self._path(i)
-        if not path.is_file():
+        problem = self._problem(i, full=verify)
+        if problem == "missing":
             raise FileNotFoundError(f"chunk {i} of {self.directory} was never written; extract it first")
-        return np.load(path, mmap_mode="r")
+        if problem is not None:
+            raise self._damaged(i, problem)
+        return np.load(self._path(i), mmap_mode="r")
+
+    def verify(self):
+        """Check every chunk's header and checksum; return ``{chunk: problem}`` of the
+        missing or damaged ones (empty when the store is whole)."""
+        return {i: p for i in range(self.n_chunks) if (p := self._problem(i, full=True)) is not None}
 
     def _check_complete(self):
-        missing = self.missing_chunks()
+        missing = [i for i in range(self.n_chunks) if not self._path(i).is_file()]
         if missing:
             raise ValueError(f"{self.directory} lacks {len(missing)} of {self.n_chunks} chunks "
                              f"(first: {missing[0]}); finish the extraction first")
@@ -211,12 +317,12 @@ class FeatureStore:
         """
         self._check_complete()
         for i in range(self.n_chunks):
-            yield self.read_chunk(i)
+            yield self.read_chunk(i, verify=True)
 
     def to_numpy(self):
-        """All rows in memory."""
+        """All rows in memory (every chunk's checksum checked)."""
         self._check_complete()
-        return np.concatenate([self.read_chunk(i) for i in range(self.n_chunks)])
+        return np.concatenate([self.read_chunk(i, verify=True) for i in range(self.n_chunks)])
 
     def to_dask(self):
         """All rows as a lazy ``dask.array`` with one block per chunk (needs ``skfg[dask]``)."""

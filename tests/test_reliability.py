@@ -180,12 +180,17 @@ def test_corrupt_cache_entries_are_logged_and_recomputed(pngs, tmp_path, caplog)
     assert len(files) == len(X)
     files[0].write_bytes(b"")  # empty (EOFError)
     np.save(files[1], np.zeros(3, np.float32))  # the wrong shape
+    nan = bytearray(files[2].read_bytes())
+    nan[128:132] = np.float32(np.nan).tobytes()  # the first value, after the 128-byte header
+    files[2].write_bytes(bytes(nan))
+    files[3].write_bytes(files[4].read_bytes())  # another image's entry copied over it
     clear_feature_cache()
     with caplog.at_level(logging.WARNING, logger="skfg"):
         again = ext.transform(X)
     np.testing.assert_array_equal(again, first)
     logged = " ".join(r.getMessage() for r in caplog.records)
-    assert str(files[0]) in logged and str(files[1]) in logged
+    assert all(str(f) in logged for f in files[:4]) and str(files[4]) not in logged
+    assert "holds NaN" in logged and "written for another image" in logged
     clear_feature_cache()
     assert np.load(files[0]).shape == (ext.n_features_out_,)  # rewritten
 
