@@ -92,10 +92,21 @@ def check_sample_weight(sample_weight, n, dtype=np.float32):
     return sample_weight
 
 
+def _label_kind(value):
+    """``"str"`` for text (``str``, ``numpy.str_``, bytes), ``"int"`` / ``"float"`` / ``"bool"``
+    for numbers of Python or NumPy, else the type's name."""
+    if isinstance(value, (str, bytes)):
+        return "str"
+    for kind, types in (("bool", (bool, np.bool_)), ("int", (int, np.integer)), ("float", (float, np.floating))):
+        if isinstance(value, types):
+            return kind
+    return type(value).__name__
+
+
 def encode_labels(y, estimator_name):
     """``(classes, y_encoded)`` of classification targets; at least 2 classes."""
     values = np.asarray(y)
-    kinds = {type(v).__name__ for v in values.ravel()} if values.dtype == object else set()
+    kinds = {_label_kind(v) for v in values.ravel()} if values.dtype == object else set()
     if "str" in kinds and len(kinds) > 1:
         raise ValueError(f"y mixes labels of different types ({', '.join(sorted(kinds))}); use one type "
                          "(e.g. all strings).")

@@ -190,7 +190,10 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         else:
             X, y = check_images_and_labels(X, y)
         classes, y_enc = encode_labels(y, type(self).__name__)
-        return X, classes, y_enc, check_sample_weight(sample_weight, len(y_enc))
+        sample_weight = check_sample_weight(sample_weight, len(y_enc))
+        # every loss divides by the batch's weight sum: only the ratios matter, and a mean of
+        # 1 keeps weights of 1e-20 from vanishing under that sum's floor
+        return X, classes, y_enc, sample_weight / sample_weight.mean(dtype=np.float64)
 
     def _build_network(self, n_features, n_classes, trunk=None, extractor=None, layers=None):
         """The untrained FeatureNet: ``trunk`` (a StagedNetwork) with the subclass's head.
@@ -319,9 +322,10 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
             # standard deviation: per-dimension scales would amplify the drift of features
             # that are tiny on their own (L2-normalised) once the CNN trains. (A warm
             # start keeps the previous fit's standardisation, which its weights expect.)
-            feats = data.pooled(net, train_idx).float() if pooled is None else pooled[torch.as_tensor(train_idx)]
+            # (In float64: features scaled by 1e30 or 1e-30 would overflow or vanish in float32.)
+            feats = data.pooled(net, train_idx).double() if pooled is None else pooled[torch.as_tensor(train_idx)].double()
             net.mean.copy_(feats.mean(0))
-            net.scale.fill_(float(feats.var(0, unbiased=False).mean().sqrt().clamp_min(1e-6)))
+            net.scale.fill_(float(feats.var(0, unbiased=False).mean().sqrt().clamp_min(_TINY)))
 
         signature = self._signature(X, y_enc, sample_weight)
         if warm_digest is not None:  # a checkpoint resumes only the training that started from these weights
@@ -494,6 +498,9 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
             In nats, between 0 and ``log(n_classes)``.
         """
         return entropy(self.predict_proba(X))
+
+
+_TINY = float(torch.finfo(torch.float32).tiny)  # the smallest scale of float32 features
 
 
 def _phase_dir(checkpoint_dir, signature):

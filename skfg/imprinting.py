@@ -354,6 +354,7 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         self.module_ = net.eval()
         self.history_ = self.history_ + result["history"]
         self.n_iter_ = len(self.history_)
+        self.interrupted_ = result["interrupted"]
         if self.replay == "data":  # the embedding trained: mu moved with it
             self.embedding_mean_ = self._embed(self._replay[0]).astype(np.float64).mean(0)
 

@@ -42,11 +42,32 @@ _MIN_POINTS = 39  # faiss's default training points per k-means centroid
 
 
 def _faiss():
+    """faiss, imported on first use (never at ``import skfg``)."""
     try:
         import faiss
-    except ImportError as exc:  # pragma: no cover - faiss-cpu is a dependency
-        raise ImportError("this index method needs faiss: pip install faiss-cpu (or use method='brute')") from exc
+    except ImportError as exc:
+        import importlib.util
+
+        if importlib.util.find_spec("faiss") is None:  # pragma: no cover - faiss-cpu is a dependency
+            raise ImportError("this index method needs faiss: pip install faiss-cpu (or use method='brute')") from exc
+        raise ImportError(f"faiss is installed but cannot be loaded ({exc}){_address_space_hint()}; or use "
+                          "method='brute' (exact search in torch, no faiss)") from exc
     return faiss
+
+
+def _address_space_hint():
+    """Why a shared library fails to map: an address-space limit (``ulimit -v``), if one is set."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, ValueError):  # pragma: no cover - not POSIX
+        return ""
+    if soft == resource.RLIM_INFINITY:
+        return ""
+    return (f". This process may use only {soft / 2**30:.1f} GiB of address space (ulimit -v): torch and faiss "
+            "together reserve more than they use; raise the limit (ulimit -v unlimited), or cap the memory "
+            "with ulimit -m or a cgroup instead")
 
 
 class NearestNeighborIndex:

@@ -320,3 +320,27 @@ def test_a_finer_index_in_memory_re_ranks_the_candidates_and_chains_with_the_dis
     coarse.add(X[:5])
     with pytest.raises(ValueError, match="add the same rows to both"):
         two.search(Q, 10)
+
+
+def test_faiss_under_an_address_space_limit_fails_with_the_reason(tmp_path):
+    # a limit low enough that libfaiss cannot be mapped after torch: the message says why
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import resource, numpy as np, torch
+        import skfg.index
+        resource.setrlimit(resource.RLIMIT_AS, (resource.getrlimit(resource.RLIMIT_AS)[0], resource.RLIM_INFINITY))
+        import psutil, os
+        used = psutil.Process().memory_info().vms
+        resource.setrlimit(resource.RLIMIT_AS, (used + 50 * 2**20, resource.RLIM_INFINITY))
+        try:
+            skfg.index.NearestNeighborIndex("exact").fit(np.ones((10, 4), np.float32))
+            print("LOADED")
+        except ImportError as exc:
+            print("ERROR", exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert "ERROR faiss is installed but cannot be loaded" in out.stdout, out.stdout + out.stderr
+    assert "GiB of address space (ulimit -v)" in out.stdout and "method='brute'" in out.stdout

@@ -425,3 +425,42 @@ def test_the_frozen_prefix_cache_is_bounded_and_falls_back_to_recomputing(pngs, 
         bounded = SoftmaxClassifier(**params).fit(X, y)
     assert any("SKFG_PREFIX_CACHE_MB" in r.getMessage() for r in caplog.records)
     np.testing.assert_allclose(bounded.predict_proba(X), cached.predict_proba(X), atol=1e-3)  # batch rounding
+
+
+def test_labels_mixing_numpy_strings_and_ints_get_a_clear_error(blobs):
+    X, y = blobs
+    labels = np.array([np.str_("a"), 1] * 30, dtype=object)
+    with pytest.raises(ValueError, match=r"y mixes labels of different types \(int, str\)"):
+        SoftmaxClassifier(max_epochs=1).fit(X, labels)
+
+
+@pytest.mark.parametrize("factor", [1e30, 1e-30])
+def test_features_at_an_extreme_scale_train_as_well_as_at_unit_scale(blobs, factor):
+    X, y = blobs
+    unit = SoftmaxClassifier(max_epochs=20, random_state=0).fit(X, y).score(X, y)
+    assert unit > 0.9
+    assert SoftmaxClassifier(max_epochs=20, random_state=0).fit(X * factor, y).score(X * factor, y) == unit
+
+
+def test_tiny_sample_weights_train_as_their_ratios_say(blobs):
+    X, y = blobs
+    ones = SoftmaxClassifier(max_epochs=20, random_state=0).fit(X, y)
+    tiny = SoftmaxClassifier(max_epochs=20, random_state=0).fit(X, y, sample_weight=np.full(len(y), 1e-21))
+    np.testing.assert_allclose(tiny.predict_proba(X), ones.predict_proba(X), atol=1e-5)
+
+
+def test_an_interrupted_partial_fit_says_so(blobs, monkeypatch):
+    X, y = blobs
+    clf = ImprintedClassifier(max_epochs=2, fine_tune_epochs=3, random_state=0).fit(X, y)
+    assert clf.interrupted_ is False
+    import skfg._training
+
+    real = skfg._training.fit_loop
+
+    def interrupted(*args, **kwargs):
+        result = real(*args, **kwargs)
+        return dict(result, interrupted=True)
+
+    monkeypatch.setattr(skfg._classifier, "fit_loop", interrupted)
+    clf.partial_fit(X[:5], y[:5])
+    assert clf.interrupted_ is True
