@@ -83,7 +83,10 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         What keeps the base classes during that fine-tuning: ``"data"`` stores the
         training data given to ``fit`` (features, or the image references) and trains on
         it too; ``"weights"`` stores nothing and trains only the new templates and the
-        scale.
+        scale. The stored data is saved with the model (``save_model``, joblib): a
+        model file of ``replay="data"`` holds its training features, or the image paths
+        or pixels, and their labels; fit with ``replay="weights"`` to share a file
+        without them.
     calibrate_imprints : bool, default=True
         Give an imprinted template the trained templates' mean cosine ``a`` with the
         base data's mean embedding ``mu`` (``embedding_mean_``): ``w = a * u + sqrt(1 -
