@@ -144,9 +144,10 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
     schedule : {"cosine", "step", "constant"}, default="cosine"
     warmup_epochs, precision, ema_decay, freeze_batchnorm : as in :class:`skfg.SoftmaxClassifier`.
     label_smoothing : float or "auto", default="auto"
-        ``"auto"``: 0 (the RBF vote's probabilities are not smoothed). Other values are
-        accepted but not yet applied to the impostor loss: every value trains as 0
-        (smoothing by 0.1 did not help end to end; ``docs/impostor.rst``).
+        Smoothing ``e`` of the vote's targets in the loss:
+        ``(1 - e) * -log p(l_i | x_i) + e * mean_l -log p(l | x_i)``
+        (:func:`skfg.losses.impostor_loss`). ``"auto"``: 0 (smoothing by 0.1, as the
+        softmax recipe does, did not help end to end; ``docs/impostor.rst``).
     max_grad_norm : float or None, default=None
         As in :class:`skfg.SoftmaxClassifier`.
     divergence_guard : float, None or "auto", default="auto"
@@ -358,7 +359,7 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
         x, t, w, rows = batch
         attachment = self.attachment if self.impostors == "loose" else 0.0
         loss = ctx.aux(ctx.data.forward(ctx.net, x), t, rows, self.sigma, n_neighbors=self.n_neighbors,
-                       attachment=attachment)
+                       attachment=attachment, label_smoothing=float(self._setting("label_smoothing")))
         return weighted_finite_mean(loss, w)
 
     def _validation_outputs(self, ctx, idx):

@@ -119,7 +119,7 @@ def exclude_self(log_kernel, own):
 
 
 def impostor_loss(embeddings, targets, impostors, labels, sigma, *, own=None, log_weights=None,
-                  n_neighbors=None, attachment=0.0):
+                  n_neighbors=None, attachment=0.0, label_smoothing=0.0, n_classes=None):
     """Per-sample loss of the impostor networks: eq. (4), or eq. (6) with ``attachment > 0``.
 
     Parameters
@@ -140,6 +140,12 @@ def impostor_loss(embeddings, targets, impostors, labels, sigma, *, own=None, lo
         exactly among the current impostors.
     attachment : float
         ``lambda`` of eq. (6): adds ``lambda ||f(x_i) - c_i||^2``.
+    label_smoothing : float
+        ``e``: the NCA term becomes ``(1 - e) * -log p(l_i | x_i) + e * mean_l -log p(l | x_i)``
+        over the ``n_classes`` classes of the vote (eq. 3), as a softmax's label smoothing
+        does; ``-log p`` of a class with no impostor among the candidates counts as 30.
+    n_classes : int, optional
+        Needed with ``label_smoothing``.
 
     Returns
     -------
@@ -153,7 +159,12 @@ def impostor_loss(embeddings, targets, impostors, labels, sigma, *, own=None, lo
     if n_neighbors is not None and n_neighbors < lk.shape[1]:
         lk, cols = torch.topk(lk, int(n_neighbors), dim=1)  # largest kernel = nearest (weights included)
         column_labels = labels[cols]
-    loss = impostor_nll(lk, column_labels, targets)
+    if label_smoothing:
+        log_p = class_log_proba(lk, column_labels, int(n_classes))
+        loss = (-(1 - label_smoothing) * log_p.gather(1, targets[:, None]).squeeze(1)
+                - label_smoothing * log_p.clamp_min(-30).mean(1)).to(lk.dtype)
+    else:
+        loss = impostor_nll(lk, column_labels, targets)
     if attachment and own is not None:
         has = own >= 0
         gap = torch.zeros_like(loss)
@@ -202,11 +213,12 @@ class ImpostorSet(nn.Module):
         return rbf_log_proba(embeddings, self.positions(), self.labels, sigma, self.n_classes,
                              log_weights=self.log_weights, n_neighbors=n_neighbors)
 
-    def forward(self, embeddings, targets, rows, sigma, *, n_neighbors=None, attachment=0.0):
+    def forward(self, embeddings, targets, rows, sigma, *, n_neighbors=None, attachment=0.0, label_smoothing=0.0):
         """Per-sample loss of the samples at ``rows`` of the training data (see :func:`impostor_loss`)."""
         own = None if self.own is None else self.own[rows]
         return impostor_loss(embeddings, targets, self.positions(), self.labels, sigma, own=own,
-                             log_weights=self.log_weights, n_neighbors=n_neighbors, attachment=attachment)
+                             log_weights=self.log_weights, n_neighbors=n_neighbors, attachment=attachment,
+                             label_smoothing=label_smoothing, n_classes=self.n_classes)
 
 
 class PQCodebooks(ImpostorSet):

@@ -385,3 +385,32 @@ def test_set_impostors_refuses_what_it_cannot_use(features):
         clf.set_impostors(NearestNeighborIndex().fit(X[:, :3]), y)
     with pytest.raises(ValueError, match="needs n_neighbors"):
         clf.set_params(n_neighbors=None).set_impostors(NearestNeighborIndex().fit(vectors), y)
+
+
+def test_label_smoothing_of_the_impostor_loss_by_hand():
+    # one sample at the origin; impostors at squared distances 1 (class 0), 4 (class 1), 9 (class 1)
+    emb = torch.zeros(1, 1)
+    impostors = torch.tensor([[1.0], [2.0], [3.0]])
+    labels = torch.tensor([0, 1, 1])
+    sigma = 1.0
+    k = np.exp(-np.array([1.0, 4.0, 9.0]) / (2 * sigma**2))  # eq. (3)'s Gaussian kernel
+    p0, p1, p2 = k[0] / k.sum(), k[1:].sum() / k.sum(), 0.0
+    nll = impostor_loss(emb, torch.tensor([0]), impostors, labels, sigma)
+    assert float(nll) == pytest.approx(-np.log(p0), rel=1e-6)
+    e = 0.2
+    smoothed = impostor_loss(emb, torch.tensor([0]), impostors, labels, sigma, label_smoothing=e, n_classes=3)
+    # class 2 has no impostor: its -log p counts as 30
+    expected = (1 - e) * -np.log(p0) + e * np.mean([-np.log(p0), -np.log(p1), 30.0])
+    assert float(smoothed) == pytest.approx(expected, rel=1e-6)
+    assert p2 == 0.0
+
+
+def test_impostor_label_smoothing_is_applied_in_training():
+    rng = np.random.RandomState(0)
+    y = np.repeat([0, 1, 2], 20)
+    X = (4 * np.eye(6)[y] + rng.randn(60, 6)).astype(np.float32)
+    plain = ImpostorClassifier(embedding_dim=4, max_epochs=3, random_state=0).fit(X, y)
+    again = ImpostorClassifier(embedding_dim=4, max_epochs=3, random_state=0, label_smoothing=0.0).fit(X, y)
+    smooth = ImpostorClassifier(embedding_dim=4, max_epochs=3, random_state=0, label_smoothing=0.1).fit(X, y)
+    assert [h["loss"] for h in plain.history_] == [h["loss"] for h in again.history_]
+    assert all(s["loss"] > p["loss"] for s, p in zip(smooth.history_, plain.history_))
