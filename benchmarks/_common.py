@@ -76,6 +76,61 @@ def _imported_skfg_files():
                    and REPO in Path(m.__file__).resolve().parents})
 
 
+LIBRARIES = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "faiss-cpu", "onnxruntime", "skops", "pillow")
+
+
+def script_hashes():
+    """``{path: hash}`` of the benchmark code this run executes: the script and every
+    module of ``benchmarks/`` it imported (``_common``, ``_provenance``, ...)."""
+    files = {Path(m.__file__).resolve() for m in list(sys.modules.values()) if getattr(m, "__file__", None)}
+    if sys.argv and sys.argv[0]:
+        files.add(Path(sys.argv[0]).resolve())
+    here = REPO / "benchmarks"
+    return {str(f.relative_to(REPO)): code_hash(f) for f in sorted(files)
+            if f.parent == here and f.suffix == ".py" and f.is_file()}
+
+
+def library_versions():
+    """Python's version and each of :data:`LIBRARIES`' (None when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def data_manifests(root=None):
+    """``{data set: hash}`` of every data set under ``DATA``: a SHA-1 of each file's path
+    (relative to the data set) and size, so that another copy of the same data hashes
+    the same and an added, removed or changed file does not."""
+    import hashlib
+
+    root = Path(DATA if root is None else root)
+    out = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        h = hashlib.sha1()
+        for path in sorted(f for f in folder.rglob("*") if f.is_file()):
+            h.update(f"{path.relative_to(folder).as_posix()}\t{path.stat().st_size}\n".encode())
+        out[folder.name] = h.hexdigest()
+    return out
+
+
+def render_markdown(name, stamp, rows, header, notes=""):
+    """The ``results/<name>.md`` of a result: its measured line, table and notes."""
+    commit = (stamp["commit"] or "unknown")[:10] + (" + uncommitted changes" if stamp["uncommitted_changes"] else "")
+    md = f"# {name}\n\nMeasured at commit {commit}, {stamp['date']}"
+    if stamp.get("earlier_runs"):
+        md += " (and, for the rows of earlier runs, " + "; ".join(sorted(stamp["earlier_runs"])) + ")"
+    md += f".\n\n{format_table(rows, header)}\n"
+    if notes:
+        md += f"\n{notes}\n"
+    return md
+
+
 def provenance():
     """Commit, date, and the hashes of the skfg code this process imported (per module) and
     executed (per definition; every definition of the imported modules when no trace ran)."""
@@ -87,6 +142,9 @@ def provenance():
         executed = "unknown: every definition of the imported modules"
     return {
         "command": " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]) if sys.argv else None,
+        "scripts": script_hashes(),
+        "versions": library_versions(),
+        "data": data_manifests(),
         "commit": _git("rev-parse", "HEAD") or None,
         "uncommitted_changes": bool(_git("status", "--porcelain", "--", "skfg")),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -240,16 +298,14 @@ def write_results(name, payload, rows, header, notes="", rows_key="rows"):
                     earlier[run] = refresh_stamp(old, REPO) or old
         if earlier:
             stamp["earlier_runs"] = earlier
-    payload = dict(payload, machine=machine(), provenance=stamp)
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    commit = (stamp["commit"] or "unknown")[:10] + (" + uncommitted changes" if stamp["uncommitted_changes"] else "")
-    md = f"# {name}\n\nMeasured at commit {commit}, {stamp['date']}"
-    if stamp.get("earlier_runs"):
-        md += " (and, for the rows of earlier runs, " + "; ".join(sorted(stamp["earlier_runs"])) + ")"
-    md += f".\n\n{format_table(rows, header)}\n"
-    if notes:
-        md += f"\n{notes}\n"
-    (RESULTS / f"{name}.md").write_text(md)
+    # the table as written, so that the .md is a rendering of the JSON (tests re-render it)
+    markdown = {"rows": [[str(v) for v in r] for r in rows], "header": [str(h) for h in header], "notes": notes}
+    payload = dict(payload, machine=machine(), provenance=stamp, markdown=markdown)
+    md = render_markdown(name, stamp, markdown["rows"], markdown["header"], notes)
+    for path, text in ((RESULTS / f"{name}.json", json.dumps(payload, indent=2) + "\n"), (RESULTS / f"{name}.md", md)):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # atomic: a killed run leaves the old file
+        tmp.write_text(text)
+        os.replace(tmp, path)
     print(md)
 
 

@@ -481,7 +481,8 @@ def refresh_stamp(stamp, repo):
 def stale_results(results_dir=None, repo=None):
     """``{result file: [what changed]}`` for stamped results whose executed code changed
     since they were measured (:func:`_provenance.stale_definitions`; per module for stamps
-    written before definitions were recorded); unstamped files are skipped."""
+    written before definitions were recorded), the benchmark's own code included (the
+    script and its helpers, for stamps that record them); unstamped files are skipped."""
     repo = Path(repo) if repo is not None else Path(__file__).resolve().parents[1]
     results_dir = Path(results_dir) if results_dir is not None else repo / "benchmarks" / "results"
     stale = {}
@@ -497,6 +498,10 @@ def stale_results(results_dir=None, repo=None):
         else:
             changed = [m for m, h in stamp["code"].items()
                        if not (Path(repo) / m).is_file() or code_hash(Path(repo) / m) != h]
+        for run, recorded in [(None, stamp), *stamp.get("earlier_runs", {}).items()]:
+            changed += [f"{f} (benchmark code)" + (f" (run {run})" if run else "")
+                        for f, h in recorded.get("scripts", {}).items()
+                        if not (repo / f).is_file() or code_hash(repo / f) != h]
         if changed:
             stale[path.name] = changed
     return stale

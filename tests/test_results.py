@@ -525,3 +525,57 @@ def test_the_sweep_plans_headline_files_first_and_resumes_a_file_of_several_runs
                      started=__import__("time").monotonic()) == 0
     assert not (tmp_path / "second").exists()
     assert status.order(["x_quick", "scale", "recipe", "b"]) == ["recipe", "scale", "b", "x_quick"]
+
+
+def test_a_stamp_records_the_benchmark_code_the_libraries_and_the_data(tmp_path):
+    import _common
+
+    stamp = provenance()
+    assert "benchmarks/_common.py" in stamp["scripts"] and "benchmarks/_provenance.py" in stamp["scripts"]
+    assert stamp["versions"]["python"] and stamp["versions"]["torch"] and stamp["versions"]["scikit-learn"]
+    assert set(stamp["versions"]) >= {"torchvision", "numpy", "scipy", "faiss-cpu", "onnxruntime"}
+    data = tmp_path / "data"
+    (data / "cars" / "a").mkdir(parents=True)
+    (data / "cars" / "a" / "1.jpg").write_bytes(b"xx")
+    first = _common.data_manifests(data)
+    assert set(first) == {"cars"}
+    (data / "cars" / "a" / "1.jpg").write_bytes(b"xxx")  # a changed file
+    assert _common.data_manifests(data) != first
+    # a change to the benchmark's own code makes its results stale
+    (tmp_path / "repo").mkdir()
+    module, results = _stamped_repo(tmp_path / "repo")
+    script = tmp_path / "repo" / "benchmarks" / "r.py"
+    script.write_text("print(1)\n")
+    r = json.loads((results / "r.json").read_text())
+    r["provenance"]["scripts"] = {"benchmarks/r.py": code_hash(script)}
+    (results / "r.json").write_text(json.dumps(r))
+    assert stale_results(results, tmp_path / "repo") == {}
+    script.write_text("print(2)\n")
+    assert stale_results(results, tmp_path / "repo") == {"r.json": ["benchmarks/r.py (benchmark code)"]}
+
+
+def test_every_results_markdown_is_the_rendering_of_its_json():
+    import _common
+
+    for path in sorted((REPO / "benchmarks" / "results").glob("*.json")):
+        saved = json.loads(path.read_text())
+        if "markdown" not in saved:  # written before the table was kept in the JSON
+            continue
+        table = saved["markdown"]
+        expected = _common.render_markdown(path.stem, saved["provenance"], table["rows"], table["header"],
+                                           table["notes"])
+        assert path.with_suffix(".md").read_text() == expected, f"{path.with_suffix('.md').name} was edited by hand"
+
+
+def test_the_markdown_check_catches_a_hand_edit(tmp_path, monkeypatch):
+    import _common
+
+    monkeypatch.setattr(_common, "RESULTS", tmp_path)
+    _common.write_results("t", {"rows": [{"acc": 0.5}]}, [["a", 0.5]], ["name", "acc"], notes="A note.")
+    saved = json.loads((tmp_path / "t.json").read_text())
+    md = (tmp_path / "t.md").read_text()
+    table = saved["markdown"]
+    assert md == _common.render_markdown("t", saved["provenance"], table["rows"], table["header"], table["notes"])
+    assert "| a    | 0.5 |" in md and md.endswith("A note.\n")
+    edited = md.replace("0.5", "0.6")
+    assert edited != _common.render_markdown("t", saved["provenance"], table["rows"], table["header"], table["notes"])
