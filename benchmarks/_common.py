@@ -335,21 +335,18 @@ def alternating_ms(predictors, X, repeats, per_round=False, batch=1):
 
 def ratio_over_rounds(base, other):
     """Speed-up of ``other`` over ``base`` from their times in rounds that each time every
-    setting in turn (one time a round each): ``(ratio of the medians, lowest, highest)``,
-    the last two the ratio within each round alone. The range is the spread of repeated
-    runs: a speed-up whose range holds 1 is none."""
+    setting in turn (one time a round each): ``(median, lowest, highest)`` of the ratios
+    measured within each round alone, so the headline always lies in its range. The range
+    is the spread of repeated runs: a speed-up whose range holds 1 is none."""
     base, other = np.asarray(base, dtype=float), np.asarray(other, dtype=float)
     if base.shape != other.shape or base.ndim != 1 or len(base) == 0:
         raise ValueError(f"one time a round for each: got shapes {base.shape} and {other.shape}")
     per_round = base / other
-    return float(np.median(base) / np.median(other)), float(per_round.min()), float(per_round.max())
+    return float(np.median(per_round)), float(per_round.min()), float(per_round.max())
 
 
 def speedup_spread(times):
     """Speed-up of predictor 1 over predictor 0 from :func:`alternating_ms`'s ``per_round``
-    times: ``(speed-up, low, high)``, the speed-up on each image's best time (best of the
-    rounds, so it can lie outside the range) and the lowest and highest of the speed-ups
-    measured in each round alone (:func:`ratio_over_rounds`)."""
-    best = times.min(0).mean(1)
-    _, low, high = ratio_over_rounds(times[:, 0].mean(1), times[:, 1].mean(1))
-    return float(best[0] / best[1]), low, high
+    times: ``(median, low, high)`` of the speed-ups measured in each round alone
+    (:func:`ratio_over_rounds`; never a best-of, which can lie outside that range)."""
+    return ratio_over_rounds(times[:, 0].mean(1), times[:, 1].mean(1))

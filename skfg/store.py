@@ -141,10 +141,8 @@ class FeatureStore:
         with atomic_path(manifest) as tmp:
             tmp.write_text(json.dumps(meta, indent=2))
         store = cls(directory)
-        for i in range(store.n_chunks):
-            if adopt and store._path(i).is_file() and store._header_problem(i) is None:
-                with atomic_path(store._sum_path(i)) as tmp:
-                    tmp.write_text(_checksum(np.load(store._path(i), mmap_mode="r")))
+        if adopt:
+            store.adopt()
         return store
 
     @property
@@ -244,6 +242,19 @@ class FeatureStore:
         if problem is not None:
             raise self._damaged(i, problem)
         return np.load(self._path(i), mmap_mode="r")
+
+    def adopt(self):
+        """Take the chunk files in the folder that have the right header, shape, dtype and
+        size as this store's rows, writing their checksums (for chunks written without
+        them: a store without a manifest, or of the first format). Returns their indices."""
+        adopted = []
+        for i in range(self.n_chunks):
+            unsummed = f"no checksum file {self._sum_path(i).name}"
+            if self._path(i).is_file() and self._header_problem(i) in (None, unsummed):
+                with atomic_path(self._sum_path(i)) as tmp:
+                    tmp.write_text(_checksum(np.load(self._path(i), mmap_mode="r")))
+                adopted.append(i)
+        return adopted
 
     def verify(self):
         """Check every chunk's header and checksum; return ``{chunk: problem}`` of the

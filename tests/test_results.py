@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -436,17 +437,20 @@ def test_alternating_ms_times_every_predictor_per_batch_and_round():
     assert alternating_ms([slow, fast], X, 2).shape == (2,)  # best per image, image by image
 
 
-def test_ratio_over_rounds_is_the_ratio_of_medians_with_the_per_round_range():
-    from _common import ratio_over_rounds
+def test_ratio_over_rounds_is_the_median_of_the_per_round_ratios_with_their_range():
+    from _common import ratio_over_rounds, speedup_spread
 
     base, other = [10.0, 12.0, 30.0], [5.0, 4.0, 10.0]  # a slow third round hits both
     speedup, low, high = ratio_over_rounds(base, other)
-    assert speedup == pytest.approx(12.0 / 5.0)
+    assert speedup == pytest.approx(3.0)  # rounds: 2, 3, 3 (the ratio of the medians, 2.4, is not one of them)
     assert (low, high) == (pytest.approx(2.0), pytest.approx(3.0))
     same = ratio_over_rounds([1.0, 1.1, 0.9], [1.05, 1.0, 0.95])  # noise: the range holds 1
     assert same[1] < 1 < same[2]
     with pytest.raises(ValueError, match="one time a round"):
         ratio_over_rounds([1.0, 2.0], [1.0])
+    # per-image times of two predictors over 3 rounds: the headline lies in the range
+    times = np.array([[[4.0, 4.0], [2.0, 2.0]], [[1.0, 1.0], [1.0, 1.0]], [[6.0, 6.0], [2.0, 2.0]]])
+    assert speedup_spread(times) == (pytest.approx(2.0), pytest.approx(1.0), pytest.approx(3.0))
 
 
 def test_paired_by_seed_pairs_only_the_seeds_both_ran():
