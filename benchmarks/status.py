@@ -27,7 +27,7 @@ HEADLINE = ("recipe", "impostor_recipe", "imprinting_e2e", "early_exit_joint", "
             "index_scale", "scale", "open_set")
 
 
-def _stamp(path):
+def stamp_of(path):
     return json.loads(Path(path).read_text()).get("provenance") or {}
 
 
@@ -51,7 +51,7 @@ def stale_notes(results_dir=RESULTS, repo=REPO):
     before changes to skfg/export.py:export_onnx"``."""
     notes = {}
     for file, changed in stale_results(results_dir, repo).items():
-        stamp = _stamp(Path(results_dir) / file)
+        stamp = stamp_of(Path(results_dir) / file)
         notes[Path(file).stem] = (f"measured at {stamp.get('commit', '?')[:7]} ({stamp.get('date', '?')}), "
                                   f"before changes to {_shorten(changed)}")
     return notes
@@ -79,7 +79,7 @@ def _commit():
 def render(results_dir=RESULTS, repo=REPO):
     """``(STATUS.md text, {name: [changed]})``."""
     stale = {Path(f).stem: c for f, c in stale_results(results_dir, repo).items()}
-    stamped = [p for p in sorted(Path(results_dir).glob("*.json")) if _stamp(p)]
+    stamped = [p for p in sorted(Path(results_dir).glob("*.json")) if stamp_of(p)]
     lines = ["# Status of the results", "",
              f"Written by `python benchmarks/status.py` at commit {_commit()}: {len(stale)} of {len(stamped)} "
              "stamped result files are stale (the code they ran has changed since). Their numbers are "
@@ -89,7 +89,7 @@ def render(results_dir=RESULTS, repo=REPO):
         lines += ["| result | headline | measured at | finished | changed since | re-run with |",
                   "|---|---|---|---|---|---|"]
         for name in order(stale):
-            stamp = _stamp(Path(results_dir) / f"{name}.json")
+            stamp = stamp_of(Path(results_dir) / f"{name}.json")
             commands = "; ".join(f"`{c}`" for c, _, _ in runs(stamp))
             lines.append(f"| {name} | {'yes' if name in HEADLINE else ''} | {stamp.get('commit', '?')[:7]} | "
                          f"{stamp.get('date', '?')} | {_shorten(stale[name], 6)} | {commands} |")

@@ -66,7 +66,7 @@ def plan(only=None, results_dir=status.RESULTS, repo=REPO, state=None):
         if name in state:
             commands = state[name]["commands"][state[name]["done"]:]
         else:
-            stamp = status._stamp(Path(results_dir) / f"{name}.json")
+            stamp = status.stamp_of(Path(results_dir) / f"{name}.json")
             commands = [(c, _minutes(started, finished)) for c, started, finished in status.runs(stamp)]
         out.append((name, [tuple(c) for c in commands]))
     return out

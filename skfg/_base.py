@@ -130,10 +130,10 @@ def resolve_device(device):
     return str(dev)
 
 
-def state_to_bytes(module):
-    """``torch.save`` bytes of a module's state dict (or of a state dict)."""
+def state_to_bytes(state):
+    """``torch.save`` bytes of a state dict."""
     buf = io.BytesIO()
-    torch.save(module if isinstance(module, dict) else module.state_dict(), buf)
+    torch.save(state, buf)
     return buf.getvalue()
 
 

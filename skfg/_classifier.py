@@ -322,10 +322,10 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
             # standard deviation: per-dimension scales would amplify the drift of features
             # that are tiny on their own (L2-normalised) once the CNN trains. (A warm
             # start keeps the previous fit's standardisation, which its weights expect.)
-            # (In float64: features scaled by 1e30 or 1e-30 would overflow or vanish in float32.)
-            feats = data.pooled(net, train_idx).double() if pooled is None else pooled[torch.as_tensor(train_idx)].double()
-            net.mean.copy_(feats.mean(0))
-            net.scale.fill_(float(feats.var(0, unbiased=False).mean().sqrt().clamp_min(_TINY)))
+            feats = data.pooled(net, train_idx).float() if pooled is None else pooled[torch.as_tensor(train_idx)]
+            mean, scale = _standardisation(feats)
+            net.mean.copy_(mean)
+            net.scale.fill_(scale)
 
         signature = self._signature(X, y_enc, sample_weight)
         if warm_digest is not None:  # a checkpoint resumes only the training that started from these weights
@@ -501,6 +501,19 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
 
 
 _TINY = float(torch.finfo(torch.float32).tiny)  # the smallest scale of float32 features
+
+
+def _standardisation(feats):
+    """``(per-dimension mean, one scale)`` of float32 features: their RMS standard deviation.
+
+    In float32 as always; in float64 when float32 overflows or underflows (features scaled
+    by 1e30 or 1e-30, which would otherwise train to chance)."""
+    mean = feats.mean(0)
+    scale = feats.var(0, unbiased=False).mean().sqrt()
+    if torch.isfinite(mean).all() and torch.isfinite(scale) and scale >= 1e-6:
+        return mean, float(scale)
+    wide = feats.double()
+    return wide.mean(0), float(wide.var(0, unbiased=False).mean().sqrt().clamp_min(_TINY))
 
 
 def _phase_dir(checkpoint_dir, signature):

@@ -691,12 +691,12 @@ class RefinedIndex:
         (as :meth:`NearestNeighborIndex.search`)."""
         Q = np.ascontiguousarray(queries, dtype=np.float32)
         k = int(min(k, self.n_vectors_))
+        if isinstance(self.vectors, NearestNeighborIndex):  # faiss re-ranks without gathering vectors
+            return self._search_refined(Q, k)
         block = max(1, self._block_floats // max(1, k * self.k_factor * self.dim_))  # queries a block
         if len(Q) > block:  # bounded memory: candidates x dim per block of queries
             parts = [self.search(Q[i : i + block], k) for i in range(0, len(Q), block)]
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        if isinstance(self.vectors, NearestNeighborIndex):
-            return self._search_refined(Q, k)
         _, cand = self.index.search(Q, k * self.k_factor)
         ids = np.unique(cand[cand >= 0])
         if len(ids) == 0:
