@@ -118,7 +118,9 @@ def _named_types(path):
             stack.extend(node)
         elif isinstance(node, dict):
             if "__loader__" in node and ("__module__" in node or "__class__" in node):
-                name = f"{node.get('__module__')}.{node.get('__class__')}"
+                module, cls = str(node.get("__module__")), str(node.get("__class__"))
+                # a dot in the class part would split "module.Class" elsewhere than the import does
+                name = f"{module}.{cls}" if "." not in cls else f"{module}:{cls}"
                 if node["__loader__"] in _CALLABLE_NODES:
                     func = (node.get("content") or {}).get("func") if node["__loader__"] == "MethodNode" else None
                     callables.add(f"{name}.{func}" if func else name)

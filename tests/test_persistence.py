@@ -194,3 +194,19 @@ def test_a_save_into_a_missing_folder_names_it(blobs, tmp_path):
     X, y = blobs
     with pytest.raises(FileNotFoundError, match="no folder .*missing"):
         save_model(SoftmaxClassifier(max_epochs=1).fit(X, y), tmp_path / "missing" / "m.skops")
+
+
+def test_a_name_split_elsewhere_than_the_import_splits_it_is_refused(blobs, tmp_path):
+    X, y = blobs
+    save_model(SoftmaxClassifier(max_epochs=1).fit(X, y), tmp_path / "m.skops")
+    with zipfile.ZipFile(tmp_path / "m.skops") as zin, zipfile.ZipFile(tmp_path / "split.skops", "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "schema.json":
+                schema = json.loads(data)
+                assert schema["__class__"] == "SoftmaxClassifier"
+                schema["__module__"], schema["__class__"] = "skfg", "softmax.SoftmaxClassifier"  # joins the same
+                data = json.dumps(schema).encode()
+            zout.writestr(item, data)
+    with pytest.raises(ValueError, match="does not trust: skfg:softmax.SoftmaxClassifier"):
+        load_model(tmp_path / "split.skops")
