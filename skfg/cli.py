@@ -218,10 +218,8 @@ def load(path, trust_pickle):
         if pickled and not trust_pickle:
             raise ValueError(f"{path} is not a file of skfg's safe format (.skops); if it is a joblib/pickle file "
                              "from a source you trust, pass --trust-pickle (loading a pickle can run any code)")
-        if pickled:
-            import joblib
-
-            return joblib.load(path)
+        if pickled:  # (load_model also forgets the folders the file names for writing)
+            return load_model(path, allow_pickle=True)
     return load_model(path)
 
 
