@@ -333,6 +333,14 @@ def alternating_ms(predictors, X, repeats, per_round=False, batch=1):
     return times if per_round else times.min(0).mean(1)
 
 
+def untraced(iterable):
+    """Iterate with the provenance hook paused (:meth:`_provenance.Tracer.paused`) while the
+    loop body runs: for timed rounds whose code has run traced before (a warm-up), since
+    the hook costs the timed code 3-36 % (``results/tracer_overhead.md``)."""
+    with TRACER.paused():
+        yield from iterable
+
+
 def ratio_over_rounds(base, other):
     """Speed-up of ``other`` over ``base`` from their times in rounds that each time every
     setting in turn (one time a round each): ``(median, lowest, highest)`` of the ratios

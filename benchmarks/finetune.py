@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from _common import DATA, ratio_over_rounds, write_results
+from _common import DATA, ratio_over_rounds, untraced, write_results
 from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.datasets import load_image_folder
 
@@ -114,7 +114,11 @@ def cache_table(ext, Xtr, ytr, size, rounds, quick):
     """Epoch seconds of one fit with the frozen-prefix cache and without, alternately in
     ``rounds`` rounds (the fine-tuning epochs only: no head warm-up)."""
     epochs, fits = 2 if quick else 3, {True: [], False: []}
-    for r in range(rounds):
+    for cache in (True, False):  # traced once on a few images, untimed: the stamp records the code
+        SoftmaxClassifier(extractor=ext, trainable_blocks=1, augment=False, cache_frozen=cache, head_epochs=0,
+                          max_epochs=1, n_iter_no_change=None, random_state=0).fit(Xtr[::len(Xtr) // 16][:16],
+                                                                                    ytr[::len(Xtr) // 16][:16])
+    for r in untraced(range(rounds)):
         for cache in (True, False):
             t = time.perf_counter()
             clf = SoftmaxClassifier(extractor=ext, trainable_blocks=1, augment=False, cache_frozen=cache,

@@ -81,8 +81,8 @@ def main():
                 seconds[name][r, int(traced)] = time.perf_counter() - t0
     rows, table = [], []
     for name, s in seconds.items():
-        ratio, low, high = ratio_over_rounds(s[:, 1], s[:, 0])  # untraced time / traced time
-        overhead, lo, hi = 1 / ratio - 1, 1 / high - 1, 1 / low - 1
+        ratio, low, high = ratio_over_rounds(s[:, 1], s[:, 0])  # traced time / untraced time, per round
+        overhead, lo, hi = ratio - 1, low - 1, high - 1
         rows.append({"span": name, "untraced_s": float(np.median(s[:, 0])), "traced_s": float(np.median(s[:, 1])),
                      "overhead": overhead, "overhead_low": lo, "overhead_high": hi,
                      "rounds_untraced_s": s[:, 0].tolist(), "rounds_traced_s": s[:, 1].tolist()})
