@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skfg._table import format_table
 from _provenance import (HASHING, Tracer, code_hash, definition_hashes, executed_definitions, known_definitions,
                          refresh_stamp, stale_results)
 
@@ -117,6 +116,17 @@ def data_manifests(root=None):
             h.update(f"{path.relative_to(folder).as_posix()}\t{path.stat().st_size}\n".encode())
         out[folder.name] = h.hexdigest()
     return out
+
+
+def format_table(rows, header):
+    """Rows of cells as an aligned Markdown table (the benchmarks' own: no private skfg names)."""
+    cells = [[str(v) for v in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+
+    def line(row):
+        return "| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths)) + " |"
+
+    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells[1:])])
 
 
 def render_markdown(name, stamp, rows, header, notes=""):

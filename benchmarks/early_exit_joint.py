@@ -34,11 +34,11 @@ import time
 
 import numpy as np
 import torch
+from sklearn.preprocessing import normalize
 
 from _common import (DATA, RESULTS, alternating_ms, mergeable_rows, seed_interval, speedup_spread, untraced,
                      write_results)
 from skfg import CNNFeatureExtractor, EarlyExitClassifier
-from skfg._exits import layer_features
 from skfg.datasets import load_image_folder
 from skfg.images import ImageSource, eval_transform, iter_inputs
 from skfg.plotting import with_alpha
@@ -87,7 +87,7 @@ def single_exit(clf, size):
     svm = clf.estimators_[-1]
 
     def predict(X):
-        return clf.classes_[svm.predict(layer_features(ext.transform(X), slice(None)))]
+        return clf.classes_[svm.predict(normalize(np.asarray(ext.transform(X), dtype=np.float64)))]
 
     return ext, predict
 

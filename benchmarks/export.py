@@ -27,7 +27,7 @@ from sklearn.pipeline import Pipeline
 from _common import DATA, alternating_ms, speedup_spread, write_results
 from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.datasets import load_image_folder
-from skfg.export import OnnxModel, _graph, export_onnx, onnx_input
+from skfg.export import OnnxModel, export_onnx, inference_module, onnx_input
 
 
 def spread(times):
@@ -62,7 +62,7 @@ def main():
         size_mb = Path(path).stat().st_size / 2**20
         served = OnnxModel(path)
         images = onnx_input(Xte, served.image_size, served.resize)
-        module = _graph(pipe)[0].eval()
+        module = inference_module(pipe)[0]
         proba_gap = float(np.abs(served.predict_proba(Xte) - pipe.predict_proba(Xte)).max())
 
         def torch_net(x):  # channels-last input, as skfg's own prediction feeds the network

@@ -248,8 +248,7 @@ def cost_and_scaling(loose, Xte, Fte, size, sizes_m, payload, rows, summary):
         rows.append(("2 scaling", row_sk["method"], f"M={M}", "recall 1.000", "", f"{row_sk['ms_per_query']:.3f}", ""))
         for label, index, s, probe in configs:
             if probe is not None:
-                index.n_probe = probe
-                index._set_probe()
+                index.set_n_probe(probe)
             (_, found), q_s = timed(lambda: index.search(Q, 10))
             recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)]))
             r = {"M": M, "method": label, "build_s": s, "ms_per_query": 1000 * q_s / len(Q), "recall_at_10": recall,

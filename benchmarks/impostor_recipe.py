@@ -27,11 +27,10 @@ import json
 import time
 
 import numpy as np
+import torch
 
-from _common import DATA, RESULTS, mergeable_rows, paired_by_seed, write_results
+from _common import DATA, RESULTS, format_table, mergeable_rows, paired_by_seed, write_results
 from skfg import CNNFeatureExtractor, ImpostorClassifier
-from skfg._distances import squared_distances
-from skfg._table import format_table
 from skfg.datasets import load_image_folder
 from skfg.losses import class_log_proba, exclude_self, rbf_log_kernel, weighted_finite_mean
 
@@ -66,7 +65,7 @@ class ScheduleVariant(ImpostorClassifier):
         x, t, w, rows = batch
         aux, emb = ctx.aux, ctx.data.forward(ctx.net, x)
         own, impostors = aux.own[rows], aux.positions()
-        lk = exclude_self(rbf_log_kernel(squared_distances(emb, impostors), self._sigma_now, aux.log_weights), own)
+        lk = exclude_self(rbf_log_kernel(torch.cdist(emb, impostors).pow(2), self._sigma_now, aux.log_weights), own)
         log_p = class_log_proba(lk, aux.labels, aux.n_classes)
         loss = -(1 - self.smoothing) * log_p.gather(1, t[:, None]).squeeze(1) \
             - self.smoothing * log_p.clamp_min(-30).mean(1)
@@ -164,7 +163,7 @@ def main():
         fit_min = (time.perf_counter() - t) / 60
         history = clf.history_
         results.append({"name": name, "note": note, "params": repr(params), "seed": seed, "epochs_arg": epochs,
-                        "epochs": clf._setting("max_epochs"), "fit_minutes": fit_min,
+                        "epochs": clf.resolved_param("max_epochs"), "fit_minutes": fit_min,
                         "val_accuracy": float(clf.score(Xva, yva)), "test_accuracy": float(clf.score(Xte, yte)),
                         "lr_halvings": history[-1].get("lr_halvings", 0) if history else 0,
                         "loss_history": [h.get("loss") for h in history]})

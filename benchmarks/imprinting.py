@@ -157,7 +157,7 @@ def main():
                 tuned = copy(base).set_params(fine_tune_epochs=ep).partial_fit(Fn, yn)
                 res[f"Imprinting+FT ({ep} ep)"] = model_scores(tuned)
                 rand = randomise_novel(copy(imp), draw).set_params(fine_tune_epochs=ep)
-                rand._fine_tune(Fn, yn)  # partial_fit's fine-tuning step, from random novel templates
+                rand.partial_fit(Fn, yn, imprint=False)  # the fine-tuning step, from random novel templates
                 res[f"Rand+FT ({ep} ep)"] = model_scores(rand)
             joint_X = np.r_[Ftr[base_idx], Fn]
             joint_y = np.r_[ytr[base_idx], yn]
@@ -269,7 +269,7 @@ def end_to_end(args, Xtr, ytr, Xva, yva, Xte, yte):
                 tuned = copy(base).set_params(fine_tune_epochs=args.e2e_ft_epochs).partial_fit(Xn, yn)
                 res["Imprinting+FT"] = model_scores(tuned)
                 rand = randomise_novel(copy(imp), draw).set_params(fine_tune_epochs=args.e2e_ft_epochs)
-                rand._fine_tune(Xn, yn)  # partial_fit's fine-tuning step, from random novel templates
+                rand.partial_fit(Xn, yn, imprint=False)  # the fine-tuning step, from random novel templates
                 res["Rand+FT"] = model_scores(rand)
             # nearest neighbour among the novel exemplars (novel-only protocol: novel images only)
             En = unit(base.transform(Xn))

@@ -108,8 +108,7 @@ def exact_top10(collection, queries):
 
 def set_probe(index, probe):
     """Search ``probe`` inverted lists of ``index`` from now on."""
-    index.n_probe = probe
-    index._set_probe()
+    index.set_n_probe(probe)
 
 
 def main():

@@ -44,13 +44,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from _common import (DATA, TRACER, machine_gflops, mergeable_rows, paired_by_seed, ratio_over_rounds, seed_interval,
-                     write_results)
+from _common import (DATA, TRACER, format_table, machine_gflops, mergeable_rows, paired_by_seed, ratio_over_rounds,
+                     seed_interval, write_results)
 from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.backbones import build_backbone
 from skfg.datasets import load_image_folder
-from skfg._table import format_table
-from skfg._training import resolve_precision
 from skfg.images import Augmentation
 
 OLD = dict(optimizer="adam", lr=3e-3, weight_decay=1e-4, trainable_blocks=2, label_smoothing=0.0, warmup_epochs=0,
@@ -92,6 +90,15 @@ ROWS = {
 FULL = ["recipe_default", "default_old_augment", "default_no_label_smoothing", "default_adamw"]
 SHARED = [r for r in ROWS if r not in FULL]
 
+
+
+def cpu_has_bf16():
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX; Linux)."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 def make_step(backbone, crop, batch_size, trainable, channels_last, dtype=None, weights=None,
               train_batchnorm=False, compiled=False):
@@ -281,7 +288,7 @@ def step_table(args):
                         "ms_per_image_rounds": total[:, k].tolist()})
     with warnings.catch_warnings():  # the check precision="bfloat16" makes (float32 without native support)
         warnings.simplefilter("ignore")
-        native_bf16 = resolve_precision("bfloat16", "cpu") is not None
+        native_bf16 = cpu_has_bf16()
     write_results("recipe_steps_quick" if args.quick else "recipe_steps", {"rows": results, "cpu_has_bf16": native_bf16,
                                                                         "rounds": rounds, "steps_per_round": steps},
                   rows, ("setting (each row adds to the one above)", "crop px", "step ms/img", "data ms/img",
@@ -393,7 +400,7 @@ def main():
             clf = SoftmaxClassifier(extractor=ext, random_state=seed, **params).fit(Xtr, ytr)
             fit_s = time.perf_counter() - t
             # the fine-tuning epochs (after the head_epochs of linear probing on cached features)
-            predict, history, best_epoch = clf.predict, clf.history_[-clf._setting("max_epochs"):], clf.best_epoch_
+            predict, history, best_epoch = clf.predict, clf.history_[-clf.resolved_param("max_epochs"):], clf.best_epoch_
         val = float(np.mean(predict(Xva) == yva))
         t = time.perf_counter()
         test = float(np.mean(predict(Xte) == yte))

@@ -160,9 +160,33 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         return 0
 
     # ---------------------------------------------------------------- fitting
+    def resolved_param(self, name):
+        """The value parameter ``name`` takes in ``fit``, with ``"auto"`` resolved: the
+        fine-tuning recipe's (``FINE_TUNE_RECIPE``) when the classifier has an extractor,
+        the defaults for features without one.
+
+        Parameters
+        ----------
+        name : str
+            A parameter of the estimator (``"lr"``, ``"max_epochs"``, ``"label_smoothing"``, ...).
+
+        Returns
+        -------
+        value
+
+        Examples
+        --------
+        >>> from skfg import CNNFeatureExtractor, SoftmaxClassifier
+        >>> SoftmaxClassifier().resolved_param("max_epochs") != SoftmaxClassifier(
+        ...     extractor=CNNFeatureExtractor()).resolved_param("max_epochs")
+        True
+        """
+        if name not in self.get_params(deep=False):
+            raise ValueError(f"{type(self).__name__} has no parameter {name!r}")
+        return self._setting(name)
+
     def _setting(self, name):
-        """Parameter ``name``, with ``"auto"`` resolved: the fine-tuning recipe
-        (``FINE_TUNE_RECIPE``) with an extractor, the feature defaults without."""
+        """Parameter ``name``, with ``"auto"`` resolved (:meth:`resolved_param`)."""
         value = getattr(self, name)
         if isinstance(value, str) and value == "auto":
             return (self._feature_defaults if self.extractor is None else self._fine_tune_defaults)[name]

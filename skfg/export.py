@@ -134,6 +134,25 @@ def _split(model):
                     "SoftmaxClassifier, ImprintedClassifier or ImpostorClassifier, or a Pipeline of them.")
 
 
+def inference_module(model):
+    """The torch module that :func:`export_onnx` exports, for running or timing it in torch.
+
+    Parameters
+    ----------
+    model : estimator or Pipeline
+        As for :func:`export_onnx`.
+
+    Returns
+    -------
+    module : torch.nn.Module
+        A copy, on the CPU, in eval mode: uint8 images ``(n, 3, S, S)`` in (``S`` the
+        extractor's ``image_size``), the model's outputs out.
+    output_names : list of str
+    """
+    graph, outputs, _ = _graph(model)
+    return copy.deepcopy(graph).cpu().eval(), list(outputs)
+
+
 def _graph(model):
     """``(graph module, output names, metadata)`` of a fitted model."""
     from sklearn.utils.validation import check_is_fitted

@@ -275,7 +275,7 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         return np.array([index[c] for c in np.asarray(y).ravel().tolist()], dtype=np.int64)
 
     @atomic_fit
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X, y, classes=None, *, imprint=True):
         """Imprint the new classes in ``(X, y)``, then fine-tune (``fine_tune_epochs > 0``).
 
         The paper's low-shot learning step: labels not in ``classes_`` (or imprinted
@@ -294,6 +294,10 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         classes : array-like, optional
             Accepted for scikit-learn compatibility and ignored: new classes are taken
             from ``y`` and imprinted.
+        imprint : bool, default=True
+            Imprint first. ``False`` fine-tunes the templates the model has, as they are
+            (every label in ``y`` must be in ``classes_``): e.g. templates set by hand,
+            or the random ones of the paper's Rand+FT baseline.
 
         Returns
         -------
@@ -313,7 +317,13 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         else:
             check_images_and_labels(X, y)
         known = set(self.classes_.tolist())
-        novel = np.array([c not in known or self.imprint_counts_[self._class_index(c)] > 0 for c in y.tolist()])
+        if not imprint:
+            unknown = sorted({str(c) for c in y.tolist() if c not in known})
+            if unknown:
+                raise ValueError(f"imprint=False fine-tunes the model's own classes; y holds others: "
+                                 f"{', '.join(unknown[:5])}")
+        novel = np.array([imprint and (c not in known or self.imprint_counts_[self._class_index(c)] > 0)
+                          for c in y.tolist()])
         if novel.any():
             sel = np.flatnonzero(novel)
             self.imprint(_safe_indexing(X, sel), y[sel])

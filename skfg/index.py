@@ -264,6 +264,22 @@ class NearestNeighborIndex:
                 if hasattr(t, "pq") and t.pq is not None:
                     configure(t.pq.cp)
 
+    def set_n_probe(self, n_probe):
+        """Visit ``n_probe`` IVF cells per query from now on (``None``: ``max(8, n_lists // 8)``),
+        on a fitted index too: the recall / speed trade-off without refitting. A no-op for
+        the methods without inverted lists.
+
+        Returns
+        -------
+        self
+        """
+        if n_probe is not None and (isinstance(n_probe, bool) or int(n_probe) < 1):
+            raise ValueError(f"n_probe must be a positive int or None, got {n_probe!r}")
+        self.n_probe = None if n_probe is None else int(n_probe)
+        if getattr(self, "_index", None) is not None:
+            self._set_probe()
+        return self
+
     def _set_probe(self):
         if self.method in ("ivf", "ivfpq"):
             nlist = self._index.nlist

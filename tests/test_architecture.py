@@ -114,3 +114,46 @@ def test_no_module_touches_another_objects_private_attributes():
 ])
 def test_the_private_attribute_check_catches_what_it_should(code, bad):
     assert bool(list(_private_uses(code))) is bad
+
+
+# ------------------------------------------------------------ the benchmarks use the public API only
+BENCHMARKS = ROOT.parent / "benchmarks"
+
+
+def _skfg_private_names(source):
+    """``(line, code)`` where ``source`` (outside the package) uses a private skfg name: a
+    private module (``skfg._table``), a private name of a module, or another object's
+    ``_attribute``."""
+    for node in ast.walk(ast.parse(source)):
+        modules = []
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "skfg":
+            modules = [node.module]
+            names = [a.name for a in node.names]
+            if any(n.startswith("_") and not n.startswith("__") for n in names):
+                yield node.lineno, f"from {node.module} import {', '.join(names)}"
+        elif isinstance(node, ast.Import):
+            modules = [a.name for a in node.names if a.name.split(".")[0] == "skfg"]
+        for module in modules:
+            if any(part.startswith("_") and not part.startswith("__") for part in module.split(".")):
+                yield node.lineno, f"import of {module}"
+    yield from _private_uses(source)
+
+
+def test_the_benchmarks_and_the_docs_extension_use_only_public_names():
+    files = [*sorted(BENCHMARKS.glob("*.py")), *sorted((ROOT.parent / "docs" / "_ext").glob("*.py"))]
+    found = [f"{path.relative_to(ROOT.parent)}:{line}: {code}"
+             for path in files for line, code in _skfg_private_names(path.read_text())]
+    assert not found, "make these public API, or keep them in the benchmark:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("code, bad", [
+    ("from skfg._table import format_table", True),
+    ("import skfg._training", True),
+    ("from skfg.export import _graph", True),
+    ("clf._setting('lr')", True),
+    ("from skfg.export import inference_module", False),
+    ("self._phase = 1", False),
+    ("from _common import DATA", False),
+])
+def test_the_public_names_check_catches_what_it_should(code, bad):
+    assert bool(list(_skfg_private_names(code))) is bad

@@ -82,3 +82,21 @@ def test_a_file_not_written_by_skfg_is_refused(tmp_path):
     onnx.save(helper.make_model(graph), tmp_path / "other.onnx")
     with pytest.raises(ValueError, match="not written by skfg"):
         OnnxModel(tmp_path / "other.onnx")
+
+
+def test_the_inference_module_is_the_exported_graph_in_torch(cars):
+    import torch
+
+    from skfg.export import inference_module
+
+    X, y, X_test = cars
+    pipe = Pipeline([("cnn", CNNFeatureExtractor(image_size=SIZE)), ("clf", SoftmaxClassifier(max_epochs=3))])
+    pipe.fit(X, y)
+    module, names = inference_module(pipe)
+    assert "probabilities" in names
+    images = torch.as_tensor(onnx_input(X_test, SIZE))
+    with torch.no_grad():
+        out = module(images)
+    proba = (out[names.index("probabilities")] if isinstance(out, tuple) else out).numpy()
+    np.testing.assert_allclose(proba, pipe.predict_proba(X_test), atol=1e-4)
+    assert module is not inference_module(pipe)[0]  # a copy: the model's own modules are left as they are

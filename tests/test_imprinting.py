@@ -213,3 +213,19 @@ def test_partial_fit_on_an_unfitted_model_is_fit(blobs):
     a = small().partial_fit(X, y)
     b = small().fit(X, y)
     np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+
+
+def test_partial_fit_without_imprinting_fine_tunes_the_templates_as_they_are(blobs):
+    X, y, nX, ny = blobs
+    imprinted = small(fine_tune_epochs=0).fit(X, y).partial_fit(nX, ny)
+    with torch.no_grad():  # the novel templates set by hand (Rand+FT's random start)
+        imprinted.module_.head.weight[3:] = torch.randn(2, imprinted.module_.head.weight.shape[1],
+                                                       generator=torch.Generator().manual_seed(0))
+    start = imprinted.class_weights_.copy()
+    tuned = joblib.load(_dump(imprinted)).set_params(fine_tune_epochs=2).partial_fit(nX, ny, imprint=False)
+    again = joblib.load(_dump(imprinted)).set_params(fine_tune_epochs=2).partial_fit(nX, ny)  # re-imprints first
+    assert tuned.n_iter_ == imprinted.n_iter_ + 2
+    assert not np.allclose(tuned.class_weights_, start)  # trained from the hand-set templates
+    assert not np.allclose(tuned.class_weights_[3:], again.class_weights_[3:])  # not from re-imprinted ones
+    with pytest.raises(ValueError, match="imprint=False fine-tunes the model's own classes; y holds others: z"):
+        imprinted.partial_fit(nX[:2], np.array(["z", "z"]), imprint=False)

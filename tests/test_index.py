@@ -344,3 +344,19 @@ def test_faiss_under_an_address_space_limit_fails_with_the_reason(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert "ERROR faiss is installed but cannot be loaded" in out.stdout, out.stdout + out.stderr
     assert "GiB of address space (ulimit -v)" in out.stdout and "method='brute'" in out.stdout
+
+
+def test_set_n_probe_trades_recall_on_a_fitted_index():
+    X = np.random.RandomState(0).randn(4000, 16).astype(np.float32)
+    exact = NearestNeighborIndex("exact").fit(X).search(X[:50], 10)[1]
+    index = NearestNeighborIndex("ivf", n_lists=64, random_state=0).fit(X)
+
+    def recall():
+        found = index.search(X[:50], 10)[1]
+        return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact)])
+
+    low = recall() if index.set_n_probe(1) is index else None
+    high = index.set_n_probe(64) and recall()
+    assert low < high == 1.0 and index.n_probe == 64
+    with pytest.raises(ValueError, match="n_probe must be a positive int"):
+        index.set_n_probe(0)
