@@ -11,7 +11,7 @@ from sklearn.utils import check_random_state
 from .images import ImageDecodeError, ImageSource, ResizeGuard
 
 __all__ = ["BadImage", "IMAGE_EXTENSIONS", "load_image_folder", "make_composite", "make_fine_grained",
-           "verify_images"]
+           "make_flower_scenes", "verify_images"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -257,6 +257,52 @@ def _sample_backgrounds():
     from sklearn.datasets import load_sample_images
 
     return list(load_sample_images().images)
+
+
+# The dahlia of scikit-learn's flower.jpg (shipped with scikit-learn, so offline), cropped to
+# its petals (276 x 277 px)
+_DAHLIA = (172, 85, 448, 362)
+
+
+def make_flower_scenes(n, random_state=None, height=96, width=144):
+    """A real object to localise: scenes with a photographed dahlia at a known box.
+
+    Each scene is a :func:`make_fine_grained` image (a cartoon bird and clutter) stretched
+    to ``width x height``, with the dahlia of scikit-learn's ``flower.jpg`` pasted at a
+    random place and size (48-72 px a side, mirrored half the time). The pretrained
+    ImageNet teacher of :class:`skfg.ObjectCropper` finds such a photographed object,
+    where it does not find the cartoon birds.
+
+    Parameters
+    ----------
+    n : int
+    random_state : int, RandomState or None
+    height, width : int, default=96, 144
+
+    Returns
+    -------
+    X : ndarray of shape (n, height, width, 3), uint8
+    boxes : ndarray of shape (n, 4)
+        The dahlia's box in each scene, ``(x0, y0, x1, y1)`` in pixels.
+    """
+    from sklearn.datasets import load_sample_image
+
+    flower = Image.fromarray(load_sample_image("flower.jpg")).crop(_DAHLIA)
+    seed = check_random_state(random_state).randint(2**31 - 1) if not isinstance(random_state, int) else random_state
+    backgrounds, _ = make_fine_grained(10, -(-n // 10), image_size=96, random_state=seed)
+    rng = np.random.RandomState(seed)
+    X, boxes = [], []
+    for background in backgrounds[:n]:
+        canvas = Image.fromarray(background).resize((width, height))
+        side = rng.randint(48, 73)
+        x0, y0 = rng.randint(0, width - side + 1), rng.randint(0, height - side + 1)
+        patch = flower.resize((side, side))
+        if rng.rand() < 0.5:
+            patch = patch.transpose(Image.FLIP_LEFT_RIGHT)
+        canvas.paste(patch, (x0, y0))
+        X.append(np.asarray(canvas))
+        boxes.append((x0, y0, x0 + side, y0 + side))
+    return np.stack(X), np.asarray(boxes, dtype=np.float64)
 
 
 def make_composite(objects, backgrounds="sklearn", image_size=224, object_scale=(0.3, 0.7), random_state=None):

@@ -9,14 +9,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from sklearn.base import clone
-from sklearn.datasets import load_sample_image
 from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
 
 from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.backbones import build_backbone, state_fingerprint
-from skfg.datasets import make_fine_grained
+from skfg.datasets import make_fine_grained, make_flower_scenes
 from skfg.images import ImageDecodeError, eval_transform, normalize_batch
 from skfg.localization import ObjectCropper, _build_student, box_iou, heatmap_to_box
 
@@ -320,30 +319,8 @@ def _dump(obj):
 
 
 # --------------------------------------------------- localisation accuracy
-# The dahlia of scikit-learn's flower.jpg (shipped with scikit-learn, so offline),
-# cropped to its petals (276 x 277 px).
-DAHLIA = (172, 85, 448, 362)
-
-
 def dahlia_scenes(n, random_state, height=96, width=144):
-    """Non-square scenes: a make_fine_grained image (cartoon bird and clutter) stretched to
-    ``width x height``, with the dahlia photo pasted at a random place and size
-    (48-72 px, flipped half the time). Returns the images and the dahlia boxes."""
-    flower = Image.fromarray(load_sample_image("flower.jpg")).crop(DAHLIA)
-    backgrounds, _ = make_fine_grained(10, -(-n // 10), image_size=96, random_state=random_state)
-    rng = np.random.RandomState(random_state)
-    X, boxes = [], []
-    for background in backgrounds[:n]:
-        canvas = Image.fromarray(background).resize((width, height))
-        side = rng.randint(48, 73)
-        x0, y0 = rng.randint(0, width - side + 1), rng.randint(0, height - side + 1)
-        patch = flower.resize((side, side))
-        if rng.rand() < 0.5:
-            patch = patch.transpose(Image.FLIP_LEFT_RIGHT)
-        canvas.paste(patch, (x0, y0))
-        X.append(np.asarray(canvas))
-        boxes.append((x0, y0, x0 + side, y0 + side))
-    return np.stack(X), np.asarray(boxes, dtype=np.float64)
+    return make_flower_scenes(n, random_state, height, width)
 
 
 def test_default_teacher_and_student_find_a_real_object():
