@@ -13,7 +13,6 @@ code a benchmark never ran leaves its results valid.
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -164,62 +163,6 @@ def provenance():
         "executed": executed,
         "hashing": HASHING,
     }
-
-
-_PERCENT = re.compile(r"(?<![\w.])(\d{1,3}\.\d)\s?%")
-_FRACTION = re.compile(r"(?<![\w.])(0\.\d{3})(?![\d])")
-
-
-def result_numbers(results_dir=RESULTS, stamped_only=False):
-    """Every number the result files hold, as the strings a text would quote: fractions
-    ``0.xxx`` and percentages ``xx.x`` (rounded to the digits shown). With ``stamped_only``,
-    only the files that record the code that produced them (a ``provenance`` stamp, which
-    the stale-results check keeps current) and their Markdown tables count."""
-    found = set()
-
-    def visit(value):
-        if isinstance(value, dict):
-            for v in value.values():
-                visit(v)
-        elif isinstance(value, list):
-            for v in value:
-                visit(v)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            found.update({f"{value:.3f}", f"{value * 100:.1f}", f"{value:.1f}"})
-        elif isinstance(value, str):
-            found.update(m for m in re.findall(r"\d+\.\d+", value))
-
-    for path in Path(results_dir).glob("*.json"):
-        data = json.loads(path.read_text())
-        if stamped_only and not (isinstance(data, dict) and data.get("provenance")):
-            continue
-        visit(data)
-        table = path.with_suffix(".md")
-        if table.is_file():
-            found.update(re.findall(r"\d+\.\d+", table.read_text()))
-    if not stamped_only:
-        for path in Path(results_dir).glob("*.md"):
-            found.update(re.findall(r"\d+\.\d+", path.read_text()))
-    return found
-
-
-def unbacked_numbers(paths, results_dir=RESULTS, context=160, stamped_only=False):
-    """``(file, number)`` for each accuracy-like number (``xx.x %`` or ``0.xxx``) in the
-    text files ``paths`` that no result file contains (``stamped_only``: no stamped result
-    file, :func:`result_numbers`). A number quoted from a paper is exempt: "paper" or
-    "Table" within ``context`` characters before it."""
-    known = result_numbers(results_dir, stamped_only)
-    missing = []
-    for path in paths:
-        text = Path(path).read_text()
-        for pattern in (_PERCENT, _FRACTION):
-            for m in pattern.finditer(text):
-                before = text[max(0, m.start() - context) : m.start()]
-                if "paper" in before.lower() or "Table" in before:
-                    continue
-                if m.group(1) not in known:
-                    missing.append((Path(path).name, m.group(0).strip()))
-    return missing
 
 
 def seed_interval(values, confidence=0.95):

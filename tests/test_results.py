@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "docs" / "_ext"))
 
-from _common import code_hash, provenance, stale_results, unbacked_numbers  # noqa: E402
+from _common import code_hash, provenance, stale_results  # noqa: E402
 import _provenance  # noqa: E402
 from _provenance import (HASHING, Tracer, _parse, counted_definitions, definition_hashes,  # noqa: E402
                          definition_of, executed_definitions, refresh_stamp, stale_definitions, status,
@@ -326,33 +326,26 @@ def test_a_stamp_hashed_the_earlier_way_is_recounted_only_while_what_it_ran_is_u
     assert refresh_stamp(old, tmp_path) is None
 
 
-# Numbers in the docs with no stamped result file behind them, each with the reason it may stay.
-KNOWN_UNBACKED = {}
+def test_every_measured_number_in_the_docs_comes_from_a_result_spec():
+    from skfg_results import unsourced_numbers
+
+    found = [f"{path.relative_to(REPO)}:{line}: {number}"
+             for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.rst"))]
+             for line, number in unsourced_numbers(path.read_text())]
+    assert not found, ("numbers with a unit that no result spec backs (use :result:, or mark a paper's "
+                       ":paper:`... <source>` or a setting :given:`...`):\n" + "\n".join(found))
 
 
-def test_every_accuracy_in_the_docs_is_in_a_stamped_result_file():
-    # stamped: the file records the code that measured it, so the stale-results check
-    # covers it; an unstamped (legacy) file cannot back a number in the docs
-    paths = [REPO / "README.md", *sorted((REPO / "docs").glob("*.rst"))]
-    unbacked = set(unbacked_numbers(paths, stamped_only=True)) - set(KNOWN_UNBACKED)
-    assert not unbacked, f"numbers quoted in the docs that no stamped results file holds: {sorted(unbacked)}"
+def test_a_planted_number_fails_the_docs_check_even_when_a_results_file_holds_it():
+    from skfg_results import unsourced_numbers
 
-
-def test_the_docs_number_check_catches_a_planted_number(tmp_path):
-    results = tmp_path / "results"
-    results.mkdir()
-    (results / "r.json").write_text(json.dumps({"rows": [{"test_accuracy": 0.6312}]}))
-    doc = tmp_path / "page.rst"
-    doc.write_text("Ours reaches 71.4 % and 0.702; we reach 63.1 % (0.631).\nThe paper reports 78.7 %.\n")
-    assert unbacked_numbers([doc], results) == [("page.rst", "71.4 %"), ("page.rst", "0.702")]
-    # a number held only by an unstamped (legacy) file backs nothing when stamped_only
-    (results / "legacy.json").write_text(json.dumps({"acc": 0.714}))
-    assert unbacked_numbers([doc], results) == [("page.rst", "0.702")]
-    assert unbacked_numbers([doc], results, stamped_only=True) == [("page.rst", "71.4 %"), ("page.rst", "63.1 %"),
-                                                                   ("page.rst", "0.702"), ("page.rst", "0.631")]
-    (results / "r.json").write_text(json.dumps({"rows": [{"test_accuracy": 0.6312}], "provenance": {"commit": "a"}}))
-    (results / "r.md").write_text("| 70.2 |\n")  # a stamped file's table counts too
-    assert unbacked_numbers([doc], results, stamped_only=True) == [("page.rst", "71.4 %"), ("page.rst", "0.702")]
+    page = ("Ours reaches 67.3 % and runs 2.9x faster, 12 ms an image, in 3 min.\n"
+            "The paper reports :paper:`78.7 % <impostor networks Table 1>`; a :given:`95 %` interval;\n"
+            "``min(4, cpu_count)`` is 4 x 4; :result:`recipe:summary.recipe_default.test_mean|pct`.\n"
+            "A block::\n\n    pipe.score(X)  # 0.9 x\n\nafter it 5 ms.\n")
+    assert unsourced_numbers(page) == [(1, "67.3 %"), (1, "2.9x"), (1, "12 ms"), (1, "3 min"), (8, "5 ms")]
+    readme = "<!-- result r:a|pct -->67.3 %<!-- /result --> and <!-- paper x Table 1 -->8 %<!-- /paper -->, 9 %\n"
+    assert unsourced_numbers(readme) == [(1, "9 %")]
 
 
 def test_a_file_filled_over_several_runs_keeps_each_runs_provenance(tmp_path, monkeypatch):

@@ -17,6 +17,15 @@ In ``README.md`` (plain Markdown, no Sphinx), a number between
 ``python docs/_ext/skfg_results.py --readme`` (``--check`` fails when one is out of date;
 ``tests/test_results.py`` runs it).
 
+Every measured number in ``README.md`` and ``docs/*.rst`` comes from a result spec
+(:func:`unsourced_numbers` finds the others; ``tests/test_results.py`` runs it on every
+page): a number followed by a unit (%, points, x, ms, s, min, img/s, MB, GB, GiB) must be
+a ``:result:`` (README: ``<!-- result -->``), a quotation of a paper marked with its
+source, ``:paper:`68.9 % <elope Table 4>``` (README: ``<!-- paper elope Table 4
+-->68.9 %<!-- /paper -->``), a setting, target or convention that no run measured,
+``:given:`95 %``` (README: ``<!-- given -->95 %<!-- /given -->``), or an API constant
+in a code literal (````min(4, cpu_count)````).
+
 A number from a *stale* result (measured before a change to the code it ran;
 ``benchmarks/status.py``) is marked: a superscript "stale" beside it whose note says
 "measured at <commit> (<date>), before changes to <names>" (in the HTML docs on hover,
@@ -137,6 +146,26 @@ def markdown_tables(name, results_dir=RESULTS):
 
 
 _README = re.compile(r"<!-- result (?P<spec>[^>]+?) -->(?P<value>.*?)<!-- /result -->", re.S)
+
+UNITS = r"(?:\s?%|\s?(?:points?|pts)\b|x\b|\s?×|\s?ms\b|\s?s\b|\s?min\b|\s?minutes\b|\s?img/s\b|\s?images/s\b" \
+        r"|\s?[KMG]i?B\b|\s?kB\b)"
+_NUMBER = re.compile(r"(?<![\w.:/-])[+\-−±~]?\d[\d,]*(?:\.\d+)?" + UNITS)
+_SOURCED = [
+    re.compile(r":(?:result|paper|given):`[^`]*`"),  # the roles
+    re.compile(r"<!-- (result|paper|given)\b[^>]*-->.*?<!-- /\1 -->", re.S),  # their README forms
+    re.compile(r"``[^`]*``|`[^`\n]*`"),  # code literals (RST and Markdown)
+    re.compile(r"```.*?```", re.S),  # Markdown code blocks
+    re.compile(r"::[ \t]*\n(?:[ \t]*\n)*(?:(?:[ \t]+[^\n]*)?\n)+"),  # RST literal blocks
+    re.compile(r"^\.\. [\w-]+::.*$", re.M),  # directive lines
+]
+
+
+def unsourced_numbers(text):
+    """The measured-looking numbers of a page (a number followed by a unit) that are not
+    a result spec, a marked paper quotation or setting, or code: ``[(line, number)]``."""
+    for pattern in _SOURCED:
+        text = pattern.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)  # keep the line numbers
+    return [(text.count("\n", 0, m.start()) + 1, m.group(0).strip()) for m in _NUMBER.finditer(text)]
 _MARK = re.compile(r"<sup>\[stale\].*?</sup>$", re.S)
 STATUS_LINK = "benchmarks/results/STATUS.md"
 
@@ -219,7 +248,21 @@ def setup(app):  # pragma: no cover - exercised by the docs build
                                            classes=["stale-result"]))
             return out
 
+    def paper_role(name, rawtext, text, lineno, inliner, options=None, content=None):
+        # :paper:`68.9 % <elope Table 4>`: the number, with its source on hover
+        m = re.match(r"^(.*?)\s*<([^>]+)>$", text, re.S)
+        value, source = (m.group(1), m.group(2)) if m else (text, None)
+        if not source:
+            msg = inliner.reporter.error(f":paper: needs its source: :paper:`{text} <paper Table N>`", line=lineno)
+            return [inliner.problematic(rawtext, rawtext, msg)], [msg]
+        return [nodes.abbreviation(value, value, explanation=f"quoted from {source}")], []
+
+    def given_role(name, rawtext, text, lineno, inliner, options=None, content=None):
+        return [nodes.Text(text)], []  # a setting, target or convention: shown as written
+
     app.add_role("result", result_role)
+    app.add_role("paper", paper_role)
+    app.add_role("given", given_role)
     app.add_directive("results-table", ResultsTable)
     return {"parallel_read_safe": True}
 
