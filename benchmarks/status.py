@@ -2,8 +2,8 @@
 
 ``python benchmarks/status.py`` lists every stamped result file whose executed code has
 changed since it was measured (:func:`_provenance.stale_results`), with the definitions
-that changed, writes ``benchmarks/results/STATUS.md`` and refreshes the stale marks of the
-README's numbers. A stale result never fails a test: the docs show it marked (a "stale"
+that changed, writes ``benchmarks/results/STATUS.md``, refreshes the stale marks of the README's
+numbers and the numbers the README and the ``.rst`` sources show. A stale result never fails a test: the docs show it marked (a "stale"
 mark beside the number, with "measured at <commit>, before changes to <names>"), and
 ``python benchmarks/sweep.py`` re-runs the stale results when there is time.
 
@@ -109,9 +109,10 @@ def main(argv=None):
     if not args.no_write:
         STATUS.write_text(text)
         sys.path.insert(0, str(REPO / "docs" / "_ext"))
-        from skfg_results import sync_readme
+        from skfg_results import sync_docs, sync_readme
 
-        sync_readme()
+        sync_readme()  # the numbers and their stale marks
+        sync_docs()  # the numbers the .rst sources show
     return 0
 
 

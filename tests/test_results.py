@@ -463,7 +463,23 @@ from skfg_results import markdown_tables, result_value, sync_readme  # noqa: E40
 
 
 def test_the_readme_numbers_are_those_of_the_results():
-    assert sync_readme(check=True) == [], "run: python docs/_ext/skfg_results.py --readme"
+    assert sync_readme(check=True) == [], "run: python docs/_ext/skfg_results.py --sync"
+
+
+def test_the_numbers_the_rst_sources_show_are_those_of_the_results(tmp_path):
+    from skfg_results import split_role, sync_docs
+
+    assert sync_docs(check=True) == [], "run: python docs/_ext/skfg_results.py --sync"
+    assert split_role("74.6 % <recipe:a.b|pct>") == ("74.6 %", "recipe:a.b|pct")
+    assert split_role("recipe:a.b|pct") == (None, "recipe:a.b|pct")
+    (tmp_path / "r.json").write_text(json.dumps({"a": 0.5}))
+    page = tmp_path / "p.rst"
+    page.write_text("reaches :result:`r:a|pct` and :result:`49.0 % <r:a|pct>`; ``:result:`r:a|pct``` stays.\n")
+    assert sync_docs([page], check=True, results_dir=tmp_path) == [("p.rst", "r:a|pct", None, "50.0 %"),
+                                                                   ("p.rst", "r:a|pct", "49.0 %", "50.0 %")]
+    sync_docs([page], results_dir=tmp_path)
+    assert page.read_text() == ("reaches :result:`50.0 % <r:a|pct>` and :result:`50.0 % <r:a|pct>`; "
+                                "``:result:`r:a|pct``` stays.\n")
 
 
 def test_result_specs_read_numbers_and_tables(tmp_path):

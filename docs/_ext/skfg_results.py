@@ -2,12 +2,16 @@
 
 In the Sphinx pages:
 
-- ``:result:`recipe:summary.recipe_default.test_mean|pct``` renders one number of
+- ``:result:`74.6 % <recipe:summary.recipe_default.test_mean|pct>``` renders one number of
   ``benchmarks/results/recipe.json`` (``|pct``: ``74.3 %``; ``|pts``: ``2.2`` points; ``|spts``: ``+1.5``;
   ``|f3``: ``0.743``; ``|f1``: ``36.7``; ``|x``: ``2.45x``; ``|e1``: ``2.5e-06``; no
   format: as stored; ``"file:a.b / c.d|x"``: the ratio of two values). A path
   step ``rows[name=lite2,seed=0]`` picks the first list item whose fields match
   (a value holding a comma is quoted: ``rows[method="a, b"]``), ``rows[0]`` the first item.
+  The number before the spec is what the raw ``.rst`` shows where it is browsed;
+  ``python docs/_ext/skfg_results.py --sync`` rewrites it from the results (and the
+  README's), ``--check`` lists those out of date (``tests/test_results.py`` runs it); the
+  built page always renders the value from the JSON. ``:result:`SPEC``` alone works too.
 - ``.. results-table:: recipe`` renders the Markdown table(s) of
   ``benchmarks/results/recipe.md`` with the commit and date that measured them
   (``:table: 1`` for the second table only).
@@ -175,6 +179,39 @@ def readme_mark(note):
     return f'<sup>[stale]({STATUS_LINK} "{note}")</sup>'
 
 
+_ROLE = re.compile(r":result:`(?P<body>[^`]*)`")
+_LITERAL = re.compile(r"(``.+?``(?!`))", re.S)  # an inline literal, which may hold backticks
+
+
+def split_role(text):
+    """``(shown number or None, spec)`` of a ``:result:`` role's text: ``"74.6 % <spec>"`` or ``"spec"``."""
+    m = re.match(r"^(?P<shown>.*?)\s*<(?P<spec>[^<>]+)>$", text.strip(), re.S)
+    return (m.group("shown"), m.group("spec")) if m else (None, text.strip())
+
+
+def sync_docs(paths=None, check=False, results_dir=RESULTS):
+    """Rewrite (or with ``check``, list) the numbers shown in the ``:result:`` roles of the
+    docs' ``.rst`` files that differ from the results: ``[(file, spec, shown, from results)]``.
+    Roles inside code literals (examples of the syntax) are left alone."""
+    paths = sorted((REPO / "docs").glob("*.rst")) if paths is None else paths
+    out = []
+    for path in paths:
+        text = Path(path).read_text()
+        parts = _LITERAL.split(text)
+
+        def fill(m):
+            shown, spec = split_role(m.group("body"))
+            value = result_value(spec, results_dir)
+            if shown != value:
+                out.append((Path(path).name, spec, shown, value))
+            return f":result:`{value} <{spec}>`"
+
+        new = "".join(part if i % 2 else _ROLE.sub(fill, part) for i, part in enumerate(parts))
+        if not check and new != text:
+            Path(path).write_text(new)
+    return out
+
+
 def sync_readme(path=REPO / "README.md", check=False, results_dir=RESULTS, repo=REPO):
     """Rewrite (or with ``check``, list) the README numbers that differ from the results:
     ``[(spec, written, from results)]``. Rewriting also sets each number's stale mark;
@@ -204,8 +241,9 @@ def setup(app):  # pragma: no cover - exercised by the docs build
 
     def result_role(name, rawtext, text, lineno, inliner, options=None, content=None):
         try:
-            out = [nodes.Text(result_value(text))]
-            note = stale_note(_file_of(text))
+            _, spec = split_role(text)  # the number shown in the source is for reading it raw
+            out = [nodes.Text(result_value(spec))]
+            note = stale_note(_file_of(spec))
             if note:  # a visible mark, the note on hover
                 mark = nodes.superscript()
                 mark += nodes.abbreviation("stale", "stale", explanation=note, classes=["stale-result"])
@@ -268,9 +306,10 @@ def setup(app):  # pragma: no cover - exercised by the docs build
 
 
 if __name__ == "__main__":
-    if "--readme" not in sys.argv:
-        sys.exit("usage: python docs/_ext/skfg_results.py --readme [--check]")
-    found = sync_readme(check="--check" in sys.argv)
-    for spec, old, new in found:
-        print(f"README {spec}: {old!r} -> {new!r}")
-    sys.exit(1 if found and "--check" in sys.argv else 0)
+    if not {"--readme", "--sync", "--check"} & set(sys.argv):
+        sys.exit("usage: python docs/_ext/skfg_results.py --sync | --check   (README.md and docs/*.rst)")
+    check = "--check" in sys.argv
+    found = [("README.md", *row) for row in sync_readme(check=check)] + sync_docs(check=check)
+    for file, spec, old, new in found:
+        print(f"{file} {spec}: {old!r} -> {new!r}")
+    sys.exit(1 if found and check else 0)
