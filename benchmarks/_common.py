@@ -226,9 +226,28 @@ def mergeable_rows(name, key="rows"):
     return rows
 
 
-def write_results(name, payload, rows, header, notes="", rows_key="rows"):
+def headline_history(name, results_dir=None):
+    """The headline values of every earlier run of a result, newest first:
+    ``[{"commit", "date", "values"}]`` (the file's own ``headline`` and its ``history``)."""
+    path = Path(RESULTS if results_dir is None else results_dir) / f"{name}.json"
+    if not path.is_file():
+        return []
+    old = json.loads(path.read_text())
+    earlier = list(old.get("history", []))
+    if old.get("headline"):
+        stamp = old.get("provenance") or {}
+        earlier.insert(0, {"commit": stamp.get("commit"), "date": stamp.get("date"), "values": old["headline"]})
+    return earlier
+
+
+def write_results(name, payload, rows, header, notes="", rows_key="rows", headline=None):
     """Write ``results/<name>.json`` and a Markdown table ``results/<name>.md``, both
     stamped with the run's :func:`provenance`.
+
+    ``headline`` (``{label: value}``) are the numbers the docs lean on; the file keeps
+    those of its earlier runs with their commit and date under ``history``
+    (:func:`headline_history`), so the spread across runs can be set beside the spread
+    within one.
 
     Rows (``payload[rows_key]``, dicts) are tagged with the ``run`` that measured them; rows
     merged from an earlier file (:func:`mergeable_rows`) keep theirs, and the stamp keeps
@@ -254,6 +273,8 @@ def write_results(name, payload, rows, header, notes="", rows_key="rows"):
     # the table as written, so that the .md is a rendering of the JSON (tests re-render it)
     markdown = {"rows": [[str(v) for v in r] for r in rows], "header": [str(h) for h in header], "notes": notes}
     payload = dict(payload, machine=machine(), provenance=stamp, markdown=markdown)
+    if headline is not None:
+        payload.update(headline=headline, history=headline_history(name))
     md = render_markdown(name, stamp, markdown["rows"], markdown["header"], notes)
     for path, text in ((RESULTS / f"{name}.json", json.dumps(payload, indent=2) + "\n"), (RESULTS / f"{name}.md", md)):
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # atomic: a killed run leaves the old file

@@ -98,7 +98,8 @@ def main():
              "rounds; speed-up: n_jobs=1's median over the row's, [lowest-highest] within each round alone (one "
              "whose range holds 1.00 is no difference).")
     write_results("gridsearch" + ("_quick" if args.quick else ""), {"rows": results, "n_images": n, "rounds": rounds}, rows,
-                  ("setting", "seconds", "speed-up [round range]", "best C", "best CV score"), notes)
+                  ("setting", "seconds", "speed-up [round range]", "best C", "best CV score"), notes,
+                  headline={r["setting"]: r["vs_n_jobs_1"] for r in results if "vs_n_jobs_1" in r})
 
 
 if __name__ == "__main__":

@@ -224,7 +224,9 @@ def main():
                   {"build": build, "rows": results, "truth_seconds": truth_s, "quick": args.quick,
                    "rounds": args.rounds}, rows,
                   ("n_probe", "search", "rows read from disk a query", "ms/query, batch 1", "ms/query, batch 1000",
-                   "recall@10", "1-recall@10", "peak RSS GiB"), notes)
+                   "recall@10", "1-recall@10", "peak RSS GiB"), notes,
+                  headline={f"n_probe {r['n_probe']}, {r['search']}: ms/query": r["ms_per_query_batch_1"]
+                            for r in results})
 
 
 if __name__ == "__main__":

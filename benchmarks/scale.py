@@ -133,7 +133,8 @@ def main():
              f"largest difference to an uninterrupted extraction {resume['max_abs_diff_vs_uninterrupted']:.1e}.")
     write_results("scale" + ("_quick" if args.quick else ""), {"rows": results, "resume": resume, "rounds": args.rounds}, rows,
                   ("images", "in process img/s", "dask img/s", "store img/s", "max |diff|", "client peak MB"),
-                  notes)
+                  notes, headline={f"{way} vs in process, {r['n_images']} images": r[f"{way}_vs_in_process"]
+                                   for r in results for way in ("dask", "store")})
 
 
 if __name__ == "__main__":

@@ -592,3 +592,19 @@ def test_the_markdown_check_catches_a_hand_edit(tmp_path, monkeypatch):
     assert "| a    | 0.5 |" in md and md.endswith("A note.\n")
     edited = md.replace("0.5", "0.6")
     assert edited != _common.render_markdown("t", saved["provenance"], table["rows"], table["header"], table["notes"])
+
+
+def test_a_result_keeps_the_headline_values_of_its_earlier_runs(tmp_path, monkeypatch):
+    import _common
+
+    monkeypatch.setattr(_common, "RESULTS", tmp_path)
+    monkeypatch.setattr(_common, "provenance", lambda: {"commit": f"c{len(list(tmp_path.glob('*.json')))}",
+                                                        "uncommitted_changes": False, "date": "today"})
+    _common.write_results("t", {"rows": []}, [], ["a"], headline={"speed-up": 2.0})
+    _common.write_results("t", {"rows": []}, [], ["a"], headline={"speed-up": 2.5})
+    saved = json.loads((tmp_path / "t.json").read_text())
+    assert saved["headline"] == {"speed-up": 2.5}
+    assert saved["history"] == [{"commit": "c0", "date": "today", "values": {"speed-up": 2.0}}]
+    _common.write_results("t", {"rows": []}, [], ["a"], headline={"speed-up": 3.0})
+    saved = json.loads((tmp_path / "t.json").read_text())
+    assert [h["values"]["speed-up"] for h in saved["history"]] == [2.5, 2.0]
