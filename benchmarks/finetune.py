@@ -7,7 +7,7 @@ of trainable_blocks=1 with and without the frozen-prefix cache (augment=False).
 
 ``--cache-only`` measures the frozen-prefix cache alone (``finetune_cache.*``): the same
 fit (trainable_blocks=1, augment=False, no head warm-up, 3 epochs) with the cache and
-without it, alternately, over ``--rounds`` rounds; the epoch-time ratio on the medians
+without it, alternately, over ``--rounds`` rounds; the epoch-time ratio is the median of the rounds' ratios
 and its range within each round.
 
     python benchmarks/finetune.py --quick        # 20 classes, 96 px, few epochs

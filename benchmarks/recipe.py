@@ -297,8 +297,8 @@ def step_table(args):
                   f"backward + update on a fixed batch, after a warm-up (torch.compile: three steps); {rounds} rounds, "
                   f"each timing every setting in turn ({steps} steps, their median); data = preparing one training "
                   "image from the stanford_cars_a train files, once per round. Times are medians over the rounds; "
-                  "'vs plain loop' is the ratio of those medians, [lowest-highest] the ratio within each round "
-                  "alone (a ratio whose range holds 1.00 is no difference). 2 CPU cores. "
+                  "'vs plain loop' is the median of the ratios within each round, [lowest-highest] their range"
+                  " (a ratio whose range holds 1.00 is no difference). 2 CPU cores. "
                   f"This CPU {'has' if native_bf16 else 'lacks'} native bfloat16 (AVX512-BF16/AMX); without it "
                   "precision='bfloat16' falls back to float32.")
 
