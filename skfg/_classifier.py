@@ -217,7 +217,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         sample_weight = check_sample_weight(sample_weight, len(y_enc))
         # every loss divides by the batch's weight sum: only the ratios matter, and a mean of
         # 1 keeps weights of 1e-20 from vanishing under that sum's floor
-        return X, classes, y_enc, sample_weight / sample_weight.mean(dtype=np.float64)
+        return X, classes, y_enc, (sample_weight / sample_weight.mean(dtype=np.float64)).astype(np.float32)
 
     def _build_network(self, n_features, n_classes, trunk=None, extractor=None, layers=None):
         """The untrained FeatureNet: ``trunk`` (a StagedNetwork) with the subclass's head.

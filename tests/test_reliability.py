@@ -445,6 +445,9 @@ def test_features_at_an_extreme_scale_train_as_well_as_at_unit_scale(blobs, fact
 def test_tiny_sample_weights_train_as_their_ratios_say(blobs):
     X, y = blobs
     ones = SoftmaxClassifier(max_epochs=20, random_state=0).fit(X, y)
+    # weights of one change nothing, to the bit (they stay float32: no float64 promotion in the loss)
+    same = SoftmaxClassifier(max_epochs=20, random_state=0).fit(X, y, sample_weight=np.full(len(y), 3.0))
+    np.testing.assert_array_equal(same.predict_proba(X), ones.predict_proba(X))
     tiny = SoftmaxClassifier(max_epochs=20, random_state=0).fit(X, y, sample_weight=np.full(len(y), 1e-21))
     np.testing.assert_allclose(tiny.predict_proba(X), ones.predict_proba(X), atol=1e-5)
 
