@@ -16,7 +16,6 @@ recomputed; a failed write is logged once per folder and skipped (the features a
 returned), and leaves no temporary file behind.
 """
 
-import io
 import logging
 import os
 import threading
@@ -129,8 +128,7 @@ def _tail(config, key):
 
 def _read_entry(path, config, key):
     """The vector of a disk entry, checked: finite, and written for ``(config, key)``."""
-    data = Path(path).read_bytes()
-    with io.BytesIO(data) as fh:
+    with open(path, "rb") as fh:
         value = np.lib.format.read_array(fh, allow_pickle=False)
         tail = fh.read()
     if tail != _tail(config, key):
