@@ -5,7 +5,7 @@ from .extractor import CNNFeatureExtractor
 from .impostor import ImpostorClassifier
 from .imprinting import ImprintedClassifier
 from .localization import ObjectCropper
-from .sequential import EarlyExitClassifier
+from .early_exit import EarlyExitClassifier
 from ._version import __version__
 from .persistence import load_model, save_model
 from .softmax import SoftmaxClassifier

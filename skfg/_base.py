@@ -21,6 +21,7 @@ from sklearn.utils.validation import _check_sample_weight, column_or_1d
 from torch import nn
 
 from ._version import __version__
+from .exceptions import SkfgVersionWarning  # noqa: F401  (importable from here too)
 from .backbones import restore_state, split_state
 from .images import ImageSource
 
@@ -141,10 +142,6 @@ def state_from_bytes(blob, map_location="cpu"):
     return torch.load(io.BytesIO(blob), map_location=map_location, weights_only=True)
 
 
-class SkfgVersionWarning(UserWarning):
-    """A model saved by another version of skfg was loaded."""
-
-
 class VersionedStateMixin:
     """Saved models (pickle, joblib, skops) carry the skfg version; loading one saved by
     another version warns (:class:`SkfgVersionWarning`), as scikit-learn does for its own."""
@@ -224,6 +221,28 @@ def prefixed_feature_names(estimator, n_features_out):
     convention, the lower-cased class name and the column index (``"impostorclassifier0"``)."""
     prefix = type(estimator).__name__.lower()
     return np.asarray([f"{prefix}{i}" for i in range(n_features_out)], dtype=object)
+
+
+class EmbeddingNamesMixin:
+    """``get_feature_names_out`` of a classifier whose ``transform`` gives its learned
+    embedding; the class defines ``_embedding_dim()`` (raising ``NotFittedError`` before fit)."""
+
+    def get_feature_names_out(self, input_features=None):
+        """Names of the :meth:`transform` columns (the embedding dimensions): the lower-cased
+        class name and the index, e.g. ``"impostorclassifier0"``, ``"impostorclassifier1"``, ...
+
+        With them, ``set_output(transform="pandas")`` gives :meth:`transform` a DataFrame.
+
+        Parameters
+        ----------
+        input_features : None
+            Unused: the embedding's columns are not the input's.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects, shape (embedding dimension,)
+        """
+        return prefixed_feature_names(self, self._embedding_dim())
 
 
 def image_input_tags(tags):

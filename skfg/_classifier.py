@@ -26,11 +26,11 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ._base import (TorchStateMixin, atomic_fit, check_features, check_images_and_labels, check_sample_weight, encode_labels,
                     holdout_split, resolve_device)
 from ._data import FeatureData, FitContext, ImageData, PooledData, predict_images
-from ._network import FeatureNet
+from ._network import FeatureNet, build_trunk, trunk_settings
 from ._training import (MIN_WARMUP_STEPS, OPTIMIZERS, PRECISIONS, SCHEDULES, fit_loop, make_generator,
                         make_optimizer, make_scheduler, resolve_precision)
-from .backbones import build_backbone, by_reference, state_fingerprint
-from .images import Augmentation, ImageSource
+from .backbones import by_reference, state_fingerprint
+from .images import Augmentation, ImageSource, Preprocessing
 from .metrics import entropy
 
 
@@ -219,21 +219,22 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         # 1 keeps weights of 1e-20 from vanishing under that sum's floor
         return X, classes, y_enc, (sample_weight / sample_weight.mean(dtype=np.float64)).astype(np.float32)
 
-    def _build_network(self, n_features, n_classes, trunk=None, extractor=None, layers=None):
+    def _build_network(self, n_features, n_classes, trunk=None, settings=None):
         """The untrained FeatureNet: ``trunk`` (a StagedNetwork) with the subclass's head.
 
-        ``extractor`` and ``layers`` default to the fitted ``extractor_`` and ``layers_``."""
+        ``settings`` (:func:`skfg._network.trunk_settings`: layers, pooling) defaults to the
+        fitted ``trunk_settings_``."""
         head = self._make_head(n_features, n_classes)
         if trunk is None:
             return FeatureNet(head, n_features)
-        ext = self.extractor_ if extractor is None else extractor
-        layers = self.layers_ if layers is None else layers
+        settings = self.trunk_settings_ if settings is None else settings
+        layers = settings["layers"]
         used = trunk.stage_names[: max(trunk.stage_names.index(n) for n in layers) + 1]
         blocks = self._setting("trainable_blocks")
         n_train = len(used) if blocks == "all" else min(int(blocks), len(used))
         frozen = used[: len(used) - n_train]
-        return FeatureNet(head, n_features, trunk, layers, ext.pooling, ext.k, ext.normalize, frozen,
-                          freeze_batchnorm=self.freeze_batchnorm)
+        return FeatureNet(head, n_features, trunk, layers, settings["pooling"], settings["k"], settings["normalize"],
+                          frozen, freeze_batchnorm=self.freeze_batchnorm)
 
     def _warm_start_from(self, net, classes):
         """Load the previous fit's weights into ``net`` (built for this fit, so the
@@ -253,25 +254,46 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         net.load_state_dict(old)
         return state_fingerprint(self.module_)
 
-    def _make_data(self, X, net, device, extractor=None):
-        """The training data: features, or images (with ``extractor``, a fitted one)."""
-        if extractor is None:
+    def _make_data(self, X, net, device, preprocessing=None):
+        """The training data: features, or images (with ``preprocessing``, an
+        :class:`~skfg.images.Preprocessing`)."""
+        if preprocessing is None:
             return FeatureData(np.asarray(X, dtype=np.float32), device)
         aug = self._augmentation()
-        return ImageData(ImageSource(X), net, extractor, device, prefix_cache=self.cache_frozen and aug is None,
+        return ImageData(ImageSource(X), net, preprocessing, device, prefix_cache=self.cache_frozen and aug is None,
                          augment=aug)
 
     def _make_module(self, name):
         if self.extractor is None:
             return self._build_network(self.n_features_in_, len(self.classes_))
-        trunk = build_backbone(self.extractor_.backbone, weights=None).to(memory_format=torch.channels_last)
-        return self._build_network(self.n_features_, len(self.classes_), trunk)
+        return self._build_network(self.n_features_, len(self.classes_), build_trunk(self.trunk_settings_))
 
     def _pretrained_sources(self, name):
-        ext = getattr(self, "extractor_", None) if self.extractor is not None else None
-        if name != "module_" or ext is None or not by_reference(ext.backbone, ext.weights):
+        settings = getattr(self, "trunk_settings_", None) if self.extractor is not None else None
+        if name != "module_" or settings is None or not settings["packaged_weights"]:
             return []
-        return [("trunk.", ext.backbone)]
+        return [("trunk.", settings["backbone"])]
+
+    def __setstate__(self, state):
+        state = dict(state)
+        old = state.pop("extractor_", None)  # saved before skfg 0.4: an unfitted extractor kept for its settings
+        if old is not None and "trunk_settings_" not in state:
+            state["preprocessing_"] = Preprocessing.from_extractor(old)
+            state["trunk_settings_"] = trunk_settings(old.backbone, state["layers_"], old.pooling, old.k,
+                                                      old.normalize,
+                                                      by_reference(old.backbone, old.weights))
+        super().__setstate__(state)
+
+    @property
+    def extractor_(self):
+        """Deprecated (skfg 0.4, removed in 0.5): an unfitted clone of ``extractor``. The
+        fitted settings are in ``preprocessing_`` and ``trunk_settings_``; the trained CNN
+        is in ``module_``."""
+        if self.extractor is None or "preprocessing_" not in vars(self):
+            raise AttributeError(f"{type(self).__name__} has no extractor_ (fitted on images only; deprecated).")
+        warnings.warn("extractor_ is deprecated since skfg 0.4 and will be removed in 0.5: use preprocessing_ "
+                      "and trunk_settings_ (the trained CNN is in module_).", FutureWarning, stacklevel=2)
+        return clone(self.extractor)
 
     def _signature(self, X, y, sample_weight):
         """Identifies a training run for its checkpoints: the parameters and the training data
@@ -322,13 +344,14 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
                           ("; training on all without a validation split." if val_idx is None else "."),
                           UserWarning, stacklevel=3)
         warm = self.warm_start and hasattr(self, "module_")
-        fitted_ext = None
+        fitted_ext = preprocessing = None
         if self.extractor is None:
             net = self._build_network(X.shape[1], len(classes))
         else:
-            ext = clone(self.extractor).fit()
-            fitted_ext = (clone(self.extractor), ext.layers_, ext.n_features_out_)  # set once training is done
-            net = self._build_network(ext.n_features_out_, len(classes), ext.network_, fitted_ext[0], ext.layers_)
+            ext = clone(self.extractor).fit()  # the one clone of a fit: its backbone becomes module_.trunk
+            preprocessing, settings = ext.preprocessing_, ext.trunk_settings()
+            fitted_ext = (preprocessing, settings, ext.layers_, ext.n_features_out_)  # set once training is done
+            net = self._build_network(ext.n_features_out_, len(classes), ext.network_, settings)
             blocks = self._setting("trainable_blocks")
             if blocks != "all" and blocks > len(net.stages):
                 warnings.warn(f"trainable_blocks={blocks}, but the extractor's layers use only "
@@ -336,7 +359,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
                               UserWarning, stacklevel=3)
         warm_digest = self._warm_start_from(net, classes) if warm else None
         net = net.to(device)
-        data = self._make_data(X, net, device, ext if self.extractor is not None else None)
+        data = self._make_data(X, net, device, preprocessing)
         net.eval()  # BatchNorm statistics untouched
         pooled = None
         if self.extractor is not None:  # one pass over the images, reused until the CNN trains
@@ -375,7 +398,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
             result = _chain(head_result, result)
         # Training finished: set the fitted attributes together.
         if fitted_ext is not None:
-            self.extractor_, self.layers_, self.n_features_ = fitted_ext  # the trained CNN is in module_
+            self.preprocessing_, self.trunk_settings_, self.layers_, self.n_features_ = fitted_ext  # CNN: module_
         self.module_ = net.eval()
         self.classes_ = classes
         self.device_ = device
@@ -458,7 +481,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
             X = validate_data(self, X, dtype=np.float32, reset=False)
             return FeatureData(X, self.device_).outputs(net, np.arange(len(X)))
         source = ImageSource(X)
-        return predict_images(net, source, np.arange(len(source)), self.extractor_, self.device_)
+        return predict_images(net, source, np.arange(len(source)), self.preprocessing_, self.device_)
 
     def predict_proba(self, X):
         """Class probabilities; rows sum to 1, columns follow ``classes_``.

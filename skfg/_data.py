@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset, default_collate
 
 from ._training import eval_mode
-from .images import IMAGE_CACHE_BYTES, ImageCache, cache_transform, eval_transform, iter_inputs, to_input
+from .images import IMAGE_CACHE_BYTES, ImageCache, cache_transform
 
 logger = logging.getLogger("skfg")
 PREFIX_CACHE_BYTES = int(os.environ.get("SKFG_PREFIX_CACHE_MB", "2048")) * 2**20  # the frozen-prefix cache's bound
@@ -51,10 +51,10 @@ def chunks(idx, size=256):
     return [idx[i : i + size] for i in range(0, len(idx), size)]
 
 
-def predict_images(net, source, idx, extractor, device):
-    """Outputs of ``net`` for images ``idx`` with the extractor's inference preprocessing."""
-    tf, norm = eval_transform(extractor.image_size, extractor.resize), extractor.input_normalization()
-    return torch.cat([net(x) for _, x in iter_inputs(source, tf, extractor.batch_size, *norm, device, idx)])
+def predict_images(net, source, idx, preprocessing, device):
+    """Outputs of ``net`` for images ``idx`` with ``preprocessing`` (a
+    :class:`~skfg.images.Preprocessing`, decoding in the calling thread as before)."""
+    return torch.cat([net(x) for _, x in preprocessing.batches(source, device, idx, n_jobs=0)])
 
 
 class FeatureData:
@@ -122,17 +122,16 @@ class ImageData:
     recomputed every epoch instead (logged once).
     """
 
-    def __init__(self, source, net, extractor, device, prefix_cache, augment=None):
-        self.source, self.net, self.device, self.ext = source, net, device, extractor
-        self.mean, self.std = extractor.input_normalization()
-        self.eval_tf = eval_transform(extractor.image_size, extractor.resize)
+    def __init__(self, source, net, preprocessing, device, prefix_cache, augment=None):
+        self.source, self.net, self.device, self.prep = source, net, device, preprocessing
         self.augment = augment
-        if extractor.resize == "squash":  # the crops are taken from the image as prediction sees it
-            self.eval_images = self.train_images = ImageCache(source, self.eval_tf)
+        eval_tf = preprocessing.transform()
+        if preprocessing.resize == "squash":  # the crops are taken from the image as prediction sees it
+            self.eval_images = self.train_images = ImageCache(source, eval_tf)
         else:  # two caches (the whole image for the crops, the centre crop for validation), half the bound each
-            self.train_images = ImageCache(source, cache_transform(extractor.image_size, "crop"),
+            self.train_images = ImageCache(source, cache_transform(preprocessing.image_size, "crop"),
                                            IMAGE_CACHE_BYTES // 2)
-            self.eval_images = ImageCache(source, self.eval_tf, IMAGE_CACHE_BYTES // 2)
+            self.eval_images = ImageCache(source, eval_tf, IMAGE_CACHE_BYTES // 2)
         start = net.first_trainable
         # the cache is possible when some stage is frozen and no feature layer is frozen
         self.cut = start not in (None, net.stages[0]) and not set(net.layers) & set(net.frozen)
@@ -143,7 +142,7 @@ class ImageData:
     def _inputs(self, idx, batch_size=16):
         """``(rows, input batch)`` of images ``idx`` as prediction sees them (decoded once)."""
         for c in chunks(np.asarray(idx), batch_size):
-            yield c, to_input(torch.stack([self.eval_images[i] for i in c]), self.mean, self.std, self.device)
+            yield c, self.prep.to_input(torch.stack([self.eval_images[i] for i in c]), self.device)
 
     def prefix(self, net, idx):
         """Frozen-prefix outputs of images ``idx`` (kept for reuse while within the memory bound)."""
@@ -176,12 +175,12 @@ class ImageData:
             images, erase = self.eval_images, None
             ds = _AugmentedImages(images, y, w, lambda img: img)
         else:
-            ds = _AugmentedImages(self.train_images, y, w, aug.image_transform(self.ext.image_size))
+            ds = _AugmentedImages(self.train_images, y, w, aug.image_transform(self.prep.image_size))
             erase = aug.batch_transform()
 
         def collate(items):  # uint8 images -> the network's input, batched
             x, *rest = default_collate(items)
-            x = to_input(x, self.mean, self.std, self.device)
+            x = self.prep.to_input(x, self.device)
             return (x if erase is None else erase(x).contiguous(memory_format=torch.channels_last)), *rest
 
         ds = torch.utils.data.Subset(ds, idx)
@@ -200,7 +199,7 @@ class ImageData:
     def outputs(self, net, idx):
         if self.cut:
             return torch.cat([net(self.prefix(net, c).to(self.device), self.start) for c in chunks(idx)])
-        return torch.cat([net(x) for _, x in self._inputs(idx, self.ext.batch_size)])
+        return torch.cat([net(x) for _, x in self._inputs(idx, self.prep.batch_size)])
 
     def pooled(self, net, idx):
         with torch.no_grad():

@@ -15,9 +15,7 @@ from sklearn.linear_model._base import LinearClassifierMixin
 from threadpoolctl import ThreadpoolController
 from torch import nn
 
-from .images import decode_jobs, eval_transform, iter_inputs
 from .losses import multi_exit_loss
-from .pooling import pool_stage_outputs
 from .softmax import SoftmaxClassifier
 
 
@@ -94,15 +92,48 @@ def max_inter_class(scores, y):
     return s.max(1)
 
 
-def exit_threshold(fit_part, Xm, y, train, held_out, alpha, n_classes):
-    """``(threshold, inter-class scores)`` of an exit (training algorithm, steps 6-12):
-    ``fit_part(train)`` trains the layer's classifier on the first part, the held-out
-    maximal inter-class scores give the threshold (:func:`bh_threshold` at ``alpha``).
-    ``inf`` (no early exit) without held-out samples or with one class in the first part."""
+def held_out_scores(fit_part, Xm, y, train, held_out, n_classes):
+    """The held-out maximal inter-class scores of an exit (training algorithm, steps 6-11):
+    ``fit_part(train)`` trains the layer's classifier on the first part and scores the
+    held-out samples. Empty (no early exit) without held-out samples or with one class in
+    the first part."""
     if not len(held_out) or len(np.unique(y[train])) < 2:
-        return np.inf, np.empty(0)
-    inter = max_inter_class(exit_scores(fit_part(train), Xm[held_out], n_classes), y[held_out])
-    return bh_threshold(inter, alpha), inter
+        return np.empty(0)
+    return max_inter_class(exit_scores(fit_part(train), Xm[held_out], n_classes), y[held_out])
+
+
+def exit_thresholds(inter_class_scores, alpha, scheme="bh"):
+    """``(thresholds, alphas)`` of every exit from their held-out scores (step 12).
+
+    Exit ``m`` (1-based) of ``M`` gets the false-acceptance rate ``alpha_m = alpha * m / M``
+    with ``scheme="bh"`` (Benjamini-Hochberg), ``alpha`` with ``"fixed"``, and the
+    threshold :func:`bh_threshold` gives at that rate (``inf``, no early exit, when its
+    scores are empty); the last exit always decides (``-inf``). The one rule behind
+    :meth:`skfg.EarlyExitClassifier.fit` and :meth:`~skfg.EarlyExitClassifier.with_alpha`.
+
+    Parameters
+    ----------
+    inter_class_scores : list of array-like
+        Per exit, the held-out maximal inter-class scores (the last exit's are not used).
+    alpha : float
+    scheme : {"bh", "fixed"}
+
+    Returns
+    -------
+    thresholds, alphas : ndarray of shape (n_exits,)
+
+    Examples
+    --------
+    >>> t, a = exit_thresholds([[0.9, 0.1, 0.5, 0.7, 0.3], [0.9, 0.1, 0.5, 0.7, 0.3], []], alpha=0.6)
+    >>> t.tolist(), a.round(2).tolist()
+    ([0.9, 0.7, -inf], [0.2, 0.4, 0.6])
+    """
+    if scheme not in ("bh", "fixed"):
+        raise ValueError(f"scheme must be 'bh' or 'fixed', got {scheme!r}")
+    n = len(inter_class_scores)
+    alphas = np.array([alpha * (m + 1) / n if scheme == "bh" else alpha for m in range(n)], dtype=np.float64)
+    thresholds = np.array([bh_threshold(inter_class_scores[m], alphas[m]) for m in range(n - 1)] + [-np.inf])
+    return thresholds, alphas
 
 
 def parse_feature_groups(groups, n_features, feature_names=None):
@@ -246,30 +277,90 @@ def one_blas_thread():
     return _THREADPOOLS[0].limit(limits=1, user_api="blas")
 
 
-def run_stages(extractor, source, exit_names, decide):
-    """Run the fitted extractor's backbone stage by stage over the images of ``source``
-    (an :class:`~skfg.images.ImageSource`), with exits at the stages ``exit_names``.
+class Cascade:
+    """The decide-and-record step of the early-exit cascade, shared by feature mode and image
+    mode (sequential-early-exit, inference).
+
+    Exit ``m``'s classifier scores the samples still running; a sample whose largest score
+    passes the exit's threshold (eq. 3, strictly) is decided there with the class of that
+    score (eq. 2); the last exit decides every sample left. ``codes``, ``exits`` and
+    ``extra`` (the deciding exit's scores or ``predict_proba`` with ``output``) fill in as
+    samples exit.
+
+    Parameters
+    ----------
+    estimators, thresholds : the fitted exit classifiers and their thresholds.
+    n_classes : int
+    normalize : bool
+        L2-normalise each exit's features first (:func:`layer_features`).
+    n : int
+        Number of samples.
+    output : {None, "decision", "proba"}
+    """
+
+    def __init__(self, estimators, thresholds, n_classes, normalize, n, output=None):
+        self.estimators, self.thresholds, self.n_classes = estimators, thresholds, n_classes
+        self.normalize, self.output = normalize, output
+        self.codes, self.exits = np.zeros(n, dtype=int), np.full(n, -1)
+        self.extra = np.zeros((n, n_classes)) if output else None
+
+    def decide(self, m, Xm):
+        """Exit ``m`` on its (normalised) features: ``(class codes, exits here?, extra output)``."""
+        s = exit_scores(self.estimators[m], Xm, self.n_classes)
+        extra = s if self.output == "decision" else None
+        if self.output == "proba":
+            extra = np.asarray(self.estimators[m].predict_proba(Xm), dtype=np.float64)
+        done = s.max(1) > self.thresholds[m]  # eq. (3)
+        if m == len(self.estimators) - 1:
+            done[:] = True  # the last layer always decides
+        return s.argmax(1), done, extra  # eq. (2)
+
+    def exit(self, m, features, rows):
+        """Decide exit ``m`` for the samples ``rows`` (their features of that exit's layer);
+        record those that exit and return the mask of those that go on."""
+        codes, done, extra = self.decide(m, layer_features(features, slice(None), self.normalize))
+        decided = rows[done]
+        self.codes[decided], self.exits[decided] = codes[done], m
+        if self.output:
+            self.extra[decided] = extra[done]
+        return ~done
+
+    def run_features(self, X, groups):
+        """Feature mode: exit ``m`` reads the columns ``groups[m]`` of X."""
+        alive = np.arange(len(X))
+        for m, cols in enumerate(groups):
+            if len(alive) == 0:
+                break
+            alive = alive[self.exit(m, X[alive][:, cols], alive)]
+        return self
+
+    def run_images(self, trunk, preprocessing, device, source):
+        """Image mode: :func:`run_stages` with this cascade deciding at each exit."""
+        run_stages(trunk, preprocessing, device, source, self.exit)
+        return self
+
+
+def run_stages(trunk, preprocessing, device, source, decide):
+    """Run ``trunk`` (a :class:`~skfg._network.PooledTrunk` whose layers are the exits)
+    stage by stage over the images of ``source`` (an :class:`~skfg.images.ImageSource`)
+    prepared by ``preprocessing`` on ``device``.
 
     At each exit ``decide(m, Xm, rows)`` gets the exit's index, the pooled features of
-    the samples still running (the extractor's pooling, so they equal those of
-    ``transform``) and their rows in X, and returns the mask of those that go on; the
-    others leave the batch, and the deeper stages are not computed for them. BLAS runs
-    on one thread meanwhile (:func:`one_blas_thread`).
+    the samples still running (the trunk's pooling, so they equal those of the
+    extractor's ``transform``) and their rows in X, and returns the mask of those that
+    go on; the others leave the batch, and the deeper stages are not computed for them.
+    BLAS runs on one thread meanwhile (:func:`one_blas_thread`).
     """
-    net = extractor.network_.eval()
-    exit_at = {name: m for m, name in enumerate(exit_names)}
-    stages = net.stage_names[: net.stage_names.index(exit_names[-1]) + 1]
-    tf = eval_transform(extractor.image_size, extractor.resize)
-    batches = iter_inputs(source, tf, extractor.batch_size, *extractor.input_normalization(), extractor.device_,
-                          n_jobs=decode_jobs(extractor.n_jobs, extractor.device_))
-    for idx, h in batches:
+    trunk.eval()
+    exit_at = {name: m for m, name in enumerate(trunk.layers)}
+    for idx, h in preprocessing.batches(source, device):
         alive = np.asarray(idx)
         with torch.inference_mode(), one_blas_thread():
-            for name in stages:
-                h = net.stages[name](h)
+            for name in trunk.stages:
+                h = trunk.stage(name, h)
                 if name not in exit_at:
                     continue
-                v = pool_stage_outputs({name: h}, [name], extractor.pooling, extractor.k, extractor.normalize)
+                v = trunk.pool({name: h})
                 go_on = decide(exit_at[name], v.float().cpu().numpy(), alive)
                 alive = alive[go_on]
                 if len(alive) == 0:

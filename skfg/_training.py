@@ -25,6 +25,9 @@ SCHEDULES = ("cosine", "step", "constant")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 logger = logging.getLogger(__name__)
+# the keys of an epoch's record in the history, in this order (those that apply)
+RECORD_KEYS = ("epoch", "loss", "val_score", "val_loss", "seconds", "train_seconds", "n_samples", "lr", "lr_halvings",
+               "grad_norm", "clipped")
 
 
 def make_generator(random_state):
@@ -202,27 +205,200 @@ class _Checkpoint:
             torch.save(dict(state, signature=self.signature), tmp)
 
 
-def fit_loop(
-    module,
-    batches,
-    step,
-    *,
-    optimizer,
-    scheduler=None,
-    max_epochs,
-    validate=None,
-    patience=None,
-    generator=None,
-    checkpoint_dir=None,
-    signature="",
-    verbose=False,
-    set_train_mode=None,
-    epoch_callback=None,
-    precision=None,
-    ema_decay=None,
-    max_grad_norm=None,
-    divergence_factor=None,
-):
+class _Divergence:
+    """The divergence guard of :func:`fit_loop` (``divergence_factor``): remembers the state at
+    the lowest-loss epoch and goes back to it, with the learning rates halved, when an
+    epoch's loss rises above ``factor`` times that lowest loss."""
+
+    def __init__(self, factor):
+        self.factor = factor
+
+    def after_epoch(self, run, epoch, epoch_loss):
+        """Check the epoch's mean training loss; roll ``run`` (a :class:`TrainingState`) back
+        when it diverged, else remember it when it is the lowest so far."""
+        if self.factor is None:
+            return
+        if epoch_loss > self.factor * run.lowest_loss:
+            rates = [g["lr"] for g in run.optimizer.param_groups]
+            run.load_snapshot(run.lowest)
+            for g, rate in zip(run.optimizer.param_groups, rates):
+                g["lr"] = rate / 2
+            if run.scheduler is not None:
+                run.scheduler.base_lrs = [rate / 2 for rate in run.scheduler.base_lrs]
+            run.lr_halvings += 1
+            warnings.warn(
+                f"The training loss rose to {epoch_loss:.4g} at epoch {epoch + 1}, above {self.factor:g} x its "
+                f"lowest ({run.lowest_loss:.4g}): the run diverged. Going back to the weights of that epoch with "
+                f"the learning rates halved (x{0.5 ** run.lr_halvings:g} in all).", RuntimeWarning, stacklevel=3)
+        elif epoch_loss < run.lowest_loss:
+            run.lowest_loss = epoch_loss
+            run.lowest = run.snapshot()
+
+
+class _Progress:
+    """The progress bar over epochs (``verbose``), or nothing."""
+
+    def __init__(self, verbose, total, initial):
+        self.bar = None
+        if verbose:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc="epochs", unit="epoch")
+
+    def update(self, record):
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", val=record["val_score"])
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class TrainingState:
+    """Everything a training run changes, in one place: the module, the optimiser, the
+    schedule, the float16 gradient scaler, the EMA of the weights, the random number
+    generators, the counters (epoch, history, best score, epochs without progress, lowest
+    loss, learning-rate halvings) and the best and lowest-loss snapshots.
+
+    :meth:`state_dict` / :meth:`load_state_dict` are what a checkpoint holds (its keys
+    are those of the checkpoints written before this class existed).
+    """
+
+    COUNTERS = ("epoch", "history", "best", "best_epoch", "bad_epochs", "lowest_loss", "lr_halvings")
+
+    def __init__(self, module, optimizer, scheduler=None, precision=None, ema_decay=None, generator=None):
+        self.module, self.optimizer, self.scheduler, self.generator = module, optimizer, scheduler, generator
+        device_type = next((p.device.type for p in module.parameters()), "cpu")
+        self.autocast = (lambda: torch.autocast(device_type, dtype=precision)) if precision is not None \
+            else contextlib.nullcontext
+        self.scaler = torch.amp.GradScaler(device_type) if precision == torch.float16 else None
+        self.ema = None
+        if ema_decay:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        self.epoch, self.history, self.best, self.best_epoch, self.bad_epochs = 0, [], [-np.inf, np.inf], 0, 0
+        self.lowest_loss, self.lr_halvings = np.inf, 0
+        self.best_weights = _cpu_state(module)
+        self.lowest = None  # snapshot() at the lowest-loss epoch
+
+    def snapshot(self):
+        """``(module state, optimiser state, EMA state)``, copies on the CPU."""
+        return (_cpu_state(self.module), copy.deepcopy(self.optimizer.state_dict()),
+                copy.deepcopy(self.ema.state_dict()) if self.ema is not None else None)
+
+    def load_snapshot(self, snap):
+        self.module.load_state_dict(snap[0])
+        self.optimizer.load_state_dict(snap[1])
+        if self.ema is not None:
+            self.ema.load_state_dict(snap[2])
+
+    def train_step(self, batch, step, max_grad_norm, params):
+        """One optimiser step on ``batch``; ``(loss, n_samples, gradient norm or None)``."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            loss, n = step(batch)
+        loss = loss.float()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the training loss became {loss.item()} at epoch {self.epoch + 1}; lower lr.")
+        norm, scaler = None, self.scaler
+        if scaler is None:
+            loss.backward()
+        else:
+            scaler.scale(loss).backward()
+            if max_grad_norm is not None:
+                scaler.unscale_(self.optimizer)
+        if max_grad_norm is not None:
+            norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+        if scaler is None:
+            self.optimizer.step()
+        else:
+            scaler.step(self.optimizer)
+            scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.module)
+        return float(loss.detach()), n, norm
+
+    def train_epoch(self, batches, step, max_grad_norm, params):
+        """One epoch of :meth:`train_step`: the start of its record (epoch, mean loss,
+        n_samples, and with ``max_grad_norm`` the mean norm and the fraction clipped)."""
+        total, count, norms = 0.0, 0, []
+        for batch in batches:
+            loss, n, norm = self.train_step(batch, step, max_grad_norm, params)
+            total, count = total + loss * n, count + n
+            if norm is not None:
+                norms.append(norm)
+        record = {"epoch": self.epoch + 1, "loss": total / max(count, 1), "n_samples": count}
+        if max_grad_norm is not None:
+            record["grad_norm"] = float(np.mean(norms)) if norms else None
+            record["clipped"] = float(np.mean(np.asarray(norms) > max_grad_norm)) if norms else None
+        return record
+
+    @contextlib.contextmanager
+    def averaged(self):
+        """The module holds the EMA weights inside (without EMA: as it is), the trained ones after."""
+        if self.ema is None:
+            yield
+            return
+        trained = _cpu_state(self.module)
+        self.module.load_state_dict(self.ema.module.state_dict())
+        yield
+        self.module.load_state_dict(trained)  # training goes on from the trained (not averaged) weights
+
+    def record(self, record):
+        """Add an epoch's record; keep the module's weights when its validation is the best
+        (higher score, or equal with a lower loss; always without validation)."""
+        self.history.append(record)
+        self.epoch = record["epoch"]
+        score, val_loss = record["val_score"], record["val_loss"]
+        best_score, best_loss = self.best
+        if score is None or score > best_score or (score == best_score and val_loss < best_loss):
+            if score is not None:
+                self.best = [score, val_loss]
+            self.best_epoch, self.bad_epochs = self.epoch, 0
+            self.best_weights = _cpu_state(self.module)
+        else:
+            self.bad_epochs += 1
+
+    def state_dict(self):
+        return {
+            **{k: getattr(self, k) for k in self.COUNTERS},
+            "module": _cpu_state(self.module),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "torch_rng": torch.get_rng_state(),
+            "generator_rng": self.generator.get_state() if self.generator is not None else None,
+            "best_weights": self.best_weights,
+            "lowest": self.lowest,
+        }
+
+    def load_state_dict(self, saved):
+        self.module.load_state_dict(saved["module"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(saved["ema"])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(saved["scaler"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["torch_rng"])
+        if self.generator is not None:
+            self.generator.set_state(saved["generator_rng"])
+        self.best_weights = saved["best_weights"]
+        self.lowest = saved.get("lowest")
+        for k in self.COUNTERS:
+            if k in saved:
+                setattr(self, k, saved[k])
+
+
+def fit_loop(module, batches, step, *, optimizer, scheduler=None, max_epochs, validate=None, patience=None,
+             generator=None, checkpoint_dir=None, signature="", verbose=False, set_train_mode=None,
+             epoch_callback=None, precision=None, ema_decay=None, max_grad_norm=None, divergence_factor=None):
     """Train ``module`` for up to ``max_epochs`` epochs.
 
     Parameters
@@ -269,11 +445,10 @@ def fit_loop(
         ``GradScaler``). The history then records each epoch's mean norm before clipping
         (``grad_norm``) and the fraction of steps clipped (``clipped``).
     divergence_factor : float, optional
-        Guard against a diverging run: when an epoch's mean training loss exceeds this
-        factor times the lowest epoch loss so far, the module and the optimiser go back
-        to their state at the end of that epoch (the EMA too), every learning rate is
-        halved for the rest of the run (the schedule goes on from where it is) and a
-        ``RuntimeWarning`` says so. The history then records ``lr_halvings`` (so far).
+        When an epoch's mean training loss exceeds this factor times the lowest so far,
+        the module, the optimiser (and the EMA) go back to that epoch's state and every
+        learning rate is halved for the rest of the run, with a ``RuntimeWarning``; the
+        history records ``lr_halvings`` (so far).
 
     Returns
     -------
@@ -290,184 +465,54 @@ def fit_loop(
     are restored (never a half-updated model) and the interruption is recorded. If it
     comes before any epoch completed, the initial weights are restored and it is raised.
     """
-    set_train_mode = set_train_mode or module.train
-    device_type = next((p.device.type for p in module.parameters()), "cpu")
-    autocast = (lambda: torch.autocast(device_type, dtype=precision)) if precision is not None else contextlib.nullcontext
-    scaler = torch.amp.GradScaler(device_type) if precision == torch.float16 else None
-    ema = None
-    if ema_decay:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        ema = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
-    state = {"epoch": 0, "history": [], "best": [-np.inf, np.inf], "best_epoch": 0, "bad_epochs": 0,
-             "lowest_loss": np.inf, "lr_halvings": 0}
-    best_weights = _cpu_state(module)
-    lowest = None  # (module state, optimiser state, EMA state) at the lowest-loss epoch
+    run = TrainingState(module, optimizer, scheduler, precision, ema_decay, generator)
     checkpoint = _Checkpoint(checkpoint_dir, signature) if checkpoint_dir else None
-    resumed_from = None
-    if checkpoint is not None:
-        saved = checkpoint.load()
-        if saved is not None:
-            module.load_state_dict(saved["module"])
-            optimizer.load_state_dict(saved["optimizer"])
-            if ema is not None:
-                ema.load_state_dict(saved["ema"])
-            if scaler is not None:
-                scaler.load_state_dict(saved["scaler"])
-            if scheduler is not None:
-                scheduler.load_state_dict(saved["scheduler"])
-            torch.set_rng_state(saved["torch_rng"])
-            if generator is not None:
-                generator.set_state(saved["generator_rng"])
-            best_weights = saved["best_weights"]
-            lowest = saved.get("lowest")
-            state = {k: saved.get(k, v) for k, v in state.items()}
-            resumed_from = state["epoch"]
-    progress = None
-    if verbose:
-        from tqdm.auto import tqdm
-
-        progress = tqdm(total=max_epochs, initial=state["epoch"], desc="epochs", unit="epoch")
-    clipped_params = [p for g in optimizer.param_groups for p in g["params"]]
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        run.load_state_dict(saved)
+    resumed_from = run.epoch if saved is not None else None
+    guard = _Divergence(divergence_factor)
+    progress = _Progress(verbose, max_epochs, run.epoch)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     interrupted = False
     try:
-        for epoch in range(state["epoch"], max_epochs):
+        for epoch in range(run.epoch, max_epochs):
             t0 = time.perf_counter()
             if epoch_callback is not None:
                 with torch.no_grad():
                     epoch_callback(epoch)
-            set_train_mode()
-            total, count, norms = 0.0, 0, []
-            for batch in batches:
-                optimizer.zero_grad(set_to_none=True)
-                with autocast():
-                    loss, n = step(batch)
-                loss = loss.float()
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"the training loss became {loss.item()} at epoch {epoch + 1}; lower lr."
-                    )
-                if scaler is None:
-                    loss.backward()
-                else:
-                    scaler.scale(loss).backward()
-                    if max_grad_norm is not None:
-                        scaler.unscale_(optimizer)
-                if max_grad_norm is not None:
-                    norms.append(float(torch.nn.utils.clip_grad_norm_(clipped_params, max_grad_norm)))
-                if scaler is None:
-                    optimizer.step()
-                else:
-                    scaler.step(optimizer)
-                    scaler.update()
-                if scheduler is not None:
-                    scheduler.step()
-                if ema is not None:
-                    ema.update_parameters(module)
-                total += float(loss.detach()) * n
-                count += n
-            train_seconds = time.perf_counter() - t0
-            epoch_loss = total / max(count, 1)
-            if divergence_factor is not None:
-                if epoch_loss > divergence_factor * state["lowest_loss"]:
-                    rates = [g["lr"] for g in optimizer.param_groups]
-                    module.load_state_dict(lowest[0])
-                    optimizer.load_state_dict(lowest[1])
-                    if ema is not None:
-                        ema.load_state_dict(lowest[2])
-                    for g, rate in zip(optimizer.param_groups, rates):
-                        g["lr"] = rate / 2
-                    if scheduler is not None:
-                        scheduler.base_lrs = [rate / 2 for rate in scheduler.base_lrs]
-                    state["lr_halvings"] += 1
-                    warnings.warn(
-                        f"The training loss rose to {epoch_loss:.4g} at epoch {epoch + 1}, above "
-                        f"{divergence_factor:g} x its lowest ({state['lowest_loss']:.4g}): the run diverged. Going "
-                        f"back to the weights of that epoch with the learning rates halved (x{0.5 ** state['lr_halvings']:g} "
-                        "in all).",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
-                elif epoch_loss < state["lowest_loss"]:
-                    state["lowest_loss"] = epoch_loss
-                    lowest = (_cpu_state(module), copy.deepcopy(optimizer.state_dict()),
-                              copy.deepcopy(ema.state_dict()) if ema is not None else None)
-            if ema is not None:  # from here on the module holds the averaged weights
-                trained = _cpu_state(module)
-                module.load_state_dict(ema.module.state_dict())
-            module.eval()
-            score = val_loss = None
-            if validate is not None:
+            (set_train_mode or module.train)()
+            record = run.train_epoch(batches, step, max_grad_norm, params)
+            record["train_seconds"] = time.perf_counter() - t0
+            guard.after_epoch(run, epoch, record["loss"])
+            with run.averaged():  # (with EMA: validation and the best epoch use the averaged weights)
+                module.eval()
                 with torch.no_grad():
-                    score, val_loss = (float(v) for v in validate())
-            record = {
-                "epoch": epoch + 1,
-                "loss": epoch_loss,
-                "val_score": score,
-                "val_loss": val_loss,
-                "seconds": time.perf_counter() - t0,
-                "train_seconds": train_seconds,
-                "n_samples": count,
-                "lr": optimizer.param_groups[-1]["lr"],
-            }
-            if divergence_factor is not None:
-                record["lr_halvings"] = state["lr_halvings"]
-            if max_grad_norm is not None:
-                record["grad_norm"] = float(np.mean(norms)) if norms else None
-                record["clipped"] = float(np.mean(np.asarray(norms) > max_grad_norm)) if norms else None
-            state["history"].append(record)
-            state["epoch"] = epoch + 1
-            best_score, best_loss = state["best"]
-            if score is None or score > best_score or (score == best_score and val_loss < best_loss):
-                if score is not None:
-                    state["best"] = [score, val_loss]
-                state["best_epoch"], state["bad_epochs"] = epoch + 1, 0
-                best_weights = _cpu_state(module)
-            else:
-                state["bad_epochs"] += 1
-            if ema is not None:  # training goes on from the trained (not averaged) weights
-                module.load_state_dict(trained)
+                    score, val_loss = (None, None) if validate is None else (float(v) for v in validate())
+                record.update(val_score=score, val_loss=val_loss, seconds=time.perf_counter() - t0,
+                              lr=optimizer.param_groups[-1]["lr"])
+                if divergence_factor is not None:
+                    record["lr_halvings"] = run.lr_halvings
+                run.record({k: record[k] for k in RECORD_KEYS if k in record})
             if checkpoint is not None:
-                checkpoint.save({
-                    **state,
-                    "module": _cpu_state(module),
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "torch_rng": torch.get_rng_state(),
-                    "generator_rng": generator.get_state() if generator is not None else None,
-                    "best_weights": best_weights,
-                    "lowest": lowest,
-                })
+                checkpoint.save(run.state_dict())
             logger.info("epoch %d/%d: loss %.4f, val score %s, %.1f s", epoch + 1, max_epochs, record["loss"],
                         "-" if score is None else f"{score:.4f}", record["seconds"])
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{record['loss']:.4f}", val=score)
-            if patience is not None and validate is not None and state["bad_epochs"] >= patience:
+            progress.update(record)
+            if patience is not None and validate is not None and run.bad_epochs >= patience:
                 break
     except KeyboardInterrupt:
         interrupted = True
-        if not state["history"]:
-            module.load_state_dict(best_weights)
+        if not run.history:
+            module.load_state_dict(run.best_weights)
             raise
-        warnings.warn(
-            f"Training interrupted after {state['epoch']} epochs; keeping the weights of "
-            f"epoch {state['best_epoch']}.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        warnings.warn(f"Training interrupted after {run.epoch} epochs; keeping the weights of epoch "
+                      f"{run.best_epoch}.", RuntimeWarning, stacklevel=2)
     finally:
-        if progress is not None:
-            progress.close()
-    module.load_state_dict(best_weights)
+        progress.close()
+    module.load_state_dict(run.best_weights)
     module.eval()
-    logger.info("training done: %d epochs, keeping epoch %d%s", state["epoch"], state["best_epoch"],
+    logger.info("training done: %d epochs, keeping epoch %d%s", run.epoch, run.best_epoch,
                 " (interrupted)" if interrupted else "")
-    return {
-        "history": copy.deepcopy(state["history"]),
-        "best_epoch": state["best_epoch"],
-        "interrupted": interrupted,
-        "resumed_from": resumed_from,
-    }
+    return {"history": copy.deepcopy(run.history), "best_epoch": run.best_epoch, "interrupted": interrupted,
+            "resumed_from": resumed_from}

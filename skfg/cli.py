@@ -160,7 +160,7 @@ def build_model(args):
     from .extractor import CNNFeatureExtractor
     from .impostor import ImpostorClassifier
     from .imprinting import ImprintedClassifier
-    from .sequential import EarlyExitClassifier
+    from .early_exit import EarlyExitClassifier
     from .softmax import SoftmaxClassifier
 
     verbose = not args.quiet

@@ -33,7 +33,6 @@ from torch import nn
 from ._files import atomic_path
 from ._version import __version__
 from .images import ImageSource, eval_transform, iter_batches
-from .pooling import pool_stage_outputs
 
 OPSET = 18
 
@@ -45,20 +44,6 @@ def _onnx():
     except ImportError as exc:
         raise ImportError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'skfg[onnx]'.") from exc
     return onnx, onnxruntime
-
-
-class _Extractor(nn.Module):
-    """A fitted CNNFeatureExtractor's features of normalised images (as ``transform``)."""
-
-    def __init__(self, extractor):
-        super().__init__()
-        self.network = extractor.network_
-        self.layers = list(extractor.layers_)
-        self.pooling, self.k, self.normalize = extractor.pooling, extractor.k, extractor.normalize
-
-    def forward(self, x):
-        maps = self.network.forward_features(x, self.layers)
-        return pool_stage_outputs(maps, self.layers, self.pooling, self.k, self.normalize)
 
 
 class _RBFVote(nn.Module):
@@ -104,7 +89,8 @@ class _Graph(nn.Module):
 
 
 def _split(model):
-    """``(extractor, classifier or None)`` of a model; TypeError for what cannot be exported."""
+    """``(extractor or None, classifier or None)`` of a model, not both None (no extractor: a
+    classifier fitted on images); TypeError for what cannot be exported."""
     from sklearn.pipeline import Pipeline
 
     from ._classifier import BaseTorchClassifier
@@ -129,7 +115,7 @@ def _split(model):
         if model.extractor is None:
             raise TypeError(f"this {type(model).__name__} was fitted on features: export the Pipeline of the "
                             "extractor and the classifier, so that the graph starts from images.")
-        return model.extractor_, model
+        return None, model
     raise TypeError(f"export_onnx cannot export a {type(model).__name__}: it takes a CNNFeatureExtractor, a "
                     "SoftmaxClassifier, ImprintedClassifier or ImpostorClassifier, or a Pipeline of them.")
 
@@ -160,21 +146,24 @@ def _graph(model):
     from .impostor import ImpostorClassifier
 
     ext, clf = _split(model)
-    if clf is None or clf.extractor is None:  # (a fine-tuning classifier holds the CNN in its module_)
+    if ext is not None:
         check_is_fitted(ext, "network_")
-    meta = {"skfg_version": __version__, "image_size": int(ext.image_size), "resize": ext.resize,
-            "backbone": ext.backbone}
+        prep, backbone, trunk = ext.preprocessing_, ext.backbone, ext.pooled_trunk_
+    if clf is not None:
+        check_is_fitted(clf, "module_")
+    if ext is None:  # a classifier fitted on images holds the trained CNN in its module_
+        prep, backbone = clf.preprocessing_, clf.trunk_settings_["backbone"]
+    meta = {"skfg_version": __version__, "image_size": prep.image_size, "resize": prep.resize, "backbone": backbone}
     if clf is None:
-        return _Graph(*ext.input_normalization(), _Extractor(ext)), ["features"], meta
-    check_is_fitted(clf, "module_")
-    net = clf.module_ if clf.extractor is not None else nn.Sequential(_Extractor(ext), clf.module_)
+        return _Graph(prep.mean, prep.std, trunk), ["features"], meta
+    net = clf.module_ if ext is None else nn.Sequential(trunk, clf.module_)
     meta["classes"] = json.dumps(np.asarray(clf.classes_).tolist())
     meta["estimator"] = type(clf).__name__
     if isinstance(clf, ImpostorClassifier):
         if clf.n_neighbors is not None and clf.n_neighbors < len(clf.impostor_labels_):
-            return _Graph(*ext.input_normalization(), net), ["embeddings"], meta
-        return _Graph(*ext.input_normalization(), net, _RBFVote(clf)), ["embeddings", "probabilities"], meta
-    return _Graph(*ext.input_normalization(), net, nn.Softmax(dim=1)), ["logits", "probabilities"], meta
+            return _Graph(prep.mean, prep.std, net), ["embeddings"], meta
+        return _Graph(prep.mean, prep.std, net, _RBFVote(clf)), ["embeddings", "probabilities"], meta
+    return _Graph(prep.mean, prep.std, net, nn.Softmax(dim=1)), ["logits", "probabilities"], meta
 
 
 def export_onnx(model, path, *, opset_version=OPSET, check=True):

@@ -13,9 +13,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import TorchStateMixin, image_input_tags, resolve_device
 from ._cache import get_feature_cache
+from ._network import PooledTrunk, trunk_settings
 from .backbones import build_backbone, by_reference, get_backbone_spec, probe_channels, state_fingerprint
-from .images import ImageSource, decode_jobs, eval_transform, iter_batches, to_input
-from .pooling import POOLINGS, pool_stage_outputs
+from .images import ImageSource, Preprocessing
+from .pooling import POOLINGS
 
 
 def resolve_layers(layers, stage_names):
@@ -102,6 +103,13 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
         Columns of each layer in the output of ``transform``.
     n_features_out_ : int
         Number of output columns.
+    preprocessing_ : skfg.images.Preprocessing
+        How ``transform`` turns images into the network's input (image size, resize,
+        the backbone's normalisation, batch size, decode threads), from the current
+        parameters.
+    pooled_trunk_ : skfg._network.PooledTrunk
+        ``network_`` with this extractor's layers and pooling: the module ``transform``
+        runs on a batch of ``preprocessing_`` (a view of ``network_``, not a copy).
 
     See Also
     --------
@@ -218,6 +226,24 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
         spec = get_backbone_spec(self.backbone)
         return spec.mean, spec.std
 
+    @property
+    def preprocessing_(self):
+        check_is_fitted(self, "network_")  # (an AttributeError before fit, as for fitted attributes)
+        return Preprocessing.from_extractor(self)
+
+    @property
+    def pooled_trunk_(self):
+        check_is_fitted(self, "network_")
+        return PooledTrunk(self.network_, self.layers_, self.pooling, self.k, self.normalize).eval()
+
+    def trunk_settings(self):
+        """What a classifier that fine-tunes this (fitted) extractor's trunk keeps to rebuild it:
+        the backbone, layers, pooling, ``k``, ``normalize`` and whether the weights are the
+        backbone's packaged ones (``skfg._network.trunk_settings``)."""
+        check_is_fitted(self, "network_")
+        return trunk_settings(self.backbone, self.layers_, self.pooling, self.k, self.normalize,
+                              by_reference(self.backbone, self.weights))
+
     def set_network(self, network):
         """Use ``network``, a fine-tuned backbone of the same architecture, as ``network_``.
 
@@ -248,14 +274,6 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
         }
         return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
-    def _features(self, batch):
-        """uint8 image batch -> float32 numpy features (no gradient)."""
-        x = to_input(batch, *self.input_normalization(), self.device_)
-        with torch.inference_mode():
-            maps = self.network_.forward_features(x, self.layers_)
-            feats = pool_stage_outputs(maps, self.layers_, self.pooling, self.k, self.normalize)
-        return feats.float().cpu().numpy()
-
     def transform(self, X):
         """Features of the images in X.
 
@@ -271,7 +289,7 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
 
         Raises
         ------
-        skfg.images.ImageDecodeError
+        skfg.exceptions.ImageDecodeError
             If an image cannot be decoded; the message names the file. Use
             :func:`skfg.datasets.verify_images` to list every bad file at once.
         """
@@ -296,16 +314,16 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
                     out[i] = v
         if len(todo) == 0:
             return out
-        self.network_.eval()
-        transform = eval_transform(self.image_size, self.resize)
-        batches = iter_batches(source, transform, self.batch_size, todo, decode_jobs(self.n_jobs, self.device_))
+        trunk = self.pooled_trunk_
+        batches = self.preprocessing_.batches(source, self.device_, todo)
         progress = None
         if self.verbose:
             from tqdm.auto import tqdm
 
             progress = tqdm(total=len(todo), desc="extracting", unit="img")
-        for idx, batch in batches:
-            feats = self._features(batch)
+        for idx, x in batches:
+            with torch.inference_mode():
+                feats = trunk(x).float().cpu().numpy()
             out[idx] = feats
             if use_cache:
                 cache.put(config, [keys[i] for i in idx], feats, directory)

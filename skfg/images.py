@@ -1,21 +1,25 @@
 """Turning X (image paths, uint8 arrays or PIL images) into normalised tensors.
 
 This is the only module that decodes images. Every estimator that takes images goes
-through :class:`ImageSource` (what X holds), :func:`eval_transform` /
-:func:`train_transform` (PIL image -> uint8 CHW tensor), :func:`iter_batches` (uint8
-batches) and :func:`to_input` (uint8 batch -> the network's input: normalised with the
-backbone's mean/std, channels-last, on the device); :func:`iter_inputs` chains the last two.
+through :class:`ImageSource` (what X holds) and :class:`Preprocessing` (how an image becomes
+the network's input at inference: :func:`eval_transform`, PIL image -> uint8 CHW tensor;
+:func:`iter_batches`, uint8 batches decoded ahead; :func:`to_input`, uint8 batch -> normalised
+with the backbone's mean/std, channels-last, on the device). Training views come from
+:class:`Augmentation` and :func:`train_transform`.
 """
 
 import hashlib
 import os
 from collections import deque
+from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 import torchvision.transforms as T
 from PIL import Image, ImageOps
+
+from .exceptions import ImageDecodeError, ImageTooLargeError
 
 __all__ = [
     "ImageDecodeError",
@@ -24,6 +28,7 @@ __all__ = [
     "ResizeGuard",
     "check_pixels",
     "Augmentation",
+    "Preprocessing",
     "ImageCache",
     "ImageDataset",
     "ImageSource",
@@ -44,15 +49,6 @@ __all__ = [
 # yet becomes ~22 GB when its short side is resized to 224. 2**27 pixels are 384 MiB as
 # RGB. Raise it (or set SKFG_MAX_PIXELS) for larger images.
 MAX_PIXELS = int(os.environ.get("SKFG_MAX_PIXELS", 2**27))
-
-
-class ImageDecodeError(ValueError):
-    """An image could not be read; the message names the file (or the index in X)."""
-
-
-class ImageTooLargeError(ImageDecodeError):
-    """An image would exceed :data:`MAX_PIXELS` when decoded or resized (refused before
-    any allocation); the message names the file and its size."""
 
 
 def check_pixels(width, height, what="the image"):
@@ -538,6 +534,83 @@ def iter_inputs(source, transform, batch_size, mean, std, device, indices=None, 
     """Yield ``(indices, input batch)``: :func:`iter_batches` followed by :func:`to_input`."""
     for idx, batch in iter_batches(source, transform, batch_size, indices, n_jobs):
         yield idx, to_input(batch, mean, std, device)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images become a network's input at inference, in one object.
+
+    What a fitted :class:`~skfg.CNNFeatureExtractor` keeps as ``preprocessing_`` and what a
+    classifier fitted on images keeps as ``preprocessing_``: every place that decodes images
+    for a network at inference (``transform``, ``predict`` on images, early exits, the
+    localization teacher, ONNX export) takes its settings from here.
+
+    Parameters
+    ----------
+    image_size : int
+        Side of the square network input.
+    resize : {"crop", "squash"}
+        As :func:`eval_transform`.
+    mean, std : tuple of float
+        Per-channel normalisation of pixels scaled to [0, 1] (the backbone's).
+    batch_size : int
+        Images per forward pass.
+    n_jobs : int or None
+        Decode threads (:func:`decode_jobs`; None: 0 on the CPU, up to 4 on a GPU).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfg.images import ImageSource, Preprocessing
+    >>> prep = Preprocessing(image_size=32, resize="squash", mean=(0.5,) * 3, std=(0.5,) * 3, batch_size=2)
+    >>> X = np.zeros((3, 40, 50, 3), dtype=np.uint8)
+    >>> [(idx.tolist(), tuple(x.shape)) for idx, x in prep.batches(ImageSource(X), "cpu")]
+    [([0, 1], (2, 3, 32, 32)), ([2], (1, 3, 32, 32))]
+    """
+
+    image_size: int
+    resize: str
+    mean: tuple
+    std: tuple
+    batch_size: int = 4
+    n_jobs: object = None
+
+    def __post_init__(self):  # tuples of floats: hashable, comparable, saved as plain data
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        object.__setattr__(self, "image_size", int(self.image_size))
+        object.__setattr__(self, "batch_size", int(self.batch_size))
+
+    @classmethod
+    def from_extractor(cls, extractor, **changes):
+        """The preprocessing of a :class:`~skfg.CNNFeatureExtractor`'s parameters (fitted or
+        not), with ``changes`` (e.g. ``batch_size=16``)."""
+        mean, std = extractor.input_normalization()
+        settings = dict(image_size=extractor.image_size, resize=extractor.resize, mean=mean, std=std,
+                        batch_size=extractor.batch_size, n_jobs=extractor.n_jobs)
+        return cls(**{**settings, **changes})
+
+    def transform(self):
+        """PIL image -> uint8 tensor ``(3, S, S)`` (:func:`eval_transform`)."""
+        return eval_transform(self.image_size, self.resize)
+
+    def to_input(self, batch, device, dtype=None):
+        """uint8 batch ``(n, 3, S, S)`` -> the network's input on ``device`` (:func:`to_input`)."""
+        return to_input(batch, self.mean, self.std, device, dtype)
+
+    def decode_jobs(self, device):
+        """Decode threads on ``device`` (:func:`decode_jobs`)."""
+        return decode_jobs(self.n_jobs, device)
+
+    def batches(self, source, device, indices=None, batch_size=None, transform=None, n_jobs=None):
+        """Yield ``(indices, input batch)`` of the images ``indices`` of ``source`` (an
+        :class:`ImageSource`; all by default), decoded ahead by :meth:`decode_jobs` threads
+        (``n_jobs`` to override), normalised, channels-last, on ``device``. ``transform``
+        replaces the inference transform (e.g. :func:`train_transform` for random views)."""
+        jobs = self.decode_jobs(device) if n_jobs is None else int(n_jobs)
+        for idx, batch in iter_batches(source, transform or self.transform(), batch_size or self.batch_size,
+                                       indices, jobs):
+            yield idx, self.to_input(batch, device)
 
 
 def decode_jobs(n_jobs, device):

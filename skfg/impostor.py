@@ -15,7 +15,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from ._base import prefixed_feature_names
+from ._base import EmbeddingNamesMixin
 from ._classifier import FEATURE_DEFAULTS, FINE_TUNE_RECIPE, BaseTorchClassifier
 from ._data import FeatureData
 from ._training import eval_mode, fit_loop, make_optimizer, make_scheduler
@@ -44,7 +44,7 @@ class _Embedding(nn.Module):
         return (x if self.linear is None else self.linear(x)) / self.scale
 
 
-class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
+class ImpostorClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassifier):
     """Impostor network: an embedding plus a Gaussian RBF vote over impostors.
 
     An image (or feature vector) ``x`` is embedded, ``y = f(x)``, and classified by the
@@ -187,7 +187,8 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
         ``None`` when the codebooks were not tuned.
     codebook_best_epoch_ : int or None
         The tuning epoch whose codebooks were kept (``0``: the untuned ones).
-    history_, best_epoch_, n_iter_, interrupted_, n_features_in_ :
+    history_, best_epoch_, n_iter_, interrupted_, n_features_in_,
+    preprocessing_, trunk_settings_, layers_, n_features_ :
         As in :class:`skfg.SoftmaxClassifier`.
 
     See Also
@@ -562,23 +563,9 @@ class ImpostorClassifier(TransformerMixin, BaseTorchClassifier):
             return super()._outputs(X).float().cpu().numpy()
 
 
-    def get_feature_names_out(self, input_features=None):
-        """Names of the :meth:`transform` columns (the embedding dimensions):
-        ``"impostorclassifier0"``, ``"impostorclassifier1"``, ...
-
-        With them, ``set_output(transform="pandas")`` gives :meth:`transform` a DataFrame.
-
-        Parameters
-        ----------
-        input_features : None
-            Unused: the embedding's columns are not the input's.
-
-        Returns
-        -------
-        feature_names_out : ndarray of str objects, shape (embedding_dim,)
-        """
+    def _embedding_dim(self):
         check_is_fitted(self, "index_")
-        return prefixed_feature_names(self, self.index_.dim_)
+        return self.index_.dim_
 
 
 def _finite(log_proba):

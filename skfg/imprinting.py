@@ -11,17 +11,17 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.base import TransformerMixin, clone
+from sklearn.base import TransformerMixin
 from sklearn.utils import _safe_indexing
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 from torch import nn
 
-from ._base import atomic_fit, check_images_and_labels, prefixed_feature_names
+from ._base import EmbeddingNamesMixin, atomic_fit, check_images_and_labels
 from ._classifier import FEATURE_DEFAULTS, FINE_TUNE_RECIPE, BaseTorchClassifier
 from ._data import FeatureData, FitContext, predict_images
 from ._training import make_generator
-from .images import ImageSource, iter_inputs, train_transform
+from .images import ImageSource, train_transform
 
 
 class _CosineHead(nn.Module):
@@ -53,7 +53,7 @@ def _label_kind(values):
     return "str" if kind in "US" else "number"
 
 
-class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
+class ImprintedClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassifier):
     """Cosine softmax classifier with a learned scale; new classes are added by imprinting.
 
     The classifier of imprinted-weights eq. (8): ``p(c | x) = softmax_c(s * w_c . phi(x))``
@@ -123,7 +123,8 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         ``mu``: the mean unit-length embedding of the base training data (by ``fit``,
         and again after a ``partial_fit`` that fine-tunes on replayed data), the
         direction ``calibrate_imprints`` calibrates.
-    module_, history_, best_epoch_, n_iter_, interrupted_, n_features_in_ :
+    module_, history_, best_epoch_, n_iter_, interrupted_, n_features_in_,
+    preprocessing_, trunk_settings_, layers_, n_features_ :
         As in :class:`skfg.SoftmaxClassifier`.
 
     See Also
@@ -355,7 +356,7 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
             base = torch.as_tensor(self.imprint_counts_ == 0, device=net.head.weight.device)
             hook = net.head.weight.register_hook(lambda g: g.masked_fill(base[:, None], 0.0))
         try:
-            data = self._make_data(X_all, net, device, None if self.extractor is None else clone(self.extractor).fit())
+            data = self._make_data(X_all, net, device, None if self.extractor is None else self.preprocessing_)
             ctx = FitContext(net, data, y_all, idx, None, np.ones(len(y_all), dtype=np.float32),
                              make_generator(self.random_state), device)
             result = self._train(ctx, self.fine_tune_epochs, None, lr_scale=self.fine_tune_lr / self._setting("lr"))
@@ -401,23 +402,9 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
         """
         return self._embed(X)
 
-    def get_feature_names_out(self, input_features=None):
-        """Names of the :meth:`transform` columns (the embedding dimensions):
-        ``"imprintedclassifier0"``, ``"imprintedclassifier1"``, ...
-
-        With them, ``set_output(transform="pandas")`` gives :meth:`transform` a DataFrame.
-
-        Parameters
-        ----------
-        input_features : None
-            Unused: the embedding's columns are not the input's.
-
-        Returns
-        -------
-        feature_names_out : ndarray of str objects, shape (dim,)
-        """
+    def _embedding_dim(self):
         check_is_fitted(self, "module_")
-        return prefixed_feature_names(self, self.module_.head.weight.shape[1])
+        return self.module_.head.weight.shape[1]
 
     def _embed(self, X, augment=0):
         """``phi(X)``; with ``augment=n`` (images only) the normalised mean over n random crops/flips."""
@@ -434,12 +421,12 @@ class ImprintedClassifier(TransformerMixin, BaseTorchClassifier):
             idx = np.arange(len(source))
             view = _EmbeddingView(net)
             if not augment:
-                return predict_images(view, source, idx, self.extractor_, self.device_).cpu().numpy()
+                return predict_images(view, source, idx, self.preprocessing_, self.device_).cpu().numpy()
             # "Imprinting+Aug": the normalised sum over ``augment`` random crops/flips
-            ext, total = self.extractor_, 0
-            tf = train_transform(ext.image_size)
+            prep, total = self.preprocessing_, 0
+            tf = train_transform(prep.image_size)
             for _ in range(int(augment)):
-                batches = iter_inputs(source, tf, ext.batch_size, *ext.input_normalization(), self.device_, idx)
+                batches = prep.batches(source, self.device_, idx, transform=tf, n_jobs=0)
                 total = total + torch.cat([view(x) for _, x in batches])
             return F.normalize(total, dim=1).cpu().numpy()
 

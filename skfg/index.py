@@ -25,7 +25,9 @@ codebooks, :func:`decode_pq` decodes them in torch (differentiably in the codebo
 import json
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -36,9 +38,70 @@ from ._files import atomic_path
 __all__ = ["COMPRESSED", "METHODS", "NearestNeighborIndex", "RefinedIndex", "ShardedIndex", "decode_pq",
            "squared_distances"]
 
-METHODS = ("brute", "exact", "hnsw", "ivf", "pq", "opq", "ivfpq")
-COMPRESSED = ("pq", "opq", "ivfpq")
 _MIN_POINTS = 39  # faiss's default training points per k-means centroid
+
+
+@dataclass(frozen=True)
+class _Method:
+    """One row of the table of index types: everything :class:`NearestNeighborIndex` does
+    differently for a ``method``. Adding an index type is adding a row to :data:`_TABLE`.
+
+    ``build(ix, faiss, n, d, m)`` returns ``(faiss index, done)`` for an index ``ix`` over
+    ``n`` training vectors of dimension ``d`` with ``m`` bytes per code (compressed types),
+    ``done`` called once trained (or None); ``build=None``: a torch brute-force search.
+    """
+
+    build: Callable = None
+    compressed: bool = False  # codes of ``code_size`` bytes from 256-centroid sub-quantizers
+    inverted_lists: bool = False  # IVF cells, visited ``n_probe`` at a time
+    graph: bool = False  # an HNSW graph, searched ``ef_search`` wide
+    rotation: bool = False  # a learned d x d rotation before the codes (OPQ)
+    exposes_pq: bool = False  # pq_codebooks / set_pq_centroids
+    direct_map: bool = False  # reconstruct needs faiss's id -> list map
+    extra_bytes: Callable = None  # (ix, n, d) -> bytes besides the vectors / codes and codebooks
+
+
+def _build_opq(ix, faiss, n, d, m):
+    opq = faiss.OPQMatrix(d, m)
+    opq.niter = 10  # faiss's default 50 took ~70 s at 100k vectors
+    opq_pq = faiss.ProductQuantizer(d, m, 8)  # the PQ the rotation is trained with
+    opq.pq = opq_pq
+
+    def done(keep=opq_pq):  # drop the pointer to the training PQ before ``opq_pq`` (kept until here) is freed
+        opq.pq = None
+
+    return faiss.IndexPreTransform(opq, faiss.IndexPQ(d, m, 8)), done
+
+
+def _ivf_bytes(ix, n, d):
+    return ix.faiss_index.nlist * d * 4 + n * 8  # centroids + ids
+
+
+_TABLE = {
+    "brute": _Method(),
+    "exact": _Method(build=lambda ix, faiss, n, d, m: (faiss.IndexFlatL2(d), None)),
+    "hnsw": _Method(build=lambda ix, faiss, n, d, m: (faiss.IndexHNSWFlat(d, int(ix.hnsw_m)), None), graph=True,
+                    extra_bytes=lambda ix, n, d: n * int(ix.hnsw_m) * 2 * 4),  # level 0 has 2*M links
+    "ivf": _Method(build=lambda ix, faiss, n, d, m: (
+        faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, ix.resolved_lists(n)), None),
+        inverted_lists=True, extra_bytes=_ivf_bytes),
+    # not index_factory("PQm"): that turns on slow polysemous training
+    "pq": _Method(build=lambda ix, faiss, n, d, m: (faiss.IndexPQ(d, m, 8), None), compressed=True,
+                  exposes_pq=True),
+    "opq": _Method(build=_build_opq, compressed=True, rotation=True, exposes_pq=True,
+                   extra_bytes=lambda ix, n, d: d * d * 4),
+    "ivfpq": _Method(build=lambda ix, faiss, n, d, m: (
+        faiss.IndexIVFPQ(faiss.IndexFlatL2(d), d, ix.resolved_lists(n), m, 8), None),
+        compressed=True, inverted_lists=True, direct_map=True, extra_bytes=_ivf_bytes),
+}
+METHODS = tuple(_TABLE)
+COMPRESSED = tuple(name for name, row in _TABLE.items() if row.compressed)
+
+
+def _check_probe(n_probe):
+    if n_probe is not None and (isinstance(n_probe, bool) or int(n_probe) < 1):
+        raise ValueError(f"n_probe must be a positive int or None, got {n_probe!r}")
+    return None if n_probe is None else int(n_probe)
 
 
 def _faiss():
@@ -113,7 +176,7 @@ class NearestNeighborIndex:
         self.method = method
         self.code_size = code_size
         self.n_lists = n_lists
-        self.n_probe = n_probe
+        self._n_probe = _check_probe(n_probe)
         self.hnsw_m = hnsw_m
         self.ef_search = ef_search
         self.random_state = random_state
@@ -142,7 +205,7 @@ class NearestNeighborIndex:
                 f"{self.method!r} compression trains 256 centroids per sub-quantizer and needs at "
                 f"least 256 vectors; got {n}. Use method='exact' for small sets."
             )
-        if self.method == "opq" and n < d:
+        if self._row.rotation and n < d:
             # faiss's OPQ training corrupts memory (crashes the process) with fewer vectors than dimensions
             raise ValueError(
                 f"'opq' learns a {d}x{d} rotation and needs at least as many vectors as dimensions "
@@ -150,7 +213,13 @@ class NearestNeighborIndex:
             )
         return m
 
-    def _resolved_lists(self, n):
+    @property
+    def _row(self):
+        return _TABLE[self.method]
+
+    def resolved_lists(self, n):
+        """The IVF cells of an index trained on ``n`` vectors: ``n_lists``, or for ``None``
+        ``4 * sqrt(n)`` (at most ``n // 39``, at least 1)."""
         if self.n_lists is not None:
             return int(self.n_lists)
         return int(max(1, min(4 * math.sqrt(n), n // 39)))
@@ -197,33 +266,16 @@ class NearestNeighborIndex:
         if n == 0:
             raise ValueError("cannot build an index over 0 vectors")
         self.n_vectors_, self.dim_ = 0, d
-        if self.method == "brute":
+        row = self._row
+        if row.build is None:
             self._vectors = torch.empty((0, d))
             self._index = None
             return self
         faiss = _faiss()
-        if self.method == "exact":
-            index = faiss.IndexFlatL2(d)
-        elif self.method == "hnsw":
-            index = faiss.IndexHNSWFlat(d, int(self.hnsw_m))
-            index.hnsw.efSearch = int(self.ef_search)
-        elif self.method == "ivf":
-            index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, self._resolved_lists(n))
-        else:
-            m = self.check_trainable(n, d)
-            if self.method == "pq":
-                index = faiss.IndexPQ(d, m, 8)  # not index_factory("PQm"): that turns on slow polysemous training
-            elif self.method == "opq":
-                opq = faiss.OPQMatrix(d, m)
-                opq.niter = 10  # faiss's default 50 took ~70 s at 100k vectors
-                opq_pq = faiss.ProductQuantizer(d, m, 8)  # the PQ the rotation is trained with
-                opq.pq = opq_pq
-                index = faiss.IndexPreTransform(opq, faiss.IndexPQ(d, m, 8))
-            else:
-                index = faiss.IndexIVFPQ(faiss.IndexFlatL2(d), d, self._resolved_lists(n), m, 8)
+        index, done = row.build(self, faiss, n, d, self.check_trainable(n, d) if row.compressed else None)
         self._configure_kmeans(index)
         # the largest k-means trained: 256 centroids per PQ sub-quantizer, or the IVF cells
-        centroids = max(256 if self.method in COMPRESSED else 0, getattr(index, "nlist", 0))
+        centroids = max(256 if row.compressed else 0, getattr(index, "nlist", 0))
         if n < _MIN_POINTS * centroids:
             warnings.warn(
                 f"{self.method!r}: k-means with {centroids} centroids on {n} vectors (faiss recommends at least "
@@ -234,11 +286,11 @@ class NearestNeighborIndex:
             )
         if not index.is_trained:
             index.train(X)
-        if self.method == "opq":
-            opq.pq = None  # drop the pointer to the training PQ before ``opq_pq`` is freed
+        if done is not None:
+            done()
         self._index = index
         self._vectors = None
-        self._set_probe()
+        self._tune()
         return self
 
     def _configure_kmeans(self, index):
@@ -264,26 +316,37 @@ class NearestNeighborIndex:
                 if hasattr(t, "pq") and t.pq is not None:
                     configure(t.pq.cp)
 
+    @property
+    def n_probe(self):
+        """IVF cells visited per query (``None``: ``max(8, n_lists // 8)``). Settable on a
+        fitted index too (``index.n_probe = 32``): the recall / speed trade-off without
+        refitting. No effect for the methods without inverted lists."""
+        return self._n_probe
+
+    @n_probe.setter
+    def n_probe(self, n_probe):
+        self._n_probe = _check_probe(n_probe)
+        if getattr(self, "_index", None) is not None:
+            self._tune()
+
     def set_n_probe(self, n_probe):
-        """Visit ``n_probe`` IVF cells per query from now on (``None``: ``max(8, n_lists // 8)``),
-        on a fitted index too: the recall / speed trade-off without refitting. A no-op for
-        the methods without inverted lists.
+        """Set :attr:`n_probe` and return ``self`` (for chaining).
 
         Returns
         -------
         self
         """
-        if n_probe is not None and (isinstance(n_probe, bool) or int(n_probe) < 1):
-            raise ValueError(f"n_probe must be a positive int or None, got {n_probe!r}")
-        self.n_probe = None if n_probe is None else int(n_probe)
-        if getattr(self, "_index", None) is not None:
-            self._set_probe()
+        self.n_probe = n_probe
         return self
 
-    def _set_probe(self):
-        if self.method in ("ivf", "ivfpq"):
+    def _tune(self):
+        """Apply the search settings (``n_probe``, ``ef_search``) to the faiss index."""
+        row = self._row
+        if row.inverted_lists:
             nlist = self._index.nlist
-            self._index.nprobe = int(self.n_probe) if self.n_probe is not None else max(8, nlist // 8)
+            self._index.nprobe = int(self._n_probe) if self._n_probe is not None else max(8, nlist // 8)
+        if row.graph:
+            self._index.hnsw.efSearch = int(self.ef_search)
 
     def add(self, X):
         """Append rows to a fitted index (compressed methods encode them with the trained codebooks).
@@ -385,17 +448,18 @@ class NearestNeighborIndex:
         self._fitted()
         if self._index is None:
             return self._vectors.numpy().copy()
-        if self.method == "ivfpq":
+        if self._row.direct_map:
             self._index.make_direct_map()
         return self._index.reconstruct_n(0, self.n_vectors_)
 
     def _pq_parts(self):
         """(the IndexPQ holding codes and codebooks, the OPQ transform or None)."""
         self._fitted()
-        if self.method not in ("pq", "opq"):
-            raise ValueError(f"PQ codebooks are exposed for method 'pq' or 'opq'; this index is {self.method!r}")
+        if not self._row.exposes_pq:
+            exposing = " or ".join(repr(k) for k, row in _TABLE.items() if row.exposes_pq)
+            raise ValueError(f"PQ codebooks are exposed for method {exposing}; this index is {self.method!r}")
         faiss = _faiss()
-        if self.method == "pq":
+        if not self._row.rotation:
             return self._index, None
         return faiss.downcast_index(self._index.index), faiss.downcast_VectorTransform(self._index.chain.at(0))
 
@@ -454,28 +518,18 @@ class NearestNeighborIndex:
     def memory_bytes(self):
         """Bytes held by the stored vectors or codes, plus codebooks/rotations/centroids."""
         self._fitted()
-        n, d = self.n_vectors_, self.dim_
-        if self.method in ("brute", "exact", "hnsw", "ivf"):
-            extra = 0
-            if self.method == "hnsw":
-                extra = n * int(self.hnsw_m) * 2 * 4  # neighbour lists (level 0 has 2*M links)
-            if self.method == "ivf":
-                extra = self._index.nlist * d * 4 + n * 8  # centroids + ids
+        n, d, row = self.n_vectors_, self.dim_, self._row
+        extra = 0 if row.extra_bytes is None else row.extra_bytes(self, n, d)
+        if not row.compressed:
             return n * d * 4 + extra
         m = int(self.code_size)
-        codebooks = m * 256 * (d // m) * 4
-        extra = d * d * 4 if self.method == "opq" else 0
-        if self.method == "ivfpq":
-            extra = self._index.nlist * d * 4 + n * 8
-        return n * m + codebooks + extra
+        return n * m + m * 256 * (d // m) * 4 + extra  # codes + codebooks
 
     @property
     def code_bytes_per_vector(self):
         """Bytes that each indexed vector occupies (``code_size`` for the compressed methods)."""
         self._fitted()
-        if self.method in COMPRESSED:
-            return int(self._index.sa_code_size()) if self.method != "ivfpq" else int(self.code_size)
-        return self.dim_ * 4
+        return int(self.code_size) if self._row.compressed else self.dim_ * 4
 
     # ---------------------------------------------------------------- pickling
     def __getstate__(self):
@@ -495,15 +549,15 @@ class NearestNeighborIndex:
         state = dict(state)
         blob = state.pop("_faiss_bytes", None)
         vectors = state.pop("_vectors_np", None)
+        if "n_probe" in state:  # pickled before n_probe became a property
+            state["_n_probe"] = state.pop("n_probe")
         self.__dict__.update(state)
         if "n_vectors_" not in state:
             return
         self._index = None if blob is None else _faiss().deserialize_index(np.frombuffer(blob, dtype=np.uint8))
         self._vectors = None if vectors is None else torch.from_numpy(np.array(vectors))
         if self._index is not None:
-            self._set_probe()
-            if self.method == "hnsw":
-                self._index.hnsw.efSearch = int(self.ef_search)
+            self._tune()
 
     def __repr__(self):
         return f"NearestNeighborIndex(method={self.method!r})"
@@ -526,6 +580,7 @@ class NearestNeighborIndex:
             raise ValueError("method='brute' keeps its vectors in torch; save it with joblib, or use method='exact'")
         path = Path(path)
         meta = {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        meta["n_probe"] = self._n_probe
         with atomic_path(path) as tmp:
             _faiss().write_index(self._index, str(tmp))
         with atomic_path(str(path) + ".json") as tmp:
@@ -554,12 +609,11 @@ class NearestNeighborIndex:
         meta = json.loads(sidecar.read_text())
         faiss = _faiss()
         self = cls(meta["method"])
+        self._n_probe = meta.pop("n_probe", None)
         self.__dict__.update(meta)
         self._index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if mmap else 0)
         self._vectors = None
-        self._set_probe()
-        if self.method == "hnsw":
-            self._index.hnsw.efSearch = int(self.ef_search)
+        self._tune()
         return self
 
 

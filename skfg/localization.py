@@ -28,7 +28,7 @@ from ._boxes import box_iou, check_tau, heatmap_to_box
 from ._training import eval_mode, fit_loop, make_generator, make_optimizer, make_scheduler
 from .backbones import build_backbone, count_parameters, get_backbone_spec, state_fingerprint
 from .extractor import CNNFeatureExtractor
-from .images import ImageSource, eval_transform, to_input
+from .images import ImageSource, Preprocessing, eval_transform, to_input
 
 __all__ = ["ObjectCropper", "box_iou", "heatmap_to_box"]
 
@@ -74,19 +74,19 @@ class _Teacher:
     ``ObjectCropper.__getstate__``); it is found again from the ``teacher`` parameter.
     """
 
-    def __init__(self, network, backbone, image_size):
+    def __init__(self, network, backbone, preprocessing):
         self.network = network
         self.backbone = backbone
-        self.image_size = int(image_size)
-        spec = get_backbone_spec(backbone)
-        self.mean, self.std = spec.mean, spec.std
+        self.preprocessing = preprocessing  # (its image size and normalisation)
+        self.image_size = preprocessing.image_size
+        self.mean, self.std = preprocessing.mean, preprocessing.std
         self.layer = network.stage_names[-1]  # the last convolutional stage
         self.device = next(network.parameters()).device  # the teacher runs where its network is
 
     def heatmaps(self, batch):
         """uint8 ``(n, 3, S, S)`` -> mean over channels of the last stage, ``(n, I, J)`` on the CPU."""
         with eval_mode(self.network) as net:  # the caller's network: put back as it was
-            x = to_input(batch, self.mean, self.std, self.device, dtype=next(net.parameters()).dtype)
+            x = self.preprocessing.to_input(batch, self.device, dtype=next(net.parameters()).dtype)
             for _, out in net.forward_stages(x):
                 pass
         return out.float().mean(1).cpu()
@@ -98,13 +98,14 @@ def _resolve_teacher(teacher):
         teacher = teacher.estimator
     if teacher is None:
         network = build_backbone(DEFAULT_TEACHER, "imagenet").to(memory_format=torch.channels_last)
-        return _Teacher(network, DEFAULT_TEACHER, 224)
+        spec = get_backbone_spec(DEFAULT_TEACHER)
+        return _Teacher(network, DEFAULT_TEACHER, Preprocessing(224, "squash", spec.mean, spec.std))
     if isinstance(teacher, CNNFeatureExtractor):
         ext = teacher if hasattr(teacher, "network_") else clone(teacher).fit()
-        return _Teacher(ext.network_, ext.backbone, ext.image_size)
-    module, ext = getattr(teacher, "module_", None), getattr(teacher, "extractor_", None)
-    if module is not None and getattr(module, "trunk", None) is not None and ext is not None:
-        return _Teacher(module.trunk, ext.backbone, ext.image_size)
+        return _Teacher(ext.network_, ext.backbone, ext.preprocessing_)
+    module, settings = getattr(teacher, "module_", None), vars(teacher).get("trunk_settings_")
+    if module is not None and getattr(module, "trunk", None) is not None and settings is not None:
+        return _Teacher(module.trunk, settings["backbone"], teacher.preprocessing_)
     name = type(teacher).__name__
     if module is not None or hasattr(teacher, "classes_"):
         raise ValueError(
@@ -151,7 +152,7 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
         - A :class:`skfg.CNNFeatureExtractor` (fitted or not; an unfitted one is fitted
           on a clone): its backbone and weights; ``teacher_size=None`` takes its
           ``image_size``.
-        - A classifier fitted on images, with ``module_.trunk`` and ``extractor_``, e.g.
+        - A classifier fitted on images, with ``module_.trunk`` and ``preprocessing_``, e.g.
           ``SoftmaxClassifier(extractor=..., trainable_blocks=...)``: its fine-tuned
           CNN, the paper's "trained classification model". Wrap it in
           ``sklearn.frozen.FrozenEstimator`` to keep it fitted through ``clone``.
@@ -365,7 +366,7 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
 
         Raises
         ------
-        skfg.images.ImageDecodeError
+        skfg.exceptions.ImageDecodeError
             If an image cannot be read (the message names it).
         ValueError
             For an invalid parameter or teacher. A failed fit leaves the estimator as it

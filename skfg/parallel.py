@@ -104,7 +104,7 @@ class ParallelPostFit(MetaEstimatorMixin, BaseEstimator):
     ``dask.array`` with the same chunks along the first axis (its width and dtype are those
     of the estimator's output on the first row, computed in the calling process). A bad
     image fails its block
-    with an :class:`~skfg.images.ImageDecodeError` naming the file; to find *all* bad
+    with an :class:`~skfg.exceptions.ImageDecodeError` naming the file; to find *all* bad
     images of a collection in one pass use :func:`extract_features` or
     :func:`skfg.datasets.verify_images`.
 

@@ -18,7 +18,7 @@ embed_weights=True)`` or :func:`embedded_weights` keeps every weight in the file
 Pickle and joblib files (``joblib.dump``) can run any code they hold when they are
 loaded: load them only from sources you trust (``load_model(path, allow_pickle=True)``).
 Every saved model, in either format, carries the skfg version; loading one saved by
-another version warns (:class:`skfg._base.SkfgVersionWarning`).
+another version warns (:class:`skfg.exceptions.SkfgVersionWarning`).
 """
 
 import contextlib
@@ -58,16 +58,17 @@ def _type_name(cls):
 
 def _skfg_loadable():
     from .extractor import CNNFeatureExtractor
+    from .images import Augmentation, Preprocessing
     from .impostor import ImpostorClassifier
     from .imprinting import ImprintedClassifier
     from .index import NearestNeighborIndex
     from .localization import ObjectCropper
     from .parallel import ParallelPostFit
-    from .sequential import EarlyExitClassifier
+    from .early_exit import EarlyExitClassifier
     from .softmax import SoftmaxClassifier
 
-    return [CNNFeatureExtractor, EarlyExitClassifier, ImpostorClassifier, ImprintedClassifier, NearestNeighborIndex,
-            ObjectCropper, ParallelPostFit, SoftmaxClassifier]
+    return [Augmentation, CNNFeatureExtractor, EarlyExitClassifier, ImpostorClassifier, ImprintedClassifier,
+            NearestNeighborIndex, ObjectCropper, ParallelPostFit, Preprocessing, SoftmaxClassifier]
 
 
 def _data_types():
@@ -87,7 +88,8 @@ def loadable_types():
     """The type names (``"module.Class"``) that :func:`load_model` builds without being told.
 
     skfg's public estimators and their parts (:class:`~skfg.index.NearestNeighborIndex`,
-    :class:`~skfg.parallel.ParallelPostFit`), the scikit-learn estimators of
+    :class:`~skfg.parallel.ParallelPostFit`, :class:`~skfg.images.Preprocessing`,
+    :class:`~skfg.images.Augmentation`), the scikit-learn estimators of
     :data:`SKLEARN_LOADABLE`, and plain data (Python's containers and scalars, NumPy's
     arrays, dtypes and random states). Nothing else: not skfg's private classes, not the
     rest of scikit-learn, never a function.
@@ -102,7 +104,8 @@ def loadable_types():
     for module, names in SKLEARN_LOADABLE.items():
         public = importlib.import_module(module)  # our own fixed list, never a name from a file
         classes += [getattr(public, name) for name in names]
-    return frozenset({_type_name(c) for c in classes} | _data_types())
+    renamed = {"skfg.sequential.EarlyExitClassifier"}  # files saved before skfg 0.4 (the module's old name)
+    return frozenset({_type_name(c) for c in classes} | renamed | _data_types())
 
 
 def _named_types(path):

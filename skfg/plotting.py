@@ -13,7 +13,6 @@ matplotlib figure and axes, as scikit-learn's displays do.
 - :class:`LowShotDisplay`: accuracy against the number of training images per class.
 """
 
-import copy
 import time
 
 import numpy as np
@@ -64,21 +63,9 @@ def _images(X):
 def with_alpha(clf, alpha, thresholds=None):
     """A copy of a fitted :class:`~skfg.EarlyExitClassifier` with the thresholds another
     ``alpha`` (and scheme ``thresholds``, "bh" or "fixed"; default the estimator's) gives,
-    from its held-out scores (``inter_class_scores_``) without retraining: the same
-    thresholds as a refit with those parameters and the same random state."""
-    from ._exits import bh_threshold
-
-    check_is_fitted(clf, "estimators_")
-    out = copy.copy(clf)
-    n = len(clf.estimators_)
-    out.thresholds_, out.alphas_ = clf.thresholds_.copy(), clf.alphas_.copy()
-    out.alpha, out.thresholds = alpha, thresholds or clf.thresholds
-    for m in range(n):
-        m_rank, n_rank = (m + 1, n) if out.thresholds == "bh" else (1, 1)
-        out.alphas_[m] = alpha * m_rank / n_rank
-        if m < n - 1:
-            out.thresholds_[m] = bh_threshold(clf.inter_class_scores_[m], alpha, m_rank, n_rank)
-    return out
+    without retraining: :meth:`skfg.EarlyExitClassifier.with_alpha`, of which this is the
+    function form."""
+    return clf.with_alpha(alpha, thresholds)
 
 
 class EarlyExitDisplay:

@@ -184,6 +184,16 @@ class SoftmaxClassifier(BaseTorchClassifier):
         Whether training was stopped by ``KeyboardInterrupt``.
     n_features_in_ : int
         Number of input features (feature mode).
+    preprocessing_ : skfg.images.Preprocessing
+        With ``extractor``: how images become the network's input (the extractor's image
+        size, resize, normalisation, batch size), what ``predict`` on images uses.
+    trunk_settings_ : dict
+        With ``extractor``: the trained trunk's ``backbone``, ``layers``, ``pooling``,
+        ``k``, ``normalize`` and ``packaged_weights`` (what rebuilds it when loaded).
+    layers_ : list of str
+        With ``extractor``: the CNN stages whose pooled outputs feed the head.
+    n_features_ : int
+        With ``extractor``: the width of the pooled features.
 
     See Also
     --------

@@ -64,3 +64,27 @@ def features():
     y = np.array(["cat", "dog", "owl"] * 30)
     X = rng.randn(len(y), 10).astype(np.float32) + 2.0 * (y[:, None] == np.array(["cat", "dog", "owl"] * 4)[:10])
     return X, y
+
+
+@pytest.fixture
+def easy_blobs():
+    """Three well-separated Gaussian classes in 6-D, float32 (60 samples)."""
+    rng = np.random.RandomState(0)
+    y = np.repeat([0, 1, 2], 20)
+    return (4 * np.eye(6)[y] + rng.randn(60, 6)).astype(np.float32), y
+
+
+@pytest.fixture
+def pngs(tmp_path):
+    """Six 40 px PNG files of two synthetic classes in ``tmp_path/<label>/`` and their labels."""
+    from PIL import Image
+
+    from skfg.datasets import make_fine_grained
+
+    X, y = make_fine_grained(n_classes=2, n_per_class=3, image_size=40, random_state=0)
+    paths = []
+    for i, (img, label) in enumerate(zip(X, y)):
+        (tmp_path / str(label)).mkdir(exist_ok=True)
+        paths.append(str(tmp_path / str(label) / f"{i}.png"))
+        Image.fromarray(img).save(paths[-1])
+    return np.array(paths, dtype=object), y

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from skfg.cli import main
+from skfg.cli import main as cli_main
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
 
@@ -256,3 +257,9 @@ def test_a_missing_split_is_named_not_replaced_by_the_root(tmp_path, capsys):
         main(["predict", "m.skops", "x.png", "--top-k", "0"])
     assert stop.value.code == 2
     assert "--top-k: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_skfg_verify_on_a_missing_folder_is_one_line_and_its_own_exit_code(tmp_path, capsys):
+    code = cli_main(["verify", str(tmp_path / "missing")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "not found" in err and "Traceback" not in err

@@ -9,6 +9,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from skfg import ImpostorClassifier, ImprintedClassifier, SoftmaxClassifier
+from skfg import CNNFeatureExtractor
+from skfg import EarlyExitClassifier
 
 
 def _data(n_classes, n=60, d=6, seed=0):
@@ -86,3 +88,22 @@ def test_training_logs_each_epoch_to_the_skfg_logger(caplog):
     with caplog.at_level(logging.WARNING, logger="skfg"):  # quiet at the default level
         SoftmaxClassifier(max_epochs=2, random_state=0).fit(X, y)
     assert not [r for r in caplog.records if r.name.startswith("skfg")]
+
+
+def test_clear_messages_for_bad_arguments(easy_blobs, pngs):
+    X, y = easy_blobs
+    with pytest.raises(ValueError, match="sample_weight must be non-negative"):
+        EarlyExitClassifier().fit(X, y, sample_weight=-np.ones(len(y)))
+    with pytest.raises(ValueError, match=r"y mixes labels of different types \(int, str\)"):
+        SoftmaxClassifier().fit(X[:4], np.array([1, "a", 1, "a"], dtype=object))
+    paths, labels = pngs
+    for est in (SoftmaxClassifier(), EarlyExitClassifier()):
+        with pytest.raises(ValueError, match="got images .* extractor=CNNFeatureExtractor"):
+            est.fit(paths, labels)
+    with pytest.warns(UserWarning, match="holds out 59 of 60 samples, leaving fewer training samples than the 3"):
+        SoftmaxClassifier(validation_fraction=0.99, max_epochs=1).fit(X, y)
+    with pytest.warns(UserWarning, match="holds out 40 of 40 .* without a validation split"):
+        SoftmaxClassifier(validation_fraction=0.99, max_epochs=1).fit(X[:40], y[:40])
+    with pytest.warns(UserWarning, match="trainable_blocks=50, but the extractor's layers use only 9 stages"):
+        SoftmaxClassifier(extractor=CNNFeatureExtractor(image_size=40), trainable_blocks=50, max_epochs=1,
+                          augment=False).fit(paths, labels)

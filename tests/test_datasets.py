@@ -3,6 +3,7 @@ import pytest
 from PIL import Image
 
 from skfg.datasets import MAX_SYNTHETIC_CLASSES, load_image_folder, make_fine_grained
+from skfg.datasets import verify_images
 
 
 def test_load_image_folder_sorted_and_reproducible(tmp_path):
@@ -118,3 +119,13 @@ def test_make_composite_validates():
                           ({"image_size": 4}, "image_size"), ({"backgrounds": []}, "background")):
         with pytest.raises(ValueError, match=match):
             make_composite(objects, **kwargs)
+
+
+def test_a_broken_symlink_is_listed_and_reported(tmp_path):
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "ok.png")
+    (tmp_path / "a" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    X, _ = load_image_folder(tmp_path)
+    assert any(p.endswith("gone.jpg") for p in X)
+    bad = verify_images(X)
+    assert len(bad) == 1 and bad[0].name.endswith("gone.jpg") and "not found" in bad[0].error

@@ -10,6 +10,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 
 from skfg import CNNFeatureExtractor, clear_feature_cache
+from skfg._network import PooledTrunk
 from skfg.datasets import make_fine_grained
 
 
@@ -153,13 +154,13 @@ def test_disk_cache_survives_the_process_cache(tmp_path, data):
 def test_grid_search_extracts_each_image_once(data, monkeypatch):
     X, y = data
     seen = []
-    original = CNNFeatureExtractor._features
+    original = PooledTrunk.pooled
 
-    def counting(self, batch):
-        seen.append(len(batch))
-        return original(self, batch)
+    def counting(self, x, start=None):
+        seen.append(len(x))
+        return original(self, x, start)
 
-    monkeypatch.setattr(CNNFeatureExtractor, "_features", counting)
+    monkeypatch.setattr(PooledTrunk, "pooled", counting)
     pipe = Pipeline([("cnn", CNNFeatureExtractor(image_size=48)), ("clf", LogisticRegression())])
     search = GridSearchCV(pipe, {"clf__C": [0.1, 1.0, 10.0]}, cv=3).fit(X, y)
     assert sum(seen) == len(X)

@@ -8,6 +8,11 @@ from PIL import Image
 from skfg import CNNFeatureExtractor
 from skfg.datasets import verify_images
 from skfg.images import ImageDecodeError, ImageSource, eval_transform, iter_batches, to_rgb
+from skfg.images import ImageTooLargeError
+import skfg.images
+import subprocess
+import sys
+import textwrap
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +143,34 @@ def test_decode_error_mid_stream_names_file(tmp_path, rgb_images):
     paths[2] = str(tmp_path / "gone.png")
     with pytest.raises(ImageDecodeError, match="gone.png"):
         list(iter_batches(ImageSource(paths), eval_transform(16), 1, n_jobs=2))
+
+
+def test_a_thin_png_is_refused_before_the_resize_allocates(tmp_path):
+    # 1 x 150000 pixels: a few hundred bytes on disk, ~22 GB once its short side is resized
+    # to 224. Run under a 4 GiB address-space limit: allocating would fail (or be killed).
+    path = tmp_path / "thin.png"
+    Image.fromarray(np.zeros((1, 150000, 3), np.uint8)).save(path)
+    assert path.stat().st_size < 2000
+    script = textwrap.dedent(f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+        from skfg import CNNFeatureExtractor
+        from skfg.images import ImageTooLargeError
+        try:
+            CNNFeatureExtractor(image_size=224, resize="crop", cache=False).fit().transform([{str(path)!r}])
+        except ImageTooLargeError as exc:
+            print("REFUSED", exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "REFUSED" in out.stdout and str(path) in out.stdout and "150000x1" in out.stdout
+    bad = verify_images([str(path)])  # skfg verify lists it too (resize to 224 by default)
+    assert len(bad) == 1 and str(path) in bad[0].error and "MAX_PIXELS" in bad[0].error
+
+def test_the_decoded_pixel_limit_names_the_file(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    Image.new("RGB", (300, 200)).save(path)
+    monkeypatch.setattr(skfg.images, "MAX_PIXELS", 50_000)
+    with pytest.raises(ImageTooLargeError, match=r"big\.png: decoded is 300x200 = 60,000 pixels"):
+        skfg.images.ImageSource([str(path)]).load(0)
+    assert verify_images([str(path)], image_size=None)[0].name == str(path)

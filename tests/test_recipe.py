@@ -239,7 +239,7 @@ def test_frozen_batchnorm_keeps_the_running_statistics_and_trains_the_rest(image
 
 def test_only_the_stages_in_use_are_given_to_the_optimizer():
     ext = CNNFeatureExtractor(image_size=40, layers=["stage5"]).fit()
-    net = small(extractor=ext)._build_network(ext.n_features_out_, 3, ext.network_, ext, ext.layers_)
+    net = small(extractor=ext)._build_network(ext.n_features_out_, 3, ext.network_, ext.trunk_settings())
     given = {id(p) for p in net.trunk_parameters()}
     used = {id(p) for name in net.stages for p in ext.network_.stages[name].parameters()}
     assert given == used and len(net.stages) < len(ext.network_.stage_names)

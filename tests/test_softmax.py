@@ -4,10 +4,14 @@ import joblib
 import numpy as np
 import pytest
 import torch
+from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 
 from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.datasets import make_fine_grained
+from skfg.images import Preprocessing
+import logging
+import skfg._data
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +108,28 @@ def test_end_to_end_joblib_round_trip(images):
     buf.seek(0)
     loaded = joblib.load(buf)
     np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
-    assert not hasattr(loaded.extractor_, "network_")  # the CNN is stored once, in module_
+    # the CNN is stored once, in module_; the extractor's settings as plain data
+    assert [k for k, v in vars(loaded).items() if isinstance(v, torch.nn.Module)] == ["module_"]
+    assert loaded.preprocessing_ == clf.preprocessing_ == Preprocessing.from_extractor(CNNFeatureExtractor(image_size=40))
+    assert loaded.trunk_settings_ == clf.trunk_settings_
+    assert clf.trunk_settings_["backbone"] == "efficientnet_lite0" and clf.trunk_settings_["packaged_weights"]
+
+
+def test_extractor_attribute_is_a_deprecated_alias_and_old_pickles_load(images):
+    X, y = images
+    clf = small(extractor=CNNFeatureExtractor(image_size=40), trainable_blocks=1, max_epochs=1).fit(X, y)
+    with pytest.warns(FutureWarning, match="extractor_ is deprecated"):
+        old = clf.extractor_
+    assert old.get_params() == clf.extractor.get_params() and not hasattr(old, "network_")
+    # a model pickled before skfg 0.4 held the unfitted extractor instead of the settings
+    state = clf.__getstate__()
+    legacy = {k: v for k, v in state.items() if k not in ("preprocessing_", "trunk_settings_")}
+    legacy["extractor_"] = clone(clf.extractor)
+    loaded = SoftmaxClassifier.__new__(SoftmaxClassifier)
+    loaded.__setstate__(legacy)
+    assert loaded.preprocessing_ == clf.preprocessing_ and loaded.trunk_settings_ == clf.trunk_settings_
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    assert not hasattr(SoftmaxClassifier(), "extractor_")
 
 
 def test_feature_mode_joblib_round_trip_and_gpu_pickle_on_cpu(features):
@@ -212,3 +237,37 @@ def test_end_to_end_warm_start_keeps_the_fine_tuned_cnn(images):
         torch.testing.assert_close(v.float(), tuned[k].float(), rtol=1e-5, atol=1e-6)
     # this fit's trainable_blocks apply: stage 7 now trains (and is not frozen)
     assert any(p.requires_grad for n, p in clf.module_.trunk.named_parameters() if n.split(".")[1] == "stage7")
+
+
+def test_the_frozen_prefix_cache_is_bounded_and_falls_back_to_recomputing(pngs, monkeypatch, caplog):
+    X, y = pngs
+    params = dict(extractor=CNNFeatureExtractor(image_size=40, cache=False), trainable_blocks=1, augment=False,
+                  max_epochs=2, validation_fraction=0, random_state=0)
+    cached = SoftmaxClassifier(**params).fit(X, y)
+    monkeypatch.setattr(skfg._data, "PREFIX_CACHE_BYTES", 1000)
+    with caplog.at_level(logging.WARNING, logger="skfg"):
+        bounded = SoftmaxClassifier(**params).fit(X, y)
+    assert any("SKFG_PREFIX_CACHE_MB" in r.getMessage() for r in caplog.records)
+    np.testing.assert_allclose(bounded.predict_proba(X), cached.predict_proba(X), atol=1e-3)  # batch rounding
+
+def test_labels_mixing_numpy_strings_and_ints_get_a_clear_error(easy_blobs):
+    X, y = easy_blobs
+    labels = np.array([np.str_("a"), 1] * 30, dtype=object)
+    with pytest.raises(ValueError, match=r"y mixes labels of different types \(int, str\)"):
+        SoftmaxClassifier(max_epochs=1).fit(X, labels)
+
+@pytest.mark.parametrize("factor", [1e30, 1e-30])
+def test_features_at_an_extreme_scale_train_as_well_as_at_unit_scale(easy_blobs, factor):
+    X, y = easy_blobs
+    unit = SoftmaxClassifier(max_epochs=20, random_state=0).fit(X, y).score(X, y)
+    assert unit > 0.9
+    assert SoftmaxClassifier(max_epochs=20, random_state=0).fit(X * factor, y).score(X * factor, y) == unit
+
+def test_tiny_sample_weights_train_as_their_ratios_say(easy_blobs):
+    X, y = easy_blobs
+    ones = SoftmaxClassifier(max_epochs=20, random_state=0).fit(X, y)
+    # weights of one change nothing, to the bit (they stay float32: no float64 promotion in the loss)
+    same = SoftmaxClassifier(max_epochs=20, random_state=0).fit(X, y, sample_weight=np.full(len(y), 3.0))
+    np.testing.assert_array_equal(same.predict_proba(X), ones.predict_proba(X))
+    tiny = SoftmaxClassifier(max_epochs=20, random_state=0).fit(X, y, sample_weight=np.full(len(y), 1e-21))
+    np.testing.assert_allclose(tiny.predict_proba(X), ones.predict_proba(X), atol=1e-5)

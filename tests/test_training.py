@@ -5,6 +5,8 @@ from torch import nn
 
 from skfg import SoftmaxClassifier
 from skfg._training import fit_loop, make_generator, make_optimizer, make_scheduler
+from PIL import Image
+from skfg import CNNFeatureExtractor
 
 
 @pytest.fixture
@@ -200,3 +202,42 @@ def test_make_generator_is_seeded():
     a = torch.randperm(10, generator=make_generator(5))
     b = torch.randperm(10, generator=make_generator(5))
     assert torch.equal(a, b)
+
+
+def test_a_checkpoint_of_other_training_data_is_refused(easy_blobs, tmp_path):
+    X, y = easy_blobs
+    params = dict(max_epochs=2, random_state=0, checkpoint_dir=str(tmp_path))
+    SoftmaxClassifier(**params).fit(X, y)
+    assert (tmp_path / "checkpoint.pt").is_file()
+    with pytest.raises(ValueError, match="different model or data"):
+        SoftmaxClassifier(**params).fit(X + 1.0, y)  # same labels, other features
+    resumed = SoftmaxClassifier(**params).fit(X, y)  # the same data resumes (here: is already done)
+    assert resumed.n_iter_ == 2
+
+def test_a_checkpoint_of_other_images_is_refused(pngs, tmp_path):
+    X, y = pngs
+    params = dict(extractor=CNNFeatureExtractor(image_size=40, cache=False), max_epochs=1, random_state=0,
+                  checkpoint_dir=str(tmp_path / "ck"))
+    SoftmaxClassifier(**params).fit(X, y)
+    Image.new("RGB", (40, 40), (255, 0, 0)).save(X[0])  # the same path, new content
+    with pytest.raises(ValueError, match="different model or data"):
+        SoftmaxClassifier(**params).fit(X, y)
+
+def test_the_head_phase_keeps_its_own_checkpoint(pngs, tmp_path):
+    X, y = pngs
+    params = dict(extractor=CNNFeatureExtractor(image_size=40, cache=False), head_epochs=2, max_epochs=1,
+                  random_state=0, checkpoint_dir=str(tmp_path / "ck"))
+    first = SoftmaxClassifier(**params).fit(X, y)
+    assert (tmp_path / "ck" / "checkpoint.pt").is_file() and (tmp_path / "ck" / "head" / "checkpoint.pt").is_file()
+    again = SoftmaxClassifier(**params).fit(X, y)  # both finished phases are taken from their checkpoints
+    assert again.n_iter_ == first.n_iter_ == 3
+    np.testing.assert_allclose(again.predict_proba(X), first.predict_proba(X), atol=1e-6)
+
+def test_a_corrupt_checkpoint_is_reported_by_path_with_the_fix(easy_blobs, tmp_path):
+    X, y = easy_blobs
+    (tmp_path / "checkpoint.pt").write_bytes(b"PK\x03\x04 not really a checkpoint")
+    clf = SoftmaxClassifier(max_epochs=2, random_state=0, checkpoint_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"checkpoint\.pt cannot be read .*Delete it") as info:
+        clf.fit(X, y)
+    assert "weights_only" not in str(info.value)
+    assert not hasattr(clf, "module_")

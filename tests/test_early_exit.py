@@ -15,7 +15,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skfg import CNNFeatureExtractor, EarlyExitClassifier
 from skfg.datasets import make_fine_grained
-from skfg.sequential import bh_threshold
+from skfg._exits import Cascade
+from skfg.early_exit import bh_threshold
 
 LAYERS = ["stage3", "stage5", "head"]
 
@@ -292,6 +293,22 @@ def test_stored_held_out_scores_give_the_thresholds_of_another_alpha():
     assert len(clf.inter_class_scores_[-1]) == 0
 
 
+@pytest.mark.parametrize("scheme", ["bh", "fixed"])
+def test_with_alpha_equals_a_refit_and_leaves_the_original(scheme):
+    X, y = layered()
+    clf = EarlyExitClassifier(feature_groups=[2, 2, 4], alpha=0.1, random_state=0).fit(X, y)
+    before = clf.thresholds_.copy()
+    moved = clf.with_alpha(0.3, scheme)
+    refit = clone(clf).set_params(alpha=0.3, thresholds=scheme).fit(X, y)
+    np.testing.assert_array_equal(moved.thresholds_, refit.thresholds_)
+    np.testing.assert_allclose(moved.alphas_, refit.alphas_)
+    np.testing.assert_array_equal(moved.predict(X), refit.predict(X))
+    assert (moved.alpha, moved.thresholds) == (0.3, scheme) and clf.alpha == 0.1
+    np.testing.assert_array_equal(clf.thresholds_, before)
+    with pytest.raises(ValueError, match="alpha must be in"):
+        clf.with_alpha(0.0)
+
+
 def test_exit_needs_a_score_strictly_above_the_threshold():
     X, y = layered()
     clf = EarlyExitClassifier(feature_groups=[4, 4], alpha=0.2, random_state=0).fit(X, y)
@@ -347,44 +364,6 @@ def test_zero_weight_samples_do_not_move_the_thresholds():
     np.testing.assert_allclose(other.thresholds_, clf.thresholds_, rtol=1e-6)
 
 
-# ------------------------------------------------------------ multi-exit loss (issue 23)
-def _ce(z, t, w):
-    return (torch.nn.functional.cross_entropy(z, t, reduction="none") * w).sum() / w.sum()
-
-
-def test_multi_exit_loss_is_the_weighted_sum_of_the_exits_losses():
-    from skfg.losses import multi_exit_loss
-
-    g = torch.Generator().manual_seed(0)
-    z, t, w = torch.randn(6, 3, 4, generator=g), torch.tensor([0, 1, 2, 3, 0, 1]), torch.rand(6, generator=g) + 0.1
-    per_exit = [_ce(z[:, m], t, w) for m in range(3)]
-    assert torch.allclose(multi_exit_loss(z, t, w, _ce), sum(per_exit))
-    assert torch.allclose(multi_exit_loss(z, t, w, _ce, exit_weights=[0.5, 0, 2]), 0.5 * per_exit[0] + 2 * per_exit[2])
-    for bad in ([1, 1], [1, -1, 1], [0, 0, 0]):
-        with pytest.raises(ValueError, match="exit_weights"):
-            multi_exit_loss(z, t, w, _ce, exit_weights=bad)
-
-
-def test_multi_exit_distillation_teaches_the_last_exit_to_the_earlier_ones():
-    from skfg.losses import multi_exit_loss
-
-    g = torch.Generator().manual_seed(1)
-    z = torch.randn(5, 2, 3, generator=g, requires_grad=True)
-    t, w = torch.tensor([0, 1, 2, 0, 1]), torch.ones(5)
-    plain = multi_exit_loss(z, t, w, _ce)
-    distilled = multi_exit_loss(z, t, w, _ce, distillation=0.5, temperature=2.0)
-    p_last = torch.softmax(z[:, 1] / 2, 1)
-    kl = (p_last * (torch.log_softmax(z[:, 1] / 2, 1) - torch.log_softmax(z[:, 0] / 2, 1))).sum(1).mean()
-    assert torch.allclose(distilled - plain, 0.5 * 4 * kl)
-    # the teacher is detached: the distillation term moves only the earlier exit
-    (distilled - plain).backward()
-    assert z.grad[:, 1].abs().max() == 0 and z.grad[:, 0].abs().max() > 0
-    # an exit that already agrees with the last one gets no distillation loss
-    same = torch.randn(4, 1, 3, generator=g).expand(4, 2, 3)
-    assert torch.allclose(multi_exit_loss(same, t[:4], w[:4], _ce, distillation=1.0),
-                          multi_exit_loss(same, t[:4], w[:4], _ce), atol=1e-6)
-
-
 def test_batches_skip_per_image_and_equal_the_per_image_path(image_model, images):
     """Exited images leave a batch of 16 (the deeper stages see only the rest), with the
     same predictions and exits as one image at a time."""
@@ -423,13 +402,13 @@ def test_the_stages_run_with_one_blas_thread_and_restore_it(image_model, images,
 
     _, (Xt, _) = images
     before, seen = blas_threads(), []
-    decide = image_model._exit
+    decide = Cascade.exit
 
-    def spy(*args):
+    def spy(self, *args):
         seen.append(blas_threads())
-        return decide(*args)
+        return decide(self, *args)
 
-    monkeypatch.setattr(image_model, "_exit", spy)
+    monkeypatch.setattr(Cascade, "exit", spy)
     image_model.predict(Xt)
     assert seen and all(set(s.values()) <= {1} for s in seen)
     assert blas_threads() == before
@@ -460,3 +439,15 @@ def test_predict_never_moves_the_thresholds(image_model, images):
     image_model.predict(Xt)
     image_model.staged_predict(Xt)
     np.testing.assert_array_equal(image_model.thresholds_, before)
+
+
+def test_the_old_module_name_still_imports_with_a_warning():
+    import importlib
+
+    import skfg.early_exit
+    import skfg.persistence
+
+    with pytest.warns(FutureWarning, match="renamed skfg.early_exit"):
+        old = importlib.reload(importlib.import_module("skfg.sequential"))
+    assert old.EarlyExitClassifier is skfg.early_exit.EarlyExitClassifier is skfg.EarlyExitClassifier
+    assert "skfg.sequential.EarlyExitClassifier" in skfg.persistence.loadable_types()
