@@ -240,14 +240,15 @@ def headline_history(name, results_dir=None):
     return earlier
 
 
-def write_results(name, payload, rows, header, notes="", rows_key="rows", headline=None):
+def write_results(name, payload, rows, header, notes="", rows_key="rows", headline=None, headline_ranges=None):
     """Write ``results/<name>.json`` and a Markdown table ``results/<name>.md``, both
     stamped with the run's :func:`provenance`.
 
     ``headline`` (``{label: value}``) are the numbers the docs lean on; the file keeps
     those of its earlier runs with their commit and date under ``history``
     (:func:`headline_history`), so the spread across runs can be set beside the spread
-    within one.
+    within one (``headline_ranges``, ``{label: [low, high]}`` over this run's rounds; the
+    docs show the earlier runs' values where they fall outside it).
 
     Rows (``payload[rows_key]``, dicts) are tagged with the ``run`` that measured them; rows
     merged from an earlier file (:func:`mergeable_rows`) keep theirs, and the stamp keeps
@@ -275,6 +276,8 @@ def write_results(name, payload, rows, header, notes="", rows_key="rows", headli
     payload = dict(payload, machine=machine(), provenance=stamp, markdown=markdown)
     if headline is not None:
         payload.update(headline=headline, history=headline_history(name))
+    if headline_ranges is not None:  # {label: [low, high]}: each headline's range within this run
+        payload["headline_ranges"] = headline_ranges
     md = render_markdown(name, stamp, markdown["rows"], markdown["header"], notes)
     for path, text in ((RESULTS / f"{name}.json", json.dumps(payload, indent=2) + "\n"), (RESULTS / f"{name}.md", md)):
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # atomic: a killed run leaves the old file

@@ -44,3 +44,10 @@ with tempfile.TemporaryDirectory() as tmp:
     loaded = joblib.load(path)
     assert np.array_equal(loaded.predict(X_test), search.best_estimator_.predict(X_test))
     print(f"saved and reloaded ({path.stat().st_size / 1e6:.1f} MB): same predictions")
+
+# 4. The inference engine: the default ("auto", i.e. "fused") folds every BatchNorm into
+#    the convolution before it; "eager" runs the network as trained. Same features within
+#    float32 rounding (docs/inference.rst has the timings on a 2-core CPU).
+fused = CNNFeatureExtractor(image_size=96, cache=False).fit().transform(X_test)
+eager = CNNFeatureExtractor(image_size=96, cache=False, engine="eager").fit().transform(X_test)
+print(f"fused vs eager features: largest difference {np.abs(fused - eager).max():.1e}")

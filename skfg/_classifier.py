@@ -26,6 +26,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ._base import (TorchStateMixin, atomic_fit, check_features, check_images_and_labels, check_sample_weight, encode_labels,
                     holdout_split, resolve_device)
 from ._data import FeatureData, FitContext, ImageData, PooledData, predict_images
+from ._engine import cached_engine, resolve_engine
 from ._network import FeatureNet, build_trunk, trunk_settings
 from ._training import (MIN_WARMUP_STEPS, OPTIMIZERS, PRECISIONS, SCHEDULES, fit_loop, make_generator,
                         make_optimizer, make_scheduler, resolve_precision)
@@ -481,7 +482,18 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
             X = validate_data(self, X, dtype=np.float32, reset=False)
             return FeatureData(X, self.device_).outputs(net, np.arange(len(X)))
         source = ImageSource(X)
-        return predict_images(net, source, np.arange(len(source)), self.preprocessing_, self.device_)
+        return predict_images(self._image_engine(), source, np.arange(len(source)), self.preprocessing_, self.device_)
+
+    def _image_engine(self, view=None, name="outputs"):
+        """``module_`` (or the module ``view(module_)``) on input batches of
+        ``preprocessing_``, run by the engine of the extractor's ``engine`` parameter
+        (:func:`skfg._engine.cached_engine`: built at the first prediction, rebuilt after
+        the weights change, never pickled)."""
+        engine = resolve_engine(getattr(self.extractor, "engine", "auto"), self.device_)
+        size = self.preprocessing_.image_size
+        example = torch.zeros(1, 3, size, size, device=self.device_).contiguous(memory_format=torch.channels_last)
+        build = None if view is None else (lambda: view(self.module_))
+        return cached_engine(self.module_, engine, example, build=build, key=(name, size))
 
     def predict_proba(self, X):
         """Class probabilities; rows sum to 1, columns follow ``classes_``.

@@ -63,11 +63,25 @@ def _demo_data(args):
     return Xtr, ytr, Xte, yte, f"{root} (25% of train held out)"
 
 
+def _check_backbone(name):
+    """A clear error, before any work, for a ``--backbone`` that is not registered."""
+    import difflib
+
+    from .backbones import list_backbones
+
+    names = list_backbones()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"--backbone {name!r} is not a backbone; {hint}choose one of: {', '.join(names)}")
+
+
 def cmd_demo(args):
     from sklearn.base import clone
 
     from .extractor import CNNFeatureExtractor
 
+    _check_backbone(args.backbone)
     t0 = time.perf_counter()
     Xtr, ytr, Xte, yte, what = _demo_data(args)
     print(f"data: {what}: {len(Xtr)} train / {len(Xte)} test images, {len(np.unique(ytr))} classes")
@@ -231,6 +245,7 @@ def cmd_fit(args):
     from .datasets import load_image_folder
 
     _writable(args.output, "model")
+    _check_backbone(args.backbone)
     X, y = load_image_folder(_split(args.data, "train"))
     model = build_model(args)
     ckpt = checkpoint_dir(args) if args.fine_tune else None
@@ -393,13 +408,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser():
-    from .backbones import list_backbones
-
     parser = _Parser(prog="skfg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"skfg {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    backbone_choices = list_backbones()
 
     fit = sub.add_parser("fit", help="train a classifier on an image folder and save it")
     fit.add_argument("data", help="ImageFolder root: DATA/train/<class>/<image> (or DATA/<class>/<image>); "
@@ -410,7 +422,7 @@ def build_parser():
                      help="train the CNN with the classifier (the fine-tuning recipe: minutes per thousand "
                           "images on a laptop CPU, see docs/training.rst) instead of a classifier on the frozen "
                           "CNN's features")
-    fit.add_argument("--backbone", choices=backbone_choices, default="efficientnet_lite0")
+    fit.add_argument("--backbone", default="efficientnet_lite0", help="a name from `skfg backbones`")
     fit.add_argument("--image-size", type=int, default=160)
     fit.add_argument("--trainable-blocks", type=int, default=None, help="with --fine-tune: stages trained "
                                                                        "(default: all)")
@@ -453,7 +465,7 @@ def build_parser():
 
     demo = sub.add_parser("demo", help="fit and compare classifiers on CNN features")
     demo.add_argument("--data", help="ImageFolder root with train/ and optional val/, test/")
-    demo.add_argument("--backbone", choices=backbone_choices, default="efficientnet_lite0")
+    demo.add_argument("--backbone", default="efficientnet_lite0", help="a name from `skfg backbones`")
     demo.add_argument("--image-size", type=int, default=160, help="as CNNFeatureExtractor's default")
     demo.add_argument("--n-classes", type=int, default=20, help="synthetic data: classes")
     demo.add_argument("--n-train", type=int, default=40, help="synthetic data: train images per class")

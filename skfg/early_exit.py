@@ -354,8 +354,9 @@ class EarlyExitClassifier(VersionedStateMixin, ClassifierMixin, BaseEstimator):
             cascade = self._cascade(len(X), output).run_features(X, self.feature_groups_)
         else:
             source, ext = ImageSource(X), self.extractor_
-            cascade = self._cascade(len(source), output).run_images(ext.pooled_trunk_, ext.preprocessing_, ext.device_,
-                                                                    source)
+            # the stage segments run on the fused network (BatchNorm folded) unless the extractor says eager
+            trunk = ext.inference_engine("eager" if ext.engine == "eager" else "fused").module
+            cascade = self._cascade(len(source), output).run_images(trunk, ext.preprocessing_, ext.device_, source)
         return cascade.codes, cascade.exits, cascade.extra
 
     def predict(self, X, return_exit=False):

@@ -13,6 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import TorchStateMixin, image_input_tags, resolve_device
 from ._cache import get_feature_cache
+from ._engine import ENGINES, cached_engine, resolve_engine
 from ._network import PooledTrunk, trunk_settings
 from .backbones import build_backbone, by_reference, get_backbone_spec, probe_channels, state_fingerprint
 from .images import ImageSource, Preprocessing
@@ -90,6 +91,19 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
         ``False`` disables caching.
     verbose : bool, default=False
         Show a progress bar.
+    jpeg_draft : bool, default=False
+        Decode JPEG files at a reduced size (libjpeg's DCT scaling: 1/2, 1/4 or 1/8, while
+        both sides stay at least ``image_size``) instead of decoding the full photograph
+        and resizing it: a faster decode of large files, with slightly different pixels
+        (its effect on accuracy is measured in ``benchmarks/results/draft.md``).
+    engine : {"auto", "fused", "eager", "onnxruntime"}, default="auto"
+        How the network runs in ``transform`` (and in ``predict`` of a classifier given
+        this extractor): ``"fused"`` folds every BatchNorm into the convolution before it
+        (same features within float32 rounding, faster on CPUs); ``"eager"`` runs the
+        network as trained; ``"onnxruntime"`` exports it to ONNX in memory once (seconds)
+        and runs it with onnxruntime (the ``[onnx]`` extra, CPU only; the fastest network
+        here, after an export of seconds, see ``docs/inference.rst``). ``"auto"`` is
+        ``"fused"``. Training never uses an engine; nothing of it is saved with a model.
 
     Attributes
     ----------
@@ -147,6 +161,8 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
         "n_jobs": [Interval(Integral, 0, None, closed="left"), None],
         "cache": ["boolean", str, os.PathLike],
         "verbose": ["verbose"],
+        "jpeg_draft": ["boolean"],
+        "engine": [StrOptions(set(ENGINES))],
     }
 
     def __init__(
@@ -165,6 +181,8 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
         n_jobs=None,
         cache=True,
         verbose=False,
+        jpeg_draft=False,
+        engine="auto",
     ):
         self.backbone = backbone
         self.weights = weights
@@ -179,6 +197,8 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
         self.n_jobs = n_jobs
         self.cache = cache
         self.verbose = verbose
+        self.jpeg_draft = jpeg_draft
+        self.engine = engine
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X=None, y=None):
@@ -196,6 +216,7 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
         spec = get_backbone_spec(self.backbone)
         layers = resolve_layers(self.layers, list(spec.stages))
         device = resolve_device(self.device)
+        resolve_engine(self.engine, device)  # (onnxruntime missing: fail before any work)
         network = build_backbone(self.backbone, self.weights)
         try:
             channels = probe_channels(network, image_size=self.image_size)
@@ -236,6 +257,24 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self, "network_")
         return PooledTrunk(self.network_, self.layers_, self.pooling, self.k, self.normalize).eval()
 
+    def inference_engine(self, engine=None):
+        """The callable ``transform`` runs on each input batch of ``preprocessing_``: the
+        pooled trunk as engine ``engine`` (default: the ``engine`` parameter), built at its
+        first use and kept while the network's weights and these settings stay the same.
+
+        Returns
+        -------
+        run : callable
+            Input batch ``(n, 3, S, S)`` (normalised, channels-last, on ``device_``) ->
+            features ``(n, n_features_out_)`` as a torch tensor.
+        """
+        check_is_fitted(self, "network_")
+        engine = resolve_engine(self.engine if engine is None else engine, self.device_)
+        size = int(self.image_size)
+        example = torch.zeros(1, 3, size, size, device=self.device_).contiguous(memory_format=torch.channels_last)
+        key = (tuple(self.layers_), self.pooling, self.k, bool(self.normalize), size, str(self.device_))
+        return cached_engine(self.network_, engine, example, build=lambda: self.pooled_trunk_, key=key)
+
     def trunk_settings(self):
         """What a classifier that fine-tunes this (fitted) extractor's trunk keeps to rebuild it:
         the backbone, layers, pooling, ``k``, ``normalize`` and whether the weights are the
@@ -272,6 +311,8 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
             "image_size": int(self.image_size),
             "resize": self.resize,
         }
+        if self.jpeg_draft:  # other pixels: other features (the key of the full decode is unchanged)
+            settings["jpeg_draft"] = True
         return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
     def transform(self, X):
@@ -314,7 +355,7 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
                     out[i] = v
         if len(todo) == 0:
             return out
-        trunk = self.pooled_trunk_
+        run = self.inference_engine()
         batches = self.preprocessing_.batches(source, self.device_, todo)
         progress = None
         if self.verbose:
@@ -322,8 +363,7 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
 
             progress = tqdm(total=len(todo), desc="extracting", unit="img")
         for idx, x in batches:
-            with torch.inference_mode():
-                feats = trunk(x).float().cpu().numpy()
+            feats = run(x).float().cpu().numpy()
             out[idx] = feats
             if use_cache:
                 cache.put(config, [keys[i] for i in idx], feats, directory)

@@ -421,7 +421,8 @@ class ImprintedClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassi
             idx = np.arange(len(source))
             view = _EmbeddingView(net)
             if not augment:
-                return predict_images(view, source, idx, self.preprocessing_, self.device_).cpu().numpy()
+                run = self._image_engine(_EmbeddingView, "embedding")
+                return predict_images(run, source, idx, self.preprocessing_, self.device_).cpu().numpy()
             # "Imprinting+Aug": the normalised sum over ``augment`` random crops/flips
             prep, total = self.preprocessing_, 0
             tf = train_transform(prep.image_size)

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ._base import TorchStateMixin, atomic_fit, holdout_split, image_input_tags, resolve_device
 from ._boxes import box_iou, check_tau, heatmap_to_box
+from ._engine import cached_engine
 from ._training import eval_mode, fit_loop, make_generator, make_optimizer, make_scheduler
 from .backbones import build_backbone, count_parameters, get_backbone_spec, state_fingerprint
 from .extractor import CNNFeatureExtractor
@@ -509,7 +510,10 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
         else:
             spec = get_backbone_spec(self.teacher_backbone_)
             tf, chunk = eval_transform(self.input_size, "squash"), 64
-            predict = lambda b: self.student_(to_input(b, spec.mean, spec.std, self.device_)).float().cpu()  # noqa: E731
+            size = int(self.input_size)
+            example = torch.zeros(1, 3, size, size, device=self.device_).contiguous(memory_format=torch.channels_last)
+            student = cached_engine(self.student_, "fused", example, key=("student", size))  # BatchNorm folded
+            predict = lambda b: student(to_input(b, spec.mean, spec.std, self.device_)).float().cpu()  # noqa: E731
         self.student_.eval()
         for start in range(0, len(source), chunk):
             images = [source.load(i) for i in range(start, min(start + chunk, len(source)))]

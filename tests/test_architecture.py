@@ -17,7 +17,8 @@ ROOT = Path(skfg.__file__).parent
 FLOORS = [
     {"_files", "exceptions"},  # the standard library only: atomic writes, the warning and error classes
     # ground: torch / numpy / Pillow only
-    {"_boxes", "_cache", "_distances", "_table", "_training", "_version", "images", "pooling", "backbones", "store"},
+    {"_boxes", "_cache", "_distances", "_engine", "_table", "_training", "_version", "images", "pooling", "backbones",
+     "store"},
     {"_base", "_data", "_network", "datasets", "index", "losses"},  # plumbing under the estimators
     {"extractor", "metrics", "parallel"},
     {"_classifier", "localization"},
@@ -29,8 +30,10 @@ FLOORS = [
     {"__main__"},  # python -m skfg
 ]
 FLOOR = {name: level for level, names in enumerate(FLOORS) for name in names}
-# sklearn's convention for extending a base estimator's constraints
-ALLOWED_PRIVATE = {"_parameter_constraints"}
+# sklearn's convention for extending a base estimator's constraints; torch's per-tensor
+# in-place version counter (what autograd checks saved tensors with), which tells the
+# inference engines when a fitted network's weights changed
+ALLOWED_PRIVATE = {"_parameter_constraints", "_version"}
 
 
 def _modules():

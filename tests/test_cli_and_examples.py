@@ -1,4 +1,5 @@
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -143,7 +144,7 @@ def test_fit_early_exit_and_joblib_models_need_trust(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, expected", [
     (["fit", "/no/such/folder", "-o", "m.skops"], "no data folder at /no/such/folder"),
-    (["fit", ".", "-o", "m.skops", "--backbone", "resnet9000"], "invalid choice: 'resnet9000'"),
+    (["fit", ".", "-o", "m.skops", "--backbone", "resnet9000"], "--backbone 'resnet9000' is not a backbone"),
     (["fit", ".", "-o", "m.skops", "--model", "svm"], "invalid choice: 'svm'"),
     (["predict", "/no/model.skops", "x.jpg"], "No model file at /no/model.skops"),
     (["evaluate", "/no/model.skops", "/no/data"], "No model file at /no/model.skops"),
@@ -263,3 +264,25 @@ def test_skfg_verify_on_a_missing_folder_is_one_line_and_its_own_exit_code(tmp_p
     code = cli_main(["verify", str(tmp_path / "missing")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "not found" in err and "Traceback" not in err
+
+
+def test_the_command_line_starts_without_torch():
+    """``skfg --help`` and ``--version`` must start fast: nothing heavy at import (the
+    times are measured by benchmarks/cli_startup.py, not here)."""
+    code = ("import sys, skfg, skfg.cli\n"
+            "assert skfg.__version__\n"
+            "heavy = [m for m in ('torch', 'torchvision', 'sklearn', 'faiss', 'PIL') if m in sys.modules]\n"
+            "assert not heavy, heavy\n"
+            "skfg.cli.build_parser().format_help()\n"
+            "assert 'torch' not in sys.modules\n"
+            "from skfg import SoftmaxClassifier\n"  # the public names still load, on first use
+            "assert SoftmaxClassifier.__module__ == 'skfg.softmax' and 'torch' in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_unknown_backbone_is_refused_before_any_work(tmp_path, capsys):
+    from skfg.cli import main
+
+    assert main(["fit", str(tmp_path), "-o", str(tmp_path / "m.skops"), "--backbone", "efficientnet_lit0"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'efficientnet_lite0'" in err and "choose one of" in err

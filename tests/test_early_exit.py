@@ -200,7 +200,7 @@ def count_stage_inputs(network):
 
 def test_image_mode_skips_deeper_stages_for_exited_samples(image_model, images):
     _, (Xt, yt) = images
-    net = image_model.extractor_.network_
+    net = image_model.extractor_.inference_engine("fused").module.trunk  # the stages the image path runs
     counts, handles = count_stage_inputs(net)
     try:
         y_pred, exits = image_model.predict(Xt, return_exit=True)
@@ -374,7 +374,8 @@ def test_batches_skip_per_image_and_equal_the_per_image_path(image_model, images
         model.extractor_ = clone(image_model.extractor_).fit()
         model.extractor_.set_params(batch_size=size)
         model.extractor_.network_ = image_model.extractor_.network_
-    net = image_model.extractor_.network_
+    net = batched.extractor_.inference_engine("fused").module.trunk  # (one engine: the network is shared)
+    assert net is single.extractor_.inference_engine("fused").module.trunk
     sizes = {}
     handles = [net.stages[n].register_forward_pre_hook(
         lambda mod, inp, n=n: sizes.setdefault(n, []).append(inp[0].shape[0])) for n in ("stage5", "head")]

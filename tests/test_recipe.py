@@ -43,7 +43,7 @@ def test_each_training_file_is_decoded_once_per_fit(image_files, monkeypatch):
     X, y = image_files
     opened = []
     load = ImageSource.load
-    monkeypatch.setattr(ImageSource, "load", lambda self, i: opened.append(self.name(i)) or load(self, i))
+    monkeypatch.setattr(ImageSource, "load", lambda self, i, draft=None: opened.append(self.name(i)) or load(self, i, draft))
     clf = small(max_epochs=3).fit(X, y)
     assert clf.n_iter_ == 10 + 3  # the head's 10 epochs on the cached features, then fine-tuning
     # resize="squash" (the default): the crops are taken from the image as prediction

@@ -608,3 +608,22 @@ def test_a_result_keeps_the_headline_values_of_its_earlier_runs(tmp_path, monkey
     _common.write_results("t", {"rows": []}, [], ["a"], headline={"speed-up": 3.0})
     saved = json.loads((tmp_path / "t.json").read_text())
     assert [h["values"]["speed-up"] for h in saved["history"]] == [2.5, 2.0]
+
+
+def test_the_docs_set_a_headline_beside_its_earlier_runs_where_they_spread_wider(tmp_path, monkeypatch):
+    import _common
+    from skfg_results import run_spread
+
+    monkeypatch.setattr(_common, "RESULTS", tmp_path)
+    monkeypatch.setattr(_common, "provenance", lambda: {"commit": "abcdef123", "uncommitted_changes": False,
+                                                        "date": "today"})
+    _common.write_results("t", {"rows": []}, [], ["a"], headline={"speed-up": 2.0, "same": 1.0})
+    assert run_spread("t", tmp_path) is None  # one run: nothing to set beside it
+    _common.write_results("t", {"rows": []}, [], ["a"], headline={"speed-up": 2.5, "same": 1.0},
+                          headline_ranges={"speed-up": [2.4, 2.6], "same": [0.9, 1.1]})
+    text = run_spread("t", tmp_path)
+    assert text == ("Across runs: speed-up: 2.5 in this run (its range 2.4-2.6); earlier runs 2 (abcdef1, today).")
+    # inside this run's own range: no note
+    _common.write_results("t", {"rows": []}, [], ["a"], headline={"speed-up": 2.5, "same": 1.0},
+                          headline_ranges={"speed-up": [1.9, 2.6], "same": [0.9, 1.1]})
+    assert run_spread("t", tmp_path) is None

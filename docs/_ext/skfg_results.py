@@ -149,6 +149,37 @@ def markdown_tables(name, results_dir=RESULTS):
     return measured, tables
 
 
+def _fmt(value):
+    return f"{value:.3g}" if isinstance(value, (int, float)) else str(value)
+
+
+def run_spread(name, results_dir=RESULTS):
+    """A sentence setting each headline value of ``results/<name>.json`` beside its earlier
+    runs' (``history``: commit, date, values), for the headlines whose values across runs
+    spread wider than this run's own range (``headline_ranges``: ``{label: [low, high]}``;
+    without one, wherever the runs differ by more than 1 %); None when no headline does."""
+    data = json.loads((Path(results_dir) / f"{name}.json").read_text())
+    headline, history = data.get("headline") or {}, data.get("history") or []
+    ranges = data.get("headline_ranges") or {}
+    parts = []
+    for label, value in headline.items():
+        earlier = [(h.get("commit", "")[:7], h.get("date", ""), h["values"][label]) for h in history
+                   if isinstance(h.get("values", {}).get(label), (int, float))]
+        if not earlier or not isinstance(value, (int, float)):
+            continue
+        values = [v for *_, v in earlier] + [value]
+        low, high = ranges.get(label, (value, value))
+        wider = min(values) < low or max(values) > high
+        if label not in ranges:
+            wider = max(values) - min(values) > 0.01 * max(abs(v) for v in values)
+        if wider:
+            runs = ", ".join(f"{_fmt(v)} ({c}, {d})" for c, d, v in earlier)
+            parts.append(f"{label}: {_fmt(value)} in this run"
+                         + (f" (its range {_fmt(low)}-{_fmt(high)})" if label in ranges else "")
+                         + f"; earlier runs {runs}")
+    return "Across runs: " + "; ".join(parts) + "." if parts else None
+
+
 _README = re.compile(r"<!-- result (?P<spec>[^>]+?) -->(?P<value>.*?)<!-- /result -->", re.S)
 
 UNITS = r"(?:\s?%|\s?(?:points?|pts)\b|x\b|\s?×|\s?ms\b|\s?s\b|\s?min\b|\s?minutes\b|\s?img/s\b|\s?images/s\b" \
@@ -280,6 +311,9 @@ def setup(app):  # pragma: no cover - exercised by the docs build
                 out.append(table)
             source = f"benchmarks/results/{self.arguments[0]}.md"
             out.append(nodes.paragraph(text=f"{measured} Source: {source}." if measured else f"Source: {source}."))
+            spread = run_spread(self.arguments[0])
+            if spread:  # the runs disagree more than one run's rounds: say so beside the table
+                out.append(nodes.paragraph(text=spread, classes=["run-spread"]))
             note = stale_note(self.arguments[0])
             if note:
                 out.append(nodes.paragraph(text=f"Stale: {note} (benchmarks/results/STATUS.md).",

@@ -1,0 +1,198 @@
+"""Inference engines (skfg/_engine.py): BatchNorm folding, parity of every engine with the
+eager network on real images, rebuilding after training, nothing pickled."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import skfg._engine
+import skfg.localization
+from skfg import (CNNFeatureExtractor, EarlyExitClassifier, ImpostorClassifier, ImprintedClassifier, ObjectCropper,
+                  SoftmaxClassifier)
+from skfg._engine import fold_batchnorm, make_engine, resolve_engine
+from skfg.backbones import build_backbone
+from skfg.datasets import load_image_folder
+
+HAS_ORT = skfg._engine.onnxruntime_available()
+
+
+@pytest.fixture(scope="module")
+def cars(shared_dataset):
+    """Twelve real photographs of 3 classes of stanford_cars_a (its train split)."""
+    X, y = load_image_folder(shared_dataset("stanford_cars_a") / "train")
+    keep = np.concatenate([np.flatnonzero(y == c)[:4] for c in np.unique(y)[:3]])
+    return X[keep], y[keep]
+
+
+def _randomise_batchnorm(module, seed=0):
+    """Give every BatchNorm non-trivial running statistics and affine weights."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g))
+    return module
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "mobilenet_v3_small", "resnet18"])
+def test_a_folded_network_equals_the_unfolded_one(backbone):
+    net = _randomise_batchnorm(build_backbone(backbone, weights=None)).eval()
+    folded = fold_batchnorm(net)
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    assert n_bn > 0 and not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())  # every one folded
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        for (name, a), (_, b) in zip(net.forward_stages(x), folded.forward_stages(x)):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max())), name
+    # the original is untouched: still its BatchNorms, still trainable
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == n_bn
+    assert all(p.requires_grad for p in net.parameters())
+
+
+def test_a_batchnorm_that_does_not_follow_a_convolution_alone_is_kept():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))
+    net = _randomise_batchnorm(net).eval()
+    folded = fold_batchnorm(net)
+    assert isinstance(folded[2], nn.BatchNorm2d) and isinstance(folded[4], nn.Identity)
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.allclose(net(x), folded(x), atol=1e-5)
+
+
+def test_engine_names_are_checked(monkeypatch):
+    assert resolve_engine("auto") == "fused"
+    with pytest.raises(ValueError, match="engine must be one of"):
+        resolve_engine("tensorrt")
+    monkeypatch.setattr(skfg._engine, "onnxruntime_available", lambda: False)
+    with pytest.raises(ImportError, match=r"skfg\[onnx\]"):
+        resolve_engine("onnxruntime")
+    with pytest.raises(ImportError, match=r"skfg\[onnx\]"):
+        CNNFeatureExtractor(engine="onnxruntime").fit()
+
+
+ENGINES = ["fused", "onnxruntime"] if HAS_ORT else ["fused"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_extractor_engines_equal_eager_on_real_images(cars, engine):
+    X, _ = cars
+    eager = CNNFeatureExtractor(layers=["stage4", "head"], engine="eager", cache=False).fit().transform(X)
+    other = CNNFeatureExtractor(layers=["stage4", "head"], engine=engine, cache=False).fit().transform(X)
+    np.testing.assert_allclose(other, eager, atol=1e-4)
+
+
+@pytest.mark.parametrize("make", [
+    lambda ext: SoftmaxClassifier(extractor=ext, trainable_blocks=1, max_epochs=1, head_epochs=0, random_state=0),
+    lambda ext: ImpostorClassifier(extractor=ext, trainable_blocks=1, embedding_dim=16, max_epochs=1, random_state=0),
+    lambda ext: ImprintedClassifier(extractor=ext, trainable_blocks=1, max_epochs=1, random_state=0),
+])
+def test_classifier_engines_equal_eager_on_real_images(cars, make):
+    X, y = cars
+    clf = make(CNNFeatureExtractor(image_size=96, engine="eager", cache=False)).fit(X, y)
+    eager = clf.predict_proba(X)
+    for engine in ENGINES:
+        clf.extractor.set_params(engine=engine)
+        np.testing.assert_allclose(clf.predict_proba(X), eager, atol=1e-4)
+    if isinstance(clf, ImprintedClassifier):  # the embedding has its own engine
+        clf.extractor.set_params(engine="eager")
+        emb = clf.transform(X)
+        clf.extractor.set_params(engine="fused")
+        np.testing.assert_allclose(clf.transform(X), emb, atol=1e-4)
+
+
+def test_the_early_exit_stage_path_on_the_fused_network_equals_eager(cars):
+    X, y = cars
+    ext = CNNFeatureExtractor(layers=["stage4", "stage5", "head"], image_size=96, engine="eager", cache=False)
+    clf = EarlyExitClassifier(extractor=ext, alpha=0.5, random_state=0).fit(X, y)
+    eager = clf.decision_function(X), clf.predict(X, return_exit=True)[1]
+    clf.extractor_.set_params(engine="fused")
+    fused_run = clf.extractor_.inference_engine("fused").module
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused_run.modules())
+    np.testing.assert_allclose(clf.decision_function(X), eager[0], atol=1e-4)
+    np.testing.assert_array_equal(clf.predict(X, return_exit=True)[1], eager[1])
+
+
+def test_the_cropper_runs_a_folded_student_with_the_eager_maps(cars, monkeypatch):
+    X, _ = cars
+    cropper = ObjectCropper(teacher=CNNFeatureExtractor(image_size=96), max_epochs=1, random_state=0).fit(X)
+    fused = cropper.predict_heatmaps(X)
+    monkeypatch.setattr(skfg.localization, "cached_engine", lambda owner, engine, example, key=(): make_engine(
+        owner, "eager", example))
+    np.testing.assert_allclose(fused, cropper.predict_heatmaps(X), atol=1e-4)
+
+
+def test_training_after_a_prediction_trains_the_network_and_rebuilds_the_engine(cars):
+    X, y = cars
+    ext = CNNFeatureExtractor(image_size=96, cache=False)
+    clf = SoftmaxClassifier(extractor=ext, trainable_blocks=1, max_epochs=1, head_epochs=0, warm_start=True,
+                            random_state=0).fit(X, y)
+    first = clf.predict_proba(X)  # builds the fused engine
+    assert any(isinstance(m, nn.BatchNorm2d) for m in clf.module_.modules())  # the trained module is not folded
+    clf.fit(X, y)  # warm start: trains on from the same weights
+    second = clf.predict_proba(X)
+    assert not np.allclose(first, second)
+    ext.set_params(engine="eager")
+    np.testing.assert_allclose(clf.predict_proba(X), second, atol=1e-4)
+
+
+def test_imprinting_in_place_rebuilds_the_engine(cars):
+    X, y = cars
+    clf = ImprintedClassifier(extractor=CNNFeatureExtractor(image_size=96, cache=False), trainable_blocks=1,
+                              max_epochs=1, random_state=0).fit(X[y != y[-1]], y[y != y[-1]])
+    clf.predict_proba(X)
+    clf.imprint(X[y == y[-1]], y[y == y[-1]])  # new head rows, same module_
+    fused = clf.predict_proba(X)
+    clf.extractor.set_params(engine="eager")
+    np.testing.assert_allclose(fused, clf.predict_proba(X), atol=1e-4)
+    assert fused.shape[1] == 3
+
+
+def test_a_pickled_model_carries_no_engine_and_loads_without_onnxruntime(cars, monkeypatch):
+    X, y = cars
+    engine = "onnxruntime" if HAS_ORT else "fused"
+    clf = SoftmaxClassifier(extractor=CNNFeatureExtractor(image_size=96, engine=engine, cache=False),
+                            trainable_blocks=1, max_epochs=1, head_epochs=0, random_state=0).fit(X, y)
+    proba = clf.predict_proba(X)
+    blob = pickle.dumps(clf)
+    assert b"onnxruntime.capi" not in blob and b"_engine" not in blob
+    assert len(blob) < len(pickle.dumps(clf.module_.state_dict())) + 200_000  # no second copy of the network
+    monkeypatch.setattr(skfg._engine, "onnxruntime_available", lambda: False)
+    loaded = pickle.loads(blob)
+    loaded.extractor.set_params(engine="auto")  # what a machine without the [onnx] extra runs
+    np.testing.assert_allclose(loaded.predict_proba(X), proba, atol=1e-4)
+
+
+def test_the_engine_cache_does_not_keep_a_model_alive(cars):
+    import gc
+    import weakref
+
+    X, _ = cars
+    for engine in ("eager", "fused"):
+        ext = CNNFeatureExtractor(image_size=64, cache=False, engine=engine).fit()
+        ext.transform(X[:2])
+        network = weakref.ref(ext.network_)
+        del ext
+        gc.collect()
+        assert network() is None, engine
+
+
+def test_folding_never_shows_a_users_hooks_the_tracers_proxies():
+    from torch.nn.modules.module import register_module_forward_pre_hook
+
+    net = _randomise_batchnorm(build_backbone("mobilenet_v3_small", weights=None)).eval()
+    seen, seen_global = [], []
+    net.stages["stem"].register_forward_pre_hook(lambda m, inp: seen.append(type(inp[0])))
+    handle = register_module_forward_pre_hook(lambda m, inp: seen_global.append(type(inp[0])))
+    try:
+        folded = fold_batchnorm(net)
+    finally:
+        handle.remove()
+    assert set(seen) <= {torch.Tensor} and set(seen_global) <= {torch.Tensor}
+    seen.clear()
+    with torch.inference_mode():
+        folded.stages["stem"](torch.randn(1, 3, 32, 32))
+    assert seen == [torch.Tensor]  # the copy keeps the user's hooks, which see real tensors
