@@ -490,10 +490,9 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         (:func:`skfg._engine.cached_engine`: built at the first prediction, rebuilt after
         the weights change, never pickled)."""
         engine = resolve_engine(getattr(self.extractor, "engine", "auto"), self.device_)
-        size = self.preprocessing_.image_size
-        example = torch.zeros(1, 3, size, size, device=self.device_).contiguous(memory_format=torch.channels_last)
+        example = self.preprocessing_.example_batch(self.device_)
         build = None if view is None else (lambda: view(self.module_))
-        return cached_engine(self.module_, engine, example, build=build, key=(name, size))
+        return cached_engine(self.module_, engine, example, build=build, key=(name, self.preprocessing_.image_size))
 
     def predict_proba(self, X):
         """Class probabilities; rows sum to 1, columns follow ``classes_``.

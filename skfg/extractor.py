@@ -270,9 +270,8 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "network_")
         engine = resolve_engine(self.engine if engine is None else engine, self.device_)
-        size = int(self.image_size)
-        example = torch.zeros(1, 3, size, size, device=self.device_).contiguous(memory_format=torch.channels_last)
-        key = (tuple(self.layers_), self.pooling, self.k, bool(self.normalize), size, str(self.device_))
+        key = (tuple(self.layers_), self.pooling, self.k, bool(self.normalize), int(self.image_size), str(self.device_))
+        example = self.preprocessing_.example_batch(self.device_)
         return cached_engine(self.network_, engine, example, build=lambda: self.pooled_trunk_, key=key)
 
     def trunk_settings(self):

@@ -611,6 +611,12 @@ class Preprocessing:
         """uint8 batch ``(n, 3, S, S)`` -> the network's input on ``device`` (:func:`to_input`)."""
         return to_input(batch, self.mean, self.std, device, dtype)
 
+    def example_batch(self, device, n=1):
+        """A zero input batch ``(n, 3, S, S)`` as :meth:`batches` yields them (float32,
+        channels-last, on ``device``): the shapes an engine is built for."""
+        x = torch.zeros(n, 3, self.image_size, self.image_size, device=device)
+        return x.contiguous(memory_format=torch.channels_last)
+
     def decode_jobs(self, device):
         """Decode threads on ``device`` (:func:`decode_jobs`)."""
         return decode_jobs(self.n_jobs, device)

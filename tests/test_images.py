@@ -174,3 +174,34 @@ def test_the_decoded_pixel_limit_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(ImageTooLargeError, match=r"big\.png: decoded is 300x200 = 60,000 pixels"):
         skfg.images.ImageSource([str(path)]).load(0)
     assert verify_images([str(path)], image_size=None)[0].name == str(path)
+
+
+def test_preprocessing_is_the_chain_it_replaces(rgb_images):
+    from skfg.images import Preprocessing, to_input
+
+    prep = Preprocessing(image_size=32, resize="crop", mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4), batch_size=3)
+    source = ImageSource(rgb_images)
+    got = list(prep.batches(source, "cpu"))
+    assert [idx.tolist() for idx, _ in got] == [[0, 1, 2], [3]]
+    expected = [to_input(torch.stack([eval_transform(32, "crop")(source.load(i)) for i in idx]), prep.mean, prep.std,
+                         "cpu") for idx, _ in got]
+    for (_, x), e in zip(got, expected):
+        assert torch.equal(x, e) and x.is_contiguous(memory_format=torch.channels_last)
+    assert prep == Preprocessing(32, "crop", [0.5, 0.4, 0.3], [0.2, 0.3, 0.4], 3) and hash(prep)  # plain, hashable data
+
+
+def test_jpeg_draft_decodes_large_jpegs_smaller_and_nothing_else(tmp_path):
+    from skfg import CNNFeatureExtractor
+
+    rng = np.random.RandomState(0)
+    Image.fromarray(rng.randint(0, 256, (480, 640, 3), dtype=np.uint8)).save(tmp_path / "big.jpg", quality=90)
+    Image.fromarray(rng.randint(0, 256, (480, 640, 3), dtype=np.uint8)).save(tmp_path / "big.png")
+    source = ImageSource([str(tmp_path / "big.jpg"), str(tmp_path / "big.png")])
+    assert source.load(0).size == (640, 480)
+    assert source.load(0, draft=(160, 160)).size == (320, 240)  # DCT scaling by 1/2: both sides stay >= 160
+    assert source.load(0, draft=(300, 300)).size == (640, 480)  # 1/2 would be 240 < 300: full size
+    assert source.load(1, draft=(160, 160)).size == (640, 480)  # not a JPEG: decoded in full
+    plain, draft = CNNFeatureExtractor(image_size=64).fit(), CNNFeatureExtractor(image_size=64, jpeg_draft=True).fit()
+    assert plain._cache_key() != draft._cache_key()  # other pixels, other cache entries
+    assert draft.preprocessing_.jpeg_draft and not plain.preprocessing_.jpeg_draft
+    assert np.abs(draft.transform(source.items) - plain.transform(source.items)).max() > 0

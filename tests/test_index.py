@@ -360,3 +360,34 @@ def test_set_n_probe_trades_recall_on_a_fitted_index():
     assert low < high == 1.0 and index.n_probe == 64
     with pytest.raises(ValueError, match="n_probe must be a positive int"):
         index.set_n_probe(0)
+
+
+def test_n_probe_is_a_property_that_survives_pickle_and_save(tmp_path):
+    X = np.random.RandomState(0).randn(4000, 16).astype(np.float32)
+    index = NearestNeighborIndex("ivf", n_lists=64, random_state=0).fit(X)
+    assert index.faiss_index.nprobe == 8  # None: max(8, n_lists // 8)
+    index.n_probe = 32
+    assert index.faiss_index.nprobe == 32 and index.n_probe == 32
+    assert pickle.loads(pickle.dumps(index)).faiss_index.nprobe == 32
+    index.save(tmp_path / "ivf.faiss")
+    loaded = NearestNeighborIndex.load(tmp_path / "ivf.faiss")
+    assert loaded.n_probe == 32 and loaded.faiss_index.nprobe == 32
+    with pytest.raises(ValueError, match="n_probe must be a positive int"):
+        index.n_probe = True
+    # an index pickled when n_probe was a plain attribute
+    state = index.__getstate__()
+    state["n_probe"] = state.pop("_n_probe")
+    old = NearestNeighborIndex.__new__(NearestNeighborIndex)
+    old.__setstate__(state)
+    assert old.n_probe == 32 and old.faiss_index.nprobe == 32
+
+
+@pytest.mark.parametrize("method", ["brute", "exact", "hnsw", "ivf", "pq", "opq", "ivfpq"])
+def test_every_row_of_the_table_builds_searches_and_counts_its_memory(method):
+    X = np.random.RandomState(1).randn(600, 16).astype(np.float32)
+    index = NearestNeighborIndex(method, code_size=4, n_lists=8, random_state=0).fit(X)
+    d, i = index.search(X[:5], 3)
+    assert i.shape == (5, 3) and (i[:, 0] == np.arange(5)).mean() >= (0.6 if method in ("pq", "opq", "ivfpq") else 1)
+    per_vector = index.code_bytes_per_vector
+    assert per_vector == (4 if method in ("pq", "opq", "ivfpq") else 64)
+    assert index.memory_bytes >= len(X) * per_vector
