@@ -124,7 +124,7 @@ class _OnnxRuntime:
         import onnxruntime as ort
 
         buf = io.BytesIO()
-        module = copy.deepcopy(module).cpu().eval()
+        module = module.cpu().eval()  # (a copy already: make_engine folds into a fresh one)
         example = example.cpu().float().expand(2, *example.shape[1:]).contiguous()  # a batch of 2: batch is dynamic
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's own deprecations and messages
