@@ -61,6 +61,24 @@ def machine_gflops(seconds=1.0, n=1024):
     return 2 * n**3 * count / (time.perf_counter() - t0) / 1e9
 
 
+def multiply_adds(module, x):
+    """Multiply-adds of one forward pass of ``module`` on ``x`` (convolutions and linear layers)."""
+    total = []
+
+    def hook(m, inputs, out):
+        if isinstance(m, torch.nn.Conv2d):
+            total.append(out.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1])
+        elif isinstance(m, torch.nn.Linear):
+            total.append(out.numel() * m.in_features)
+
+    handles = [m.register_forward_hook(hook) for m in module.modules()]
+    with torch.inference_mode():
+        module(x)
+    for h in handles:
+        h.remove()
+    return sum(total)
+
+
 def _git(*args):
     try:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()

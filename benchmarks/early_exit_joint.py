@@ -9,13 +9,14 @@ fitted on the trained network's features. Per seed:
 1. Every exit's LinearSVC alone, on val and test (``staged_predict``).
 2. Every (scheme, alpha): val and test accuracy, exit counts, and end-to-end ms/image
    (decode + CNN + SVMs) against **the same model's last exit alone** (the same trained
-   network and last-layer SVM behind a single-exit extractor), at batch 1 (image by
+   network and last-layer SVM behind a single-exit extractor, on the same engine: the
+   fused network, BatchNorm folded, which the exits' stage-by-stage path runs), at batch 1 (image by
    image, alternating, best of ``--repeats`` rounds) and in batches of 8 and 32 (whole
    sets, alternating), each speed-up with its range over the rounds alone.
    The operating point is chosen on **val**: the largest batch-1 speed-up whose val
    accuracy is at most 1 point below the last exit's; its test row is the result.
 3. The decode share: ms/image of decoding + resizing alone against the last exit's; and
-   the cost structure: each stage's ms/image at batch 1, 8 and 32 (random input), so the
+   the cost structure: each stage's ms/image of the fused network at batch 1, 8 and 32 (random input), so the
    share of the time spent before each exit, which bounds the speed-up it can give; and
    a loose bound on any exit rule at no accuracy loss (``oracle_bounds``).
 4. The last exit against the single-exit fine-tuned model: ``recipe_default`` of
@@ -82,7 +83,8 @@ def single_exit(clf, size):
     """The fitted model's last exit alone: its trained network behind a one-layer
     extractor, and its last-layer classifier."""
     last = clf.exit_names_[-1]
-    ext = CNNFeatureExtractor(layers=[last], image_size=size, batch_size=1, cache=False).fit()
+    # the engine the exits' stage-by-stage path runs (BatchNorm folded): the same engine's last exit
+    ext = CNNFeatureExtractor(layers=[last], image_size=size, batch_size=1, cache=False, engine="fused").fit()
     ext.set_network(clf.extractor_.network_)
     svm = clf.estimators_[-1]
 
@@ -156,7 +158,7 @@ def run_seed(args, seed, size, splits):
     ok = [c for c in configs if c["val_accuracy"] >= base_acc["val"] - 0.01 - 1e-9]
     chosen = max(ok, key=lambda c: c["val_last_ms_batch1"] / c["val_ms_batch1"]) if ok else None
     dec = decode_ms(tX["test"], size, args.repeats)
-    costs = stage_ms(clf.extractor_.network_, size, (1,) + BATCHES, args.repeats)
+    costs = stage_ms(clf.extractor_.inference_engine("fused").module.trunk, size, (1,) + BATCHES, args.repeats)
     return {"seed": seed, "image_size": size, "exits": exits, "exit_weights": weights,
             "distillation": args.distillation, "epochs": args.epochs or 22, "fit_minutes": fit_min,
             "exit_accuracy": stage, "last_exit_accuracy": base_acc, "configs": configs,
@@ -257,7 +259,8 @@ def write(name, runs, args, splits):
              f"{r0['epochs']} epochs (the fine-tuning recipe; exit weights {r0['exit_weights'] or 'all 1'}, "
              f"distillation {r0['distillation']:g}), then a LinearSVC per exit and the thresholds (training "
              f"algorithm of the paper). ms/image: decode + CNN + SVMs over the first {r0['n_timing']} images; "
-             "batch 1: image by image, alternating with the last exit alone, best of "
+             "both on the fused engine (BatchNorm folded); batch 1: image by image, alternating with the last "
+             "exit alone, best of "
              f"{args.repeats} rounds per image; batches of 8 and 32: the whole set, alternating, best of {args.repeats} "
              "(extractor batch_size 8 or 32; skfg's default is 4). The speed-ups are "
              "against the same model's last exit alone (same network and SVM, one exit); [lowest-highest] is the "

@@ -12,11 +12,18 @@
    4, against ``engine="eager"`` (the path before issue 45), and one image at a time against
    a plain onnxruntime script on the same exported model (PIL decode and resize, numpy
    normalisation, ``session.run``): the script a user would write.
+3. The command line, each command a fresh process (start-up included): ``skfg --version``,
+   ``skfg --help``, and ``skfg predict model.skops one.jpg`` on the same fitted Pipeline
+   saved in the safe format, with its ONNX copy cached (what ``skfg fit`` leaves: served by
+   onnxruntime without importing torch) and without one (the model loaded with torch).
 
     python benchmarks/engines.py [--quick] [--rounds 5]
 """
 
 import argparse
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,30 +33,14 @@ import torch
 from PIL import Image
 from sklearn.pipeline import Pipeline
 
-from _common import DATA, machine_gflops, ratio_over_rounds, untraced, write_results
-from skfg import CNNFeatureExtractor, SoftmaxClassifier
+from _common import DATA, machine_gflops, multiply_adds, ratio_over_rounds, untraced, write_results
+from skfg import CNNFeatureExtractor, SoftmaxClassifier, save_model
 from skfg.datasets import load_image_folder
+from skfg.cli import keep_onnx_copy
 from skfg.export import export_onnx
+from skfg.serving import onnx_copy_path
 
 ENGINES = ("eager", "fused", "onnxruntime")
-
-
-def multiply_adds(module, x):
-    """Multiply-adds of one forward pass of ``module`` on ``x`` (convolutions and linear layers)."""
-    total = []
-
-    def hook(m, inputs, out):
-        if isinstance(m, torch.nn.Conv2d):
-            total.append(out.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1])
-        elif isinstance(m, torch.nn.Linear):
-            total.append(out.numel() * m.in_features)
-
-    handles = [m.register_forward_hook(hook) for m in module.modules()]
-    with torch.inference_mode():
-        module(x)
-    for h in handles:
-        h.remove()
-    return sum(total)
 
 
 def time_rounds(fns, rounds):
@@ -78,6 +69,39 @@ def plain_onnxruntime(path, size):
         return session.run(["probabilities"], {"images": x})[0]
 
     return predict
+
+
+def command_line(pipe, image, rounds):
+    """Seconds per run of each command (a fresh process each time), ``rounds`` runs each,
+    in turn: ``{command: [seconds]}``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "model.skops"
+        save_model(pipe, model)
+        cached = dict(os.environ, SKFG_CACHE_DIR=str(Path(tmp) / "cache"))
+        previous = os.environ.get("SKFG_CACHE_DIR")
+        os.environ["SKFG_CACHE_DIR"] = cached["SKFG_CACHE_DIR"]
+        try:
+            keep_onnx_copy(model, pipe)  # what `skfg fit` leaves behind
+            assert onnx_copy_path(model).is_file(), "no ONNX copy was cached"
+        finally:
+            os.environ.pop("SKFG_CACHE_DIR")
+            if previous is not None:
+                os.environ["SKFG_CACHE_DIR"] = previous
+        runs = {
+            "skfg --version": (["--version"], cached),
+            "skfg --help": (["--help"], cached),
+            "skfg predict model.skops one.jpg (ONNX copy cached)": (["predict", str(model), image], cached),
+            "skfg predict model.skops one.jpg (no copy: torch)": (["predict", str(model), image], None),
+        }
+        times = {k: [] for k in runs}
+        for r in range(rounds):
+            for name, (argv, env) in runs.items():
+                if env is None:  # a fresh, empty cache each time: the model file is loaded with torch
+                    env = dict(os.environ, SKFG_CACHE_DIR=str(Path(tmp) / f"empty{r}"))
+                t = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "skfg", *argv], env=env, check=True, capture_output=True)
+                times[name].append(time.perf_counter() - t)
+        return times
 
 
 def main():
@@ -122,9 +146,14 @@ def main():
     probas = {}
 
     def predictor(engine, batch_size):
+        """The fitted Pipeline with its extractor set to ``engine`` and ``batch_size`` (the same
+        network and head; its own Pipeline, so no ``set_params`` is timed)."""
+        ext = CNNFeatureExtractor(cache=False, engine=engine, batch_size=batch_size).fit()
+        model = Pipeline([("cnn", ext), ("clf", pipe[-1])])
+        model.predict_proba(files[:1])  # the engine is built outside the timed rounds
+
         def run(X=files):
-            pipe.set_params(cnn__engine=engine, cnn__batch_size=batch_size)
-            probas[engine, batch_size] = pipe.predict_proba(X)
+            probas[engine, batch_size] = model.predict_proba(X)
         return run
 
     file_engines = (*ENGINES, "auto")  # auto: the default
@@ -141,23 +170,36 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(pipe, Path(tmp) / "model.onnx")
         script = plain_onnxruntime(path, size)
-        single = {e: (lambda e=e: [predictor(e, 1)(np.asarray([f], dtype=object)) for f in one]) for e in ENGINES}
+        one_at_a_time = {e: predictor(e, 1) for e in (*ENGINES, "auto")}
+        single = {e: (lambda run=run: [run(np.asarray([f], dtype=object)) for f in one])
+                  for e, run in one_at_a_time.items()}
         single["plain onnxruntime script"] = lambda: [script(f) for f in one]
         times = time_rounds(single, rounds)
     base = "plain onnxruntime script"
-    for e in (*ENGINES, base):
+    for e in (*ENGINES, "auto", base):
         ms = 1000 * float(np.median(times[e])) / len(one)
         ratio, low, high = ratio_over_rounds(times[e], times[base])  # >1: slower than the script
         rows.append({"part": "one file at a time", "batch": 1, "engine": e, "ms_per_image": ms,
                      "vs_plain_onnxruntime": ratio, "vs_low": low, "vs_high": high})
         table.append(("one file at a time", 1, e, f"{ms:.2f}", "", f"{ratio:.2f}x the script's time "
                                                                     f"[{low:.2f}-{high:.2f}]"))
+    cli = command_line(pipe, files[0], rounds)
+    for name, seconds in cli.items():
+        rows.append({"part": "command line", "engine": name, "seconds": float(np.median(seconds)),
+                     "seconds_low": float(min(seconds)), "seconds_high": float(max(seconds))})
+        table.append(("command line", "", name, "", "", f"{np.median(seconds):.2f} s [{min(seconds):.2f}-"
+                                                        f"{max(seconds):.2f}]"))
     default = ext.inference_engine()  # what "auto" runs
     headline = {
         "fused_vs_eager_batch1": next(r["speedup"] for r in rows if r["part"] == "network" and r["batch"] == 1
                                       and r["engine"] == "fused"),
         "fused_vs_eager_batch32": next(r["speedup"] for r in rows if r["part"] == "network" and r["batch"] == 32
                                        and r["engine"] == "fused"),
+        "cli_predict_one_image_s": float(np.median(cli["skfg predict model.skops one.jpg (ONNX copy cached)"])),
+        "cli_version_s": float(np.median(cli["skfg --version"])),
+        "cli_predict_no_copy_s": float(np.median(cli["skfg predict model.skops one.jpg (no copy: torch)"])),
+        "default_one_file_vs_plain_onnxruntime": next(
+            r["vs_plain_onnxruntime"] for r in rows if r["part"] == "one file at a time" and r["engine"] == "auto"),
         "default_predict_proba_vs_eager_batch4": next(
             r["speedup"] for r in rows if r["part"] == "predict_proba from files" and r["engine"] == "auto"),
     }

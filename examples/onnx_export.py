@@ -14,7 +14,8 @@ from sklearn.pipeline import Pipeline
 
 from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.datasets import make_fine_grained
-from skfg.export import OnnxModel, export_onnx
+from skfg.export import export_onnx
+from skfg.serving import OnnxModel  # torch-free: a serving process needs onnxruntime, numpy, Pillow
 
 X_train, y_train = make_fine_grained(n_classes=5, n_per_class=16, image_size=96, random_state=0)
 X_test, y_test = make_fine_grained(n_classes=5, n_per_class=6, image_size=96, random_state=1)

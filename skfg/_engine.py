@@ -9,11 +9,11 @@ to :func:`make_engine`, which returns a callable with the same outputs:
   (:func:`fold_batchnorm`; BatchNorm and the activations were ~40 % of CPU time), same
   outputs within float32 rounding;
 - ``"onnxruntime"``: the module exported to ONNX in memory and run by onnxruntime (the
-  ``[onnx]`` extra); the export costs seconds once per fitted model and process;
-- ``"auto"``: ``"fused"``. On this 2-core CPU onnxruntime runs the network fastest at
-  every batch size, but building it (the export) takes seconds once per fitted model and
-  process (``benchmarks/results/engines.md``): a short call should never wait for that,
-  so it is the choice of a long-running process or a large job.
+  ``[onnx]`` extra), the fastest at every batch size on this 2-core CPU
+  (``benchmarks/results/engines.md``); the export takes about half a second once per
+  fitted model and process;
+- ``"auto"``: ``"onnxruntime"`` where the extra is installed, the model is on the CPU
+  and its network exports; else ``"fused"``.
 
 Engines are built lazily at the first prediction and kept outside the estimator
 (:func:`cached_engine`), so a pickled model never carries one.
@@ -21,9 +21,11 @@ Engines are built lazily at the first prediction and kept outside the estimator
 
 import copy
 import io
+import operator
 import warnings
 import weakref
 
+import numpy as np
 import torch
 from torch import fx, nn
 
@@ -113,10 +115,65 @@ class _Torch:
             return self.module(x)
 
 
+def static_shapes(module, example):
+    """``module`` (changed in place and returned) for inputs shaped like ``example`` only:
+    each submodule with a ``static_for(input_size)`` method (e.g. a convolution with
+    TensorFlow "SAME" padding, which computes its padding from each input's size) is
+    replaced by what that method returns for the spatial size it sees on ``example``.
+
+    What an exporter traces then holds no shape arithmetic: the TorchScript exporter's
+    graph of EfficientNet-Lite ran 1.4-2.6x slower in onnxruntime with it, and as fast as
+    torch.export's without it (which takes ~7 s against ~1 s).
+    """
+    sizes, hooks = {}, []
+
+    def record(m, args):  # (a pre-hook that returns something replaces the inputs)
+        sizes.setdefault(m, tuple(args[0].shape[2:]))
+
+    for m in module.modules():
+        if callable(getattr(m, "static_for", None)):
+            hooks.append(m.register_forward_pre_hook(record))
+    try:
+        with torch.no_grad():
+            module(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if child in sizes:
+                setattr(parent, name, child.static_for(sizes[child]))
+    return module
+
+
+def export_graph(module, example, f, input_name="x", output_names=("y",), opset_version=18):
+    """Write ``module`` (in eval mode) as an ONNX graph with a dynamic batch axis to ``f``
+    (a path or a binary file object): the TorchScript exporter on
+    :func:`static_shapes` (``module`` is changed in place: pass a copy), or, where that
+    fails (a torch without it, or a module it cannot trace), torch.export. ``example`` is
+    an input batch of at least 2 (the batch axis must not be specialised)."""
+    output_names = list(output_names)
+    dynamic = {name: {0: "batch"} for name in (input_name, *output_names)}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporters' own deprecations and messages
+        start = f.tell() if hasattr(f, "tell") else None
+        try:
+            torch.onnx.export(static_shapes(module, example), (example,), f, input_names=[input_name],
+                              output_names=output_names, dynamic_axes=dynamic, opset_version=opset_version,
+                              dynamo=False)
+            return
+        except Exception:  # noqa: BLE001 - the second exporter decides
+            if start is not None:
+                f.seek(start)
+                f.truncate()
+        torch.onnx.export(module, (example,), f, input_names=[input_name], output_names=output_names,
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset_version,
+                          dynamo=True, external_data=False, verbose=False)
+
+
 class _OnnxRuntime:
-    """The module exported to ONNX in memory (torch.export, opset 18, a dynamic batch) and
-    run by onnxruntime on the CPU; outputs come back as torch tensors. (The TorchScript
-    exporter's graph of EfficientNet-Lite ran 2.6x slower at batch 1 here.)"""
+    """The module exported to ONNX in memory (:func:`export_graph`) and run by onnxruntime
+    on the CPU; outputs come back as torch tensors."""
 
     name = "onnxruntime"
 
@@ -124,13 +181,8 @@ class _OnnxRuntime:
         import onnxruntime as ort
 
         buf = io.BytesIO()
-        module = module.cpu().eval()  # (a copy already: make_engine folds into a fresh one)
         example = example.cpu().float().expand(2, *example.shape[1:]).contiguous()  # a batch of 2: batch is dynamic
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's own deprecations and messages
-            torch.onnx.export(module, (example,), buf, input_names=["x"], output_names=["y"],
-                              dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=18, dynamo=True,
-                              external_data=False, verbose=False)
+        export_graph(module.cpu().eval(), example, buf)  # (a copy: make_engine folds into a fresh one)
         options = ort.SessionOptions()
         options.log_severity_level = 3
         # no busy-waiting between runs: its threads would take the cores from the decoding
@@ -139,8 +191,11 @@ class _OnnxRuntime:
         self.session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, x):
-        out = self.session.run(None, {"x": x.detach().cpu().float().contiguous().numpy()})[0]
-        return torch.from_numpy(out)
+        x = x.detach().cpu()
+        # the layout change (channels-last -> NCHW) in numpy: a torch copy wakes torch's
+        # thread pool, whose spinning threads then slow onnxruntime's (+0.7 ms at batch 1)
+        x = np.ascontiguousarray(x.numpy() if x.dtype == torch.float32 else x.float().numpy())
+        return torch.from_numpy(self.session.run(None, {"x": x})[0])
 
 
 def onnxruntime_available():
@@ -154,12 +209,14 @@ def onnxruntime_available():
 
 
 def resolve_engine(engine, device="cpu"):
-    """The engine ``engine`` names, checked: ``"auto"`` is ``"fused"``; ``"onnxruntime"``
-    needs the ``[onnx]`` extra and the CPU."""
+    """The engine ``engine`` names, checked: ``"auto"`` is ``"onnxruntime"`` when the
+    ``[onnx]`` extra is installed and ``device`` is the CPU (``"auto"`` is kept: a network
+    that does not export then runs ``"fused"``), else ``"fused"``; ``"onnxruntime"``
+    needs the extra and the CPU."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}; got {engine!r}")
     if engine == "auto":
-        return "fused"
+        return "auto" if str(device) == "cpu" and onnxruntime_available() else "fused"
     if engine == "onnxruntime":
         if str(device) != "cpu":
             raise ValueError(f"engine='onnxruntime' runs on the CPU; this model is on {device!r}: use 'fused'.")
@@ -171,32 +228,48 @@ def resolve_engine(engine, device="cpu"):
 
 def make_engine(module, engine, example):
     """A callable running ``module`` (in eval mode) as engine ``engine`` (resolved:
-    ``"eager"``, ``"fused"`` or ``"onnxruntime"``); ``example`` is an input batch (the
-    export's shapes)."""
+    ``"eager"``, ``"fused"``, ``"onnxruntime"``, or ``"auto"``: onnxruntime, falling back
+    to fused where the export fails); ``example`` is an input batch (the export's shapes).
+    The callable's ``name`` says which engine runs."""
     if engine == "eager":
         return _Torch(module, "eager")
     if engine == "fused":
         return _Torch(fold_batchnorm(module), "fused")
     if engine == "onnxruntime":
         return _OnnxRuntime(fold_batchnorm(module), example)
+    if engine == "auto":
+        try:
+            return _OnnxRuntime(fold_batchnorm(module), example)
+        except Exception:  # noqa: BLE001 - a network neither exporter handles still runs, fused
+            return _Torch(fold_batchnorm(module), "fused")
     raise ValueError(f"not a resolved engine: {engine!r}")
 
 
-_CACHE = weakref.WeakKeyDictionary()  # owner module -> {key: (signature, engine)}
+_CACHE = weakref.WeakKeyDictionary()  # owner module -> {key: (_Signature, engine)}
 
 
-def _tensors(module):
-    """``[(weak reference to a submodule, name, tensor)]`` of every parameter and buffer of
-    ``module`` (weak: the cache must not keep the module it is keyed by alive)."""
-    return [(weakref.ref(m), name, t) for m in module.modules()
-            for name, t in (*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)) if t is not None]
+class _Signature:
+    """What an engine was built from: every parameter, buffer and submodule of a module,
+    each with the dict that holds it (a module's own ``_parameters`` / ``_buffers`` /
+    ``_modules``, never the module: the cache must not keep the module it is keyed by
+    alive), and each tensor's version counter (torch bumps it at every in-place change)."""
+
+    def __init__(self, module):
+        entries = [(held, name, value) for m in module.modules()
+                   for held in (m._parameters, m._buffers, m._modules) for name, value in held.items()
+                   if value is not None]
+        self.holders, self.names, self.values = (list(column) for column in zip(*entries)) if entries else ([],) * 3
+        self.tensors = [v for v in self.values if isinstance(v, torch.Tensor)]
+        self.versions = list(map(_VERSION, self.tensors))
+
+    def unchanged(self):
+        """Whether every entry is still in place (not replaced) and every tensor unchanged
+        in place: C-level loops, ~0.05 ms per call for EfficientNet-Lite0."""
+        return (all(map(operator.is_, map(dict.get, self.holders, self.names), self.values))
+                and list(map(_VERSION, self.tensors)) == self.versions)
 
 
-def _unchanged(entries, versions):
-    """Whether every tensor is still in place (not replaced) and unchanged in place since
-    ``versions`` (torch's per-tensor version counter) were read: a quick check, one
-    attribute read per tensor, where walking the module tree again costs ~2 ms."""
-    return all(getattr(m(), name, None) is t and t._version == v for (m, name, t), v in zip(entries, versions))
+_VERSION = operator.attrgetter("_version")
 
 
 def cached_engine(owner, engine, example, build=None, key=()):
@@ -213,9 +286,7 @@ def cached_engine(owner, engine, example, build=None, key=()):
         return make_engine(owner if build is None else build(), engine, example)
     slots = _CACHE.setdefault(owner, {})
     found = slots.get((engine, key))
-    if found is None or not _unchanged(*found[:2]):
-        entries = _tensors(owner)
-        versions = [t._version for _, _, t in entries]
-        found = slots[(engine, key)] = (entries, versions, make_engine(owner if build is None else build(), engine,
-                                                                       example))
-    return found[2]
+    if found is None or not found[0].unchanged():
+        signature = _Signature(owner)
+        found = slots[(engine, key)] = (signature, make_engine(owner if build is None else build(), engine, example))
+    return found[1]

@@ -260,6 +260,7 @@ def cmd_fit(args):
         print(f"skfg fit: interrupted; {args.output} was not written; {where}", file=sys.stderr)
         return 130
     save(model, args.output)
+    keep_onnx_copy(args.output, model)  # `skfg predict` then starts without torch
     if ckpt and not args.checkpoint_dir:  # the default folder has done its work
         import shutil
 
@@ -276,7 +277,7 @@ def cmd_fit(args):
 
 def _images(items):
     """Image files named on the command line; folders are searched (recursively)."""
-    from .datasets import IMAGE_EXTENSIONS
+    from ._decode import IMAGE_EXTENSIONS
 
     paths = []
     for item in items:
@@ -305,10 +306,68 @@ def _top_k(model, X, k):
     return np.asarray(model.classes_)[order], np.take_along_axis(proba, order, axis=1)
 
 
+def served_copy(path):
+    """The ONNX copy of the model file ``path`` that an earlier ``skfg fit`` or ``skfg
+    predict`` cached (:func:`skfg.serving.onnx_copy_path`), as an
+    :class:`~skfg.serving.OnnxModel`; None without a copy, without onnxruntime, or for a
+    copy that has no probabilities (a damaged copy is deleted). Serving it imports neither
+    torch nor torchvision."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None or not os.path.isfile(path):
+        return None
+    from .serving import OnnxModel, onnx_copy_path
+
+    try:
+        copy = onnx_copy_path(path)
+        if not copy.is_file():
+            return None
+    except OSError:
+        return None
+    try:
+        model = OnnxModel(copy)
+    except Exception:  # noqa: BLE001 - a damaged copy: dropped (the model file answers and a new one is made)
+        copy.unlink(missing_ok=True)
+        return None
+    return model if model.classes_ is not None and "probabilities" in model.output_names else None
+
+
+def keep_onnx_copy(path, model):
+    """Cache an ONNX copy of ``model``, saved in the safe format at ``path``, where later
+    ``skfg predict`` calls serve it (:func:`served_copy`); nothing where the model does not
+    export (e.g. early exits), the ``[onnx]`` extra is missing or the cache folder is not
+    writable: the model file still answers, only slower to start."""
+    import logging
+
+    from ._engine import onnxruntime_available
+    from .persistence import is_safe_format
+
+    if not onnxruntime_available() or not is_safe_format(path):
+        return
+    from .export import export_onnx
+    from .serving import onnx_copy_path
+
+    try:
+        copy = onnx_copy_path(path)
+        if not copy.is_file():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            export_onnx(model, copy)  # written whole or not at all; checked against the torch model
+    except Exception as exc:  # noqa: BLE001 - only a faster start is lost
+        logging.getLogger("skfg").debug("skfg: no ONNX copy of %s (%s: %s)", path, type(exc).__name__, exc)
+
+
 def cmd_predict(args):
-    model = load(args.model, args.trust_pickle)
+    served = served_copy(args.model)  # a model cached as ONNX: no torch to import (about 4 s saved)
+    model = served or load(args.model, args.trust_pickle)
     X = _images(args.images)
     labels, proba = _top_k(model, X, args.top_k)
+    _print_predictions(args, X, labels, proba)
+    if served is None:
+        keep_onnx_copy(args.model, model)  # the next call starts fast
+    return 0
+
+
+def _print_predictions(args, X, labels, proba):
     if args.format == "json":
         rows = []
         for i, path in enumerate(X):
@@ -317,8 +376,8 @@ def cmd_predict(args):
                 for pred, q in zip(preds, proba[i]):
                     pred["probability"] = float(q)
             rows.append({"path": path, "predictions": preds})
-        print(json.dumps(rows, indent=2))
-        return 0
+        print(json.dumps(rows, indent=2), flush=True)
+        return
     out = csv.writer(sys.stdout, lineterminator="\n")
     cols = ("label",) if proba is None else ("label", "probability")
     k = labels.shape[1]
@@ -328,7 +387,7 @@ def cmd_predict(args):
         for j in range(k):
             row += [labels[i, j]] + ([] if proba is None else [f"{proba[i, j]:.4f}"])
         out.writerow(row)
-    return 0
+    sys.stdout.flush()
 
 
 def cmd_evaluate(args):

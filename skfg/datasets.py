@@ -8,12 +8,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from sklearn.utils import check_random_state
 
+from ._decode import IMAGE_EXTENSIONS
 from .images import ImageDecodeError, ImageSource, ResizeGuard
 
 __all__ = ["BadImage", "IMAGE_EXTENSIONS", "load_image_folder", "make_composite", "make_fine_grained",
            "make_flower_scenes", "verify_images"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 BadImage = namedtuple("BadImage", ["index", "name", "error"])
 

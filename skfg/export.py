@@ -1,10 +1,11 @@
 """Export of fitted models to ONNX, for serving with onnxruntime (the ``[onnx]`` extra).
 
 :func:`export_onnx` writes one graph from uint8 images to the model's outputs: the
-input normalisation, the CNN, pooling, and the head. :class:`OnnxModel` runs such a file
-with onnxruntime behind the familiar ``predict`` / ``predict_proba`` / ``transform``, with
-skfg's own image preprocessing (decode, resize) in front, so it predicts what the
-exported estimator predicts.
+input normalisation, the CNN, pooling, and the head. :class:`~skfg.serving.OnnxModel`
+(also importable from here) runs such a file with onnxruntime behind the familiar
+``predict`` / ``predict_proba`` / ``transform``, with skfg's own image preprocessing
+(decode, resize) in front, so it predicts what the exported estimator predicts; it
+needs neither torch nor torchvision.
 
 What a graph holds, by model:
 
@@ -24,15 +25,15 @@ early) and :class:`~skfg.ObjectCropper` are not exported.
 import copy
 import json
 import os
-import warnings
 
 import numpy as np
 import torch
 from torch import nn
 
+from ._engine import export_graph
 from ._files import atomic_path
 from ._version import __version__
-from .images import ImageSource, eval_transform, iter_batches
+from .serving import OnnxModel, onnx_input  # noqa: F401 - (their home before 0.4; torch-free there)
 
 OPSET = 18
 
@@ -211,11 +212,7 @@ def export_onnx(model, path, *, opset_version=OPSET, check=True):
     probe = torch.randint(0, 256, (3, 3, size, size), dtype=torch.uint8, generator=rng)  # another batch size
     with atomic_path(path) as tmp:
         tmp = str(tmp)
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # torch.export's own deprecations
-            torch.onnx.export(graph, (example,), tmp, input_names=["images"], output_names=outputs,
-                              dynamic_shapes=({0: torch.export.Dim("batch")},), opset_version=opset_version,
-                              dynamo=True, external_data=False, verbose=False)
+        export_graph(graph, example, tmp, "images", outputs, opset_version)
         proto = onnx.load(tmp)
         for key, value in meta.items():
             proto.metadata_props.add(key=key, value=str(value))
@@ -234,97 +231,3 @@ def export_onnx(model, path, *, opset_version=OPSET, check=True):
                 raise RuntimeError(f"the ONNX graph's outputs differ from the torch model's by {diff:.3g} (> 1e-3); "
                                    "no file written")
     return path
-
-
-def onnx_input(X, image_size, resize="squash", batch_size=64):
-    """Images as an exported graph takes them: uint8 ``(n, 3, image_size, image_size)``.
-
-    Parameters
-    ----------
-    X : array-like
-        Image paths, a uint8 array ``(n, H, W[, 3])`` or PIL images (as ``transform`` takes).
-    image_size : int
-    resize : {"squash", "crop"}, default="squash"
-        As the extractor's ``resize`` (whose default is ``"squash"``).
-    batch_size : int, default=64
-        Images decoded at a time.
-
-    Returns
-    -------
-    images : ndarray of shape (n, 3, image_size, image_size), dtype uint8
-    """
-    source = ImageSource(X)
-    out = np.empty((len(source), 3, image_size, image_size), dtype=np.uint8)
-    for idx, batch in iter_batches(source, eval_transform(image_size, resize), batch_size):
-        out[idx] = batch.numpy()
-    return out
-
-
-class OnnxModel:
-    """An exported model run with onnxruntime, with skfg's image preprocessing in front.
-
-    Parameters
-    ----------
-    path : str or path-like
-        A file written by :func:`export_onnx`.
-    providers : list of str, optional
-        onnxruntime execution providers (default: the CPU).
-    batch_size : int, default=32
-        Images per call of the graph.
-
-    Attributes
-    ----------
-    classes_ : ndarray or None
-        The classifier's classes (None for an extractor).
-    image_size, resize : int, str
-        The preprocessing the graph expects.
-    output_names : list of str
-
-    Examples
-    --------
-    >>> from skfg.export import OnnxModel, export_onnx  # doctest: +SKIP
-    >>> export_onnx(fitted_classifier, "model.onnx")  # doctest: +SKIP
-    >>> OnnxModel("model.onnx").predict(["car.jpg"])  # doctest: +SKIP
-    """
-
-    def __init__(self, path, providers=None, batch_size=32):
-        _, ort = _onnx()
-        self.path = os.fspath(path)
-        self.session = ort.InferenceSession(self.path, providers=providers or ["CPUExecutionProvider"])
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if "image_size" not in meta:
-            raise ValueError(f"{self.path} was not written by skfg.export.export_onnx (no image_size in its metadata).")
-        self.image_size, self.resize = int(meta["image_size"]), meta["resize"]
-        self.classes_ = np.asarray(json.loads(meta["classes"])) if "classes" in meta else None
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self.batch_size = batch_size
-
-    def run(self, images):
-        """The graph's outputs ``{name: array}`` for uint8 images ``(n, 3, S, S)``."""
-        parts = [self.session.run(None, {"images": images[i : i + self.batch_size]})
-                 for i in range(0, len(images), self.batch_size)]
-        return {name: np.concatenate([p[j] for p in parts]) for j, name in enumerate(self.output_names)}
-
-    def _output(self, X, name):
-        """Output ``name`` for images X, decoded ``batch_size`` at a time."""
-        if name not in self.output_names:
-            raise AttributeError(f"{self.path} has no {name!r} output (it has {self.output_names}).")
-        source, out = ImageSource(X), None
-        for idx, batch in iter_batches(source, eval_transform(self.image_size, self.resize), self.batch_size):
-            part = self.session.run([name], {"images": batch.numpy()})[0]
-            if out is None:
-                out = np.empty((len(source), *part.shape[1:]), dtype=part.dtype)
-            out[idx] = part
-        return out
-
-    def predict_proba(self, X):
-        """Class probabilities of images X; columns follow ``classes_``."""
-        return self._output(X, "probabilities")
-
-    def predict(self, X):
-        """Predicted labels of images X."""
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
-
-    def transform(self, X):
-        """The graph's first output for images X: features, or a classifier's logits or embeddings."""
-        return self._output(X, self.output_names[0])

@@ -100,10 +100,12 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
         How the network runs in ``transform`` (and in ``predict`` of a classifier given
         this extractor): ``"fused"`` folds every BatchNorm into the convolution before it
         (same features within float32 rounding, faster on CPUs); ``"eager"`` runs the
-        network as trained; ``"onnxruntime"`` exports it to ONNX in memory once (seconds)
-        and runs it with onnxruntime (the ``[onnx]`` extra, CPU only; the fastest network
-        here, after an export of seconds, see ``docs/inference.rst``). ``"auto"`` is
-        ``"fused"``. Training never uses an engine; nothing of it is saved with a model.
+        network as trained; ``"onnxruntime"`` exports it to ONNX in memory once (about
+        half a second) and runs it with onnxruntime (the ``[onnx]`` extra, CPU only; the
+        fastest network here, see ``docs/inference.rst``). ``"auto"`` is
+        ``"onnxruntime"`` where the extra is installed and the network is on the CPU (a
+        network that does not export runs ``"fused"``), else ``"fused"``. Training never
+        uses an engine; nothing of it is saved with a model.
 
     Attributes
     ----------

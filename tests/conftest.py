@@ -1,10 +1,14 @@
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from skfg import clear_feature_cache
+
+# skfg's cache folder (ONNX copies of models, skfg.serving.cache_dir): never the user's own
+os.environ["SKFG_CACHE_DIR"] = tempfile.mkdtemp(prefix="skfg-test-cache-")
 
 DATA_ROOT = Path(os.environ.get("SKFG_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
 

@@ -1,3 +1,4 @@
+import os
 import runpy
 import subprocess
 import sys
@@ -127,6 +128,50 @@ def test_fit_predict_evaluate_round_trip_on_real_images(small_cars, tmp_path, ca
     np.testing.assert_allclose(OnnxModel(onnx_path).predict_proba(Xte), model.predict_proba(Xte), atol=1e-4)
 
 
+@pytest.mark.data
+def test_predict_serves_the_onnx_copy_fit_left_without_importing_torch(small_cars, tmp_path, monkeypatch):
+    """``skfg fit`` caches an ONNX copy of the model; ``skfg predict`` then answers from it in a
+    process that never imports torch, with the model file's predictions; a changed model file
+    or a damaged copy falls back to the model file."""
+    import subprocess
+
+    pytest.importorskip("onnxruntime")
+    from skfg.serving import onnx_copy_path
+
+    monkeypatch.setenv("SKFG_CACHE_DIR", str(tmp_path / "cache"))
+    model = tmp_path / "model.skops"
+    assert main(["fit", str(small_cars), "-o", str(model), "--image-size", "64", "--quiet"]) == 0
+    copy = onnx_copy_path(model)
+    assert copy.is_file() and copy.parent == tmp_path / "cache" / "onnx"
+    test = str(small_cars / "test")
+    script = ("import sys; from skfg.cli import main; rc = main(sys.argv[1:]); "
+              "print('torch imported' if 'torch' in sys.modules else 'no torch', file=sys.stderr); sys.exit(rc)")
+
+    def predict():
+        run = subprocess.run([sys.executable, "-c", script, "predict", str(model), test, "--top-k", "2"],
+                             capture_output=True, text=True, timeout=300, env=dict(os.environ))
+        assert run.returncode == 0, run.stderr
+        return run.stdout, run.stderr.strip().splitlines()[-1]
+
+    served, imported = predict()
+    assert imported == "no torch"
+    copy.unlink()  # no copy: the model file answers (torch), the same predictions, and the copy is made again
+    from_model, imported = predict()
+    assert imported == "torch imported" and copy.is_file()
+
+    def rows(text):
+        return [line.split(",") for line in text.splitlines()]
+
+    for a, b in zip(rows(served), rows(from_model), strict=True):
+        assert a[:2] == b[:2] and a[3] == b[3]  # path, labels
+        assert abs(float(a[2]) - float(b[2])) <= 1e-3 if a[0] != "path" else a == b
+    copy.write_bytes(b"damaged")
+    assert predict() == (from_model, "torch imported")  # the damaged copy is replaced...
+    assert predict() == (served, "no torch")  # ...and served again
+    assert main(["fit", str(small_cars), "-o", str(model), "--image-size", "64", "--seed", "1", "--quiet"]) == 0
+    assert onnx_copy_path(model) != copy  # another model file, another copy: never an old one
+
+
 def test_fit_early_exit_and_joblib_models_need_trust(tmp_path, capsys):
     _image_folder(tmp_path / "data", 3, 8)
     model = tmp_path / "ee.joblib"
@@ -204,7 +249,10 @@ def test_ctrl_c_during_fine_tuning_keeps_the_model_and_the_rerun_resumes(tmp_pat
     cmd = [sys.executable, "-m", "skfg", "fit", str(tmp_path / "data"), "-o", str(out), "--fine-tune",
            "--image-size", "40", "--max-epochs", "40", "--quiet"]
     ckpt = tmp_path / "m.skops.checkpoints" / "checkpoint.pt"
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal delivers it, however pytest was started: a process started in the
+    # background of a non-interactive shell ignores SIGINT, and its children inherit that
+    restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=restore)
     deadline = time.monotonic() + 240
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -268,13 +316,16 @@ def test_skfg_verify_on_a_missing_folder_is_one_line_and_its_own_exit_code(tmp_p
 
 def test_the_command_line_starts_without_torch():
     """``skfg --help`` and ``--version`` must start fast: nothing heavy at import (the
-    times are measured by benchmarks/cli_startup.py, not here)."""
+    times are measured by benchmarks/engines.py, not here); serving an ONNX copy needs
+    neither torch nor torchvision."""
     code = ("import sys, skfg, skfg.cli\n"
             "assert skfg.__version__\n"
             "heavy = [m for m in ('torch', 'torchvision', 'sklearn', 'faiss', 'PIL') if m in sys.modules]\n"
             "assert not heavy, heavy\n"
             "skfg.cli.build_parser().format_help()\n"
             "assert 'torch' not in sys.modules\n"
+            "import skfg.serving, skfg._decode\n"
+            "assert not [m for m in ('torch', 'torchvision', 'sklearn') if m in sys.modules]\n"
             "from skfg import SoftmaxClassifier\n"  # the public names still load, on first use
             "assert SoftmaxClassifier.__module__ == 'skfg.softmax' and 'torch' in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -118,7 +118,7 @@ def test_weighted_kmax_extractor_features_equal_kmax(images):
     X, _ = images
     a = CNNFeatureExtractor(image_size=40, pooling="kmax", k=3, cache=False).fit().transform(X)
     b = CNNFeatureExtractor(image_size=40, pooling="kmax_weighted", k=3, cache=False).fit().transform(X)
-    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)  # (two onnxruntime graphs: float32 rounding apart)
 
 
 def test_weighted_kmax_weights_are_learned_and_pickled(images):

@@ -64,10 +64,12 @@ def test_a_batchnorm_that_does_not_follow_a_convolution_alone_is_kept():
 
 
 def test_engine_names_are_checked(monkeypatch):
-    assert resolve_engine("auto") == "fused"
+    assert resolve_engine("auto") == ("auto" if HAS_ORT else "fused")
+    assert resolve_engine("auto", "cuda:0") == "fused"  # onnxruntime runs on the CPU only
     with pytest.raises(ValueError, match="engine must be one of"):
         resolve_engine("tensorrt")
     monkeypatch.setattr(skfg._engine, "onnxruntime_available", lambda: False)
+    assert resolve_engine("auto") == "fused"  # without the [onnx] extra
     with pytest.raises(ImportError, match=r"skfg\[onnx\]"):
         resolve_engine("onnxruntime")
     with pytest.raises(ImportError, match=r"skfg\[onnx\]"):
@@ -171,7 +173,7 @@ def test_the_engine_cache_does_not_keep_a_model_alive(cars):
     import weakref
 
     X, _ = cars
-    for engine in ("eager", "fused"):
+    for engine in ("eager", "fused", *(["onnxruntime"] if HAS_ORT else [])):
         ext = CNNFeatureExtractor(image_size=64, cache=False, engine=engine).fit()
         ext.transform(X[:2])
         network = weakref.ref(ext.network_)
@@ -196,3 +198,62 @@ def test_folding_never_shows_a_users_hooks_the_tracers_proxies():
     with torch.inference_mode():
         folded.stages["stem"](torch.randn(1, 3, 32, 32))
     assert seen == [torch.Tensor]  # the copy keeps the user's hooks, which see real tensors
+
+
+@pytest.mark.parametrize("size", [(64, 64), (65, 63), (97, 96)])
+def test_a_same_convolution_made_static_equals_the_dynamic_one(size):
+    from skfg.backbones._efficientnet_lite import SameConv2d
+
+    torch.manual_seed(0)
+    for kernel, stride in [(3, 2), (5, 2), (3, 1), (1, 1)]:
+        conv = SameConv2d(4, 6, kernel, stride=stride, bias=True)
+        x = torch.randn(2, 4, *size)
+        static = conv.static_for(size)
+        assert not isinstance(static, SameConv2d)
+        assert static(x).shape == conv(x).shape
+        torch.testing.assert_close(static(x), conv(x))
+        assert any(p is conv.weight for p in static.parameters())  # the weights are shared, not copied
+
+
+def test_static_shapes_replaces_only_modules_that_offer_it():
+    net = build_backbone("efficientnet_lite0", weights=None).eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.inference_mode():
+        expected = net(x)
+    n_conv = sum(isinstance(m, nn.Conv2d) for m in net.modules())
+    static = skfg._engine.static_shapes(net, x)
+    assert static is net and not any(callable(getattr(m, "static_for", None)) for m in net.modules())
+    assert sum(isinstance(m, nn.Conv2d) for m in net.modules()) == n_conv
+    with torch.inference_mode():
+        torch.testing.assert_close(net(x), expected)
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    assert skfg._engine.static_shapes(plain, x)[0] is plain[0]
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="needs the [onnx] extra")
+def test_the_default_network_exports_by_the_fast_exporter(monkeypatch):
+    """EfficientNet-Lite0 goes through the TorchScript exporter (about a second), never the
+    torch.export fallback (several seconds)."""
+    import io
+
+    calls, export = [], torch.onnx.export
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: calls.append(k["dynamo"]) or export(*a, **k))
+    ext = CNNFeatureExtractor(image_size=64, cache=False).fit()
+    skfg._engine.export_graph(fold_batchnorm(ext.pooled_trunk_), ext.preprocessing_.example_batch("cpu", 2),
+                              io.BytesIO())
+    assert calls == [False]
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="needs the [onnx] extra")
+def test_auto_runs_onnxruntime_and_falls_back_to_fused_where_the_export_fails(monkeypatch):
+    ext = CNNFeatureExtractor(image_size=64, cache=False).fit()
+    assert ext.inference_engine().name == "onnxruntime"
+
+    def no_export(*args, **kwargs):
+        raise RuntimeError("cannot export")
+
+    monkeypatch.setattr(skfg._engine, "export_graph", no_export)
+    ext = CNNFeatureExtractor(image_size=64, cache=False).fit()
+    assert ext.inference_engine().name == "fused"
+    with pytest.raises(RuntimeError, match="cannot export"):  # asked for by name: the error, not a fallback
+        ext.inference_engine("onnxruntime")

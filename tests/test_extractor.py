@@ -20,6 +20,8 @@ def data():
 
 
 def count_forwards(ext):
+    """Images entering the stem, per call: counted on a torch engine (``engine="fused"``, whose
+    copy keeps these hooks), as onnxruntime runs no torch module."""
     calls = []
     ext.network_.stages["stem"].register_forward_pre_hook(lambda m, inp: calls.append(inp[0].shape[0]))
     return calls
@@ -113,7 +115,7 @@ def test_bad_parameters_raise_and_leave_no_fitted_state():
 
 def test_cache_skips_the_network_on_second_transform(data):
     X, _ = data
-    ext = CNNFeatureExtractor(image_size=48).fit()
+    ext = CNNFeatureExtractor(image_size=48, engine="fused").fit()
     calls = count_forwards(ext)
     F1 = ext.transform(X)
     assert sum(calls) == len(X)
@@ -133,7 +135,7 @@ def test_cache_distinguishes_settings(data):
 
 def test_cache_off_always_runs_the_network(data):
     X, _ = data
-    ext = CNNFeatureExtractor(image_size=48, cache=False).fit()
+    ext = CNNFeatureExtractor(image_size=48, cache=False, engine="fused").fit()
     calls = count_forwards(ext)
     ext.transform(X)
     ext.transform(X)
@@ -161,7 +163,7 @@ def test_grid_search_extracts_each_image_once(data, monkeypatch):
         return original(self, x, start)
 
     monkeypatch.setattr(PooledTrunk, "pooled", counting)
-    pipe = Pipeline([("cnn", CNNFeatureExtractor(image_size=48)), ("clf", LogisticRegression())])
+    pipe = Pipeline([("cnn", CNNFeatureExtractor(image_size=48, engine="fused")), ("clf", LogisticRegression())])
     search = GridSearchCV(pipe, {"clf__C": [0.1, 1.0, 10.0]}, cv=3).fit(X, y)
     assert sum(seen) == len(X)
     assert search.best_estimator_.score(X, y) > 0.5

@@ -205,3 +205,21 @@ def test_jpeg_draft_decodes_large_jpegs_smaller_and_nothing_else(tmp_path):
     assert plain._cache_key() != draft._cache_key()  # other pixels, other cache entries
     assert draft.preprocessing_.jpeg_draft and not plain.preprocessing_.jpeg_draft
     assert np.abs(draft.transform(source.items) - plain.transform(source.items)).max() > 0
+
+
+@pytest.mark.parametrize("resize", ["crop", "squash"])
+def test_the_torch_free_resize_equals_torchvisions(resize):
+    """skfg._decode.eval_image (what a torch-free process serving an ONNX copy runs) is
+    torchvision's Resize / CenterCrop on PIL images, pixel for pixel."""
+    import torchvision.transforms as T
+
+    from skfg._decode import eval_array
+
+    rng = np.random.RandomState(0)
+    size = 64
+    reference = (T.Compose([T.Resize(size), T.CenterCrop(size), T.PILToTensor()]) if resize == "crop"
+                 else T.Compose([T.Resize((size, size)), T.PILToTensor()]))
+    for w, h in [(64, 64), (64, 97), (97, 64), (65, 200), (301, 67), (33, 40), (128, 129), (1000, 999)]:
+        img = Image.fromarray(rng.randint(0, 256, (h, w, 3), dtype=np.uint8))
+        np.testing.assert_array_equal(eval_array(img, size, resize), reference(img).numpy(), err_msg=f"{w}x{h}")
+        np.testing.assert_array_equal(eval_transform(size, resize)(img).numpy(), reference(img).numpy())

@@ -265,7 +265,9 @@ def test_end_to_end_fit_runs_the_cnn_once_per_image_before_training(images, last
 
 def test_grid_search_over_sigma_extracts_each_image_once(images, stem_inputs):
     X, y = images
-    pipe = Pipeline([("cnn", CNNFeatureExtractor(image_size=40)), ("clf", small(impostors="fixed", embedding_dim=None))])
+    # (a torch engine: the stem hook counts its forward passes; onnxruntime runs no torch module)
+    pipe = Pipeline([("cnn", CNNFeatureExtractor(image_size=40, engine="fused")),
+                     ("clf", small(impostors="fixed", embedding_dim=None))])
     search = GridSearchCV(pipe, {"clf__sigma": [0.2, 0.5, 1.0]}, cv=2).fit(X, y)
     # 3 sigmas x 2 folds + the refit: 7 fits, yet every image goes through the CNN once
     assert sum(n for n in stem_inputs if n > 1) == len(X)

@@ -88,7 +88,8 @@ def test_trainable_all_updates_the_stem(images):
 
 def test_frozen_prefix_cache_runs_frozen_stages_once(images, stem_inputs):
     X, y = images
-    cached = small(extractor=CNNFeatureExtractor(image_size=40), trainable_blocks=1, augment=False, max_epochs=4).fit(X, y)
+    cached = small(extractor=CNNFeatureExtractor(image_size=40, engine="fused"),  # (torch: the stem hook counts)
+                   trainable_blocks=1, augment=False, max_epochs=4).fit(X, y)
     # every image once for 4 epochs + validation (+1: the extractor's channel probe at fit)
     assert sum(stem_inputs) == len(X) + 1
     stem_inputs.clear()

@@ -47,16 +47,32 @@ _BN = dict(eps=1e-3, momentum=0.01)
 class SameConv2d(nn.Conv2d):
     """Conv2d with TensorFlow "SAME" padding (asymmetric when the stride needs it)."""
 
-    def forward(self, x):
-        ih, iw = x.shape[-2:]
+    def _padding(self, ih, iw):
         kh, kw = self.weight.shape[-2:]
         sh, sw = self.stride
         ph = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
         pw = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
+        return ph, pw
+
+    def forward(self, x):
+        ph, pw = self._padding(*x.shape[-2:])
         if ph % 2 == 0 and pw % 2 == 0:  # symmetric: the convolution pads (a copy by F.pad slows depthwise convs ~2x)
             return F.conv2d(x, self.weight, self.bias, self.stride, (ph // 2, pw // 2), self.dilation, self.groups)
         x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+    def static_for(self, input_size):
+        """This convolution for inputs of spatial size ``input_size`` only: a plain
+        ``nn.Conv2d`` (after an ``nn.ZeroPad2d`` when the padding is asymmetric) sharing
+        these weights, with no shape arithmetic left for an exporter to trace
+        (``skfg._engine.static_shapes``)."""
+        ph, pw = self._padding(*input_size)
+        symmetric = ph % 2 == 0 and pw % 2 == 0
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                         (ph // 2, pw // 2) if symmetric else 0, self.dilation, self.groups, self.bias is not None,
+                         device=self.weight.device, dtype=self.weight.dtype)
+        conv.weight, conv.bias = self.weight, self.bias
+        return conv if symmetric else nn.Sequential(nn.ZeroPad2d((pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)), conv)
 
 
 class MBConvBlock(nn.Module):
