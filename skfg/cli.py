@@ -357,7 +357,7 @@ def keep_onnx_copy(path, model):
 
 
 def cmd_predict(args):
-    served = served_copy(args.model)  # a model cached as ONNX: no torch to import (about 4 s saved)
+    served = served_copy(args.model)  # a model cached as ONNX: no torch to import (benchmarks/engines.py)
     model = served or load(args.model, args.trust_pickle)
     X = _images(args.images)
     labels, proba = _top_k(model, X, args.top_k)
