@@ -214,7 +214,7 @@ class ImpostorClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassif
     # (all stages, warm-up, augmentation) is shared. Not yet re-tuned on the recipe's base.
     _feature_defaults = {**FEATURE_DEFAULTS, "lr": 1e-3}
     _fine_tune_defaults = {**FINE_TUNE_RECIPE, "optimizer": "adam", "lr": 1e-3, "backbone_lr_scale": 0.1,
-                           "label_smoothing": 0.0, "head_epochs": 0, "divergence_guard": None}
+                           "weight_decay": 1e-4, "label_smoothing": 0.0, "head_epochs": 0, "divergence_guard": None}
 
     _parameter_constraints = {
         **BaseTorchClassifier._parameter_constraints,

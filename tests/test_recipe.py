@@ -11,7 +11,7 @@ from PIL import Image
 from sklearn.base import clone
 from torch import nn
 
-from skfg import CNNFeatureExtractor, SoftmaxClassifier
+from skfg import CNNFeatureExtractor, ImpostorClassifier, SoftmaxClassifier
 from skfg._training import fit_loop, make_optimizer, make_scheduler, resolve_precision
 from skfg.datasets import make_fine_grained
 from skfg.images import Augmentation, ImageCache, ImageDecodeError, ImageSource, cache_transform
@@ -159,7 +159,10 @@ def test_warmup_then_cosine_per_step():
 def test_auto_settings_follow_the_mode():
     feats, tuned = SoftmaxClassifier(), SoftmaxClassifier(extractor=CNNFeatureExtractor())
     assert (feats._setting("optimizer"), feats._setting("lr"), feats._setting("max_epochs")) == ("adam", 3e-3, 60)
-    assert (tuned._setting("optimizer"), tuned._setting("trainable_blocks")) == ("sgd", "all")
+    assert (tuned._setting("optimizer"), tuned._setting("trainable_blocks")) == ("adamw", "all")
+    assert (tuned._setting("lr"), tuned._setting("weight_decay"), feats._setting("weight_decay")) == (3e-3, 0.05, 1e-4)
+    # the other estimators keep their own optimiser and its weight decay (0.05 is for AdamW only)
+    assert ImpostorClassifier(extractor=CNNFeatureExtractor())._setting("weight_decay") == 1e-4
     assert tuned._setting("label_smoothing") == 0.1
     assert (feats._setting("head_epochs"), tuned._setting("head_epochs")) == (0, 10)
     assert SoftmaxClassifier(extractor=CNNFeatureExtractor(), head_epochs=0)._setting("head_epochs") == 0
