@@ -182,6 +182,42 @@ def test_the_engine_cache_does_not_keep_a_model_alive(cars):
         assert network() is None, engine
 
 
+def test_the_fused_engine_runs_a_frozen_graph_equal_to_the_folded_module():
+    net = _randomise_batchnorm(build_backbone("efficientnet_lite0", weights=None)).eval()
+    example = torch.zeros(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    engine = make_engine(net, "fused", example)
+    assert engine.name == "fused" and isinstance(engine.graph, torch.jit.ScriptModule)
+    with torch.inference_mode():
+        for n in (1, 4, 7):  # the batch axis is not specialised to the example's
+            x = torch.randn(n, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+            np.testing.assert_allclose(engine(x).numpy(), net(x).numpy(), rtol=1e-4, atol=1e-4)
+        # another input size (the graph's padding is fixed for 64 px): the folded module runs it
+        x = torch.randn(2, 3, 80, 80)
+        np.testing.assert_allclose(engine(x).numpy(), net(x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+class _BatchDependent(nn.Module):
+    """Python control flow on the batch size: a trace would bake in the example's branch."""
+
+    def forward(self, x):
+        return x * 2 if x.shape[0] == 2 else x - 1
+
+
+def test_the_fused_engine_keeps_the_module_where_a_graph_would_be_wrong_or_skip_hooks():
+    example = torch.zeros(1, 3, 8, 8)
+    engine = make_engine(nn.Sequential(nn.Conv2d(3, 3, 1), _BatchDependent()), "fused", example)
+    assert engine.graph is None  # traced on a batch of 2, checked on a batch of 3: rejected
+    x = torch.randn(3, 3, 8, 8)
+    np.testing.assert_allclose(engine(x).numpy(), engine.module(x).numpy())
+    calls = []
+    hooked = nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU())
+    hooked[1].register_forward_hook(lambda m, inp, out: calls.append(out.shape[0]))
+    engine = make_engine(hooked, "fused", example)
+    assert engine.graph is None  # a graph would run no hook
+    engine(torch.randn(5, 3, 8, 8))
+    assert calls[-1] == 5
+
+
 def test_folding_never_shows_a_users_hooks_the_tracers_proxies():
     from torch.nn.modules.module import register_module_forward_pre_hook
 
