@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset, default_collate
 
+from ._engine import serving
 from ._training import eval_mode
 from .images import IMAGE_CACHE_BYTES, ImageCache, cache_transform
 
@@ -54,7 +55,8 @@ def chunks(idx, size=256):
 def predict_images(net, source, idx, preprocessing, device):
     """Outputs of ``net`` for images ``idx`` with ``preprocessing`` (a
     :class:`~skfg.images.Preprocessing`, decoding in the calling thread as before)."""
-    return torch.cat([net(x) for _, x in preprocessing.batches(source, device, idx, n_jobs=0)])
+    with serving(net):
+        return torch.cat([net(x) for _, x in preprocessing.batches(source, device, idx, n_jobs=0)])
 
 
 class FeatureData:

@@ -25,6 +25,7 @@ import io
 import operator
 import warnings
 import weakref
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -250,7 +251,8 @@ class _OnnxRuntime:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         # no busy-waiting between runs: its threads would take the cores from the decoding
-        # and the torch code around each call
+        # and the torch code around each call (spinning was 0.6-0.8x as fast in a one-off
+        # check at batches of 1 and 4, also with torch on one thread)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
 
@@ -260,6 +262,29 @@ class _OnnxRuntime:
         # thread pool, whose spinning threads then slow onnxruntime's (+0.7 ms at batch 1)
         x = np.ascontiguousarray(x.numpy() if x.dtype == torch.float32 else x.float().numpy())
         return torch.from_numpy(self.session.run(None, {"x": x})[0])
+
+
+@contextmanager
+def serving(run):
+    """Context for a loop that feeds the engine ``run``: torch on one thread while an
+    onnxruntime engine serves.
+
+    The torch code around each call (normalising the batch) is small, but on more than
+    one thread it wakes torch's OpenMP workers, which then busy-wait on the cores that
+    onnxruntime's threads need: in a one-off check on 2 cores ``predict_proba`` from files
+    in batches of 4 ran 1.2x as fast with torch on one thread (no change at 1 and 32;
+    ``benchmarks/engines.py`` measures the engine). Other engines run torch itself and
+    keep its threads."""
+    if getattr(run, "name", None) != "onnxruntime":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
 
 
 def onnxruntime_available():

@@ -13,7 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import TorchStateMixin, image_input_tags, resolve_device
 from ._cache import get_feature_cache
-from ._engine import ENGINES, cached_engine, resolve_engine
+from ._engine import ENGINES, cached_engine, resolve_engine, serving
 from ._network import PooledTrunk, trunk_settings
 from .backbones import build_backbone, by_reference, get_backbone_spec, probe_channels, state_fingerprint
 from .images import ImageSource, Preprocessing
@@ -363,13 +363,14 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
             from tqdm.auto import tqdm
 
             progress = tqdm(total=len(todo), desc="extracting", unit="img")
-        for idx, x in batches:
-            feats = run(x).float().cpu().numpy()
-            out[idx] = feats
-            if use_cache:
-                cache.put(config, [keys[i] for i in idx], feats, directory)
-            if progress is not None:
-                progress.update(len(idx))
+        with serving(run):
+            for idx, x in batches:
+                feats = run(x).float().cpu().numpy()
+                out[idx] = feats
+                if use_cache:
+                    cache.put(config, [keys[i] for i in idx], feats, directory)
+                if progress is not None:
+                    progress.update(len(idx))
         if progress is not None:
             progress.close()
         return out

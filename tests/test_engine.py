@@ -293,3 +293,30 @@ def test_auto_runs_onnxruntime_and_falls_back_to_fused_where_the_export_fails(mo
     assert ext.inference_engine().name == "fused"
     with pytest.raises(RuntimeError, match="cannot export"):  # asked for by name: the error, not a fallback
         ext.inference_engine("onnxruntime")
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="needs the [onnx] extra")
+def test_torch_runs_on_one_thread_while_onnxruntime_serves_and_gets_its_threads_back(cars, monkeypatch):
+    X, _ = cars
+    seen = []
+    original = skfg._engine._OnnxRuntime.__call__
+    monkeypatch.setattr(skfg._engine._OnnxRuntime, "__call__",
+                        lambda self, x: seen.append(torch.get_num_threads()) or original(self, x))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # (so that one thread is a change, on any machine)
+    try:
+        _serve_and_check(X, seen)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _serve_and_check(X, seen):
+    before = torch.get_num_threads()
+    ext = CNNFeatureExtractor(image_size=64, cache=False, engine="onnxruntime", batch_size=4).fit()
+    ext.transform(X)
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == before
+    seen.clear()
+    with pytest.raises(Exception):  # an error inside the loop also gives the threads back
+        ext.transform(np.asarray([str(X[0]), "/no/such/image.jpg"], dtype=object))
+    assert torch.get_num_threads() == before
