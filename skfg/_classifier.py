@@ -478,11 +478,12 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
     # ------------------------------------------------------------- prediction
     def _outputs(self, X):
         check_is_fitted(self, "module_")
-        net = self.module_.eval()
         if self.extractor is None:
             check_features(X, type(self).__name__)
             X = validate_data(self, X, dtype=np.float32, reset=False)
-            return FeatureData(X, self.device_).outputs(net, np.arange(len(X)))
+            return FeatureData(X, self.device_).outputs(self.module_.eval(), np.arange(len(X)))
+        # (images: the engine runs its own copy in eval mode; switching module_'s ~250
+        # submodules to eval on every call cost ~1.5 ms, a fifth of a one-image predict)
         source = ImageSource(X)
         return predict_images(self._image_engine(), source, np.arange(len(source)), self.preprocessing_, self.device_)
 
@@ -492,7 +493,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         (:func:`skfg._engine.cached_engine`: built at the first prediction, rebuilt after
         the weights change, never pickled)."""
         engine = resolve_engine(getattr(self.extractor, "engine", "auto"), self.device_)
-        example = self.preprocessing_.example_batch(self.device_)
+        example = lambda: self.preprocessing_.example_batch(self.device_)  # noqa: E731 - (made only to build)
         build = None if view is None else (lambda: view(self.module_))
         return cached_engine(self.module_, engine, example, build=build, key=(name, self.preprocessing_.image_size))
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset, default_collate
 
-from ._engine import serving
+from ._engine import engine_batches, serving
 from ._training import eval_mode
 from .images import IMAGE_CACHE_BYTES, ImageCache, cache_transform
 
@@ -56,7 +56,7 @@ def predict_images(net, source, idx, preprocessing, device):
     """Outputs of ``net`` for images ``idx`` with ``preprocessing`` (a
     :class:`~skfg.images.Preprocessing`, decoding in the calling thread as before)."""
     with serving(net):
-        return torch.cat([net(x) for _, x in preprocessing.batches(source, device, idx, n_jobs=0)])
+        return torch.cat([net(x) for _, x in engine_batches(net, preprocessing, source, device, idx, n_jobs=0)])
 
 
 class FeatureData:

@@ -241,6 +241,7 @@ class _OnnxRuntime:
     on the CPU; outputs come back as torch tensors."""
 
     name = "onnxruntime"
+    spinning = "0"
 
     def __init__(self, module, example):
         import onnxruntime as ort
@@ -253,14 +254,18 @@ class _OnnxRuntime:
         # no busy-waiting between runs: its threads would take the cores from the decoding
         # and the torch code around each call (spinning was 0.6-0.8x as fast in a one-off
         # check at batches of 1 and 4, also with torch on one thread)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", self.spinning)
         self.session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
 
+    takes_numpy = True  # callers may pass float32 numpy batches (Preprocessing.numpy_batches)
+
     def __call__(self, x):
-        x = x.detach().cpu()
-        # the layout change (channels-last -> NCHW) in numpy: a torch copy wakes torch's
-        # thread pool, whose spinning threads then slow onnxruntime's (+0.7 ms at batch 1)
-        x = np.ascontiguousarray(x.numpy() if x.dtype == torch.float32 else x.float().numpy())
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu()
+            # the layout change (channels-last -> NCHW) in numpy: a torch copy wakes torch's
+            # thread pool, whose spinning threads then slow onnxruntime's (+0.7 ms at batch 1)
+            x = x.numpy() if x.dtype == torch.float32 else x.float().numpy()
+        x = np.ascontiguousarray(x, dtype=np.float32)
         return torch.from_numpy(self.session.run(None, {"x": x})[0])
 
 
@@ -285,6 +290,15 @@ def serving(run):
     finally:
         torch.set_num_threads(threads)
 
+
+
+def engine_batches(run, preprocessing, source, device, indices=None, n_jobs=None):
+    """The input batches of ``preprocessing`` for the engine ``run``: numpy arrays made
+    without torch for an engine that takes them (onnxruntime, on the CPU), else torch
+    batches (:meth:`~skfg.images.Preprocessing.batches`)."""
+    if getattr(run, "takes_numpy", False) and str(device) == "cpu":
+        return preprocessing.numpy_batches(source, indices)
+    return preprocessing.batches(source, device, indices, n_jobs=n_jobs)
 
 
 def onnxruntime_available():
@@ -365,6 +379,7 @@ def cached_engine(owner, engine, example, build=None, key=()):
     """The engine ``engine`` of the module ``build()`` returns (``owner`` itself by default),
     built once and kept while ``owner``'s weights and ``key`` stay the same.
 
+    ``example`` is an input batch or a function that returns one (called only to build).
     ``owner`` is the fitted module the estimator keeps (``module_``, ``network_``); the
     cache holds it weakly and lives outside the estimator, so nothing is pickled with a
     model. A ``fit``, ``partial_fit`` or ``set_network`` that changes the weights makes
@@ -372,10 +387,11 @@ def cached_engine(owner, engine, example, build=None, key=()):
     (e.g. the logits and the embedding of one network).
     """
     if engine == "eager":  # the module itself: nothing to build, nothing to keep (it would keep owner alive)
-        return make_engine(owner if build is None else build(), engine, example)
+        return make_engine(owner if build is None else build(), engine, example() if callable(example) else example)
     slots = _CACHE.setdefault(owner, {})
     found = slots.get((engine, key))
     if found is None or not found[0].unchanged():
         signature = _Signature(owner)
+        example = example() if callable(example) else example
         found = slots[(engine, key)] = (signature, make_engine(owner if build is None else build(), engine, example))
     return found[1]

@@ -13,7 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._base import TorchStateMixin, image_input_tags, resolve_device
 from ._cache import get_feature_cache
-from ._engine import ENGINES, cached_engine, resolve_engine, serving
+from ._engine import ENGINES, cached_engine, engine_batches, resolve_engine, serving
 from ._network import PooledTrunk, trunk_settings
 from .backbones import build_backbone, by_reference, get_backbone_spec, probe_channels, state_fingerprint
 from .images import ImageSource, Preprocessing
@@ -273,7 +273,7 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self, "network_")
         engine = resolve_engine(self.engine if engine is None else engine, self.device_)
         key = (tuple(self.layers_), self.pooling, self.k, bool(self.normalize), int(self.image_size), str(self.device_))
-        example = self.preprocessing_.example_batch(self.device_)
+        example = lambda: self.preprocessing_.example_batch(self.device_)  # noqa: E731 - (made only to build)
         return cached_engine(self.network_, engine, example, build=lambda: self.pooled_trunk_, key=key)
 
     def trunk_settings(self):
@@ -357,7 +357,7 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
         if len(todo) == 0:
             return out
         run = self.inference_engine()
-        batches = self.preprocessing_.batches(source, self.device_, todo)
+        batches = engine_batches(run, self.preprocessing_, source, self.device_, todo)
         progress = None
         if self.verbose:
             from tqdm.auto import tqdm

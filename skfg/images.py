@@ -18,7 +18,7 @@ import torch
 import torchvision.transforms as T
 
 from . import _decode
-from ._decode import ImageSource, ResizeGuard, check_pixels, eval_image, to_rgb
+from ._decode import ImageSource, ResizeGuard, check_pixels, eval_array, eval_image, to_rgb
 from .exceptions import ImageDecodeError, ImageTooLargeError
 
 # Most pixels an image may have when decoded, and after resizing, checked before either
@@ -407,6 +407,30 @@ class Preprocessing:
         channels-last, on ``device``): the shapes an engine is built for."""
         x = torch.zeros(n, 3, self.image_size, self.image_size, device=device)
         return x.contiguous(memory_format=torch.channels_last)
+
+    def numpy_batches(self, source, indices=None, batch_size=None):
+        """Yield ``(indices, input batch)`` as :meth:`batches` does on the CPU, made without
+        torch: float32 numpy arrays ``(n, 3, S, S)`` (contiguous, the layout an onnxruntime
+        engine takes), decoded in the calling thread.
+
+        An onnxruntime engine serves these: a torch operation between its runs wakes
+        torch's thread pool, whose busy-waiting threads slow onnxruntime's (``_engine``)."""
+        draft = (self.image_size, self.image_size) if self.jpeg_draft else None
+        size, resize = self.image_size, self.resize
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
+        indices = np.arange(len(source)) if indices is None else np.asarray(indices)
+        step = batch_size or self.batch_size
+        for start in range(0, len(indices), step):
+            idx = indices[start : start + step]
+            batch = np.stack([source.transformed(int(i), lambda img: eval_array(img, size, resize), draft)
+                              for i in idx])
+            # as normalize_batch: (batch / 255 - mean) / std, in float32
+            x = batch.astype(np.float32, order="C")
+            x /= np.float32(255.0)
+            x -= mean
+            x /= std
+            yield idx, x
 
     def decode_jobs(self, device):
         """Decode threads on ``device`` (:func:`decode_jobs`)."""

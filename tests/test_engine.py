@@ -320,3 +320,19 @@ def _serve_and_check(X, seen):
     with pytest.raises(Exception):  # an error inside the loop also gives the threads back
         ext.transform(np.asarray([str(X[0]), "/no/such/image.jpg"], dtype=object))
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("resize", ["squash", "crop"])
+def test_the_numpy_batches_equal_the_torch_batches(cars, resize):
+    from skfg.images import ImageSource, Preprocessing
+
+    X, _ = cars
+    prep = Preprocessing(image_size=72, resize=resize, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                         batch_size=5)
+    source, idx = ImageSource(X), np.array([3, 0, 7, 11, 2, 5, 9])
+    torch_batches = list(prep.batches(source, "cpu", idx))
+    numpy_batches = list(prep.numpy_batches(source, idx))
+    assert [list(i) for i, _ in numpy_batches] == [list(i) for i, _ in torch_batches] == [[3, 0, 7, 11, 2], [5, 9]]
+    for (_, a), (_, b) in zip(torch_batches, numpy_batches):
+        assert b.dtype == np.float32 and b.flags["C_CONTIGUOUS"]
+        np.testing.assert_allclose(b, a.numpy(), rtol=0, atol=1e-6)
