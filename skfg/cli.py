@@ -448,14 +448,22 @@ def cmd_export(args):
     from .export import OnnxModel, export_onnx
 
     _writable(args.onnx, "ONNX file")
+    calibration = None
+    if args.int8 is not None:  # (before loading the model: a wrong folder fails at once)
+        found = _images([args.int8])
+        # evenly spaced over the sorted files, so every class folder is represented
+        calibration = found[np.linspace(0, len(found) - 1, min(len(found), args.calibration_images)).astype(int)]
     model = load(args.model, args.trust_pickle)
     t = time.perf_counter()
-    export_onnx(model, args.onnx)  # checked against the torch model on random images
+    # checked against the torch model on random images (float32), or for running (int8)
+    export_onnx(model, args.onnx, quantize=None if calibration is None else "int8", calibration=calibration)
     onnx_model = OnnxModel(args.onnx)
     size = os.path.getsize(args.onnx) / 2**20
+    what = (f"int8, calibrated on {len(calibration)} images of {args.int8}" if calibration is not None
+            else "onnxruntime matches torch within 1e-3")
     print(f"exported {type(model).__name__} to {args.onnx} ({size:.1f} MB) in {time.perf_counter() - t:.0f} s: "
           f"input images uint8 (n, 3, {onnx_model.image_size}, {onnx_model.image_size}) ({onnx_model.resize}), "
-          f"outputs {', '.join(onnx_model.output_names)}; onnxruntime matches torch within 1e-3")
+          f"outputs {', '.join(onnx_model.output_names)}; {what}")
     return 0
 
 
@@ -518,6 +526,11 @@ def build_parser():
     export = sub.add_parser("export", help="export a fitted model for serving (ONNX, needs the [onnx] extra)")
     export.add_argument("model")
     export.add_argument("--onnx", required=True, help="the .onnx file to write")
+    export.add_argument("--int8", metavar="IMAGES",
+                        help="quantize to int8 (about 2x faster on a CPU), calibrated on the images of this folder "
+                             "(training images, searched recursively; never the test set)")
+    export.add_argument("--calibration-images", type=_positive_int, default=256, metavar="N",
+                        help="--int8: at most N of the folder's images, evenly spaced (default: 256)")
     export.add_argument("--trust-pickle", action="store_true",
                         help="also load a joblib/pickle model (it can run any code it holds)")
     export.set_defaults(func=cmd_export)

@@ -97,6 +97,8 @@ class OnnxModel:
         The classifier's classes (None for an extractor).
     image_size, resize : int, str
         The preprocessing the graph expects.
+    quantized : str or None
+        ``"int8"`` for a graph exported with ``quantize="int8"``, else None.
     output_names : list of str
 
     Examples
@@ -116,6 +118,7 @@ class OnnxModel:
             raise ValueError(f"{self.path} was not written by skfg.export.export_onnx (no image_size in its metadata).")
         self.image_size, self.resize = int(meta["image_size"]), meta["resize"]
         self.classes_ = np.asarray(json.loads(meta["classes"])) if "classes" in meta else None
+        self.quantized = meta.get("quantized")  # "int8" for a graph exported with quantize="int8"
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.batch_size = batch_size
 

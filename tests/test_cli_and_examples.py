@@ -127,6 +127,17 @@ def test_fit_predict_evaluate_round_trip_on_real_images(small_cars, tmp_path, ca
     assert "outputs logits, probabilities" in capsys.readouterr().out
     np.testing.assert_allclose(OnnxModel(onnx_path).predict_proba(Xte), model.predict_proba(Xte), atol=1e-4)
 
+    int8_path = tmp_path / "model_int8.onnx"  # calibrated on (at most 8 of) the training folder's images
+    assert main(["export", str(model_path), "--onnx", str(int8_path), "--int8", str(small_cars / "train"),
+                 "--calibration-images", "8"]) == 0
+    assert "int8, calibrated on 8 images" in capsys.readouterr().out
+    int8 = OnnxModel(int8_path)
+    assert int8.quantized == "int8" and OnnxModel(onnx_path).quantized is None
+    assert int8_path.stat().st_size < 0.5 * onnx_path.stat().st_size  # int8 weights
+    assert np.allclose(int8.predict_proba(Xte).sum(1), 1, atol=1e-3)
+    assert _one_line_error(capsys, ["export", str(model_path), "--onnx", str(tmp_path / "x.onnx"), "--int8",
+                                    str(tmp_path / "nowhere")]).count("no such image or folder")
+
 
 @pytest.mark.data
 def test_predict_serves_the_onnx_copy_fit_left_without_importing_torch(small_cars, tmp_path, monkeypatch):

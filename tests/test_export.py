@@ -59,6 +59,25 @@ def test_extractor_features_match_onnxruntime(cars, tmp_path):
         onnx_model.predict_proba(X[:2])
 
 
+def test_an_int8_graph_is_calibrated_and_close_to_the_float_one(cars, tmp_path):
+    X, y, X_test = cars
+    clf = SoftmaxClassifier(extractor=CNNFeatureExtractor(image_size=SIZE), trainable_blocks=1, max_epochs=2,
+                            head_epochs=2, random_state=0).fit(X, y)
+    float_model = OnnxModel(export_onnx(clf, tmp_path / "f.onnx"))
+    int8_model = OnnxModel(export_onnx(clf, tmp_path / "q.onnx", quantize="int8", calibration=X))
+    assert int8_model.quantized == "int8" and float_model.quantized is None
+    assert list(int8_model.classes_) == list(clf.classes_) and int8_model.output_names == float_model.output_names
+    assert (tmp_path / "q.onnx").stat().st_size < 0.5 * (tmp_path / "f.onnx").stat().st_size
+    p_float, p_int8 = float_model.predict_proba(X_test), int8_model.predict_proba(X_test)
+    assert not np.allclose(p_int8, p_float, atol=1e-6)  # really quantized
+    assert np.abs(p_int8 - p_float).max() < 0.25 and np.mean(p_int8.argmax(1) == p_float.argmax(1)) >= 0.75
+    with pytest.raises(ValueError, match="needs calibration images"):
+        export_onnx(clf, tmp_path / "x.onnx", quantize="int8")
+    with pytest.raises(ValueError, match="quantize must be None or 'int8'"):
+        export_onnx(clf, tmp_path / "x.onnx", quantize="int4", calibration=X)
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_what_cannot_be_exported_is_refused_by_name(cars, tmp_path):
     X, y, _ = cars
     feats = CNNFeatureExtractor(image_size=SIZE).fit_transform(X)
