@@ -48,22 +48,23 @@ ALPHAS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
 BATCHES = (8, 32)  # whole-set prediction in batches of 8 (fits the cache) and of 32
 
 
-def stage_ms(network, size, batch_sizes, repeats):
-    """``{batch size: {stage: ms/image}}``: median time of each stage of ``network`` on a
-    random batch (the cost structure that bounds what an exit can save)."""
+def stage_ms(runner, size, batch_sizes, repeats):
+    """``{batch size: {stage: ms/image}}``: median time of each stage of ``runner`` (the
+    fused engine's stage runner, as the exits run the stages) on a random batch (the cost
+    structure that bounds what an exit can save)."""
     out = {}
     with torch.inference_mode():
         for bs in batch_sizes:
             x = torch.randn(bs, 3, size, size).contiguous(memory_format=torch.channels_last)
             times = {}
             h = x
-            for name in network.stage_names:  # traced once, untimed; the timed passes run without the hook
-                h = network.stages[name](h)
+            for name in runner.stages:  # traced once, untimed (builds the graphs); the timed passes run untraced
+                h = runner.stage(name, h)
             for _ in untraced(range(max(repeats, 20 if bs == 1 else 5))):
                 h = x
-                for name in network.stage_names:
+                for name in runner.stages:
                     t = time.perf_counter()
-                    h = network.stages[name](h)
+                    h = runner.stage(name, h)
                     times.setdefault(name, []).append(time.perf_counter() - t)
             out[bs] = {name: 1000 * float(np.median(v)) / bs for name, v in times.items()}
     return out
@@ -158,7 +159,7 @@ def run_seed(args, seed, size, splits):
     ok = [c for c in configs if c["val_accuracy"] >= base_acc["val"] - 0.01 - 1e-9]
     chosen = max(ok, key=lambda c: c["val_last_ms_batch1"] / c["val_ms_batch1"]) if ok else None
     dec = decode_ms(tX["test"], size, args.repeats)
-    costs = stage_ms(clf.extractor_.inference_engine("fused").module.trunk, size, (1,) + BATCHES, args.repeats)
+    costs = stage_ms(clf.extractor_.inference_engine("fused").stage_runner(), size, (1,) + BATCHES, args.repeats)
     return {"seed": seed, "image_size": size, "exits": exits, "exit_weights": weights,
             "distillation": args.distillation, "epochs": args.epochs or 22, "fit_minutes": fit_min,
             "exit_accuracy": stage, "last_exit_accuracy": base_acc, "configs": configs,

@@ -178,6 +178,37 @@ class _Fused(_Torch):
                 return self.graph(x)
             return self.module(x)
 
+    def stage_runner(self):
+        """The folded :class:`~skfg._network.PooledTrunk` run stage by stage with each
+        stage a frozen graph (:class:`_FusedStages`): the early exits' path. Built once."""
+        if getattr(self, "_stages", None) is None:
+            self._stages = _FusedStages(self.module)
+        return self._stages
+
+
+class _FusedStages:
+    """A folded :class:`~skfg._network.PooledTrunk` stage by stage, as the early exits run
+    it (``stage(name, x)``, ``pool(maps)``, ``stages``, ``layers``): each stage is a
+    :class:`_Fused` engine of its own, built for the input shape it first sees (the batch
+    axis stays free), so the stages between two exits run as frozen graphs too."""
+
+    def __init__(self, trunk):
+        self.trunk, self.stages, self.layers = trunk.eval(), trunk.stages, trunk.layers
+        self._engines = {}
+
+    def eval(self):
+        return self
+
+    def stage(self, name, x):
+        key = (name, tuple(x.shape[1:]))
+        engine = self._engines.get(key)
+        if engine is None:
+            engine = self._engines[key] = _Fused(self.trunk.trunk.stages[name], x[:1])
+        return engine(x)
+
+    def pool(self, maps):
+        return self.trunk.pool(maps)
+
 
 def static_shapes(module, example):
     """``module`` (changed in place and returned) for inputs shaped like ``example`` only:

@@ -354,8 +354,10 @@ class EarlyExitClassifier(VersionedStateMixin, ClassifierMixin, BaseEstimator):
             cascade = self._cascade(len(X), output).run_features(X, self.feature_groups_)
         else:
             source, ext = ImageSource(X), self.extractor_
-            # the stage segments run on the fused network (BatchNorm folded) unless the extractor says eager
-            trunk = ext.inference_engine("eager" if ext.engine == "eager" else "fused").module
+            # the stages run on the fused network (BatchNorm folded, each stage a frozen graph)
+            # unless the extractor says eager
+            engine = ext.inference_engine("eager" if ext.engine == "eager" else "fused")
+            trunk = engine.module if engine.name == "eager" else engine.stage_runner()
             cascade = self._cascade(len(source), output).run_images(trunk, ext.preprocessing_, ext.device_, source)
         return cascade.codes, cascade.exits, cascade.extra
 
