@@ -140,10 +140,9 @@ def _same(a, b, tol=1e-4):
 class _Fused(_Torch):
     """The folded module (``module``, kept for callers that run its parts) and, for inputs
     of the example's shape, the same module traced and frozen by TorchScript on
-    :func:`static_shapes`: constants folded, no Python between the operators. In a
-    one-off check on EfficientNet-Lite0 (not a results file) that ran 1.1-1.2x as fast as
-    the folded module alone at batches of 1 to 32 (``benchmarks/engines.py`` measures
-    the engine).
+    :func:`static_shapes`: constants folded, no Python between the operators (the folded
+    module alone was 1.10-1.13x eager, the engine with the graph about 1.5x:
+    ``benchmarks/results/engines.md``).
 
     The graph is used only where it is safe: no forward hooks (a graph runs none), traced
     on a batch of 2 (so the batch axis is not specialised) and checked against the folded
@@ -272,7 +271,6 @@ class _OnnxRuntime:
     on the CPU; outputs come back as torch tensors."""
 
     name = "onnxruntime"
-    spinning = "0"
 
     def __init__(self, module, example):
         import onnxruntime as ort
@@ -285,7 +283,7 @@ class _OnnxRuntime:
         # no busy-waiting between runs: its threads would take the cores from the decoding
         # and the torch code around each call (spinning was 0.6-0.8x as fast in a one-off
         # check at batches of 1 and 4, also with torch on one thread)
-        options.add_session_config_entry("session.intra_op.allow_spinning", self.spinning)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
 
     takes_numpy = True  # callers may pass float32 numpy batches (Preprocessing.numpy_batches)
