@@ -33,11 +33,12 @@ FLOORS = [
 ]
 FLOOR = {name: level for level, names in enumerate(FLOORS) for name in names}
 # sklearn's convention for extending a base estimator's constraints; torch's per-tensor
-# in-place version counter (what autograd checks saved tensors with), which tells the
-# inference engines when a fitted network's weights changed
-# sklearn's constraints; torch's tensor version counter and nn.Module's own registries, which
-# the engine cache reads (never writes) to see in ~0.03 ms whether a network has changed
-ALLOWED_PRIVATE = {"_parameter_constraints", "_version", "_parameters", "_buffers", "_modules"}
+# in-place version counter and nn.Module's own registries, which the engine cache reads
+# (never writes) to see in ~0.03 ms whether a network has changed; nn.Module's hook
+# registries (per module and global), which the fused engine reads (never writes) to keep
+# a network whose hooks a traced graph would not run (torch has no public way to ask)
+ALLOWED_PRIVATE = {"_parameter_constraints", "_version", "_parameters", "_buffers", "_modules", "_forward_hooks",
+                   "_forward_pre_hooks", "_global_forward_hooks", "_global_forward_pre_hooks"}
 
 
 def _modules():
