@@ -274,3 +274,14 @@ def eval_image(img, image_size, resize="crop"):
 def eval_array(img, image_size, resize="crop"):
     """:func:`eval_image` as a uint8 array ``(3, S, S)`` (what ``PILToTensor`` gives)."""
     return np.asarray(eval_image(img, image_size, resize), dtype=np.uint8).transpose(2, 0, 1)
+
+
+def uint8_batches(source, image_size, resize, batch_size, indices=None, draft=None):
+    """Yield ``(indices, uint8 batch (n, 3, S, S))`` of the images ``indices`` of ``source``
+    (all by default) as :func:`eval_array` makes them, decoded in order in the calling
+    thread (``draft``: as :meth:`ImageSource.load`)."""
+    indices = np.arange(len(source)) if indices is None else np.asarray(indices)
+    for start in range(0, len(indices), batch_size):
+        idx = indices[start : start + batch_size]
+        yield idx, np.stack([source.transformed(int(i), lambda img: eval_array(img, image_size, resize), draft)
+                             for i in idx])

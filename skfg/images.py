@@ -18,7 +18,7 @@ import torch
 import torchvision.transforms as T
 
 from . import _decode
-from ._decode import ImageSource, ResizeGuard, check_pixels, eval_array, eval_image, to_rgb
+from ._decode import ImageSource, ResizeGuard, check_pixels, eval_image, to_rgb, uint8_batches
 from .exceptions import ImageDecodeError, ImageTooLargeError
 
 # Most pixels an image may have when decoded, and after resizing, checked before either
@@ -416,15 +416,10 @@ class Preprocessing:
         An onnxruntime engine serves these: a torch operation between its runs wakes
         torch's thread pool, whose busy-waiting threads slow onnxruntime's (``_engine``)."""
         draft = (self.image_size, self.image_size) if self.jpeg_draft else None
-        size, resize = self.image_size, self.resize
         mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
-        indices = np.arange(len(source)) if indices is None else np.asarray(indices)
-        step = batch_size or self.batch_size
-        for start in range(0, len(indices), step):
-            idx = indices[start : start + step]
-            batch = np.stack([source.transformed(int(i), lambda img: eval_array(img, size, resize), draft)
-                              for i in idx])
+        for idx, batch in uint8_batches(source, self.image_size, self.resize, batch_size or self.batch_size, indices,
+                                        draft):
             # as normalize_batch: (batch / 255 - mean) / std, in float32
             x = batch.astype(np.float32, order="C")
             x /= np.float32(255.0)

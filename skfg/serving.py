@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._decode import ImageSource, eval_array
+from ._decode import ImageSource, uint8_batches
 
 __all__ = ["OnnxModel", "onnx_input", "onnx_copy_path"]
 
@@ -66,17 +66,9 @@ def onnx_input(X, image_size, resize="squash", batch_size=64):
     """
     source = ImageSource(X)
     out = np.empty((len(source), 3, image_size, image_size), dtype=np.uint8)
-    for idx, batch in _batches(source, image_size, resize, batch_size):
+    for idx, batch in uint8_batches(source, image_size, resize, batch_size):
         out[idx] = batch
     return out
-
-
-def _batches(source, image_size, resize, batch_size):
-    """Yield ``(indices, uint8 batch (n, 3, S, S))`` of ``source``, decoded in order."""
-    for start in range(0, len(source), batch_size):
-        idx = np.arange(start, min(start + batch_size, len(source)))
-        yield idx, np.stack([source.transformed(int(i), lambda img: eval_array(img, image_size, resize))
-                             for i in idx])
 
 
 class OnnxModel:
@@ -133,7 +125,7 @@ class OnnxModel:
         if name not in self.output_names:
             raise AttributeError(f"{self.path} has no {name!r} output (it has {self.output_names}).")
         source, out = ImageSource(X), None
-        for idx, batch in _batches(source, self.image_size, self.resize, self.batch_size):
+        for idx, batch in uint8_batches(source, self.image_size, self.resize, self.batch_size):
             part = self.session.run([name], {"images": batch})[0]
             if out is None:
                 out = np.empty((len(source), *part.shape[1:]), dtype=part.dtype)
