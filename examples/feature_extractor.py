@@ -18,8 +18,8 @@ from skfg import CNNFeatureExtractor
 from skfg.datasets import load_image_folder, make_fine_grained
 
 if len(sys.argv) > 1:
-    X_train, y_train = load_image_folder(Path(sys.argv[1]) / "train")
-    X_test, y_test = load_image_folder(Path(sys.argv[1]) / "test")
+    X_train, y_train = load_image_folder(sys.argv[1], split="train")
+    X_test, y_test = load_image_folder(sys.argv[1], split="test")
 else:
     X_train, y_train = make_fine_grained(n_classes=8, n_per_class=25, image_size=96, random_state=0)
     X_test, y_test = make_fine_grained(n_classes=8, n_per_class=10, image_size=96, random_state=1)

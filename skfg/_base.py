@@ -10,7 +10,6 @@ model fitted on a GPU loads on a CPU-only machine, with a warning.
 import functools
 import io
 import os
-import warnings
 
 import numpy as np
 import torch
@@ -21,6 +20,7 @@ from sklearn.utils.validation import _check_sample_weight, column_or_1d
 from torch import nn
 
 from ._version import __version__
+from ._messages import warn
 from .exceptions import SkfgVersionWarning  # noqa: F401  (importable from here too)
 from .backbones import restore_state, split_state
 from .images import ImageSource
@@ -153,10 +153,9 @@ class VersionedStateMixin:
         state = dict(state)
         version = state.pop("_skfg_version", None)
         if version != __version__:
-            warnings.warn(
-                f"This {type(self).__name__} was saved with skfg {version or '< 0.2 (no version stamp)'} and is "
-                f"loaded by skfg {__version__}; it may predict wrongly or fail. Refit it, or use the version "
-                "it was saved with.", SkfgVersionWarning, stacklevel=2)
+            warn(f"This {type(self).__name__} was saved with skfg {version or '< 0.2 (no version stamp)'} and is "
+                 f"loaded by skfg {__version__}; it may predict wrongly or fail. Refit it, or use the version "
+                 "it was saved with.", SkfgVersionWarning)
         super().__setstate__(state)
 
 
@@ -200,12 +199,8 @@ class TorchStateMixin(VersionedStateMixin):
             return
         device = getattr(self, "device_", "cpu")
         if str(device).startswith("cuda") and not torch.cuda.is_available():
-            warnings.warn(
-                f"{type(self).__name__} was fitted on {device}, which is not available here; "
-                "loading it on the CPU.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            warn(f"{type(self).__name__} was fitted on {device}, which is not available here; loading it on the CPU.",
+                 RuntimeWarning)
             device = self.device_ = "cpu"
         for key, blob in torch_state.items():
             module = self._make_module(key)
@@ -214,6 +209,36 @@ class TorchStateMixin(VersionedStateMixin):
                 module_state = restore_state(module_state, refs[key], type(self).__name__)
             module.load_state_dict(module_state)
             setattr(self, key, module.to(device).eval())
+
+
+class KnownLabelsScoreMixin:
+    """``score`` as scikit-learn's ``ClassifierMixin`` (mean accuracy), with a warning
+    naming the labels of ``y`` the model was not trained on: they count as wrong, as
+    ``skfg evaluate`` says (it scores them only with ``--known-classes-only`` left out)."""
+
+    def score(self, X, y, sample_weight=None):
+        """Mean accuracy of ``predict(X)`` against ``y``.
+
+        Labels of ``y`` that are not in ``classes_`` count as wrong, with a warning
+        naming them.
+
+        Parameters
+        ----------
+        X : array-like
+        y : array-like of shape (n_samples,)
+        sample_weight : array-like of shape (n_samples,), optional
+
+        Returns
+        -------
+        score : float
+        """
+        known = set(np.asarray(getattr(self, "classes_", [])).tolist())
+        unknown = sorted({v for v in np.asarray(y).tolist() if v not in known}, key=str) if known else []
+        if unknown:
+            names = ", ".join(map(str, unknown[:5])) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            warn(f"y holds labels this {type(self).__name__} was not trained on ({names}): their samples count as "
+                 "wrong.")
+        return super().score(X, y, sample_weight=sample_weight)
 
 
 def prefixed_feature_names(estimator, n_features_out):

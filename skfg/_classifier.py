@@ -10,7 +10,6 @@ and the frozen-prefix cache), calling :func:`skfg._training.fit_loop`, predictio
 import hashlib
 import json
 import os
-import warnings
 from abc import ABCMeta, abstractmethod
 from dataclasses import replace
 from numbers import Integral, Real
@@ -23,10 +22,11 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._base import (TorchStateMixin, atomic_fit, check_features, check_images_and_labels, check_sample_weight, encode_labels,
-                    holdout_split, resolve_device)
+from ._base import (KnownLabelsScoreMixin, TorchStateMixin, atomic_fit, check_features, check_images_and_labels,
+                    check_sample_weight, encode_labels, holdout_split, resolve_device)
 from ._data import FeatureData, FitContext, ImageData, PooledData, predict_images
 from ._engine import cached_engine, resolve_engine
+from ._messages import warn
 from ._network import FeatureNet, build_trunk, trunk_settings
 from ._training import (MIN_WARMUP_STEPS, OPTIMIZERS, PRECISIONS, SCHEDULES, fit_loop, make_generator,
                         make_optimizer, make_scheduler, resolve_precision)
@@ -68,7 +68,7 @@ FINE_TUNE_RECIPE = {
 }
 
 
-class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metaclass=ABCMeta):
+class BaseTorchClassifier(TorchStateMixin, KnownLabelsScoreMixin, ClassifierMixin, BaseEstimator, metaclass=ABCMeta):
     """Base class of skfg's torch classifiers; not used directly."""
 
     # What the "auto" settings are on features (no extractor) and when fine-tuning.
@@ -102,7 +102,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         "random_state": ["random_state"],
         "device": [str, None],
         "checkpoint_dir": [str, None],
-        "verbose": ["verbose"],
+        "verbose": ["verbose", StrOptions({"auto"})],
     }
 
     # Checks of sklearn's suite that cannot hold for a mini-batch SGD learner, with why.
@@ -294,8 +294,8 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         is in ``module_``."""
         if self.extractor is None or "preprocessing_" not in vars(self):
             raise AttributeError(f"{type(self).__name__} has no extractor_ (fitted on images only; deprecated).")
-        warnings.warn("extractor_ is deprecated since skfg 0.4 and will be removed in 0.5: use preprocessing_ "
-                      "and trunk_settings_ (the trained CNN is in module_).", FutureWarning, stacklevel=2)
+        warn("extractor_ is deprecated since skfg 0.4 and will be removed in 0.5: use preprocessing_ and "
+             "trunk_settings_ (the trained CNN is in module_).", FutureWarning)
         return clone(self.extractor)
 
     def _signature(self, X, y, sample_weight):
@@ -342,10 +342,9 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         n_val = int(round(fraction * len(y_enc)))
         train_idx, val_idx = holdout_split(len(y_enc), n_val, y_enc, check_random_state(self.random_state))
         if len(y_enc) - n_val < len(classes):  # (0.99, say): all held out, or too few left to train on
-            warnings.warn(f"validation_fraction={fraction} holds out {n_val} of {len(y_enc)} samples, "
-                          f"leaving fewer training samples than the {len(classes)} classes" +
-                          ("; training on all without a validation split." if val_idx is None else "."),
-                          UserWarning, stacklevel=3)
+            warn(f"validation_fraction={fraction} holds out {n_val} of {len(y_enc)} samples, leaving fewer "
+                 f"training samples than the {len(classes)} classes" +
+                 ("; training on all without a validation split." if val_idx is None else "."))
         warm = self.warm_start and hasattr(self, "module_")
         fitted_ext = preprocessing = None
         if self.extractor is None:
@@ -357,9 +356,8 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
             net = self._build_network(ext.n_features_out_, len(classes), ext.network_, settings)
             blocks = self._setting("trainable_blocks")
             if blocks != "all" and blocks > len(net.stages):
-                warnings.warn(f"trainable_blocks={blocks}, but the extractor's layers use only "
-                              f"{len(net.stages)} stages ({', '.join(net.stages)}); all of them train.",
-                              UserWarning, stacklevel=3)
+                warn(f"trainable_blocks={blocks}, but the extractor's layers use only {len(net.stages)} stages "
+                     f"({', '.join(net.stages)}); all of them train.")
         warm_digest = self._warm_start_from(net, classes) if warm else None
         net = net.to(device)
         data = self._make_data(X, net, device, preprocessing)
@@ -392,10 +390,12 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         n_second = self._pool_weight_epochs() if net.pools is not None else 0
         if n_second:  # ELoPE's two steps: plain k-max first (weights fixed at 1) ...
             net.pools.requires_grad_(False)
-        result = self._train(ctx, self._setting("max_epochs"), signature)
+        n_head = len(head_result["history"]) if head_result is not None else 0
+        result = self._train(ctx, self._setting("max_epochs"), signature, epoch_offset=n_head)
         if n_second:  # ... then everything at lr / 10 (the pooling weights at lr)
             net.pools.requires_grad_(True)
-            second = self._train(ctx, n_second, signature + ":weighted", lr_scale=0.1, pool_lr_scale=10.0)
+            second = self._train(ctx, n_second, signature + ":weighted", lr_scale=0.1, pool_lr_scale=10.0,
+                                 epoch_offset=n_head + len(result["history"]))
             result = _chain(result, second)
         if head_result is not None:
             result = _chain(head_result, result)
@@ -411,13 +411,14 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
         self.interrupted_ = result["interrupted"]
         return self
 
-    def _train(self, ctx, max_epochs, signature, lr_scale=1.0, pool_lr_scale=1.0):
+    def _train(self, ctx, max_epochs, signature, lr_scale=1.0, pool_lr_scale=1.0, epoch_offset=0):
         """Train ``ctx.net`` (already standardised) on ``ctx.data[ctx.train_idx]``; the shared
         part of ``fit``, of the head warm-up and of later fine-tuning. ``ctx.train_idx`` may
         repeat samples (oversampling); ``signature=None`` disables checkpoints;
         ``lr_scale`` multiplies every learning rate; ``pool_lr_scale`` multiplies the rate
         of the weighted k-max pooling weights once more (ELoPE's second step: 10, the new
-        weights at ``lr``)."""
+        weights at ``lr``); ``epoch_offset``: the epochs of the fit's earlier phases, for the
+        epoch numbers of warnings (as in ``history_``)."""
         net, device, val_idx = ctx.net, ctx.device, ctx.val_idx
         with torch.no_grad():
             ctx.aux = self._begin_training(ctx)
@@ -467,6 +468,7 @@ class BaseTorchClassifier(TorchStateMixin, ClassifierMixin, BaseEstimator, metac
                 signature=signature or "",
                 verbose=self.verbose,
                 epoch_callback=lambda epoch: self._epoch_start(ctx, epoch),
+                epoch_offset=epoch_offset,
             )
         else:  # nothing trainable (e.g. a fixed RBF vote on features): no epochs to run
             result = {"history": [], "best_epoch": 0, "interrupted": False}

@@ -85,15 +85,31 @@ def to_rgb(img):
     return img.convert("RGB")
 
 
+def _dtype_hint(arr):
+    """How to convert an image array of another dtype to uint8, by its dtype and range."""
+    if arr.dtype.kind == "b":
+        return "convert with x.astype(np.uint8) * 255."
+    if arr.dtype.kind not in "iuf" or arr.size == 0:
+        return "convert it to uint8 (values 0-255)."
+    top = float(np.nanmax(arr))
+    if arr.dtype.kind == "f" and top <= 1.0:
+        return "its values look like floats in [0, 1]: convert with (x * 255).round().astype(np.uint8)."
+    if top <= 255 and float(np.nanmin(arr)) >= 0:
+        return "its values lie in 0-255: convert with " + ("x.round().astype(np.uint8)." if arr.dtype.kind == "f"
+                                                           else "x.astype(np.uint8).")
+    return (f"its values reach {top:g}: scale them to 0-255 first, e.g. (x * (255 / x.max())).round()"
+            ".astype(np.uint8).")
+
+
 def _array_to_pil(arr, name):
     arr = np.asarray(arr)
     if arr.dtype == np.uint16:
         arr = np.rint(arr / 257.0).astype(np.uint8)
     if arr.dtype != np.uint8:
-        raise ImageDecodeError(
-            f"{name}: image arrays must be uint8 (or uint16), got dtype {arr.dtype}; "
-            "convert with (x * 255).round().astype(np.uint8) for floats in [0, 1]."
-        )
+        raise ImageDecodeError(f"{name}: image arrays must be uint8 (or uint16), got dtype {arr.dtype}; "
+                               + _dtype_hint(arr))
+    if 0 in arr.shape[:2]:
+        raise ImageDecodeError(f"{name}: an empty image (shape {arr.shape}).")
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim == 2:
@@ -161,6 +177,8 @@ class ImageSource:
             if X.ndim in (3, 4):
                 if len(X) == 0:
                     raise ValueError("X is empty: no images to process.")
+                if 0 in X.shape[1:3]:
+                    raise ValueError(f"X has shape {X.shape}: images of {X.shape[1]} x {X.shape[2]} pixels are empty.")
                 return "array", X
             raise ValueError(
                 f"An image array X must have shape (n, H, W), (n, H, W, 3) or (n, H, W, 4); "

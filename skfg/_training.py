@@ -11,7 +11,6 @@ import copy
 import logging
 import math
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 from sklearn.utils import check_random_state
 
 from ._files import atomic_path
+from ._messages import progress_bar, warn
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
@@ -148,11 +148,10 @@ def resolve_precision(precision, device):
     if precision == "float32":
         return None
     if precision == "float16" and not cuda:
-        warnings.warn("precision='float16' needs a CUDA device; training in float32.", UserWarning, stacklevel=3)
+        warn("precision='float16' needs a CUDA device; training in float32.")
         return None
     if precision == "bfloat16" and not cuda and not _cpu_has_bf16():
-        warnings.warn("precision='bfloat16': this CPU has no native bfloat16 support; training in float32.",
-                      UserWarning, stacklevel=3)
+        warn("precision='bfloat16': this CPU has no native bfloat16 support; training in float32.")
         return None
     return torch.bfloat16 if precision == "bfloat16" else torch.float16
 
@@ -210,8 +209,8 @@ class _Divergence:
     the lowest-loss epoch and goes back to it, with the learning rates halved, when an
     epoch's loss rises above ``factor`` times that lowest loss."""
 
-    def __init__(self, factor):
-        self.factor = factor
+    def __init__(self, factor, epoch_offset=0):
+        self.factor, self.epoch_offset = factor, epoch_offset
 
     def after_epoch(self, run, epoch, epoch_loss):
         """Check the epoch's mean training loss; roll ``run`` (a :class:`TrainingState`) back
@@ -226,33 +225,12 @@ class _Divergence:
             if run.scheduler is not None:
                 run.scheduler.base_lrs = [rate / 2 for rate in run.scheduler.base_lrs]
             run.lr_halvings += 1
-            warnings.warn(
-                f"The training loss rose to {epoch_loss:.4g} at epoch {epoch + 1}, above {self.factor:g} x its "
-                f"lowest ({run.lowest_loss:.4g}): the run diverged. Going back to the weights of that epoch with "
-                f"the learning rates halved (x{0.5 ** run.lr_halvings:g} in all).", RuntimeWarning, stacklevel=3)
+            warn(f"The training loss rose to {epoch_loss:.4g} at epoch {self.epoch_offset + epoch + 1}, above "
+                 f"{self.factor:g} x its lowest ({run.lowest_loss:.4g}): the run diverged. Going back to the weights "
+                 f"of that epoch with the learning rates halved (x{0.5 ** run.lr_halvings:g} in all).", RuntimeWarning)
         elif epoch_loss < run.lowest_loss:
             run.lowest_loss = epoch_loss
             run.lowest = run.snapshot()
-
-
-class _Progress:
-    """The progress bar over epochs (``verbose``), or nothing."""
-
-    def __init__(self, verbose, total, initial):
-        self.bar = None
-        if verbose:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, desc="epochs", unit="epoch")
-
-    def update(self, record):
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{record['loss']:.4f}", val=record["val_score"])
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
 
 
 class TrainingState:
@@ -396,9 +374,19 @@ class TrainingState:
                 setattr(self, k, saved[k])
 
 
+def _report(progress, record, epoch_offset, max_epochs):
+    """An epoch's log line (numbered as in ``history_``) and progress-bar step."""
+    score = "-" if record["val_score"] is None else f"{record['val_score']:.4f}"
+    logger.info("epoch %d/%d: loss %.4f, val score %s, %.1f s", epoch_offset + record["epoch"],
+                epoch_offset + max_epochs, record["loss"], score, record["seconds"])
+    progress.update(1)
+    progress.set_postfix(loss=f"{record['loss']:.4f}", val=record["val_score"])
+
+
 def fit_loop(module, batches, step, *, optimizer, scheduler=None, max_epochs, validate=None, patience=None,
              generator=None, checkpoint_dir=None, signature="", verbose=False, set_train_mode=None,
-             epoch_callback=None, precision=None, ema_decay=None, max_grad_norm=None, divergence_factor=None):
+             epoch_callback=None, precision=None, ema_decay=None, max_grad_norm=None, divergence_factor=None,
+             epoch_offset=0):
     """Train ``module`` for up to ``max_epochs`` epochs.
 
     Parameters
@@ -424,8 +412,8 @@ def fit_loop(module, batches, step, *, optimizer, scheduler=None, max_epochs, va
         Save the full training state there after each epoch, and resume from it.
     signature : str
         Identifies the run; a checkpoint with another signature is refused.
-    verbose : bool
-        Progress bar over batches and one line per epoch.
+    verbose : bool, int or "auto"
+        A progress bar over the epochs (:func:`skfg._messages.progress_bar`).
     set_train_mode : callable, optional
         Puts the module in training mode (default ``module.train()``); estimators use it
         to keep frozen BatchNorm layers in eval mode.
@@ -449,6 +437,9 @@ def fit_loop(module, batches, step, *, optimizer, scheduler=None, max_epochs, va
         the module, the optimiser (and the EMA) go back to that epoch's state and every
         learning rate is halved for the rest of the run, with a ``RuntimeWarning``; the
         history records ``lr_halvings`` (so far).
+    epoch_offset : int, default=0
+        Epochs of the fit's earlier phases (the linear probe): warnings and log lines
+        number the epochs as the estimator's ``history_`` does.
 
     Returns
     -------
@@ -471,48 +462,44 @@ def fit_loop(module, batches, step, *, optimizer, scheduler=None, max_epochs, va
     if saved is not None:
         run.load_state_dict(saved)
     resumed_from = run.epoch if saved is not None else None
-    guard = _Divergence(divergence_factor)
-    progress = _Progress(verbose, max_epochs, run.epoch)
+    guard = _Divergence(divergence_factor, epoch_offset)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     interrupted = False
-    try:
-        for epoch in range(run.epoch, max_epochs):
-            t0 = time.perf_counter()
-            if epoch_callback is not None:
-                with torch.no_grad():
-                    epoch_callback(epoch)
-            (set_train_mode or module.train)()
-            record = run.train_epoch(batches, step, max_grad_norm, params)
-            record["train_seconds"] = time.perf_counter() - t0
-            guard.after_epoch(run, epoch, record["loss"])
-            with run.averaged():  # (with EMA: validation and the best epoch use the averaged weights)
-                module.eval()
-                with torch.no_grad():
-                    score, val_loss = (None, None) if validate is None else (float(v) for v in validate())
-                record.update(val_score=score, val_loss=val_loss, seconds=time.perf_counter() - t0,
-                              lr=optimizer.param_groups[-1]["lr"])
-                if divergence_factor is not None:
-                    record["lr_halvings"] = run.lr_halvings
-                run.record({k: record[k] for k in RECORD_KEYS if k in record})
-            if checkpoint is not None:
-                checkpoint.save(run.state_dict())
-            logger.info("epoch %d/%d: loss %.4f, val score %s, %.1f s", epoch + 1, max_epochs, record["loss"],
-                        "-" if score is None else f"{score:.4f}", record["seconds"])
-            progress.update(record)
-            if patience is not None and validate is not None and run.bad_epochs >= patience:
-                break
-    except KeyboardInterrupt:
-        interrupted = True
-        if not run.history:
-            module.load_state_dict(run.best_weights)
-            raise
-        warnings.warn(f"Training interrupted after {run.epoch} epochs; keeping the weights of epoch "
-                      f"{run.best_epoch}.", RuntimeWarning, stacklevel=2)
-    finally:
-        progress.close()
+    with progress_bar(verbose, max_epochs, "epochs", "epoch", initial=run.epoch) as progress:
+        try:
+            for epoch in range(run.epoch, max_epochs):
+                t0 = time.perf_counter()
+                if epoch_callback is not None:
+                    with torch.no_grad():
+                        epoch_callback(epoch)
+                (set_train_mode or module.train)()
+                record = run.train_epoch(batches, step, max_grad_norm, params)
+                record["train_seconds"] = time.perf_counter() - t0
+                guard.after_epoch(run, epoch, record["loss"])
+                with run.averaged():  # (with EMA: validation and the best epoch use the averaged weights)
+                    module.eval()
+                    with torch.no_grad():
+                        score, val_loss = (None, None) if validate is None else (float(v) for v in validate())
+                    record.update(val_score=score, val_loss=val_loss, seconds=time.perf_counter() - t0,
+                                  lr=optimizer.param_groups[-1]["lr"])
+                    if divergence_factor is not None:
+                        record["lr_halvings"] = run.lr_halvings
+                    run.record({k: record[k] for k in RECORD_KEYS if k in record})
+                if checkpoint is not None:
+                    checkpoint.save(run.state_dict())
+                _report(progress, record, epoch_offset, max_epochs)
+                if patience is not None and validate is not None and run.bad_epochs >= patience:
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+            if not run.history:
+                module.load_state_dict(run.best_weights)
+                raise
+            warn(f"Training interrupted after {epoch_offset + run.epoch} epochs; keeping the weights of epoch "
+                 f"{epoch_offset + run.best_epoch}.", RuntimeWarning)
     module.load_state_dict(run.best_weights)
     module.eval()
-    logger.info("training done: %d epochs, keeping epoch %d%s", run.epoch, run.best_epoch,
-                " (interrupted)" if interrupted else "")
+    logger.info("training done: %d epochs, keeping epoch %d%s", epoch_offset + run.epoch,
+                epoch_offset + run.best_epoch, " (interrupted)" if interrupted else "")
     return {"history": copy.deepcopy(run.history), "best_epoch": run.best_epoch, "interrupted": interrupted,
             "resumed_from": resumed_from}

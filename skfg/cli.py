@@ -9,6 +9,7 @@ it and exits with status 2 (``--debug`` shows the traceback instead).
 
 import argparse
 import csv
+import importlib.util
 import json
 import os
 import sys
@@ -21,6 +22,16 @@ from ._table import format_table
 from ._version import __version__
 
 MODELS = ("softmax", "impostor", "imprinted", "early-exit")
+DESCRIPTION = """Fine-grained image classification with lightweight CNNs, from the shell.
+
+  skfg fit DATA -o model.skops        train a classifier on DATA/train/<class>/<image>
+  skfg predict model.skops IMAGES...  predict the class of images (CSV or JSON)
+  skfg evaluate model.skops DATA      accuracy and a per-class report on DATA/test
+  skfg export model.skops --onnx F    write an ONNX file for onnxruntime
+  skfg verify DIR                     list every unreadable image under DIR
+  skfg demo                           compare classifiers on CNN features
+
+A user error prints one line naming it and exits with status 2 (--debug: the traceback)."""
 
 
 def demo_classifiers():
@@ -45,19 +56,17 @@ def demo_classifiers():
 def _demo_data(args):
     from sklearn.model_selection import train_test_split
 
-    from .datasets import load_image_folder, make_fine_grained
+    from .datasets import load_image_folder, make_fine_grained, split_names
 
     if args.data is None:
         Xtr, ytr = make_fine_grained(args.n_classes, args.n_train, args.image_size, random_state=0)
         Xte, yte = make_fine_grained(args.n_classes, args.n_test, args.image_size, random_state=1)
         return Xtr, ytr, Xte, yte, f"synthetic fine-grained ({args.n_classes} classes)"
     root = Path(args.data)
-    if not (root / "train").is_dir():
-        raise FileNotFoundError(f"{root} has no train/ folder (expected DIR/train/<class>/<image>)")
-    Xtr, ytr = load_image_folder(root / "train")
+    Xtr, ytr = load_image_folder(root, split="train")
     for split in ("test", "val"):
-        if (root / split).is_dir():
-            Xte, yte = load_image_folder(root / split)
+        if split in split_names(root):
+            Xte, yte = load_image_folder(root, split=split)
             return Xtr, ytr, Xte, yte, f"{root} ({split} split)"
     Xtr, Xte, ytr, yte = train_test_split(Xtr, ytr, test_size=0.25, stratify=ytr, random_state=0)
     return Xtr, ytr, Xte, yte, f"{root} (25% of train held out)"
@@ -109,10 +118,11 @@ def cmd_demo(args):
 
 
 def cmd_verify(args):
-    from .datasets import load_image_folder, verify_images
+    from .datasets import load_image_folder, split_names, verify_images
 
-    try:
-        X, _ = load_image_folder(args.dir)
+    try:  # a split root: every split
+        X = np.concatenate([load_image_folder(args.dir, split=s)[0] for s in split_names(args.dir)]
+                           or [load_image_folder(args.dir)[0]])
     except FileNotFoundError as exc:  # a usage error, not "bad images found" (exit 1)
         print(f"skfg verify: {exc}", file=sys.stderr)
         return 2
@@ -132,31 +142,57 @@ def cmd_backbones(args):
     return 0
 
 
-SPLITS = ("train", "val", "test")
+def _load_split(root, split):
+    """``root/split`` when ``root`` holds split folders, else ``root`` itself (a folder of
+    class folders): the images and labels, read as ``load_image_folder`` does."""
+    from .datasets import load_image_folder, split_names
 
-
-def _split(root, split):
-    """``root/split`` when it exists; ``root`` itself when it is a folder of class folders
-    (no ``train``/``val``/``test`` in it); an error for a split root without ``split``."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"no data folder at {root} (expected {root}/[{split}/]<class>/<image>)")
-    if (root / split).is_dir():
-        return root / split
-    present = [s for s in SPLITS if (root / s).is_dir()]
-    if present:
-        raise FileNotFoundError(f"{root} has no {split}/ folder (it has {', '.join(p + '/' for p in present)})")
-    return root
+    return load_image_folder(root, split=split if split_names(root) else None)
 
 
 def _writable(path, what):
-    """Check, before any work, that the folder of the file ``path`` exists."""
-    folder = Path(path).resolve().parent
+    """Check, before any work, that the file ``path`` can be written: its folder exists and
+    is writable, and ``path`` is not a folder."""
+    path_ = Path(path)
+    if path_.is_dir():
+        raise IsADirectoryError(f"the {what} {path} is a folder; give a file name")
+    folder = path_.resolve().parent
     if not folder.is_dir():
-        raise FileNotFoundError(f"no folder {folder} to write the {what} {Path(path).name} into")
+        raise FileNotFoundError(f"No such folder: {folder} (to write the {what} {path_.name} into)")
     if not os.access(folder, os.W_OK):
         raise PermissionError(f"cannot write the {what} into {folder}")
     return path
+
+
+def _readable_images(X, y, what, image_size, skip):
+    """``(X, y)`` once every image has been decoded (:func:`skfg.datasets.verify_images`):
+    all unreadable ones are listed at once before any training; they stop the command
+    unless ``skip`` (``--skip-unreadable``) leaves them out."""
+    from .datasets import verify_images
+
+    bad = verify_images(X, image_size=image_size)
+    if not bad:
+        return X, y
+    for b in bad:
+        print(f"unreadable: {b.error}", file=sys.stderr)
+    if not skip:
+        raise ValueError(f"{len(bad)} of the {len(X)} {what} images are unreadable (listed above; `skfg verify` "
+                         "lists them too): remove or replace them, or pass --skip-unreadable to leave them out")
+    print(f"skfg fit: leaving out {len(bad)} unreadable {what} images", file=sys.stderr)
+    keep = np.setdiff1d(np.arange(len(X)), [b.index for b in bad])
+    return X[keep], y[keep]
+
+
+MODEL_SUFFIXES = (".skops", ".joblib", ".pkl", ".pickle")
+
+
+def _model_file(text):
+    """``-o``: a model file name with a known ending (the ending chooses the format)."""
+    if Path(text).suffix.lower() not in MODEL_SUFFIXES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no model file ending: use .skops (the safe format) or .joblib (a pickle that needs "
+            "--trust-pickle to load)")
+    return text
 
 
 def _positive_int(text):
@@ -177,7 +213,7 @@ def build_model(args):
     from .early_exit import EarlyExitClassifier
     from .softmax import SoftmaxClassifier
 
-    verbose = not args.quiet
+    verbose = False if args.quiet else "auto"  # bars in a terminal, for work longer than a few seconds
     if args.model == "early-exit":
         if args.fine_tune:
             raise ValueError("--fine-tune is not available for --model early-exit (its exits train on the "
@@ -210,7 +246,7 @@ def checkpoint_dir(args):
 def save(model, path):
     """``.skops``: the safe format (:func:`skfg.save_model`); any other ending: joblib.
     Atomic either way: a failed save leaves the previous file as it was."""
-    if Path(path).suffix == ".skops":
+    if Path(path).suffix.lower() == ".skops":
         from .persistence import save_model
 
         save_model(model, path)
@@ -223,18 +259,33 @@ def save(model, path):
             joblib.dump(model, tmp)
 
 
-def load(path, trust_pickle):
-    """A model file: skfg's safe format, or with ``trust_pickle`` a joblib/pickle file."""
-    from .persistence import is_safe_format, load_model
+def load(path, trust_pickle, onnx=False):
+    """A model file: skfg's safe format, or with ``trust_pickle`` a joblib/pickle file; with
+    ``onnx`` also an ONNX file of :func:`skfg.export.export_onnx` with its classes (served
+    by :class:`skfg.serving.OnnxModel`). The file's kind is read from its first bytes
+    before anything is unpickled: an image, an ONNX file, a damaged or a foreign file each
+    get their own message, and only a pickle the advice to trust it."""
+    from .persistence import load_model, model_file_kind
 
-    if os.path.isfile(path):
-        pickled = not is_safe_format(path)
-        if pickled and not trust_pickle:
-            raise ValueError(f"{path} is not a file of skfg's safe format (.skops); if it is a joblib/pickle file "
-                             "from a source you trust, pass --trust-pickle (loading a pickle can run any code)")
-        if pickled:  # (load_model also forgets the folders the file names for writing)
-            return load_model(path, allow_pickle=True)
-    return load_model(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No such model file: {path}" + (" (a folder)" if os.path.isdir(path) else ""))
+    kind = model_file_kind(path)
+    if kind == "image":
+        raise ValueError(f"{path} is an image, not a model file: the model file comes first "
+                         "(skfg predict MODEL IMAGE..., skfg evaluate MODEL DATA)")
+    if kind == "onnx":
+        if not onnx:
+            raise ValueError(f"{path} is an ONNX file, not a model file of skfg fit (it is already exported)")
+        from .serving import OnnxModel
+
+        model = OnnxModel(path)
+        if model.classes_ is None or "probabilities" not in model.output_names:
+            raise ValueError(f"{path} is an ONNX file of features, not of a classifier: it has no classes")
+        return model
+    if kind == "pickle" and not trust_pickle:
+        raise ValueError(f"{path} is a joblib/pickle file, not skfg's safe format (.skops); if it comes from a "
+                         "source you trust, pass --trust-pickle (loading a pickle can run any code it holds)")
+    return load_model(path, allow_pickle=kind == "pickle")  # (also forgets the folders the file names for writing)
 
 
 def _final(model):
@@ -242,12 +293,22 @@ def _final(model):
 
 
 def cmd_fit(args):
-    from .datasets import load_image_folder
+    from .datasets import load_image_folder, split_names
 
     _writable(args.output, "model")
+    if Path(args.output).suffix.lower() == ".skops" and importlib.util.find_spec("skops") is None:
+        raise ImportError(f"{args.output}: the safe model format needs skops: pip install 'skfg[safe]' (or pip "
+                          "install skops), or write a .joblib file")
+    if args.fine_tune and args.checkpoint_dir:
+        _writable(Path(args.checkpoint_dir) / "checkpoint.pt", "checkpoint")
     _check_backbone(args.backbone)
-    X, y = load_image_folder(_split(args.data, "train"))
-    model = build_model(args)
+    model = build_model(args)  # (option errors before any work)
+    X, y = _load_split(args.data, "train")
+    X, y = _readable_images(X, y, "training", args.image_size, args.skip_unreadable)
+    Xv = yv = None
+    if "val" in split_names(args.data):  # scored after the fit: checked before it
+        Xv, yv = load_image_folder(args.data, split="val")
+        Xv, yv = _readable_images(Xv, yv, "validation", args.image_size, args.skip_unreadable)
     ckpt = checkpoint_dir(args) if args.fine_tune else None
     if ckpt and any(Path(ckpt).rglob("checkpoint.pt")):
         print(f"skfg fit: resuming from the checkpoint in {ckpt}", file=sys.stderr)
@@ -268,9 +329,7 @@ def cmd_fit(args):
     size = os.path.getsize(args.output) / 2**20
     print(f"fitted {args.model} on {len(X)} images of {len(np.unique(y))} classes in {fit_s:.0f} s; "
           f"saved {args.output} ({size:.1f} MB)")
-    val = Path(args.data) / "val"
-    if val.is_dir():
-        Xv, yv = load_image_folder(val)
+    if Xv is not None:
         print(f"val accuracy: {np.mean(model.predict(Xv) == yv):.3f} ({len(Xv)} images)")
     return 0
 
@@ -312,8 +371,6 @@ def served_copy(path):
     :class:`~skfg.serving.OnnxModel`; None without a copy, without onnxruntime, or for a
     copy that has no probabilities (a damaged copy is deleted). Serving it imports neither
     torch nor torchvision."""
-    import importlib.util
-
     if importlib.util.find_spec("onnxruntime") is None or not os.path.isfile(path):
         return None
     from .serving import OnnxModel, onnx_copy_path
@@ -358,11 +415,13 @@ def keep_onnx_copy(path, model):
 
 def cmd_predict(args):
     served = served_copy(args.model)  # a model cached as ONNX: no torch to import (benchmarks/engines.py)
-    model = served or load(args.model, args.trust_pickle)
+    model = served or load(args.model, args.trust_pickle, onnx=True)
     X = _images(args.images)
     labels, proba = _top_k(model, X, args.top_k)
     _print_predictions(args, X, labels, proba)
-    if served is None:
+    from .serving import OnnxModel
+
+    if served is None and not isinstance(model, OnnxModel):
         keep_onnx_copy(args.model, model)  # the next call starts fast
     return 0
 
@@ -393,16 +452,20 @@ def _print_predictions(args, X, labels, proba):
 def cmd_evaluate(args):
     from sklearn.metrics import classification_report, confusion_matrix
 
-    from .datasets import load_image_folder
-
     if args.confusion:
         _writable(args.confusion, "confusion matrix")
-    model = load(args.model, args.trust_pickle)
-    X, y = load_image_folder(_split(args.data, args.split))
+    model = load(args.model, args.trust_pickle, onnx=True)
+    X, y = _load_split(args.data, args.split)
     unknown = sorted(set(y) - {str(c) for c in model.classes_})
     if unknown:
-        raise ValueError(f"{args.data}: classes the model was not trained on: {', '.join(unknown[:5])}"
-                         + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
+        names = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        if not args.known_classes_only:
+            raise ValueError(f"{args.data}: classes the model was not trained on: {names} (pass "
+                             "--known-classes-only to score the images of the others)")
+        known = ~np.isin(y, unknown)
+        print(f"skfg evaluate: leaving out {int((~known).sum())} images of classes the model was not trained on: "
+              f"{names}", file=sys.stderr)
+        X, y = X[known], y[known]
     t = time.perf_counter()
     labels, _ = _top_k(model, X, 5 if hasattr(model, "predict_proba") else 1)
     ms = 1000 * (time.perf_counter() - t) / len(X)
@@ -468,14 +531,31 @@ def cmd_export(args):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with a usage error as one line (the cause and the valid choices)."""
+    """argparse, with a usage error as one line (the cause and the valid choices), and a
+    "did you mean" for a misspelt option."""
+
+    options = set()  # every subcommand's option strings (the top parser reports unknown ones)
+
+    def add_argument(self, *args, **kwargs):
+        action = super().add_argument(*args, **kwargs)
+        _Parser.options.update(o for o in action.option_strings if o.startswith("--"))
+        return action
 
     def error(self, message):
+        if message.startswith("unrecognized arguments:"):
+            import difflib
+
+            for arg in (a.split("=")[0] for a in message.split(":", 1)[1].split() if a.startswith("-")):
+                guess = difflib.get_close_matches(arg, sorted(_Parser.options), n=1)
+                if guess and guess[0] == arg:  # an option of skfg itself, after the command
+                    message += f" ({arg} goes before the command: skfg {arg} COMMAND ...)"
+                elif guess:
+                    message += f" (did you mean {guess[0]}?)"
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser():
-    parser = _Parser(prog="skfg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="skfg", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"skfg {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -483,40 +563,63 @@ def build_parser():
     fit = sub.add_parser("fit", help="train a classifier on an image folder and save it")
     fit.add_argument("data", help="ImageFolder root: DATA/train/<class>/<image> (or DATA/<class>/<image>); "
                                   "DATA/val, when present, is scored after the fit")
-    fit.add_argument("-o", "--output", required=True, help="model file: .skops (safe format) or .joblib")
-    fit.add_argument("--model", choices=MODELS, default="softmax")
+    fit.add_argument("-o", "--output", required=True, type=_model_file,
+                     help="the model file to write: .skops (the safe format; needs the [safe] extra) or .joblib "
+                          "(a pickle: loading it needs --trust-pickle)")
+    fit.add_argument("--model", choices=MODELS, default="softmax",
+                     help="the classifier on the CNN's features (default: %(default)s; see docs/user_guide.rst)")
     fit.add_argument("--fine-tune", action="store_true",
                      help="train the CNN with the classifier (the fine-tuning recipe: minutes per thousand "
                           "images on a laptop CPU, see docs/training.rst) instead of a classifier on the frozen "
                           "CNN's features")
-    fit.add_argument("--backbone", default="efficientnet_lite0", help="a name from `skfg backbones`")
-    fit.add_argument("--image-size", type=int, default=160)
+    fit.add_argument("--backbone", default="efficientnet_lite0",
+                     help="the CNN: a name from `skfg backbones` (default: %(default)s)")
+    fit.add_argument("--image-size", type=_positive_int, default=160,
+                     help="images are resized to this many pixels square (default: %(default)s; 224 is more "
+                          "accurate and slower)")
     fit.add_argument("--trainable-blocks", type=int, default=None, help="with --fine-tune: stages trained "
                                                                        "(default: all)")
-    fit.add_argument("--max-epochs", type=int, default=None, help="default: the estimator's")
-    fit.add_argument("--exits", default="stage4,stage6,head", help="early-exit: the exit stages")
-    fit.add_argument("--alpha", type=float, default=0.1, help="early-exit: the false-acceptance rate")
-    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--max-epochs", type=_positive_int, default=None,
+                     help="training epochs (default: the estimator's)")
+    fit.add_argument("--exits", default="stage4,stage6,head",
+                     help="--model early-exit: the exit stages, comma-separated (default: %(default)s)")
+    fit.add_argument("--alpha", type=float, default=0.1,
+                     help="--model early-exit: the false-acceptance rate of each exit (default: %(default)s)")
+    fit.add_argument("--seed", type=int, default=0,
+                     help="random seed of the training (default: %(default)s; the same seed, data and options "
+                          "give the same model)")
     fit.add_argument("--checkpoint-dir", help="with --fine-tune: the folder of the checkpoint written after every "
                                               "epoch (default: OUTPUT.checkpoints, removed once the model is "
                                               "saved); after Ctrl-C the same command resumes from it")
-    fit.add_argument("--quiet", action="store_true", help="no progress bars")
+    fit.add_argument("--skip-unreadable", action="store_true",
+                     help="leave out the images that cannot be decoded (listed on stderr) instead of stopping")
+    fit.add_argument("--quiet", action="store_true",
+                     help="no progress bars (by default they show in a terminal for steps longer than a few seconds)")
     fit.set_defaults(func=cmd_fit)
 
     predict = sub.add_parser("predict", help="predict the class of images (CSV or JSON on stdout)")
-    predict.add_argument("model", help="a file written by skfg fit (or skfg.save_model / joblib)")
+    predict.add_argument("model", help="a file written by skfg fit (or skfg.save_model / joblib), or an .onnx "
+                                       "file written by skfg export")
     predict.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
-    predict.add_argument("--top-k", type=_positive_int, default=1)
-    predict.add_argument("--format", choices=("csv", "json"), default="csv")
+    predict.add_argument("--top-k", type=_positive_int, default=1,
+                         help="the k most probable classes of each image, with their probabilities (default: "
+                              "%(default)s)")
+    predict.add_argument("--format", choices=("csv", "json"), default="csv",
+                         help="the output on stdout (default: %(default)s)")
     predict.add_argument("--trust-pickle", action="store_true",
                          help="also load a joblib/pickle model (it can run any code it holds)")
     predict.set_defaults(func=cmd_predict)
 
     evaluate = sub.add_parser("evaluate", help="accuracy, top-5 and a per-class report on an image folder")
-    evaluate.add_argument("model")
-    evaluate.add_argument("data", help="ImageFolder root; DATA/<split> is used when present")
-    evaluate.add_argument("--split", default="test", help="the split folder to score (when DATA has split folders)")
-    evaluate.add_argument("--format", choices=("text", "json"), default="text")
+    evaluate.add_argument("model", help="a file written by skfg fit, or an .onnx file written by skfg export")
+    evaluate.add_argument("data", help="ImageFolder root: DATA/<split>/<class>/<image> (or DATA/<class>/<image>)")
+    evaluate.add_argument("--split", default="test",
+                          help="the split folder to score, when DATA has split folders (default: %(default)s)")
+    evaluate.add_argument("--format", choices=("text", "json"), default="text",
+                          help="the report on stdout (default: %(default)s)")
+    evaluate.add_argument("--known-classes-only", action="store_true",
+                          help="score only the images of classes the model knows (default: a class folder the "
+                               "model was not trained on is an error)")
     evaluate.add_argument("--confusion", help="write the confusion matrix: .csv, or an image (.png, needs "
                                               "matplotlib)")
     evaluate.add_argument("--trust-pickle", action="store_true",
@@ -524,7 +627,7 @@ def build_parser():
     evaluate.set_defaults(func=cmd_evaluate)
 
     export = sub.add_parser("export", help="export a fitted model for serving (ONNX, needs the [onnx] extra)")
-    export.add_argument("model")
+    export.add_argument("model", help="a file written by skfg fit")
     export.add_argument("--onnx", required=True, help="the .onnx file to write")
     export.add_argument("--int8", metavar="IMAGES",
                         help="quantize to int8 (about 2x faster on a CPU), calibrated on the images of this folder "
@@ -537,26 +640,46 @@ def build_parser():
 
     demo = sub.add_parser("demo", help="fit and compare classifiers on CNN features")
     demo.add_argument("--data", help="ImageFolder root with train/ and optional val/, test/")
-    demo.add_argument("--backbone", default="efficientnet_lite0", help="a name from `skfg backbones`")
-    demo.add_argument("--image-size", type=int, default=160, help="as CNNFeatureExtractor's default")
-    demo.add_argument("--n-classes", type=int, default=20, help="synthetic data: classes")
-    demo.add_argument("--n-train", type=int, default=40, help="synthetic data: train images per class")
-    demo.add_argument("--n-test", type=int, default=20, help="synthetic data: test images per class")
+    demo.add_argument("--backbone", default="efficientnet_lite0",
+                      help="the CNN: a name from `skfg backbones` (default: %(default)s)")
+    demo.add_argument("--image-size", type=_positive_int, default=160,
+                      help="images are resized to this many pixels square (default: %(default)s)")
+    demo.add_argument("--n-classes", type=_positive_int, default=20,
+                      help="synthetic data: classes (default: %(default)s)")
+    demo.add_argument("--n-train", type=_positive_int, default=40,
+                      help="synthetic data: train images per class (default: %(default)s)")
+    demo.add_argument("--n-test", type=_positive_int, default=20,
+                      help="synthetic data: test images per class (default: %(default)s)")
     demo.add_argument("--verbose", action="store_true", help="progress bars")
     demo.set_defaults(func=cmd_demo)
     verify = sub.add_parser("verify", help="list every unreadable image under DIR")
-    verify.add_argument("dir")
-    verify.add_argument("--n-jobs", type=int, default=2)
+    verify.add_argument("dir", help="an image folder (DATA/<class>/<image>, or every split of DATA/<split>/...)")
+    verify.add_argument("--n-jobs", type=_positive_int, default=2, help="decoding threads (default: %(default)s)")
     verify.add_argument("--image-size", type=int, default=224,
-                        help="also report images too large when resized to this size (0: skip)")
+                        help="also report images too large when resized to this size (default: %(default)s; 0: skip)")
     verify.set_defaults(func=cmd_verify)
     backbones = sub.add_parser("backbones", help="list backbones and their stages")
     backbones.set_defaults(func=cmd_backbones)
     return parser
 
 
+def _warnings_as_lines(command):
+    """``warnings.showwarning`` for the command line: ``skfg CMD: Category: message`` on one
+    line of stderr, without the Python file and source line (progress bars stay apart:
+    :func:`skfg._messages.progress_bar` writes it above them)."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"skfg {command}: {category.__name__}: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+    return show
+
+
 def main(argv=None):
+    import warnings
+
     args = build_parser().parse_args(argv)
+    show = warnings.showwarning
+    warnings.showwarning = _warnings_as_lines(args.command)
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -568,6 +691,8 @@ def main(argv=None):
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"skfg {args.command}: {message}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = show
 
 
 if __name__ == "__main__":

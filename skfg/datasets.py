@@ -11,22 +11,61 @@ from sklearn.utils import check_random_state
 from ._decode import IMAGE_EXTENSIONS
 from .images import ImageDecodeError, ImageSource, ResizeGuard
 
-__all__ = ["BadImage", "IMAGE_EXTENSIONS", "load_image_folder", "make_composite", "make_fine_grained",
-           "make_flower_scenes", "verify_images"]
+__all__ = ["BadImage", "IMAGE_EXTENSIONS", "SPLITS", "load_image_folder", "make_composite", "make_fine_grained",
+           "make_flower_scenes", "split_names", "verify_images"]
 
 
 BadImage = namedtuple("BadImage", ["index", "name", "error"])
 
 
-def load_image_folder(root, extensions=IMAGE_EXTENSIONS):
-    """Image paths and labels of a folder laid out as ``root/<class>/<image>``.
+SPLITS = ("train", "val", "test")
+
+
+def _folder(root):
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"No such folder: {root}")
+    return root
+
+
+def split_names(root):
+    """The split folders (``train``, ``val``, ``test``) of an image folder root, in that
+    order; empty for a folder of class folders.
+
+    A sub-folder counts as a split when it is named so and holds folders (the classes): a
+    class that happens to be called ``test`` holds images instead.
 
     Parameters
     ----------
     root : str or path
-        The folder; each sub-folder is one class.
+
+    Returns
+    -------
+    splits : list of str
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``root`` is not a folder.
+    """
+    root = _folder(root)
+    return [s for s in SPLITS if (root / s).is_dir()
+            and any(p.is_dir() and not p.name.startswith(".") for p in (root / s).iterdir())]
+
+
+def load_image_folder(root, extensions=IMAGE_EXTENSIONS, *, split=None):
+    """Image paths and labels of a folder laid out as ``root/<class>/<image>``, or of one
+    split of ``root/<split>/<class>/<image>``.
+
+    Parameters
+    ----------
+    root : str or path
+        The folder; each sub-folder is one class. A folder of splits (``train/``,
+        ``val/``, ``test/``) needs ``split``.
     extensions : tuple of str
         File endings (case-insensitive) that count as images; others are ignored.
+    split : str, optional
+        Load ``root/<split>`` (e.g. ``"train"``), as ``skfg fit DATA`` does.
 
     Returns
     -------
@@ -38,11 +77,30 @@ def load_image_folder(root, extensions=IMAGE_EXTENSIONS):
     Raises
     ------
     FileNotFoundError
-        If ``root`` does not exist or holds no images.
+        If ``root`` (or ``root/<split>``) does not exist or holds no images.
+    ValueError
+        If ``root`` holds split folders and no ``split`` is given: its "classes" would be
+        the split names.
+
+    Examples
+    --------
+    >>> from skfg.datasets import load_image_folder
+    >>> X, y = load_image_folder("cars", split="train")  # doctest: +SKIP
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"Image folder not found: {root}")
+    root = _folder(root)
+    if split is not None:
+        if not (root / split).is_dir():
+            present = split_names(root)
+            raise FileNotFoundError(f"No such folder: {root / split}"
+                                    + (f" ({root} has {', '.join(s + '/' for s in present)})" if present else ""))
+        root = root / split
+    else:
+        present = split_names(root)
+        if present:
+            raise ValueError(
+                f"{root} holds the split folders {', '.join(s + '/' for s in present)}, not class folders: load "
+                f"one split, e.g. load_image_folder({str(root)!r}, split={present[0]!r}) for {root / present[0]}."
+            )
     exts = tuple(e.lower() for e in extensions)
     paths, labels = [], []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):

@@ -10,7 +10,6 @@ correction ``alpha_m = alpha * m / M`` (eq. 4).
 """
 
 import copy
-import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -21,17 +20,18 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._base import (VersionedStateMixin, atomic_fit, check_features, check_images_and_labels, check_sample_weight, encode_labels,
-                    holdout_split, image_input_tags)
+from ._base import (KnownLabelsScoreMixin, VersionedStateMixin, atomic_fit, check_features, check_images_and_labels,
+                    check_sample_weight, encode_labels, holdout_split, image_input_tags)
 from ._exits import (Cascade, bh_threshold, exit_thresholds, fine_tune_exits, held_out_scores, layer_features,
                      parse_feature_groups)
+from ._messages import warn
 from .extractor import CNNFeatureExtractor
 from .images import ImageSource
 
 __all__ = ["EarlyExitClassifier", "bh_threshold"]
 
 
-class EarlyExitClassifier(VersionedStateMixin, ClassifierMixin, BaseEstimator):
+class EarlyExitClassifier(VersionedStateMixin, KnownLabelsScoreMixin, ClassifierMixin, BaseEstimator):
     """Sequential per-layer classifiers that stop at the first confident layer.
 
     One classifier per feature layer (a linear one-versus-all SVM by default), trained
@@ -99,7 +99,10 @@ class EarlyExitClassifier(VersionedStateMixin, ClassifierMixin, BaseEstimator):
     random_state : int, RandomState or None, default=None
         Seeds the threshold split, the fine-tuning, and the layer classifiers whose own
         ``random_state`` is None.
-    verbose : bool, default=False
+    verbose : bool, int or "auto", default="auto"
+        A progress bar over the fine-tuning epochs and the feature extraction: ``"auto"`` shows it in a terminal or a
+        Jupyter notebook once the work has run a few seconds (short calls print
+        nothing); ``True``/``1`` always, ``False``/``0`` never.
 
     Attributes
     ----------
@@ -159,7 +162,7 @@ class EarlyExitClassifier(VersionedStateMixin, ClassifierMixin, BaseEstimator):
         "exit_weights": [None, "array-like"],
         "distillation": [Interval(Real, 0, None, closed="left")],
         "random_state": ["random_state"],
-        "verbose": ["verbose"],
+        "verbose": ["verbose", StrOptions({"auto"})],
     }
 
     # Checks of sklearn's suite that cannot hold, with why.
@@ -186,7 +189,7 @@ class EarlyExitClassifier(VersionedStateMixin, ClassifierMixin, BaseEstimator):
         exit_weights=None,
         distillation=0.0,
         random_state=None,
-        verbose=False,
+        verbose="auto",
     ):
         self.estimator = estimator
         self.alpha = alpha
@@ -264,9 +267,8 @@ class EarlyExitClassifier(VersionedStateMixin, ClassifierMixin, BaseEstimator):
         if sample_weight is not None:  # zero-weight samples give no held-out score
             held_out = held_out[sample_weight[held_out] > 0]
         if len(held_out) == 0 and len(groups) > 1:
-            warnings.warn(
-                f"No held-out samples to set the exit thresholds (n={len(y)}, train_fraction="
-                f"{self.train_fraction}): every sample will go to the last layer.", UserWarning, stacklevel=3)
+            warn(f"No held-out samples to set the exit thresholds (n={len(y)}, train_fraction="
+                 f"{self.train_fraction}): every sample will go to the last layer.")
         seed = None if self.random_state is None else int(rng.randint(2**31 - 1))
         estimators, inter_scores = [], []
         for m in range(n_exits):

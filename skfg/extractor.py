@@ -14,6 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._base import TorchStateMixin, image_input_tags, resolve_device
 from ._cache import get_feature_cache
 from ._engine import ENGINES, cached_engine, engine_batches, resolve_engine, serving
+from ._messages import progress_bar
 from ._network import PooledTrunk, trunk_settings
 from .backbones import build_backbone, by_reference, get_backbone_spec, probe_channels, state_fingerprint
 from .images import ImageSource, Preprocessing
@@ -89,8 +90,10 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
         them in memory (process-wide, see :func:`skfg.clear_feature_cache`), a
         directory path also stores them on disk (shared between processes and runs),
         ``False`` disables caching.
-    verbose : bool, default=False
-        Show a progress bar.
+    verbose : bool, int or "auto", default="auto"
+        A progress bar over the images being transformed: ``"auto"`` shows it in a terminal or a
+        Jupyter notebook once the work has run a few seconds (short calls print
+        nothing); ``True``/``1`` always, ``False``/``0`` never.
     jpeg_draft : bool, default=False
         Decode JPEG files at a reduced size (libjpeg's DCT scaling: 1/2, 1/4 or 1/8, while
         both sides stay at least ``image_size``) instead of decoding the full photograph
@@ -162,7 +165,7 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
         "device": [str, None],
         "n_jobs": [Interval(Integral, 0, None, closed="left"), None],
         "cache": ["boolean", str, os.PathLike],
-        "verbose": ["verbose"],
+        "verbose": ["verbose", StrOptions({"auto"})],
         "jpeg_draft": ["boolean"],
         "engine": [StrOptions(set(ENGINES))],
     }
@@ -182,7 +185,7 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
         device="auto",
         n_jobs=None,
         cache=True,
-        verbose=False,
+        verbose="auto",
         jpeg_draft=False,
         engine="auto",
     ):
@@ -358,21 +361,13 @@ class CNNFeatureExtractor(TorchStateMixin, TransformerMixin, BaseEstimator):
             return out
         run = self.inference_engine()
         batches = engine_batches(run, self.preprocessing_, source, self.device_, todo)
-        progress = None
-        if self.verbose:
-            from tqdm.auto import tqdm
-
-            progress = tqdm(total=len(todo), desc="extracting", unit="img")
-        with serving(run):
+        with serving(run), progress_bar(self.verbose, len(todo), "extracting", "img") as progress:
             for idx, x in batches:
                 feats = run(x).float().cpu().numpy()
                 out[idx] = feats
                 if use_cache:
                     cache.put(config, [keys[i] for i in idx], feats, directory)
-                if progress is not None:
-                    progress.update(len(idx))
-        if progress is not None:
-            progress.close()
+                progress.update(len(idx))
         return out
 
     def get_feature_names_out(self, input_features=None):

@@ -167,7 +167,10 @@ class ImpostorClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassif
     random_state : int, RandomState or None, default=None
     device : str, default="auto"
     checkpoint_dir : str or None, default=None
-    verbose : bool, default=False
+    verbose : bool, int or "auto", default="auto"
+        A progress bar over the training epochs (and the extraction of frozen features): ``"auto"`` shows it in a terminal or a
+        Jupyter notebook once the work has run a few seconds (short calls print
+        nothing); ``True``/``1`` always, ``False``/``0`` never.
 
     Attributes
     ----------
@@ -271,7 +274,7 @@ class ImpostorClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassif
         random_state=None,
         device="auto",
         checkpoint_dir=None,
-        verbose=False,
+        verbose="auto",
     ):
         self.sigma = sigma
         self.impostors = impostors

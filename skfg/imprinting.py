@@ -199,7 +199,7 @@ class ImprintedClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassi
         random_state=None,
         device="auto",
         checkpoint_dir=None,
-        verbose=False,
+        verbose="auto",
     ):
         self.embedding_dim = embedding_dim
         self.scale = scale

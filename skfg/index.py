@@ -24,7 +24,6 @@ codebooks, :func:`decode_pq` decodes them in torch (differentiably in the codebo
 
 import json
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from ._distances import decode_pq, squared_distances
+from ._messages import warn
 from ._files import atomic_path
 
 __all__ = ["COMPRESSED", "METHODS", "NearestNeighborIndex", "RefinedIndex", "ShardedIndex", "decode_pq",
@@ -277,13 +277,9 @@ class NearestNeighborIndex:
         # the largest k-means trained: 256 centroids per PQ sub-quantizer, or the IVF cells
         centroids = max(256 if row.compressed else 0, getattr(index, "nlist", 0))
         if n < _MIN_POINTS * centroids:
-            warnings.warn(
-                f"{self.method!r}: k-means with {centroids} centroids on {n} vectors (faiss recommends at least "
-                f"{_MIN_POINTS * centroids}); the centroids of a small set are less precise. Compare the accuracy "
-                f"with method='exact'.",
-                UserWarning,
-                stacklevel=3,
-            )
+            warn(f"{self.method!r}: k-means with {centroids} centroids on {n} vectors (faiss recommends at least "
+                 f"{_MIN_POINTS * centroids}); the centroids of a small set are less precise. Compare the accuracy "
+                 f"with method='exact'.")
         if not index.is_trained:
             index.train(X)
         if done is not None:

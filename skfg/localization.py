@@ -203,8 +203,10 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
     device : str, default="auto"
         Device of the student: ``"auto"`` is CUDA when present, else the CPU. A given
         teacher runs where its network is.
-    verbose : bool, default=False
-        Progress of the training.
+    verbose : bool, int or "auto", default="auto"
+        A progress bar over the training epochs: ``"auto"`` shows it in a terminal or a
+        Jupyter notebook once the work has run a few seconds (short calls print
+        nothing); ``True``/``1`` always, ``False``/``0`` never.
 
     Attributes
     ----------
@@ -308,7 +310,7 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), None],
         "random_state": ["random_state"],
         "device": [str, None],
-        "verbose": ["verbose"],
+        "verbose": ["verbose", StrOptions({"auto"})],
     }
 
     def __init__(
@@ -329,7 +331,7 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
         n_iter_no_change=5,
         random_state=None,
         device="auto",
-        verbose=False,
+        verbose="auto",
     ):
         self.teacher = teacher
         self.teacher_size = teacher_size

@@ -213,6 +213,85 @@ def is_safe_format(path):
         return fh.read(4) == b"PK\x03\x04"
 
 
+# The first bytes of the kinds of file a model argument gets by mistake (model_file_kind).
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
+# pickle protocols 2-5, and the compressions joblib.dump(compress=...) writes (zlib, gzip, bz2, xz, lzma, lz4)
+_PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"\x78\x01", b"\x78\x5e", b"\x78\x9c",
+                 b"\x78\xda", b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x5d\x00\x00", b"\x04\x22\x4d\x18")
+
+
+def model_file_kind(path):
+    """What the file ``path`` is, read from its first bytes and, for a zip, its member names,
+    without unpickling or decoding anything.
+
+    Parameters
+    ----------
+    path : str or path-like
+        An existing file.
+
+    Returns
+    -------
+    kind : str
+        ``"safe"`` (skfg's safe format, :func:`save_model`), ``"pickle"`` (a pickle or
+        joblib file, compressed or not), ``"damaged"`` (starts as the safe format but is
+        not a whole zip archive: truncated?), ``"torch"`` (a ``torch.save`` archive),
+        ``"onnx"`` (an ONNX graph, e.g. from :func:`skfg.export.export_onnx`),
+        ``"image"``, ``"empty"`` or ``"unknown"``.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.skops")
+    >>> with open(path, "wb") as fh:
+    ...     _ = fh.write(b"\\xff\\xd8\\xff\\xe0 a JPEG")
+    >>> model_file_kind(path)
+    'image'
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as fh:
+        head = fh.read(30 + 65535)  # a zip's first local header and member name at most
+    if not head:
+        return "empty"
+    if head.startswith(b"PK\x03\x04"):
+        # the first member's name, from its local header (30 bytes, then the name): a truncated
+        # archive may still show a whole zip stored inside it (torch state), without that member
+        first = head[30:30 + int.from_bytes(head[26:28], "little")].decode("utf-8", "replace")
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return "damaged"
+        if first not in names:
+            return "damaged"
+        if "schema.json" in names:
+            return "safe"
+        return "torch" if any(n.endswith("/data.pkl") or n == "data.pkl" for n in names) else "unknown"
+    if head.startswith(_IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return "image"
+    if head.startswith(_PICKLE_MAGIC):
+        return "pickle"
+    # an ONNX ModelProto starts with its ir_version (field 1, a varint: tag 0x08)
+    if head[:1] == b"\x08" and (path.lower().endswith(".onnx") or b"pytorch" in head or b"onnx" in head):
+        return "onnx"
+    return "unknown"
+
+
+def not_a_model_message(path, kind):
+    """The one-line reason why the file ``path`` of :func:`model_file_kind` ``kind`` is no
+    model file skfg can load (None for ``"safe"`` and ``"pickle"``)."""
+    return {
+        "image": f"{path} is an image, not a model file.",
+        "onnx": f"{path} is an ONNX file, not a model file of skfg: serve it with skfg.serving.OnnxModel "
+                "(or onnxruntime).",
+        "torch": f"{path} is a PyTorch file (torch.save), not a model file of skfg: save a fitted estimator "
+                 "with skfg.save_model.",
+        "damaged": f"{path} is a damaged (truncated?) model file of skfg's safe format.",
+        "empty": f"{path} is empty, not a model file.",
+        "unknown": f"{path} is not a model file of skfg (neither skfg's safe format, written by skfg.save_model "
+                   "or skfg fit, nor a joblib/pickle file).",
+    }.get(kind)
+
+
 def load_model(path, *, trusted=(), allow_pickle=False):
     """Load a model saved by :func:`save_model`, without running code from the file.
 
@@ -256,15 +335,15 @@ def load_model(path, *, trusted=(), allow_pickle=False):
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"No model file at {path}.")
-    if is_safe_format(path) and not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is a damaged (truncated?) model file of skfg's safe format.")
-    if not is_safe_format(path):
+        raise FileNotFoundError(f"No such model file: {path}")
+    kind = model_file_kind(path)
+    if not_a_model_message(path, kind):
+        raise ValueError(not_a_model_message(path, kind))
+    if kind == "pickle":
         if not allow_pickle:
             raise ValueError(
-                f"{path} is not a file of skfg's safe format (save one with skfg.save_model). If it is a "
-                "pickle or joblib file from a source you trust, pass allow_pickle=True: loading a pickle "
-                "can run any code it holds."
+                f"{path} is a pickle or joblib file, not skfg's safe format (save one with skfg.save_model). If it "
+                "comes from a source you trust, pass allow_pickle=True: loading a pickle can run any code it holds."
             )
         import joblib
 

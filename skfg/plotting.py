@@ -13,13 +13,16 @@ matplotlib figure and axes, as scikit-learn's displays do.
 - :class:`LowShotDisplay`: accuracy against the number of training images per class.
 """
 
+import collections
 import time
+import warnings
 
 import numpy as np
 from sklearn.base import clone
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from ._messages import warn
 from .images import ImageSource
 
 __all__ = ["EarlyExitDisplay", "LocalizationDisplay", "LowShotDisplay", "RetrievalDisplay"]
@@ -37,7 +40,9 @@ def _grid(n_rows, n_cols, size, axes=None):
     """A figure of ``n_rows x n_cols`` image axes (or the given ones), as a 2-D array."""
     plt = _pyplot()
     if axes is None:
-        fig, axes = plt.subplots(n_rows, n_cols, figsize=(size * n_cols, size * n_rows), squeeze=False)
+        # (constrained: titles of two lines never run into the image, or the coloured frame, above)
+        fig, axes = plt.subplots(n_rows, n_cols, figsize=(size * n_cols, size * n_rows), squeeze=False,
+                                 layout="constrained")
     else:
         axes = np.asarray(axes, dtype=object).reshape(n_rows, n_cols)
         fig = axes[0, 0].figure
@@ -513,13 +518,18 @@ class LowShotDisplay:
         by_class = [np.flatnonzero(y_train == c) for c in classes]
         X_train = np.asarray(X_train) if not isinstance(X_train, list) else X_train
         y_preds = []
-        for n in n_exemplars:
-            preds = []
-            for _ in range(n_repeats):
-                rows = np.concatenate([rng.choice(idx, n, replace=False) for idx in by_class])
-                Xn = [X_train[i] for i in rows] if isinstance(X_train, list) else X_train[rows]
-                preds.append(clone(estimator).fit(Xn, y_train[rows]).predict(X_test))
-            y_preds.append(preds)
+        with warnings.catch_warnings(record=True) as caught:  # the fits' warnings: each text once, below
+            warnings.simplefilter("always")
+            for n in n_exemplars:
+                preds = []
+                for _ in range(n_repeats):
+                    rows = np.concatenate([rng.choice(idx, n, replace=False) for idx in by_class])
+                    Xn = [X_train[i] for i in rows] if isinstance(X_train, list) else X_train[rows]
+                    preds.append(clone(estimator).fit(Xn, y_train[rows]).predict(X_test))
+                y_preds.append(preds)
+        counts = collections.Counter((w.category, str(w.message)) for w in caught)
+        for (category, message), count in counts.items():
+            warn(f"{count} of the {len(n_exemplars) * n_repeats} fits warned: {message}", category)
         return cls.from_predictions(n_exemplars, y_test, y_preds, estimator_name=type(estimator).__name__, ax=ax)
 
     @classmethod

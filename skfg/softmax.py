@@ -165,7 +165,10 @@ class SoftmaxClassifier(BaseTorchClassifier):
         Save the training state after each epoch; a later ``fit`` with the same
         parameters and data (the features' bytes or the images' content) resumes from
         it, one with other parameters or data is refused.
-    verbose : bool, default=False
+    verbose : bool, int or "auto", default="auto"
+        A progress bar over the training epochs (and the extraction of frozen features): ``"auto"`` shows it in a terminal or a
+        Jupyter notebook once the work has run a few seconds (short calls print
+        nothing); ``True``/``1`` always, ``False``/``0`` never.
 
     Attributes
     ----------
@@ -262,7 +265,7 @@ class SoftmaxClassifier(BaseTorchClassifier):
         random_state=None,
         device="auto",
         checkpoint_dir=None,
-        verbose=False,
+        verbose="auto",
     ):
         self.embedding_dim = embedding_dim
         self.dropout = dropout

@@ -1,4 +1,7 @@
+import argparse
+import json
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -191,7 +194,7 @@ def test_fit_early_exit_and_joblib_models_need_trust(tmp_path, capsys):
     assert main(argv) == 0
     assert "fitted early-exit on 24 images of 3 classes" in capsys.readouterr().out
     err = _one_line_error(capsys, ["predict", str(model), str(tmp_path / "data")])
-    assert "not a file of skfg's safe format" in err and "--trust-pickle" in err
+    assert "is a joblib/pickle file, not skfg's safe format" in err and "--trust-pickle" in err
     assert main(["predict", str(model), str(tmp_path / "data"), "--trust-pickle"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 25
     err = _one_line_error(capsys, ["export", str(model), "--onnx", str(tmp_path / "ee.onnx"), "--trust-pickle"])
@@ -199,13 +202,13 @@ def test_fit_early_exit_and_joblib_models_need_trust(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["fit", "/no/such/folder", "-o", "m.skops"], "no data folder at /no/such/folder"),
+    (["fit", "/no/such/folder", "-o", "m.skops"], "No such folder: /no/such/folder"),
     (["fit", ".", "-o", "m.skops", "--backbone", "resnet9000"], "--backbone 'resnet9000' is not a backbone"),
     (["fit", ".", "-o", "m.skops", "--model", "svm"], "invalid choice: 'svm'"),
-    (["predict", "/no/model.skops", "x.jpg"], "No model file at /no/model.skops"),
-    (["evaluate", "/no/model.skops", "/no/data"], "No model file at /no/model.skops"),
-    (["verify", "/no/such/folder"], "Image folder not found: /no/such/folder"),
-    (["demo", "--data", "/no/such/folder"], "/no/such/folder has no train/ folder"),
+    (["predict", "/no/model.skops", "x.jpg"], "No such model file: /no/model.skops"),
+    (["evaluate", "/no/model.skops", "/no/data"], "No such model file: /no/model.skops"),
+    (["verify", "/no/such/folder"], "No such folder: /no/such/folder"),
+    (["demo", "--data", "/no/such/folder"], "No such folder: /no/such/folder"),
 ])
 def test_user_errors_are_one_line_with_a_nonzero_exit(argv, expected, capsys):
     assert expected in _one_line_error(capsys, argv)
@@ -220,11 +223,12 @@ def test_errors_name_the_bad_file(tmp_path, capsys):
         for i in range(3):
             Image.new("RGB", (40, 40), (80 * i, 40, 200 if c == "a" else 10)).save(data / c / f"{i}.png")
     (data / "b" / "broken.jpg").write_bytes(b"\xff\xd8garbage")
-    err = _one_line_error(capsys, ["fit", str(data), "-o", str(tmp_path / "m.skops"), "--image-size", "40", "--quiet"])
-    assert "broken.jpg" in err and not (tmp_path / "m.skops").exists()
+    assert main(["fit", str(data), "-o", str(tmp_path / "m.skops"), "--image-size", "40", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "--skip-unreadable" in err and not (tmp_path / "m.skops").exists()
     text = tmp_path / "notes.txt"
     text.write_text("not a model")
-    assert "not a file of skfg's safe format" in _one_line_error(capsys, ["predict", str(text), str(data)])
+    assert "is not a model file of skfg" in _one_line_error(capsys, ["predict", str(text), str(data)])
     err = _one_line_error(capsys, ["fit", str(data), "-o", str(tmp_path / "m.skops"), "--trainable-blocks", "2"])
     assert "--trainable-blocks needs --fine-tune" in err
     from sklearn.pipeline import make_pipeline
@@ -290,12 +294,17 @@ def test_fit_checks_its_paths_before_any_work(tmp_path, capsys):
 
     _image_folder(tmp_path / "data" / "train", 2, 2, size=32)
     _image_folder(tmp_path / "only_val" / "val", 2, 2, size=32)
+    (tmp_path / "folder.skops").mkdir()
     for argv, message in [
-        (["fit", str(tmp_path / "data"), "-o", str(tmp_path / "missing" / "m.skops")], "no folder .*missing"),
-        (["fit", str(tmp_path / "only_val"), "-o", str(tmp_path / "m.skops")], r"has no train/ folder \(it has val/\)"),
+        (["fit", str(tmp_path / "data"), "-o", str(tmp_path / "missing" / "m.skops")], "No such folder: .*missing"),
+        (["fit", str(tmp_path / "only_val"), "-o", str(tmp_path / "m.skops")],
+         r"No such folder: .*only_val/train \(.*only_val has val/\)"),
         (["evaluate", str(tmp_path / "m.skops"), str(tmp_path / "data"), "--confusion", str(tmp_path / "no" / "c.csv")],
-         "no folder .*no.* confusion matrix"),
-        (["export", str(tmp_path / "m.skops"), "--onnx", str(tmp_path / "no" / "m.onnx")], "no folder .*ONNX"),
+         "No such folder: .*no .*confusion matrix"),
+        (["export", str(tmp_path / "m.skops"), "--onnx", str(tmp_path / "no" / "m.onnx")], "No such folder: .*ONNX"),
+        (["fit", str(tmp_path / "data"), "-o", str(tmp_path / "folder.skops")], "is a folder; give a file name"),
+        (["fit", str(tmp_path / "data"), "-o", str(tmp_path / "m.skops"), "--fine-tune", "--checkpoint-dir",
+          str(tmp_path / "none" / "ckpt")], "No such folder: .*none/ckpt .*checkpoint"),
         (["fit", str(tmp_path / "data"), "-o", str(tmp_path / "m.skops"), "--checkpoint-dir", "x"],
          "--checkpoint-dir needs --fine-tune"),
     ]:
@@ -306,13 +315,14 @@ def test_fit_checks_its_paths_before_any_work(tmp_path, capsys):
 
 
 def test_a_missing_split_is_named_not_replaced_by_the_root(tmp_path, capsys):
-    from skfg.cli import _split
+    from skfg.cli import _load_split
 
     _image_folder(tmp_path / "train", 2, 2, size=32)
     _image_folder(tmp_path / "test", 2, 2, size=32)
-    with pytest.raises(FileNotFoundError, match=r"has no tset/ folder \(it has train/, test/\)"):
-        _split(tmp_path, "tset")
-    assert _split(tmp_path / "train", "test") == tmp_path / "train"  # a folder of class folders
+    with pytest.raises(FileNotFoundError, match=r"No such folder: .*tset \(.* has train/, test/\)"):
+        _load_split(tmp_path, "tset")
+    X, y = _load_split(tmp_path / "train", "test")  # a folder of class folders: itself
+    assert all(x.startswith(str(tmp_path / "train")) for x in X) and len(X) == 4
     with pytest.raises(SystemExit) as stop:
         main(["predict", "m.skops", "x.png", "--top-k", "0"])
     assert stop.value.code == 2
@@ -322,7 +332,7 @@ def test_a_missing_split_is_named_not_replaced_by_the_root(tmp_path, capsys):
 def test_skfg_verify_on_a_missing_folder_is_one_line_and_its_own_exit_code(tmp_path, capsys):
     code = cli_main(["verify", str(tmp_path / "missing")])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "not found" in err and "Traceback" not in err
+    assert code == 2 and err.count("\n") == 1 and "No such folder" in err and "Traceback" not in err
 
 
 def test_the_command_line_starts_without_torch():
@@ -348,3 +358,109 @@ def test_an_unknown_backbone_is_refused_before_any_work(tmp_path, capsys):
     assert main(["fit", str(tmp_path), "-o", str(tmp_path / "m.skops"), "--backbone", "efficientnet_lit0"]) == 2
     err = capsys.readouterr().err
     assert "did you mean 'efficientnet_lite0'" in err and "choose one of" in err
+
+
+def test_model_files_are_recognised_before_anything_is_unpickled(tmp_path, capsys):
+    """The model argument forgotten (a JPEG first), a damaged .skops, a torch file, a pickle
+    without trust: each its own one-line message; "trust" only for the pickle."""
+    import joblib
+
+    _image_folder(tmp_path / "data", 2, 2, size=32)
+    photo = next((tmp_path / "data").rglob("*.png"))
+    (tmp_path / "cut.skops").write_bytes(b"PK\x03\x04 and then nothing")
+    joblib.dump({"not": "a model"}, tmp_path / "m.joblib")
+    cases = [(["predict", str(photo), str(photo)], "is an image, not a model file: the model file comes first"),
+             (["evaluate", str(tmp_path / "cut.skops"), str(tmp_path / "data")], r"damaged \(truncated\?\)"),
+             (["export", str(photo), "--onnx", str(tmp_path / "x.onnx")], "is an image"),
+             (["predict", str(tmp_path / "m.joblib"), str(photo)], "joblib/pickle file.*--trust-pickle"),
+             (["predict", str(tmp_path / "data"), str(photo)], r"No such model file: .*data \(a folder\)")]
+    for argv, message in cases:
+        err = _one_line_error(capsys, argv)
+        assert re.search(message, err), (argv, err)
+        assert ("trust" in err) == argv[1].endswith(".joblib"), err
+
+
+def test_output_files_need_a_model_ending_and_typos_get_a_suggestion(tmp_path, capsys):
+    for argv, message in [(["fit", str(tmp_path), "-o", "model.pt"], r"'model.pt' has no model file ending: use .skops"),
+                          (["fit", str(tmp_path), "-o", "m.skops", "--epochs", "3"], "did you mean --max-epochs"),
+                          (["predict", "m.skops", "x.jpg", "--topk", "3"], "did you mean --top-k")]:
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert re.search(message, err) and len(err.strip().splitlines()) == 1, err
+
+
+def test_help_is_plain_text_and_every_option_says_what_it_does(capsys):
+    from skfg.cli import build_parser
+
+    parser = build_parser()
+    for name, sub in parser._subparsers._group_actions[0].choices.items():
+        for action in sub._actions:
+            assert action.help, (name, action.dest)
+            if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+                assert "default" in action.help, (name, action.dest)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "``" not in capsys.readouterr().out
+
+
+def test_fit_reports_every_unreadable_image_before_training_and_can_skip_them(tmp_path, capsys, monkeypatch):
+    from sklearn.pipeline import Pipeline
+
+    _image_folder(tmp_path / "data" / "train", 2, 4, size=32)
+    _image_folder(tmp_path / "data" / "val", 2, 2, size=32)
+    (tmp_path / "data" / "train" / "class0" / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (tmp_path / "data" / "train" / "class1" / "empty.png").write_bytes(b"")
+    (tmp_path / "data" / "val" / "class1" / "text.jpg").write_text("not an image")
+    fits = []
+    monkeypatch.setattr(Pipeline, "fit", lambda self, X, y: fits.append(len(X)) or self)
+    argv = ["fit", str(tmp_path / "data"), "-o", str(tmp_path / "m.joblib"), "--image-size", "32", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert fits == [] and not (tmp_path / "m.joblib").exists()  # nothing trained
+    assert "cut.jpg" in err and "empty.png" in err and "2 of the 10 training images are unreadable" in err
+    assert "--skip-unreadable" in err and "skfg verify" in err
+    monkeypatch.setattr(Pipeline, "predict", lambda self, X: np.asarray(["class0"] * len(X)))
+    assert main(argv + ["--skip-unreadable"]) == 0
+    err = capsys.readouterr().err
+    assert fits == [8] and "leaving out 2 unreadable training images" in err and "text.jpg" in err
+
+
+def test_evaluate_can_score_the_known_classes_of_a_folder_with_new_ones(tmp_path, capsys):
+    from skfg import CNNFeatureExtractor, SoftmaxClassifier, save_model
+    from sklearn.pipeline import make_pipeline
+    from skfg.datasets import load_image_folder
+
+    _image_folder(tmp_path / "data", 3, 4, size=32)
+    X, y = load_image_folder(tmp_path / "data")
+    known = y != "class2"
+    model = make_pipeline(CNNFeatureExtractor(image_size=32), SoftmaxClassifier(max_epochs=2, random_state=0))
+    save_model(model.fit(X[known], y[known]), tmp_path / "m.skops")
+    argv = ["evaluate", str(tmp_path / "m.skops"), str(tmp_path / "data")]
+    assert "--known-classes-only" in _one_line_error(capsys, argv)
+    assert main(argv + ["--known-classes-only", "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["n_images"] == 8 and "leaving out 4 images" in captured.err
+
+
+def test_predict_and_evaluate_take_the_onnx_file_that_export_wrote(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from skfg import CNNFeatureExtractor, SoftmaxClassifier, save_model
+    from sklearn.pipeline import make_pipeline
+    from skfg.datasets import load_image_folder
+
+    _image_folder(tmp_path / "data", 2, 4, size=32)
+    X, y = load_image_folder(tmp_path / "data")
+    model = make_pipeline(CNNFeatureExtractor(image_size=32), SoftmaxClassifier(max_epochs=2, random_state=0))
+    save_model(model.fit(X, y), tmp_path / "m.skops")
+    assert main(["export", str(tmp_path / "m.skops"), "--onnx", str(tmp_path / "m.onnx")]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "m.onnx"), str(tmp_path / "data"), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    proba = model.predict_proba(X)
+    assert [r["predictions"][0]["label"] for r in rows] == model.classes_[proba.argmax(1)].tolist()
+    assert main(["evaluate", str(tmp_path / "m.onnx"), str(tmp_path / "data"), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_images"] == 8
+    err = _one_line_error(capsys, ["export", str(tmp_path / "m.onnx"), "--onnx", str(tmp_path / "again.onnx")])
+    assert "is an ONNX file, not a model file of skfg fit (it is already exported)" in err

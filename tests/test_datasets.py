@@ -26,7 +26,7 @@ def test_load_image_folder_sorted_and_reproducible(tmp_path):
 
 
 def test_load_image_folder_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(FileNotFoundError, match="No such folder"):
         load_image_folder(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="No images"):
         load_image_folder(tmp_path)
@@ -129,3 +129,40 @@ def test_a_broken_symlink_is_listed_and_reported(tmp_path):
     assert any(p.endswith("gone.jpg") for p in X)
     bad = verify_images(X)
     assert len(bad) == 1 and bad[0].name.endswith("gone.jpg") and "not found" in bad[0].error
+
+
+def test_a_split_root_is_refused_with_the_split_to_load_and_split_loads_it(tmp_path):
+    for split in ("train", "val", "test"):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.new("RGB", (4, 4)).save(tmp_path / split / cls / f"{split}.png")
+    with pytest.raises(ValueError, match=r"holds the split folders train/, val/, test/.*split='train'"):
+        load_image_folder(tmp_path)  # would be 3 "classes" named train / val / test
+    X, y = load_image_folder(tmp_path, split="train")
+    assert sorted(set(y)) == ["a", "b"] and all("/train/" in x for x in X)
+    with pytest.raises(FileNotFoundError, match=r"No such folder: .*holdout \(.* has train/, val/, test/\)"):
+        load_image_folder(tmp_path, split="holdout")
+
+
+def test_a_class_named_like_a_split_is_still_a_class(tmp_path):
+    for cls in ("test", "prod"):  # images right inside: classes, not splits
+        (tmp_path / cls).mkdir()
+        Image.new("RGB", (4, 4)).save(tmp_path / cls / "x.png")
+    X, y = load_image_folder(tmp_path)
+    assert y.tolist() == ["prod", "test"]
+
+
+def test_image_arrays_get_a_dtype_hint_that_fits_their_values_and_empty_images_are_refused():
+    from skfg.exceptions import ImageDecodeError
+    from skfg.images import ImageSource
+
+    for arr, hint in [(np.full((1, 4, 4, 3), 0.5), r"\(x \* 255\)"),
+                      (np.full((1, 4, 4, 3), 200.0), r"x.round\(\).astype\(np.uint8\)"),
+                      (np.full((1, 4, 4, 3), 200, dtype=np.int64), r"x.astype\(np.uint8\)"),
+                      (np.full((1, 4, 4, 3), 4000, dtype=np.int32), "reach 4000")]:
+        with pytest.raises(ImageDecodeError, match=hint):
+            ImageSource(arr).load(0)
+    with pytest.raises(ValueError, match=r"\(2, 0, 0, 3\).*empty"):
+        ImageSource(np.zeros((2, 0, 0, 3), dtype=np.uint8))
+    with pytest.raises(ImageDecodeError, match="empty image"):
+        ImageSource([np.zeros((0, 5, 3), dtype=np.uint8)]).load(0)

@@ -345,3 +345,36 @@ def test_saved_models_carry_the_version_and_warn_on_another(easy_blobs, make):
     state["_skfg_version"] = "0.0.1"
     with pytest.warns(SkfgVersionWarning, match="saved with skfg 0.0.1"):
         type(clf).__new__(type(clf)).__setstate__(state)
+
+
+def test_each_kind_of_wrong_model_file_gets_its_own_message_before_any_unpickling(easy_blobs, tmp_path):
+    """A JPEG, an ONNX file, a torch.save file, a truncated .skops, an empty file and a text
+    file are named as what they are; only a pickle is advised to be trusted."""
+    from PIL import Image
+
+    from skfg.persistence import model_file_kind
+
+    X, y = easy_blobs
+    save_model(SoftmaxClassifier(max_epochs=1).fit(X, y), tmp_path / "m.skops")
+    (tmp_path / "cut.skops").write_bytes((tmp_path / "m.skops").read_bytes()[:-50])
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.jpg")
+    Image.new("RGB", (8, 8)).save(tmp_path / "photo.png")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "weights.pt")
+    (tmp_path / "empty.skops").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "m.onnx").write_bytes(b"\x08\x08\x12\x07pytorch\x1a\x052.9.0")  # an ONNX ModelProto's first fields
+    joblib.dump({"a": 1}, tmp_path / "d.joblib")
+    joblib.dump({"a": 1}, tmp_path / "z.joblib", compress=3)
+    expected = {"m.skops": "safe", "cut.skops": "damaged", "photo.jpg": "image", "photo.png": "image",
+                "weights.pt": "torch", "empty.skops": "empty", "notes.txt": "unknown", "m.onnx": "onnx",
+                "d.joblib": "pickle", "z.joblib": "pickle"}
+    assert {name: model_file_kind(tmp_path / name) for name in expected} == expected
+    for name, message in [("cut.skops", r"damaged \(truncated\?\)"), ("photo.jpg", "is an image, not a model file"),
+                          ("weights.pt", r"PyTorch file \(torch.save\)"), ("empty.skops", "is empty"),
+                          ("notes.txt", "is not a model file of skfg"), ("m.onnx", "is an ONNX file")]:
+        with pytest.raises(ValueError, match=message) as info:
+            load_model(tmp_path / name, allow_pickle=True)  # never unpickled, even when allowed
+        assert "allow_pickle" not in str(info.value) and "trust" not in str(info.value)
+    with pytest.raises(ValueError, match="pickle or joblib file.*allow_pickle=True"):
+        load_model(tmp_path / "d.joblib")
+    assert load_model(tmp_path / "z.joblib", allow_pickle=True) == {"a": 1}
