@@ -1,6 +1,6 @@
 """Serve a fitted model with onnxruntime: export it to ONNX and predict from image files.
 
-Needs the ``onnx`` extra (``pip install "skfg[onnx]"``). Runs in about a minute on a
+Needs the ``onnx`` extra (``pip install -e ".[onnx]"``). Runs in about a minute on a
 2-core CPU on synthetic fine-grained images.
 """
 

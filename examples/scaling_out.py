@@ -1,6 +1,6 @@
 """Scale out with Dask: fit on a sample in memory, predict and extract features block by block.
 
-Needs the ``dask`` extra (``pip install "skfg[dask]"``). A real cluster is the same code
+Needs the ``dask`` extra (``pip install -e ".[dask]"``). A real cluster is the same code
 with ``Client("tcp://scheduler:8786")``; here an in-process cluster on synthetic images
 (about half a minute on a 2-core CPU).
 """

@@ -353,7 +353,7 @@ def resolve_engine(engine, device="cpu"):
         if str(device) != "cpu":
             raise ValueError(f"engine='onnxruntime' runs on the CPU; this model is on {device!r}: use 'fused'.")
         if not onnxruntime_available():
-            raise ImportError("engine='onnxruntime' needs onnx and onnxruntime: pip install 'skfg[onnx]' "
+            raise ImportError("engine='onnxruntime' needs onnx and onnxruntime: pip install onnx onnxruntime (skfg's [onnx] extra) "
                               "(or use engine='fused').")
     return engine
 

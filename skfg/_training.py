@@ -379,8 +379,9 @@ def _report(progress, record, epoch_offset, max_epochs):
     score = "-" if record["val_score"] is None else f"{record['val_score']:.4f}"
     logger.info("epoch %d/%d: loss %.4f, val score %s, %.1f s", epoch_offset + record["epoch"],
                 epoch_offset + max_epochs, record["loss"], score, record["seconds"])
+    # (no refresh of its own: a bar still within its delay stays hidden, and is not left half-drawn)
+    progress.set_postfix(loss=f"{record['loss']:.4f}", val=record["val_score"], refresh=False)
     progress.update(1)
-    progress.set_postfix(loss=f"{record['loss']:.4f}", val=record["val_score"])
 
 
 def fit_loop(module, batches, step, *, optimizer, scheduler=None, max_epochs, validate=None, patience=None,

@@ -297,8 +297,8 @@ def cmd_fit(args):
 
     _writable(args.output, "model")
     if Path(args.output).suffix.lower() == ".skops" and importlib.util.find_spec("skops") is None:
-        raise ImportError(f"{args.output}: the safe model format needs skops: pip install 'skfg[safe]' (or pip "
-                          "install skops), or write a .joblib file")
+        raise ImportError(f"{args.output}: the safe model format needs skops: pip install skops (skfg's "
+                          "[safe] extra), or write a .joblib file")
     if args.fine_tune and args.checkpoint_dir:
         _writable(Path(args.checkpoint_dir) / "checkpoint.pt", "checkpoint")
     _check_backbone(args.backbone)
@@ -496,7 +496,7 @@ def cmd_evaluate(args):
 
                 matplotlib.use("Agg")
             except ImportError as exc:
-                raise ImportError("--confusion as an image needs matplotlib: pip install 'skfg[plot]' "
+                raise ImportError("--confusion as an image needs matplotlib: pip install matplotlib (skfg's [plot] extra) "
                                   "(or write a .csv)") from exc
             disp = ConfusionMatrixDisplay(cm, display_labels=classes)
             size = max(6, 0.25 * len(classes))

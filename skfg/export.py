@@ -43,7 +43,7 @@ def _onnx():
         import onnx
         import onnxruntime
     except ImportError as exc:
-        raise ImportError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'skfg[onnx]'.") from exc
+        raise ImportError("ONNX export needs onnx, onnxscript and onnxruntime: pip install onnx onnxscript onnxruntime (skfg's [onnx] extra).") from exc
     return onnx, onnxruntime
 
 
@@ -247,7 +247,7 @@ def export_onnx(model, path, *, opset_version=OPSET, check=True, quantize=None, 
     TypeError
         For a model that cannot be exported (the message says what can).
     ImportError
-        Without onnx, onnxscript or onnxruntime (``pip install 'skfg[onnx]'``).
+        Without onnx, onnxscript or onnxruntime (skfg's ``[onnx]`` extra).
     """
     onnx, ort = _onnx()
     path = os.fspath(path)

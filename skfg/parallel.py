@@ -37,7 +37,7 @@ def _dask():
         import dask
         import dask.array  # noqa: F401
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError('skfg.parallel needs Dask: pip install "skfg[dask]" (dask[array] and distributed)') from err
+        raise ImportError("skfg.parallel needs Dask: pip install 'dask[array]' distributed (skfg's [dask] extra)") from err
     return dask
 
 

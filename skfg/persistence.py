@@ -177,7 +177,7 @@ def _skops():
     try:
         import skops.io
     except ImportError as exc:
-        raise ImportError("The safe model format needs skops: pip install 'skfg[safe]' (or pip install skops).") from exc
+        raise ImportError("The safe model format needs skops: pip install skops (skfg's [safe] extra).") from exc
     return skops.io
 
 

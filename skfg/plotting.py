@@ -32,7 +32,7 @@ def _pyplot():
     try:
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise ImportError("Plots need matplotlib: pip install 'skfg[plot]' (or pip install matplotlib).") from exc
+        raise ImportError("Plots need matplotlib: pip install matplotlib (skfg's [plot] extra).") from exc
     return plt
 
 

@@ -24,7 +24,7 @@ def _onnxruntime():
     try:
         import onnxruntime
     except ImportError as exc:
-        raise ImportError("serving an ONNX model needs onnxruntime: pip install 'skfg[onnx]'.") from exc
+        raise ImportError("serving an ONNX model needs onnxruntime: pip install onnxruntime (skfg's [onnx] extra).") from exc
     return onnxruntime
 
 

@@ -340,7 +340,7 @@ class FeatureStore:
         try:
             import dask.array as da
         except ImportError as err:  # pragma: no cover - depends on the environment
-            raise ImportError('FeatureStore.to_dask needs Dask: pip install "skfg[dask]"') from err
+            raise ImportError("FeatureStore.to_dask needs Dask: pip install 'dask[array]' distributed (skfg's [dask] extra)") from err
         self._check_complete()
         blocks = [da.from_array(self.read_chunk(i), chunks=-1) for i in range(self.n_chunks)]
         return da.concatenate(blocks, axis=0)

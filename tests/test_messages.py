@@ -189,3 +189,10 @@ def test_score_names_the_labels_the_model_never_saw():
             score = clf.score(X, y_new)
         assert record[0].filename == __file__
         assert score == pytest.approx(np.mean(clf.predict(X) == y_new))
+
+
+def test_an_auto_bar_of_a_short_fit_prints_nothing(monkeypatch, capsys):
+    """A fit shorter than the delay leaves no half-drawn bar for the next line to glue onto."""
+    monkeypatch.setattr("skfg._messages._interactive", lambda: True)
+    SoftmaxClassifier(max_epochs=30, random_state=0).fit(np.random.RandomState(0).randn(40, 3), np.arange(40) % 2)
+    assert capsys.readouterr().err == ""

