@@ -496,8 +496,8 @@ def cmd_evaluate(args):
 
                 matplotlib.use("Agg")
             except ImportError as exc:
-                raise ImportError("--confusion as an image needs matplotlib: pip install matplotlib (skfg's [plot] extra) "
-                                  "(or write a .csv)") from exc
+                raise ImportError("--confusion as an image needs matplotlib: pip install matplotlib (skfg's [plot] "
+                                  "extra), or write a .csv") from exc
             disp = ConfusionMatrixDisplay(cm, display_labels=classes)
             size = max(6, 0.25 * len(classes))
             disp.plot(include_values=len(classes) <= 20, xticks_rotation="vertical", colorbar=False)

@@ -70,9 +70,9 @@ def test_engine_names_are_checked(monkeypatch):
         resolve_engine("tensorrt")
     monkeypatch.setattr(skfg._engine, "onnxruntime_available", lambda: False)
     assert resolve_engine("auto") == "fused"  # without the [onnx] extra
-    with pytest.raises(ImportError, match=r"skfg\[onnx\]"):
+    with pytest.raises(ImportError, match=r"pip install onnx onnxruntime \(skfg.s \[onnx\] extra\)"):
         resolve_engine("onnxruntime")
-    with pytest.raises(ImportError, match=r"skfg\[onnx\]"):
+    with pytest.raises(ImportError, match=r"pip install onnx onnxruntime \(skfg.s \[onnx\] extra\)"):
         CNNFeatureExtractor(engine="onnxruntime").fit()
 
 
