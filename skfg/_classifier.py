@@ -9,6 +9,7 @@ and the frozen-prefix cache), calling :func:`skfg._training.fit_loop`, predictio
 
 import hashlib
 import json
+import math
 import os
 from abc import ABCMeta, abstractmethod
 from dataclasses import replace
@@ -29,7 +30,7 @@ from ._engine import cached_engine, resolve_engine
 from ._messages import warn
 from ._network import FeatureNet, build_trunk, trunk_settings
 from ._training import (MIN_WARMUP_STEPS, OPTIMIZERS, PRECISIONS, SCHEDULES, fit_loop, make_generator,
-                        make_optimizer, make_scheduler, resolve_precision)
+                        make_optimizer, make_scheduler, resolve_precision, small_set_lr_factor)
 from .backbones import by_reference, state_fingerprint
 from .images import Augmentation, ImageSource, Preprocessing
 from .metrics import entropy
@@ -64,8 +65,17 @@ FINE_TUNE_RECIPE = {
     "divergence_guard": 1.5,
     "batch_size": 32,
     # every training image trains; with a fixed cosine schedule the last epoch is kept
+    # (a small set holds out SMALL_SET_VALIDATION_FRACTION, below)
     "validation_fraction": 0.0,
 }
+
+# Fine-tuning with validation_fraction="auto" on fewer images than this holds out
+# SMALL_SET_VALIDATION_FRACTION of them (stratified, when that is an image a class at
+# least), and keeps the linear probe (head_epochs) instead of the fine-tuned network when
+# the probe scores higher there: on a few hundred images a fine-tune can end below the
+# frozen features' head (issue 46).
+SMALL_SET_IMAGES = 1000
+SMALL_SET_VALIDATION_FRACTION = 0.1
 
 
 class BaseTorchClassifier(TorchStateMixin, KnownLabelsScoreMixin, ClassifierMixin, BaseEstimator, metaclass=ABCMeta):
@@ -163,15 +173,24 @@ class BaseTorchClassifier(TorchStateMixin, KnownLabelsScoreMixin, ClassifierMixi
         return 0
 
     # ---------------------------------------------------------------- fitting
-    def resolved_param(self, name):
+    def resolved_param(self, name, y=None):
         """The value parameter ``name`` takes in ``fit``, with ``"auto"`` resolved: the
         fine-tuning recipe's (``FINE_TUNE_RECIPE``) when the classifier has an extractor,
         the defaults for features without one.
+
+        Three settings also depend on the training labels when fine-tuning; give ``y``
+        for the values a fit on those labels uses: ``validation_fraction``
+        (``SMALL_SET_VALIDATION_FRACTION`` below ``SMALL_SET_IMAGES`` images, when that
+        holds out an image a class at least), ``batch_size`` (at least 8 mini-batches an
+        epoch) and ``lr`` (times :func:`~skfg._training.small_set_lr_factor` of the
+        mini-batches an epoch). Without ``y``: the values of a large set.
 
         Parameters
         ----------
         name : str
             A parameter of the estimator (``"lr"``, ``"max_epochs"``, ``"label_smoothing"``, ...).
+        y : array-like of shape (n_samples,), optional
+            The training labels ``fit`` will be given.
 
         Returns
         -------
@@ -186,7 +205,16 @@ class BaseTorchClassifier(TorchStateMixin, KnownLabelsScoreMixin, ClassifierMixi
         """
         if name not in self.get_params(deep=False):
             raise ValueError(f"{type(self).__name__} has no parameter {name!r}")
-        return self._setting(name)
+        if y is None or name not in ("validation_fraction", "batch_size", "lr"):
+            return self._setting(name)
+        y = np.asarray(y)
+        fraction = self._validation_fraction(len(y), len(np.unique(y)))
+        n_train = len(y) - int(round(fraction * len(y)))
+        if name == "validation_fraction":
+            return fraction
+        if name == "batch_size":
+            return self._batch_size(n_train)
+        return self._setting("lr") * self._lr_factor(n_train)
 
     def _setting(self, name):
         """Parameter ``name``, with ``"auto"`` resolved (:meth:`resolved_param`)."""
@@ -194,6 +222,25 @@ class BaseTorchClassifier(TorchStateMixin, KnownLabelsScoreMixin, ClassifierMixi
         if isinstance(value, str) and value == "auto":
             return (self._feature_defaults if self.extractor is None else self._fine_tune_defaults)[name]
         return value
+
+    def _small_set_split(self, n_samples, n_classes):
+        """Whether ``validation_fraction="auto"`` holds out a small set's split when
+        fine-tuning: fewer than ``SMALL_SET_IMAGES`` images, and an image a class at least."""
+        return (self.validation_fraction == "auto" and self.extractor is not None and n_samples < SMALL_SET_IMAGES
+                and round(SMALL_SET_VALIDATION_FRACTION * n_samples) >= n_classes)
+
+    def _validation_fraction(self, n_samples, n_classes):
+        """``validation_fraction``, with a small set's split (:meth:`_small_set_split`)."""
+        if self._small_set_split(n_samples, n_classes):
+            return SMALL_SET_VALIDATION_FRACTION
+        return self._setting("validation_fraction")
+
+    def _lr_factor(self, n_train):
+        """The factor of ``lr="auto"`` when fine-tuning ``n_train`` images: fewer mini-batches
+        an epoch than the recipe's set, a smaller peak rate (:func:`small_set_lr_factor`)."""
+        if self.lr != "auto" or self.extractor is None:
+            return 1.0
+        return small_set_lr_factor(math.ceil(n_train / self._batch_size(n_train)))
 
     def _augmentation(self):
         """The training augmentation (an :class:`~skfg.images.Augmentation`), or None."""
@@ -338,7 +385,7 @@ class BaseTorchClassifier(TorchStateMixin, KnownLabelsScoreMixin, ClassifierMixi
         X, classes, y_enc, sample_weight = self._validate_inputs(X, y, sample_weight)
         device = resolve_device(self.device)
         generator = make_generator(self.random_state)
-        fraction = self._setting("validation_fraction")
+        fraction = self._validation_fraction(len(y_enc), len(classes))
         n_val = int(round(fraction * len(y_enc)))
         train_idx, val_idx = holdout_split(len(y_enc), n_val, y_enc, check_random_state(self.random_state))
         if len(y_enc) - n_val < len(classes):  # (0.99, say): all held out, or too few left to train on
@@ -380,25 +427,46 @@ class BaseTorchClassifier(TorchStateMixin, KnownLabelsScoreMixin, ClassifierMixi
             signature += ":warm:" + warm_digest
         ctx = FitContext(net, data, y_enc, train_idx, val_idx, sample_weight, generator, device,
                          start_data=None if pooled is None else PooledData(pooled, device))
-        head_result = None
+        # a small set's automatic split serves the comparison of probe and fine-tune only:
+        # each runs its whole schedule and keeps its last epoch, as the recipe does (on ~10
+        # images a class, stopping early or picking the best epoch picked noise)
+        whole = self._small_set_split(len(y_enc), len(classes))
+        head_result = probe = None
         if self.extractor is not None and self._setting("head_epochs") > 0:
             # linear probing, then fine-tuning: the head first learns on the frozen CNN's features
             head_net = FeatureNet(net.head, pooled.shape[1]).to(device)  # shares the head with net
             head_net.load_state_dict({"mean": net.mean, "scale": net.scale}, strict=False)
             head_ctx = replace(ctx, net=head_net, data=FeatureData(pooled.cpu(), device), start_data=None)
-            head_result = self._train(head_ctx, self._setting("head_epochs"), signature + ":head")
+            head_result = self._train(head_ctx, self._setting("head_epochs"), signature + ":head", whole_schedule=whole)
+            if head_ctx.aux is None and val_idx is not None:  # the probe, kept if it beats the fine-tune
+                probe = {k: v.detach().clone() for k, v in net.state_dict().items()}
         n_second = self._pool_weight_epochs() if net.pools is not None else 0
         if n_second:  # ELoPE's two steps: plain k-max first (weights fixed at 1) ...
             net.pools.requires_grad_(False)
         n_head = len(head_result["history"]) if head_result is not None else 0
-        result = self._train(ctx, self._setting("max_epochs"), signature, epoch_offset=n_head)
+        lr_factor = self._lr_factor(len(train_idx))
+        result = self._train(ctx, self._setting("max_epochs"), signature, lr_scale=lr_factor, epoch_offset=n_head,
+                             whole_schedule=whole)
         if n_second:  # ... then everything at lr / 10 (the pooling weights at lr)
             net.pools.requires_grad_(True)
-            second = self._train(ctx, n_second, signature + ":weighted", lr_scale=0.1, pool_lr_scale=10.0,
-                                 epoch_offset=n_head + len(result["history"]))
+            second = self._train(ctx, n_second, signature + ":weighted", lr_scale=0.1 * lr_factor, pool_lr_scale=10.0,
+                                 epoch_offset=n_head + len(result["history"]), whole_schedule=whole)
             result = _chain(result, second)
+        fine_tuned = net.trunk is not None and any(p.requires_grad for p in net.trunk_parameters())
+        kept_probe = probe is not None and fine_tuned and _probe_wins(head_result, result)
+        if kept_probe:
+            net.load_state_dict(probe)
+            with torch.no_grad():
+                self._end_training(ctx)
+            warn(f"Fine-tuning the CNN scored {_kept_score(result):.3f} on the held-out validation split, below "
+                 f"the {_kept_score(head_result):.3f} of the head trained on its frozen features (head_epochs); "
+                 "keeping that head and the pretrained CNN (fine_tuned_ is False). More training images, or a "
+                 "lower lr, may let fine-tuning pay.", RuntimeWarning)
+            fine_tuned = False
         if head_result is not None:
             result = _chain(head_result, result)
+            if kept_probe:
+                result["best_epoch"] = head_result["best_epoch"]
         # Training finished: set the fitted attributes together.
         if fitted_ext is not None:
             self.preprocessing_, self.trunk_settings_, self.layers_, self.n_features_ = fitted_ext  # CNN: module_
@@ -409,16 +477,19 @@ class BaseTorchClassifier(TorchStateMixin, KnownLabelsScoreMixin, ClassifierMixi
         self.best_epoch_ = result["best_epoch"]
         self.n_iter_ = len(result["history"])
         self.interrupted_ = result["interrupted"]
+        self.fine_tuned_ = bool(fine_tuned)
         return self
 
-    def _train(self, ctx, max_epochs, signature, lr_scale=1.0, pool_lr_scale=1.0, epoch_offset=0):
+    def _train(self, ctx, max_epochs, signature, lr_scale=1.0, pool_lr_scale=1.0, epoch_offset=0,
+               whole_schedule=False):
         """Train ``ctx.net`` (already standardised) on ``ctx.data[ctx.train_idx]``; the shared
         part of ``fit``, of the head warm-up and of later fine-tuning. ``ctx.train_idx`` may
         repeat samples (oversampling); ``signature=None`` disables checkpoints;
         ``lr_scale`` multiplies every learning rate; ``pool_lr_scale`` multiplies the rate
         of the weighted k-max pooling weights once more (ELoPE's second step: 10, the new
         weights at ``lr``); ``epoch_offset``: the epochs of the fit's earlier phases, for the
-        epoch numbers of warnings (as in ``history_``)."""
+        epoch numbers of warnings (as in ``history_``); ``whole_schedule``: no early stopping,
+        and the last epoch is kept (the validation split only reports)."""
         net, device, val_idx = ctx.net, ctx.device, ctx.val_idx
         with torch.no_grad():
             ctx.aux = self._begin_training(ctx)
@@ -462,7 +533,8 @@ class BaseTorchClassifier(TorchStateMixin, KnownLabelsScoreMixin, ClassifierMixi
                 divergence_factor=self._setting("divergence_guard"),
                 max_epochs=max_epochs,
                 validate=validate,
-                patience=self.n_iter_no_change if val_idx is not None else None,
+                patience=self.n_iter_no_change if val_idx is not None and not whole_schedule else None,
+                keep="last" if whole_schedule else "best",
                 generator=ctx.generator,
                 checkpoint_dir=_phase_dir(self.checkpoint_dir, signature) if signature is not None else None,
                 signature=signature or "",
@@ -587,6 +659,19 @@ def _phase_dir(checkpoint_dir, signature):
         return None
     phase = signature.rsplit(":", 1)[-1] if signature.endswith((":head", ":weighted")) else ""
     return os.path.join(checkpoint_dir, phase) if phase else checkpoint_dir
+
+
+def _kept_score(result):
+    """The validation score of the epoch whose weights ``_train`` kept (None: none)."""
+    best = result["best_epoch"]
+    return result["history"][best - 1]["val_score"] if best >= 1 else None
+
+
+def _probe_wins(probe_result, tuned_result):
+    """Whether the kept epoch of the probe scores strictly above the fine-tune's on the
+    validation split (a tie keeps the fine-tuned network)."""
+    probe, tuned = _kept_score(probe_result), _kept_score(tuned_result)
+    return probe is not None and tuned is not None and probe > tuned
 
 
 def _chain(first, second):

@@ -96,6 +96,30 @@ def make_optimizer(param_groups, name="adam", lr=1e-3, weight_decay=0.0, momentu
 # warm-up and trained after a 72-step one; the full set's 1 epoch is 76 steps.
 MIN_WARMUP_STEPS = 100
 
+# The mini-batches an epoch of the set the fine-tuning recipe's peak rate was chosen on
+# (stanford_cars_a: 2,403 images, 76 batches of 32), rounded down.
+FULL_STEPS_PER_EPOCH = 64
+
+
+def small_set_lr_factor(steps_per_epoch, full_steps=FULL_STEPS_PER_EPOCH):
+    """The factor of the recipe's peak learning rate for an epoch of ``steps_per_epoch``
+    mini-batches: ``min(1, steps_per_epoch / full_steps)``.
+
+    On a small training set an epoch is a few small mini-batches (``batch_size="auto"``
+    keeps 8 an epoch): at the recipe's rate the loss of 100 images climbed through the
+    warm-up, to 1.5x its lowest, which trips the divergence guard. The rate scales with
+    the mini-batches an epoch, so a set of ``full_steps`` batches or more keeps the rate
+    the recipe was measured with; below about 290 images (8 or 9 batches an epoch) it is
+    about a seventh. Adam's square-root rule (``sqrt(steps_per_epoch / full_steps)``)
+    still tripped the guard (``benchmarks/results/small_data.md``).
+
+    Examples
+    --------
+    >>> small_set_lr_factor(64), small_set_lr_factor(16), small_set_lr_factor(200)
+    (1.0, 0.25, 1.0)
+    """
+    return float(min(1.0, max(1, int(steps_per_epoch)) / full_steps))
+
 
 def make_scheduler(optimizer, schedule, max_epochs, steps_per_epoch=1, warmup_epochs=0, min_warmup_steps=0):
     """Learning-rate schedule, stepped after every mini-batch.
@@ -326,16 +350,18 @@ class TrainingState:
         yield
         self.module.load_state_dict(trained)  # training goes on from the trained (not averaged) weights
 
-    def record(self, record):
+    def record(self, record, keep_last=False):
         """Add an epoch's record; keep the module's weights when its validation is the best
-        (higher score, or equal with a lower loss; always without validation)."""
+        (higher score, or equal with a lower loss; always without validation, and with
+        ``keep_last``)."""
         self.history.append(record)
         self.epoch = record["epoch"]
         score, val_loss = record["val_score"], record["val_loss"]
         best_score, best_loss = self.best
-        if score is None or score > best_score or (score == best_score and val_loss < best_loss):
-            if score is not None:
-                self.best = [score, val_loss]
+        better = score is not None and (score > best_score or (score == best_score and val_loss < best_loss))
+        if better:
+            self.best = [score, val_loss]
+        if better or score is None or keep_last:
             self.best_epoch, self.bad_epochs = self.epoch, 0
             self.best_weights = _cpu_state(self.module)
         else:
@@ -387,7 +413,7 @@ def _report(progress, record, epoch_offset, max_epochs):
 def fit_loop(module, batches, step, *, optimizer, scheduler=None, max_epochs, validate=None, patience=None,
              generator=None, checkpoint_dir=None, signature="", verbose=False, set_train_mode=None,
              epoch_callback=None, precision=None, ema_decay=None, max_grad_norm=None, divergence_factor=None,
-             epoch_offset=0):
+             epoch_offset=0, keep="best"):
     """Train ``module`` for up to ``max_epochs`` epochs.
 
     Parameters
@@ -398,23 +424,20 @@ def fit_loop(module, batches, step, *, optimizer, scheduler=None, max_epochs, va
         Re-iterated each epoch (e.g. a ``DataLoader`` whose shuffling uses ``generator``).
     step : callable
         ``step(batch) -> (loss, n_samples)``; the loop does backward and the optimiser step.
-    optimizer, scheduler : torch optimiser and optional LR scheduler, stepped after
-        every mini-batch (:func:`make_scheduler`).
+    optimizer, scheduler : torch optimiser and LR scheduler, stepped every mini-batch.
     validate : callable, optional
-        ``validate() -> (score, loss)``, run after every epoch in eval mode: an epoch is
-        better when its score is higher, or equal with a lower loss (so small
-        validation sets whose accuracy moves in steps still see progress). With it the
-        best epoch's weights are restored at the end; without it the last.
+        ``validate() -> (score, loss)`` after every epoch, in eval mode: an epoch is better
+        when its score is higher, or equal with a lower loss (small validation sets' scores
+        move in steps). With it the best epoch's weights are kept (``keep``).
     patience : int, optional
         Stop after this many epochs without a better validation score.
     generator : torch.Generator, optional
-        The batches' generator; its state is checkpointed so a resumed run is identical.
+        The batches' generator (checkpointed: a resumed run is identical).
     checkpoint_dir : str, optional
-        Save the full training state there after each epoch, and resume from it.
+        Save the training state there after each epoch, and resume from it.
     signature : str
-        Identifies the run; a checkpoint with another signature is refused.
-    verbose : bool, int or "auto"
-        A progress bar over the epochs (:func:`skfg._messages.progress_bar`).
+        Identifies the run: a checkpoint with another signature is refused.
+    verbose : bool, int or "auto" (:func:`skfg._messages.progress_bar`)
     set_train_mode : callable, optional
         Puts the module in training mode (default ``module.train()``); estimators use it
         to keep frozen BatchNorm layers in eval mode.
@@ -425,9 +448,8 @@ def fit_loop(module, batches, step, *, optimizer, scheduler=None, max_epochs, va
         Run ``step`` under autocast to this dtype (:func:`resolve_precision`); float16
         uses a ``GradScaler``. The weights stay float32.
     ema_decay : float, optional
-        Keep an exponential moving average of the weights (updated after every step,
-        ``torch.optim.swa_utils``); validation, the best-epoch choice and the result use
-        the averaged weights.
+        Keep an exponential moving average of the weights (every step,
+        ``torch.optim.swa_utils``); validation, the kept epoch and the result use it.
     max_grad_norm : float, optional
         Clip the gradient of the optimiser's parameters to this global L2 norm before
         each step (``torch.nn.utils.clip_grad_norm_``; after unscaling under a
@@ -441,22 +463,25 @@ def fit_loop(module, batches, step, *, optimizer, scheduler=None, max_epochs, va
     epoch_offset : int, default=0
         Epochs of the fit's earlier phases (the linear probe): warnings and log lines
         number the epochs as the estimator's ``history_`` does.
+    keep : {"best", "last"}, default="best"
+        With ``validate``, the best epoch's weights, or the last's (validation only reports).
 
     Returns
     -------
     result : dict
-        ``history`` (list of per-epoch dicts: epoch, loss, val_score, val_loss, seconds,
-        train_seconds (the mini-batches only, without validation), n_samples, lr, and
-        with ``max_grad_norm`` grad_norm and clipped, with ``divergence_factor``
-        lr_halvings),
-        ``best_epoch``, ``interrupted`` and ``resumed_from`` (epoch or None).
+        ``history`` (per-epoch dicts: epoch, loss, val_score, val_loss, seconds,
+        train_seconds (the mini-batches only), n_samples, lr, and with ``max_grad_norm``
+        grad_norm and clipped, with ``divergence_factor`` lr_halvings), ``best_epoch``,
+        ``interrupted`` and ``resumed_from`` (epoch or None).
 
     Notes
     -----
-    ``KeyboardInterrupt`` ends training cleanly: the weights of the best completed epoch
-    are restored (never a half-updated model) and the interruption is recorded. If it
-    comes before any epoch completed, the initial weights are restored and it is raised.
+    ``KeyboardInterrupt`` ends training cleanly: the weights of the kept completed epoch
+    are restored (never a half-updated model) and the interruption is recorded; before
+    any epoch completed, the initial weights are restored and it is raised.
     """
+    if keep not in ("best", "last"):
+        raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
     run = TrainingState(module, optimizer, scheduler, precision, ema_decay, generator)
     checkpoint = _Checkpoint(checkpoint_dir, signature) if checkpoint_dir else None
     saved = checkpoint.load() if checkpoint is not None else None
@@ -485,7 +510,7 @@ def fit_loop(module, batches, step, *, optimizer, scheduler=None, max_epochs, va
                                   lr=optimizer.param_groups[-1]["lr"])
                     if divergence_factor is not None:
                         record["lr_halvings"] = run.lr_halvings
-                    run.record({k: record[k] for k in RECORD_KEYS if k in record})
+                    run.record({k: record[k] for k in RECORD_KEYS if k in record}, keep_last=keep == "last")
                 if checkpoint is not None:
                     checkpoint.save(run.state_dict())
                 _report(progress, record, epoch_offset, max_epochs)

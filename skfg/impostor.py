@@ -135,7 +135,8 @@ class ImpostorClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassif
         ``"auto"``: Adam, on features and when fine-tuning (the softmax recipe's SGD
         setting is not yet tuned for impostor heads).
     lr : float or "auto", default="auto"
-        ``"auto"``: 1e-3 in both modes.
+        ``"auto"``: 1e-3 in both modes (when fine-tuning a small training set, times
+        the factor of :class:`skfg.SoftmaxClassifier`'s ``lr``).
     backbone_lr_scale : float, default=0.1
     weight_decay : float or "auto", default="auto"
         1e-4. Applied to the network's weights, never to impostor positions, biases or
@@ -157,7 +158,8 @@ class ImpostorClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassif
         ``"auto"``: 60 on features, 22 when fine-tuning.
     batch_size : int or "auto", default="auto"
     validation_fraction : float or "auto", default="auto"
-        Held out to pick the best epoch; ``"auto"``: 0.1 on features, 0 when fine-tuning. For ``"fixed"`` and ``"tied"`` the held-out
+        Held out to pick the best epoch; ``"auto"``: 0.1 on features, 0 when fine-tuning
+        (0.1 on fewer than 1,000 images, as in :class:`skfg.SoftmaxClassifier`). For ``"fixed"`` and ``"tied"`` the held-out
         samples become impostors after training too (their initial, resp. final,
         embeddings, consistent with the other impostors), so every training sample
         votes. Loose impostors are trained parameters that trail the embeddings; fresh
@@ -190,7 +192,7 @@ class ImpostorClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassif
         ``None`` when the codebooks were not tuned.
     codebook_best_epoch_ : int or None
         The tuning epoch whose codebooks were kept (``0``: the untuned ones).
-    history_, best_epoch_, n_iter_, interrupted_, n_features_in_,
+    history_, best_epoch_, n_iter_, interrupted_, fine_tuned_, n_features_in_,
     preprocessing_, trunk_settings_, layers_, n_features_ :
         As in :class:`skfg.SoftmaxClassifier`.
 

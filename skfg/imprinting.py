@@ -123,7 +123,7 @@ class ImprintedClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassi
         ``mu``: the mean unit-length embedding of the base training data (by ``fit``,
         and again after a ``partial_fit`` that fine-tunes on replayed data), the
         direction ``calibrate_imprints`` calibrates.
-    module_, history_, best_epoch_, n_iter_, interrupted_, n_features_in_,
+    module_, history_, best_epoch_, n_iter_, interrupted_, fine_tuned_, n_features_in_,
     preprocessing_, trunk_settings_, layers_, n_features_ :
         As in :class:`skfg.SoftmaxClassifier`.
 
@@ -369,7 +369,8 @@ class ImprintedClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassi
         self.history_ = self.history_ + result["history"]
         self.n_iter_ = len(self.history_)
         self.interrupted_ = result["interrupted"]
-        if self.replay == "data":  # the embedding trained: mu moved with it
+        if self.replay == "data":  # the embedding trained (the CNN too, if it has trainable stages): mu moved
+            self.fine_tuned_ = bool(getattr(self, "fine_tuned_", False) or net.trunk_parameters())
             self.embedding_mean_ = self._embed(self._replay[0]).astype(np.float64).mean(0)
 
     @property

@@ -104,7 +104,9 @@ class SoftmaxClassifier(BaseTorchClassifier):
         Learning rate of the head. ``"auto"``: 3e-3 on features (the middle of the
         candidates ``benchmarks/impostor_frozen.py`` searches on val for the frozen
         EfficientNet-Lite0 features of ``stanford_cars_a``); also 3e-3 when fine-tuning
-        (the recipe, with AdamW).
+        (the recipe, with AdamW), times ``b / 64`` for an epoch of ``b < 64`` mini-batches
+        (a small training set: :func:`skfg._training.small_set_lr_factor`;
+        :meth:`resolved_param` with ``y`` gives the rate a fit uses).
     backbone_lr_scale : float or "auto", default="auto"
         The backbone's learning rate is ``lr * backbone_lr_scale``; ``"auto"``: 0.1 on
         features (unused), 2/3 when fine-tuning (0.002 for the backbone).
@@ -155,9 +157,16 @@ class SoftmaxClassifier(BaseTorchClassifier):
     validation_fraction : float or "auto", default="auto"
         Share of the training data held out to pick the best epoch (0 disables).
         ``"auto"``: 0.1 on features; 0 when fine-tuning (every image trains, and the
-        last epoch of the cosine schedule is kept).
+        last epoch of the cosine schedule is kept), except on fewer than 1,000 images
+        (``SMALL_SET_IMAGES``): there 0.1, stratified, when that is an image a class at
+        least; that split only decides between the fine-tuned network (its last epoch)
+        and the linear probe. With a held-out split and ``head_epochs``, ``fit`` keeps the
+        linear probe (the head on the pretrained CNN) instead of the fine-tuned network
+        when the probe scores higher on the split, with a ``RuntimeWarning``
+        (``fine_tuned_`` False).
     n_iter_no_change : int or None, default=10
-        Early stopping patience in epochs (needs ``validation_fraction > 0``).
+        Early stopping patience in epochs (needs ``validation_fraction > 0``; a small
+        set's automatic split does not stop early).
     random_state : int, RandomState or None, default=None
         Seeds initialisation, shuffling, augmentation and the validation split.
     device : str, default="auto"
@@ -187,6 +196,10 @@ class SoftmaxClassifier(BaseTorchClassifier):
         Epochs run.
     interrupted_ : bool
         Whether training was stopped by ``KeyboardInterrupt``.
+    fine_tuned_ : bool
+        Whether ``module_`` holds a fine-tuned CNN: False on features, with nothing of the
+        CNN trainable, and when the linear probe scored higher on the held-out split
+        (see ``validation_fraction``).
     n_features_in_ : int
         Number of input features (feature mode).
     preprocessing_ : skfg.images.Preprocessing

@@ -246,3 +246,86 @@ def test_only_the_stages_in_use_are_given_to_the_optimizer():
     given = {id(p) for p in net.trunk_parameters()}
     used = {id(p) for name in net.stages for p in ext.network_.stages[name].parameters()}
     assert given == used and len(net.stages) < len(ext.network_.stage_names)
+
+
+# ------------------------------------------------------------------ small training sets (issue 46)
+def test_small_set_rule_by_hand():
+    """The peak rate and the held-out split follow the training labels when fine-tuning."""
+    from skfg._training import small_set_lr_factor
+
+    assert small_set_lr_factor(64) == small_set_lr_factor(76) == 1.0
+    assert small_set_lr_factor(16) == 0.25 and small_set_lr_factor(9) == 9 / 64
+    tuned = SoftmaxClassifier(extractor=CNNFeatureExtractor())
+    # 10 classes x 10 images: 10 held out (one a class), 90 train in batches of 90 // 8 = 11,
+    # ceil(90 / 11) = 9 an epoch, so 3e-3 * 9 / 64
+    small_y = np.repeat(np.arange(10), 10)
+    assert tuned.resolved_param("validation_fraction", small_y) == 0.1
+    assert tuned.resolved_param("batch_size", small_y) == 11
+    assert tuned.resolved_param("lr", small_y) == pytest.approx(3e-3 * 9 / 64)
+    # the recipe's set: 98 classes, 2,403 images: every image trains, 76 batches of 32, the full rate
+    full_y = np.arange(2403) % 98
+    assert tuned.resolved_param("validation_fraction", full_y) == 0.0
+    assert tuned.resolved_param("batch_size", full_y) == 32
+    assert tuned.resolved_param("lr", full_y) == 3e-3 == tuned.resolved_param("lr")
+    # fewer than an image a class to hold out: no split (and no comparison); 8 an epoch
+    assert tuned.resolved_param("validation_fraction", np.repeat(np.arange(10), 5)) == 0.0
+    # set by the user, or on features: as given
+    assert SoftmaxClassifier(extractor=CNNFeatureExtractor(), lr=0.01).resolved_param("lr", small_y) == 0.01
+    assert SoftmaxClassifier(extractor=CNNFeatureExtractor(), validation_fraction=0.0).resolved_param(
+        "validation_fraction", small_y) == 0.0
+    assert SoftmaxClassifier().resolved_param("lr", small_y) == 3e-3
+    assert SoftmaxClassifier().resolved_param("validation_fraction", small_y) == 0.1
+
+
+@pytest.fixture(scope="module")
+def twenty_a_class():
+    return make_fine_grained(n_classes=3, n_per_class=20, image_size=40, random_state=1)
+
+
+def test_a_fine_tune_that_diverges_keeps_the_probe_and_says_so(twenty_a_class):
+    X, y = twenty_a_class
+    pretrained = CNNFeatureExtractor(image_size=40).fit().network_.state_dict()
+    # a backbone rate of 30 wrecks the CNN's features (no guard to rescue it)
+    clf = small(max_epochs=3, backbone_lr_scale=1e4, divergence_guard=None)
+    with pytest.warns(RuntimeWarning, match="keeping that head and the pretrained CNN"):
+        clf.fit(X, y)
+    assert clf.fine_tuned_ is False
+    trunk = {k[len("trunk."):]: v for k, v in clf.module_.state_dict().items() if k.startswith("trunk.")}
+    assert trunk and all(torch.equal(v, pretrained[k]) for k, v in trunk.items())
+    assert clf.best_epoch_ <= clf.resolved_param("head_epochs") < clf.n_iter_
+    probe_val = clf.history_[clf.best_epoch_ - 1]["val_score"]
+    assert probe_val > max(h["val_score"] for h in clf.history_[10:])
+    assert clf.score(X, y) >= 0.9  # the probe of the pretrained features separates the synthetic classes
+
+
+def test_a_fine_tune_that_scores_as_well_as_the_probe_is_kept_at_its_last_epoch(twenty_a_class):
+    X, y = twenty_a_class
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        clf = small(max_epochs=3, trainable_blocks=1).fit(X, y)  # (its last epoch ties the probe: 4 of 6)
+    assert clf.fine_tuned_ is True and clf.best_epoch_ == clf.n_iter_ == 13  # the whole schedule, the last epoch
+    assert clf.history_[-1]["val_score"] == max(h["val_score"] for h in clf.history_[:10])
+    assert SoftmaxClassifier(max_epochs=2).fit(np.eye(3)[y % 3], y).fine_tuned_ is False  # features
+
+
+def test_fit_loop_keeps_the_best_or_the_last_epoch():
+    def run(keep):
+        torch.manual_seed(0)
+        module = nn.Linear(2, 1)
+        x = torch.randn(8, 2)
+        scores = iter([0.9, 0.5, 0.1])  # the first epoch validates best
+        opt = torch.optim.SGD(module.parameters(), lr=0.1)
+        result = fit_loop(module, [(x,)], lambda b: (module(b[0]).pow(2).mean(), 8), optimizer=opt, max_epochs=3,
+                          validate=lambda: (next(scores), 0.0), patience=1, keep=keep)
+        return module, result
+
+    best, result = run("best")
+    assert result["best_epoch"] == 1 and len(result["history"]) == 2  # stopped early, epoch 1's weights
+    last, result = run("last")
+    assert result["best_epoch"] == 3 and len(result["history"]) == 3  # patience counts no bad epoch
+    assert not torch.equal(best.weight, last.weight)
+    with pytest.raises(ValueError, match="keep must be"):
+        fit_loop(nn.Linear(1, 1), [], lambda b: b, optimizer=torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1),
+                 max_epochs=1, keep="first")
