@@ -1,6 +1,6 @@
 """Fine-tuning with the defaults on small training sets, paired against the frozen features' head (issue 46).
 
-Subsets of ``stanford_cars_a``: 10 or 30 classes, drawn per seed among the 95 classes with
+Subsets of ``stanford_cars_a``: 10 or 30 classes, drawn per seed among the 94 classes with
 20 training images or more, at 10 or 20 training images a class (the 10 are the first 10
 of the 20; the set has about 24 a class, so 50 cannot be drawn). Val and test are every
 val / test image of the drawn classes. Each subset and seed fits:

@@ -89,7 +89,10 @@ class EarlyExitClassifier(VersionedStateMixin, KnownLabelsScoreMixin, Classifier
         Stages trained by the fine-tuning step; ``"auto"``: all (the recipe's).
     fine_tune_params : dict or None, default=None
         Further :class:`skfg.SoftmaxClassifier` parameters of the fine-tuning step
-        (``lr``, ``augment``, ``batch_size``, ...); the rest are the recipe's.
+        (``lr``, ``augment``, ``batch_size``, ...); the rest are the recipe's. On fewer
+        than 1,000 images that includes the small-set split: when the branch heads on
+        the pretrained CNN score higher there, the CNN is kept untuned, with a
+        ``RuntimeWarning`` (``{"validation_fraction": 0}`` always fine-tunes).
     exit_weights : sequence of float or None, default=None
         The multi-exit loss's weight of each exit's cross-entropy, one per layer in
         forward order; ``None``: all 1 (the plain sum).
