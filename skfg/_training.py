@@ -107,7 +107,7 @@ def small_set_lr_factor(steps_per_epoch, full_steps=FULL_STEPS_PER_EPOCH):
 
     On a small training set an epoch is a few small mini-batches (``batch_size="auto"``
     keeps 8 an epoch): at the recipe's rate the loss of 100 images climbed through the
-    warm-up, to 1.5x its lowest, which trips the divergence guard. The rate scales with
+    warm-up until it tripped the divergence guard (exploratory fits, not kept). The rate scales with
     the mini-batches an epoch, so a set of ``full_steps`` batches or more keeps the rate
     the recipe was measured with; below about 290 images (8 or 9 batches an epoch) it is
     about a seventh. Adam's square-root rule (``sqrt(steps_per_epoch / full_steps)``)
