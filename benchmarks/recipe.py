@@ -24,6 +24,12 @@ head for ``head_epochs`` on cached features, seconds in all). Rows:
   paired by seed in the same way.
 - ``default_adamw``: the headline with AdamW (3e-3, weight decay 0.05: the optimiser of
   ``impostor_recipe.py``'s chosen row), at full length, paired by seed in the same way.
+- ``quality_224``: the headline at the 224 px test size (the quality setting,
+  ``quality.py``'s ``lite0_224``), at full length: its fit time on this CPU.
+
+The headline rows (the default over 3 seeds, and the quality setting's fit time) are kept
+in a file of their own (``--name recipe_headline``), so that they can be re-measured after a
+change without re-running the whole table.
 
 Every row runs once per ``--seeds`` seed; with two or more, the table adds each row's
 mean and a 95 % Student-t interval. ``--merge`` adds rows (other rows, other seeds) to
@@ -31,7 +37,8 @@ an existing results file when the code it measured is unchanged, so a long table
 filled over several runs.
 
     python benchmarks/recipe.py --quick                 # 12 classes, 64 px, ~5 min
-    python benchmarks/recipe.py --rows recipe_default --seeds 0,1,2   # the headline
+    python benchmarks/recipe.py --rows recipe_default --seeds 0,1,2 --name recipe_headline   # the headline
+    python benchmarks/recipe.py --rows quality_224 --merge --name recipe_headline  # + the quality setting
     python benchmarks/recipe.py --rows recipe,plain_loop --merge      # shared rows, added
     python benchmarks/recipe.py --steps                 # step cost, one ingredient at a time
 """
@@ -86,8 +93,10 @@ ROWS = {
     # the optimiser of impostor_recipe.py's chosen row, so that the impostor gain is read at an equal optimiser
     "default_adamw": ({"optimizer": "adamw", "lr": 3e-3, "weight_decay": 0.05},
                       "recipe_default with AdamW 3e-3, wd 0.05 (its own budget)"),
+    # the quality setting (quality.py's lite0_224), for its fit time on this CPU
+    "quality_224": ({"image_size": 224}, "recipe_default at the 224 px test size: the quality setting"),
 }
-FULL = ["recipe_default", "default_old_augment", "default_no_label_smoothing", "default_adamw"]
+FULL = ["recipe_default", "default_old_augment", "default_no_label_smoothing", "default_adamw", "quality_224"]
 SHARED = [r for r in ROWS if r not in FULL]
 
 
@@ -375,7 +384,8 @@ def main():
         params, note = ROWS[name]
         params = None if params is None else dict(params)
         backbone = "efficientnet_lite0" if params is None else params.pop("backbone", "efficientnet_lite0")
-        ext = CNNFeatureExtractor(backbone, image_size=size)
+        image_size = size if params is None else params.pop("image_size", size)
+        ext = CNNFeatureExtractor(backbone, image_size=image_size)
         epochs = None
         if name in SHARED:  # equal wall time: the budget over this row's measured cost per image
             aug = (params or {}).get("augment", Augmentation()) if params is not None else None
@@ -406,7 +416,8 @@ def main():
         test = float(np.mean(predict(Xte) == yte))
         ms = 1000 * (time.perf_counter() - t) / len(Xte)
         ips = float(np.median([h["n_samples"] / h["train_seconds"] for h in history]))
-        results.append({"name": name, "note": note, "backbone": backbone, "params": repr(params), "seed": seed,
+        results.append({"name": name, "note": note, "backbone": backbone, "image_size": image_size,
+                        "params": repr(params), "seed": seed,
                         "epochs": len(history), "best_epoch": best_epoch, "fit_minutes": fit_s / 60,
                         "budget_minutes": args.budget if name in SHARED else None,
                         "train_images_per_s": ips, "val_accuracy": val, "test_accuracy": test,
