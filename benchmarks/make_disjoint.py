@@ -28,8 +28,8 @@ val (where the choice is made) and the ``confirm`` half's test (where it is chec
 significant difference" with the side the mean is on. A choice that suits only the makes
 it was made on shows as "alternative better" on ``confirm`` test.
 
-    python benchmarks/make_disjoint.py                 # 4 rows x 2 halves x 3 seeds: ~95 min on 2 cores
-    python benchmarks/make_disjoint.py --rows default,sgd --seeds 0,1,2
+    python benchmarks/make_disjoint.py                 # 4 rows x 2 halves x 3 seeds: ~2.6 h on 2 cores
+    python benchmarks/make_disjoint.py --rows default,sgd --seeds 0,1,2   # 12 fits of ~6.5 min
     python benchmarks/make_disjoint.py --rows old_augment --merge   # add rows to the file
     python benchmarks/make_disjoint.py --quick         # 4 classes a half, 64 px, 2 epochs: ~2 min
 """
