@@ -1,7 +1,7 @@
 """The test size of the default model (issue 46, item 1): does a fine-tuned default score
 better when it predicts at a larger size than the one it was fitted for?
 
-The default fits on random crops of 128 px (``Augmentation``'s ``crop_ratio`` 0.8 of the
+When it was measured, the default fitted on random crops of 128 px (``Augmentation``'s ``crop_ratio`` 0.8 of the
 160 px test size: FixRes) and predicts at 160 px. The FixRes paper's observation is that a
 network trained on random resized crops sees objects larger in training than at the same
 test size, so a test size above the training crop's can pay; ``quality.md`` shows that
@@ -36,27 +36,27 @@ from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.datasets import load_image_folder
 from skfg.images import Augmentation
 
-REFERENCE = 160
-
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    parser.add_argument("--sizes", default="160,176,192,208,224", help="comma-separated test sizes (px)")
+    parser.add_argument("--sizes", default=None,
+                        help="comma-separated test sizes (px; default: the fitted size and 16, 32, 48, 64 px more)")
     parser.add_argument("--merge", action="store_true",
                         help="keep the seeds already in the results file when its code is unchanged")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    sizes = [int(s) for s in args.sizes.split(",")]
     root = DATA / "stanford_cars_a"
     splits = {s: load_image_folder(root / s) for s in ("train", "val", "test")}
-    fit_size, reference, extra = CNNFeatureExtractor().image_size, REFERENCE, {}
+    fit_size, extra = CNNFeatureExtractor().image_size, {}
+    sizes = [fit_size + 16 * k for k in range(5)] if args.sizes is None else [int(s) for s in args.sizes.split(",")]
     if args.quick:
         keep = sorted(set(splits["train"][1]))[:12]
         splits = {s: (X[np.isin(y, keep)], y[np.isin(y, keep)]) for s, (X, y) in splits.items()}
         fit_size, extra = 64, {"max_epochs": 2}
-        sizes, reference = [64, 80, 96], 64
+        sizes = [64, 80, 96]
+    reference = fit_size
     if reference not in sizes:
         parser.error(f"--sizes must include the fitted size {reference}")
     out_name = "test_size_quick" if args.quick else "test_size"

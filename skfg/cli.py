@@ -574,9 +574,9 @@ def build_parser():
                           "CNN's features")
     fit.add_argument("--backbone", default="efficientnet_lite0",
                      help="the CNN: a name from `skfg backbones` (default: %(default)s)")
-    fit.add_argument("--image-size", type=_positive_int, default=160,
-                     help="images are resized to this many pixels square (default: %(default)s; 224 is more "
-                          "accurate and slower)")
+    fit.add_argument("--image-size", type=_positive_int, default=224,
+                     help="images are resized to this many pixels square (default: %(default)s; 160 is faster "
+                          "and less accurate)")
     fit.add_argument("--trainable-blocks", type=int, default=None, help="with --fine-tune: stages trained "
                                                                        "(default: all)")
     fit.add_argument("--max-epochs", type=_positive_int, default=None,

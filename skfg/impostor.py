@@ -155,7 +155,7 @@ class ImpostorClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassif
         As in :class:`skfg.SoftmaxClassifier`, but ``"auto"`` is None (no guard) in both
         modes: the Adam fine-tuning here was measured without it.
     max_epochs : int or "auto", default="auto"
-        ``"auto"``: 60 on features, 22 when fine-tuning.
+        ``"auto"``: 60 on features, 11 when fine-tuning.
     batch_size : int or "auto", default="auto"
     validation_fraction : float or "auto", default="auto"
         Held out to pick the best epoch; ``"auto"``: 0.1 on features, 0 when fine-tuning

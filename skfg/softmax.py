@@ -149,8 +149,8 @@ class SoftmaxClassifier(BaseTorchClassifier):
         statistics (``False``) the pretrained EfficientNet-Lite's features change
         completely at the first training step (see the training guide).
     max_epochs : int or "auto", default="auto"
-        ``"auto"``: 60 on features, 22 when fine-tuning (the recipe's budget: about 40
-        minutes on 2 CPU cores for 2,400 images at 160 px).
+        ``"auto"``: 60 on features, 11 when fine-tuning (the recipe's budget: about
+        10-14 minutes on 2 CPU cores for 2,400 images at 224 px).
     batch_size : int or "auto", default="auto"
         ``"auto"`` is 64 on features and 32 when fine-tuning, or less on small data so
         an epoch has at least 8 mini-batches.
