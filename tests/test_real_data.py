@@ -71,4 +71,4 @@ def test_fine_tuning_defaults_train_on_a_small_subset(shared_dataset):
     acc = float(np.mean(pred == yte))
     print(f"12 classes at 128 px, fine-tuned with the defaults: {acc:.3f}")
     assert len(np.unique(pred)) >= 10 and acc >= 0.45  # chance: 0.083
-    assert clf.resolved_param("validation_fraction", ytr) == 0.1 and len(clf.history_) == 10 + 22
+    assert clf.resolved_param("validation_fraction", ytr) == 0.1 and len(clf.history_) == 10 + 11  # head epochs + max_epochs
