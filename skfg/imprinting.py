@@ -98,6 +98,17 @@ class ImprintedClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassi
         the component every embedding shares) while a plain average of embeddings
         carries it, so plain imprinted templates score high on every input and out-vote
         the trained classes (see ``docs/imprinting.rst``).
+    imprint_whitening : float, default=60.0
+        With ``calibrate_imprints``: ``lambda`` of the shrunk whitening applied to an
+        imprinted template's direction, ``d = (I + lambda * C)^-1 (m - (m . u) u)`` with
+        ``C`` the covariance of the base data's unit embeddings (its leading components,
+        ``embedding_components_``). A class mean points along the directions in which all
+        images vary most, so its cosines spread wide over the base classes' images and it
+        takes many of them; the trained templates avoid those directions. 0 keeps the
+        direction of the mean (skfg < 0.5). Larger values keep more old-class predictions
+        and recognise fewer novel images; 60 was chosen on the val split of a
+        make-disjoint ``stanford_cars_a`` split on frozen features
+        (``benchmarks/results/imprinting_whitening.md``).
     extractor, trainable_blocks, augment, cache_frozen, head_epochs, warm_start, backbone_lr_scale,
     momentum, schedule, warmup_epochs, label_smoothing, precision, ema_decay, freeze_batchnorm, max_epochs,
     batch_size, validation_fraction, n_iter_no_change, random_state, device, checkpoint_dir, verbose :
@@ -125,6 +136,13 @@ class ImprintedClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassi
         ``mu``: the mean unit-length embedding of the base training data (by ``fit``,
         and again after a ``partial_fit`` that fine-tunes on replayed data), the
         direction ``calibrate_imprints`` calibrates.
+    embedding_components_ : ndarray of shape (n_components, dim)
+        The leading principal axes of the base data's unit embeddings (at most 256),
+        computed with ``embedding_mean_``, for ``imprint_whitening``.
+    embedding_variance_ : ndarray of shape (n_components,)
+        The variance of the base data's unit embeddings along each of those axes.
+    embedding_noise_variance_ : float
+        Their mean variance along every other axis.
     module_, history_, best_epoch_, n_iter_, interrupted_, fine_tuned_, n_features_in_,
     preprocessing_, trunk_settings_, layers_, n_features_ :
         As in :class:`skfg.SoftmaxClassifier`.
@@ -164,6 +182,7 @@ class ImprintedClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassi
         "fine_tune_lr": [Interval(Real, 0, None, closed="neither")],
         "replay": [StrOptions({"data", "weights"})],
         "calibrate_imprints": ["boolean"],
+        "imprint_whitening": [Interval(Real, 0, None, closed="left")],
     }
 
     def __init__(
@@ -175,6 +194,7 @@ class ImprintedClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassi
         fine_tune_lr=1e-4,
         replay="data",
         calibrate_imprints=True,
+        imprint_whitening=60.0,
         extractor=None,
         trainable_blocks="auto",
         augment=True,
@@ -209,6 +229,7 @@ class ImprintedClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassi
         self.fine_tune_lr = fine_tune_lr
         self.replay = replay
         self.calibrate_imprints = calibrate_imprints
+        self.imprint_whitening = imprint_whitening
         self.extractor = extractor
         self.trainable_blocks = trainable_blocks
         self.augment = augment
@@ -263,7 +284,7 @@ class ImprintedClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassi
         dim = self.module_.head.weight.shape[1]
         self.imprint_counts_ = np.zeros(len(self.classes_), dtype=np.int64)
         self._imprint_sums = np.zeros((len(self.classes_), dim))
-        self.embedding_mean_ = self._embed(X).astype(np.float64).mean(0)
+        self._set_embedding_statistics(self._embed(X))
         # what partial_fit replays when fine-tuning (features, or the image references)
         self._replay = (self._replay_inputs(X), self.classes_[self._encode(y)]) if self.replay == "data" else None
         return self
@@ -373,7 +394,21 @@ class ImprintedClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassi
         self.interrupted_ = result["interrupted"]
         if self.replay == "data":  # the embedding trained (the CNN too, if it has trainable stages): mu moved
             self.fine_tuned_ = bool(getattr(self, "fine_tuned_", False) or net.trunk_parameters())
-            self.embedding_mean_ = self._embed(self._replay[0]).astype(np.float64).mean(0)
+            self._set_embedding_statistics(self._embed(self._replay[0]))
+
+    def _set_embedding_statistics(self, emb, n_components=256):
+        """``embedding_mean_`` and the leading principal axes of the base data's unit
+        embeddings ``emb``, which calibrated imprinting uses."""
+        emb = np.asarray(emb, dtype=np.float64)
+        self.embedding_mean_ = emb.mean(0)
+        centred = emb - self.embedding_mean_
+        variance, axes = np.linalg.eigh(centred.T @ centred / len(emb))  # ascending
+        variance, axes = np.clip(variance[::-1], 0.0, None), axes[:, ::-1]
+        k = min(n_components, len(variance))
+        self.embedding_components_ = np.ascontiguousarray(axes[:, :k].T, dtype=np.float32)
+        self.embedding_variance_ = variance[:k]
+        rest = emb.shape[1] - k
+        self.embedding_noise_variance_ = float(variance[k:].sum() / rest) if rest else 0.0
 
     @property
     def class_weights_(self):
@@ -441,8 +476,9 @@ class ImprintedClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassi
 
         For a label not in ``classes_`` a new weight row is the normalised mean of the
         exemplars' normalised embeddings (section 4.2, "Average embedding"); with
-        ``calibrate_imprints`` (the default) its component along the base data's mean
-        embedding is set to the trained templates' (see the class documentation). For a label
+        ``calibrate_imprints`` (the default) its direction is whitened
+        (``imprint_whitening``) and its component along the base data's mean embedding
+        is set to the trained templates' (see the class documentation). For a label
         imprinted before, the row becomes the normalised mean over all its exemplars so
         far (a running sum and count), so imprinting one exemplar at a time equals
         imprinting them together. Trained classes cannot be imprinted.
@@ -500,7 +536,8 @@ class ImprintedClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassi
         head = self.module_.head
         rows = F.normalize(torch.as_tensor(self._imprint_sums[touched]), dim=1)
         if self.calibrate_imprints:
-            rows = _calibrated(rows, trained_templates, getattr(self, "embedding_mean_", None))
+            rows = _calibrated(rows, trained_templates, getattr(self, "embedding_mean_", None),
+                               self._spectrum() if self.imprint_whitening > 0 else None, self.imprint_whitening)
         rows = rows.to(head.weight)
         weight = head.weight.detach()
         if len(new):
@@ -509,20 +546,42 @@ class ImprintedClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassi
         head.weight = nn.Parameter(weight)
         return self
 
+    def _spectrum(self):
+        """``(components, variances, noise variance)`` of the base embeddings, or None for a
+        model pickled before they were kept."""
+        if not hasattr(self, "embedding_components_"):
+            return None
+        return self.embedding_components_.astype(np.float64), self.embedding_variance_, self.embedding_noise_variance_
+
     def _class_index(self, label):
         return int(np.flatnonzero(self.classes_ == label)[0])
 
 
-def _calibrated(rows, trained, mean):
+def _whitened(rows, spectrum, lam):
+    """``(I + lam * C)^-1 rows`` for ``C = V' diag(var) V + noise (I - V' V)``, ``spectrum =
+    (V, var, noise)``: the directions in which the base embeddings vary most shrink most."""
+    comps, var, noise = (torch.as_tensor(np.asarray(v), dtype=rows.dtype) for v in spectrum)
+    coef = rows @ comps.T
+    rest = rows - coef @ comps
+    return (coef / (1.0 + lam * var)) @ comps + rest / (1.0 + lam * noise)
+
+
+def _calibrated(rows, trained, mean, spectrum=None, whitening=0.0):
     """Unit ``rows`` whose cosine with ``mean`` is the mean cosine of the unit ``trained``
     templates with it, the rest of each row kept in its direction orthogonal to ``mean``
-    (``calibrate_imprints``); ``rows`` as given when ``mean`` is ~0 or nothing is trained."""
+    (``calibrate_imprints``), shrunk-whitened first when a ``spectrum`` of the base
+    embeddings is given (``imprint_whitening``); ``rows`` as given when ``mean`` is ~0 or
+    nothing is trained."""
     norm = 0.0 if mean is None else float(np.linalg.norm(mean))  # None: pickled before it existed
     if norm < 1e-6 or not len(trained):
         return rows
     u = torch.as_tensor(mean / norm, dtype=rows.dtype)
     a = float(np.clip(np.mean(trained @ (mean / norm)), -1.0, 1.0))
-    perp = F.normalize(rows - (rows @ u)[:, None] * u, dim=1)
+    perp = rows - (rows @ u)[:, None] * u
+    if spectrum is not None and whitening > 0:
+        perp = _whitened(perp, spectrum, whitening)
+        perp = perp - (perp @ u)[:, None] * u
+    perp = F.normalize(perp, dim=1)
     return a * u + (1.0 - a * a) ** 0.5 * perp
 
 

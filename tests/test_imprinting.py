@@ -97,6 +97,74 @@ def test_calibrated_imprinting_leaves_old_classes_far_from_the_new_one_alone():
     assert changed[False][0] > 0.0 and changed[False][1] > 2 * changed[True][1]  # the paper's rule steals more
 
 
+def test_whitened_imprint_is_the_shrunk_whitening_of_the_mean_then_calibrated(blobs):
+    """imprint_whitening: d = (I + lambda C)^-1 (m - (m.u) u), C the base embeddings'
+    covariance (all 6 components kept here), then the mean calibration."""
+    X, y, nX, ny = blobs
+    lam = 7.0
+    clf = small(imprint_whitening=lam).fit(X, y)
+    E = clf.transform(X).astype(np.float64)
+    mu = E.mean(0)
+    np.testing.assert_allclose(clf.embedding_mean_, mu, atol=1e-6)
+    C = np.cov(E.T, bias=True)
+    assert clf.embedding_components_.shape == (6, 6) and clf.embedding_noise_variance_ == 0.0
+    V = clf.embedding_components_.astype(np.float64)
+    np.testing.assert_allclose(V.T @ np.diag(clf.embedding_variance_) @ V, C, atol=1e-6)
+    m = clf.transform(nX[:3]).astype(np.float64).sum(0)
+    m /= np.linalg.norm(m)
+    trained = clf.class_weights_.astype(np.float64)
+    clf.imprint(nX[:3], ny[:3])
+    u = mu / np.linalg.norm(mu)
+    d = np.linalg.solve(np.eye(6) + lam * C, m - (m @ u) * u)
+    d -= (d @ u) * u
+    a = np.mean(trained @ u)
+    expected = a * u + np.sqrt(1 - a * a) * d / np.linalg.norm(d)
+    np.testing.assert_allclose(clf.class_weights_[3], expected, atol=1e-5)
+
+
+def _nuisance_data(rng, n_new=30):
+    """3 base classes and many novel ones, each 2 units along its own axis of R^40, all
+    images also spread along one shared nuisance axis (sd 2): the mean of a few exemplars
+    carries their nuisance, as a CNN's class means carry the directions every image varies in."""
+    dim, axes = 40, np.eye(40)
+    common = np.r_[np.full(6, 3.0), np.zeros(dim - 6)]
+
+    def draw(k, n):
+        return (common + 2.0 * axes[6 + k] + 2.0 * rng.randn(n, 1) * axes[-1] + 0.3 * rng.randn(n, dim)
+                ).astype(np.float32)
+
+    y = np.repeat(["a", "b", "c"], 40)
+    X, Xt = (np.concatenate([draw(k, 40) for k in range(3)]) for _ in range(2))
+    labels = np.array([f"n{j}" for j in range(n_new)])
+    exemplars = [draw(3 + j, 3) for j in range(n_new)]
+    tests = [draw(3 + j, 20) for j in range(n_new)]
+    return X, y, Xt, labels, exemplars, tests
+
+
+def test_whitening_keeps_more_old_predictions_with_many_more_new_classes_than_old():
+    X, y, Xt, labels, exemplars, tests = _nuisance_data(np.random.RandomState(0))
+    changed, novel = {}, {}
+    for lam in (0.0, 60.0):
+        clf = small(max_epochs=30, imprint_whitening=lam).fit(X, y)
+        before = clf.predict(Xt)
+        assert np.mean(before == y) > 0.9
+        clf.imprint(np.concatenate(exemplars), np.repeat(labels, 3))
+        changed[lam] = np.mean(clf.predict(Xt) != before)
+        novel[lam] = np.mean(np.concatenate([clf.predict(t) == c for t, c in zip(tests, labels)]))
+    assert changed[60.0] < changed[0.0] - 0.1  # fewer old-class images taken by the new templates
+    assert novel[60.0] >= novel[0.0]  # and the new classes recognised no worse
+
+
+def test_a_model_saved_without_the_embedding_spectrum_imprints_without_whitening(blobs):
+    X, y, nX, ny = blobs
+    clf = small().fit(X, y)
+    plain = joblib.load(_dump(clf)).set_params(imprint_whitening=0.0).imprint(nX, ny)
+    old = joblib.load(_dump(clf))
+    for name in ("embedding_components_", "embedding_variance_", "embedding_noise_variance_"):
+        delattr(old, name)  # as pickled before they existed
+    np.testing.assert_allclose(old.imprint(nX, ny).class_weights_, plain.class_weights_, atol=1e-6)
+
+
 def test_predict_proba_uses_the_scale(blobs):
     X, y, nX, ny = blobs
     clf = small(scale=5.0).fit(X, y).imprint(nX, ny)
@@ -181,7 +249,8 @@ def _dump(est):
 @pytest.mark.parametrize("replay", ["data", "weights"])
 def test_partial_fit_imprints_then_fine_tunes(blobs, replay):
     X, y, nX, ny = blobs
-    base = small(fine_tune_epochs=3, replay=replay).fit(X, y)
+    # without whitening imprinting costs the base classes here, which replay then repairs
+    base = small(fine_tune_epochs=3, replay=replay, imprint_whitening=0.0).fit(X, y)
     imprinted = joblib.load(_dump(base)).set_params(fine_tune_epochs=0).partial_fit(nX, ny)
     tuned = base.partial_fit(nX, ny)
     assert tuned.classes_.tolist() == ["a", "b", "c", "d", "e"]
