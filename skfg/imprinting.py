@@ -105,7 +105,7 @@ class ImprintedClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassi
         ``embedding_components_``). A class mean points along the directions in which all
         images vary most, so its cosines spread wide over the base classes' images and it
         takes many of them; the trained templates avoid those directions. 0 keeps the
-        direction of the mean (skfg < 0.5). Larger values keep more old-class predictions
+        direction of the mean (the rule before this parameter). Larger values keep more old-class predictions
         and recognise fewer novel images; 60 was chosen on the val split of a
         make-disjoint ``stanford_cars_a`` split on frozen features
         (``benchmarks/results/imprinting_whitening.md``).
