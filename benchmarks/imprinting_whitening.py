@@ -21,12 +21,11 @@ accuracy averaged over n among those keeping >= 90 % of the old classes at n = 5
 """
 
 import argparse
-import io
 
-import joblib
 import numpy as np
 
 from _common import DATA, write_results
+from imprinting import copy
 from make_disjoint import make_halves
 from skfg import CNNFeatureExtractor, ImprintedClassifier
 from skfg.datasets import load_image_folder
@@ -57,41 +56,36 @@ def main():
         old = np.isin(y, base_classes)
         before[split] = float((base.predict(F[old]) == y[old]).mean())
 
-    def scores(model, split, random_novel=False):
+    def scores(model, split):
+        """``model=None``: Rand-noFT, whose random novel templates never win (cosines ~0): the base model."""
         F, y = data[split]
         old = np.isin(y, base_classes)
-        if random_novel:  # Rand-noFT: random novel templates never win (cosines ~0); the base model's predictions
-            pred = base.predict(F)
-        else:
-            pred = model.predict(F)
-        ok = pred == y
+        ok = (base if model is None else model).predict(F) == y
         return {"all classes": float(ok.mean()), "old kept": float(ok[old].mean() / before[split]),
                 "novel": float(ok[~old].mean())}
 
     methods = {"Rand-noFT": None, "paper rule": {"calibrate_imprints": False},
                **{f"whitening {lam}": {"imprint_whitening": float(lam)} for lam in LAMBDAS}}
-    records = []
+    records, runs = [], {}
     for n in shots:
         for draw in range(draws):
             rng = np.random.RandomState(draw)
             idx = np.concatenate([rng.choice(np.flatnonzero(ytr == c), min(n, int((ytr == c).sum())), replace=False)
                                   for c in novel_classes])
             for name, params in methods.items():
-                model = None if params is None else _copy(base).set_params(**params).imprint(Ftr[idx], ytr[idx])
+                model = None if params is None else copy(base).set_params(**params).imprint(Ftr[idx], ytr[idx])
                 for split in ("val", "test"):
-                    for part, v in scores(model, split, params is None).items():
+                    for part, v in scores(model, split).items():
                         records.append({"method": name, "n": n, "draw": draw, "split": split, "part": part,
                                         "accuracy": v})
+                        runs.setdefault((name, n, split, part), []).append(v)
             print(n, draw, flush=True)
 
     def mean(method, n, split, part):
-        return float(np.mean([r["accuracy"] for r in records if (r["method"], r["n"], r["split"], r["part"])
-                              == (method, n, split, part)]))
+        return float(np.mean(runs[(method, n, split, part)]))
 
-    summary = [{"method": m, "n": n, "split": s, "part": p, "accuracy_mean": mean(m, n, s, p),
-                "accuracy_std": float(np.std([r["accuracy"] for r in records if (r["method"], r["n"], r["split"],
-                                                                                  r["part"]) == (m, n, s, p)]))}
-               for m in methods for n in shots for s in ("val", "test") for p in ("all classes", "old kept", "novel")]
+    summary = [{"method": m, "n": n, "split": s, "part": p, "accuracy_mean": float(np.mean(v)),
+                "accuracy_std": float(np.std(v))} for (m, n, s, p), v in runs.items()]
     mid = 5 if 5 in shots else shots[-1]
     eligible = [f"whitening {lam}" for lam in LAMBDAS if mean(f"whitening {lam}", mid, "val", "old kept") >= 0.9]
     chosen = max(eligible, key=lambda m: np.mean([mean(m, n, "val", "all classes") for n in shots]), default=None)
@@ -99,10 +93,7 @@ def main():
     for s in ("val", "test"):
         for p in ("all classes", "old kept", "novel"):
             for m in methods:
-                cells = []
-                for n in shots:
-                    v = [r["accuracy"] for r in records if (r["method"], r["n"], r["split"], r["part"]) == (m, n, s, p)]
-                    cells.append(f"{100 * np.mean(v):.1f} ± {100 * np.std(v):.1f}")
+                cells = [f"{100 * np.mean(v):.1f} ± {100 * np.std(v):.1f}" for v in (runs[(m, n, s, p)] for n in shots)]
                 rows.append([s, p, m, *cells])
     write_results(
         "imprinting_whitening" + ("_quick" if args.quick else ""),
@@ -119,13 +110,6 @@ def main():
                "among all classes over that (x 100). Chosen on val (highest all-class mean over n among the lambdas "
                f"keeping >= 90 % of the old classes at n = {mid}): {chosen}."),
     )
-
-
-def _copy(est):
-    buf = io.BytesIO()
-    joblib.dump(est, buf)
-    buf.seek(0)
-    return joblib.load(buf)
 
 
 if __name__ == "__main__":
