@@ -9,17 +9,22 @@ images classified among the novel classes only): the imprinted templates, with t
 rule and calibrated (the default), and the nearest neighbour among the novel exemplars.
 Imprinting+Aug needs images (``extractor=``) and is not part of the frozen-feature run.
 
-``--e2e`` runs the protocol end to end instead (``results/imprinting_e2e.*``), scored on
-val (for choices) and test: the base model is ``ImprintedClassifier(extractor=
+``--e2e`` runs it end to end instead (``results/imprinting_e2e.*``), on the make-disjoint
+split of issue 48 (``make_disjoint.py``'s halves: base = the 50 classes of the makes AM
+General to Buick, novel = the 48 of the other makes; n in {1, 2, 5, 10}, 3 draws), scored
+on val (for choices) and test: the base model is ``ImprintedClassifier(extractor=
 CNNFeatureExtractor())`` with the fine-tuning recipe (``--e2e-blocks`` / ``--e2e-epochs``
-override it), then Rand-noFT, Imprinting with the paper's rule and calibrated (the
-default, ``calibrate_imprints``), Imprinting+Aug (``--aug`` random crops per exemplar),
-Imprinting+FT and Rand+FT (``--e2e-ft-epochs``, n <= 5, ``--e2e-ft-draws`` draws), and the
-nearest neighbour among the novel exemplars (novel-only protocol), on images.
+override it), then Rand-noFT, Imprinting with the paper's rule, the mean calibration
+(``imprint_whitening=0``) and the default (whitened), Imprinting+Aug (``--aug`` random
+crops per exemplar), Imprinting+FT and Rand+FT at n in {1, 5} (each start's learning rate
+and epochs chosen on val from the same candidates, ``FT_CANDIDATES``, among them the
+paper's 10x rate for the new layers), and the nearest neighbour among the novel exemplars
+(novel-only protocol). Besides all-class and novel accuracy it reports the share of the
+base model's accuracy on the old classes that imprinting keeps.
 
     python benchmarks/imprinting.py --quick   # n in {1, 5}, 1 draw
     python benchmarks/imprinting.py           # full
-    python benchmarks/imprinting.py --e2e     # end to end (about 30 minutes on 2 cores)
+    python benchmarks/imprinting.py --e2e     # end to end (about an hour on 2 cores)
 """
 
 import argparse
@@ -32,6 +37,7 @@ import torch
 from torch import nn
 
 from _common import DATA, write_results
+from make_disjoint import make_halves
 from skfg import CNNFeatureExtractor, ImprintedClassifier, SoftmaxClassifier
 from skfg.datasets import load_image_folder, low_shot_split
 from skfg.index import NearestNeighborIndex
@@ -97,16 +103,14 @@ def main():
     parser.add_argument("--e2e", action="store_true", help="the end-to-end protocol (results/imprinting_e2e.*)")
     parser.add_argument("--e2e-epochs", type=int, default=None, help="base epochs (default: the recipe's)")
     parser.add_argument("--e2e-blocks", type=int, default=None, help="trainable stages (default: the recipe's)")
-    parser.add_argument("--e2e-ft-epochs", type=int, default=2, help="Imprinting+FT / Rand+FT epochs (0: none)")
-    parser.add_argument("--e2e-ft-draws", type=int, default=3, help="draws with the fine-tuning rows")
+    parser.add_argument("--e2e-no-ft", action="store_true", help="without the Imprinting+FT / Rand+FT rows")
     parser.add_argument("--aug", type=int, default=5, help="random crops per exemplar for Imprinting+Aug")
     args = parser.parse_args()
     root = DATA / "stanford_cars_a"
+    if args.e2e:
+        return end_to_end(args, root)
     Xtr, ytr = load_image_folder(root / "train")
     Xte, yte = load_image_folder(root / "test")
-    if args.e2e:
-        Xva, yva = load_image_folder(root / "val")
-        return end_to_end(args, Xtr, ytr, Xva, yva, Xte, yte)
     ext = CNNFeatureExtractor(image_size=160, cache=args.cache).fit()
     Ftr, Fte = ext.transform(Xtr), ext.transform(Xte)
     shots, draws = ((1, 5), 1) if args.quick else ((1, 2, 5, 10, 20), 3)
@@ -205,32 +209,48 @@ def main():
     )
 
 
-def end_to_end(args, Xtr, ytr, Xva, yva, Xte, yte):
-    """The protocol with the CNN trained end to end and imprinting from images, scored on val and test."""
-    classes = np.unique(ytr)
+FT_CANDIDATES = {  # (fine_tune_lr, epochs); the trunk trains at fine_tune_lr * backbone_lr_scale (0.1)
+    "lr 1e-4, 2 ep": (1e-4, 2),  # the estimator's default rates: templates 1e-4, trunk 1e-5
+    "lr 1e-3, 2 ep": (1e-3, 2),  # the paper's scheme: pre-trained layers 1e-4, new layers 10x that
+    "lr 1e-3, 4 ep": (1e-3, 4),
+}
+
+
+def end_to_end(args, root):
+    """The protocol with the CNN trained end to end and imprinting from images, on the
+    make-disjoint split (``make_disjoint.py``'s halves), scored on val (choices) and test."""
+    halves, makes = make_halves(root)
+    data = {split: load_image_folder(root / split) for split in ("train", "val", "test")}
+    base_classes = np.array(sorted(halves["choose"]))
+    novel_classes = np.array(sorted(set(data["train"][1].tolist()) - set(base_classes.tolist())))
     if args.quick:
-        keep = np.isin(ytr, classes[:20]), np.isin(yva, classes[:20]), np.isin(yte, classes[:20])
-        Xtr, ytr, Xva, yva, Xte, yte = (Xtr[keep[0]], ytr[keep[0]], Xva[keep[1]], yva[keep[1]], Xte[keep[2]],
-                                        yte[keep[2]])
-        classes = classes[:20]
-    shots, draws = ((1, 5), 1) if args.quick else ((1, 2, 5, 10, 20), 3)
-    n_base = len(classes) // 2
-    base_classes, novel_classes = classes[:n_base], classes[n_base:]
-    base_idx, _ = low_shot_split(ytr, n_base, 1, random_state=0)
+        base_classes, novel_classes = base_classes[:10], novel_classes[:10]
+    keep = np.r_[base_classes, novel_classes]
+    for split, (X, y) in data.items():
+        sel = np.isin(y, keep)
+        data[split] = (X[sel], np.asarray(y)[sel])
+    Xtr, ytr = data["train"]
+    shots, draws = ((1, 5), 1) if args.quick else ((1, 2, 5, 10), 3)
+    ft_shots = (1, 5)
+    in_base = np.isin(ytr, base_classes)
     ext = CNNFeatureExtractor()
     fit_params = {k: v for k, v in (("trainable_blocks", args.e2e_blocks), ("max_epochs", args.e2e_epochs))
                   if v is not None}  # None: the fine-tuning recipe's default
     t = time.perf_counter()
-    base = ImprintedClassifier(extractor=ext, random_state=0, **fit_params).fit(Xtr[base_idx], ytr[base_idx])
+    base = ImprintedClassifier(extractor=ext, random_state=0, **fit_params).fit(Xtr[in_base], ytr[in_base])
     base_fit_s = time.perf_counter() - t
-    print(f"base model: {len(base_idx)} images, {base_fit_s:.0f} s", flush=True)
-    splits = {"val": (Xva, yva), "test": (Xte, yte)}
-    novel_images = {name: np.isin(y, novel_classes) for name, (_, y) in splits.items()}
+    print(f"base model: {int(in_base.sum())} images, {base_fit_s:.0f} s", flush=True)
+    splits = {name: data[name] for name in ("val", "test")}
+    old_images = {name: np.isin(y, base_classes) for name, (_, y) in splits.items()}
     embedded = {name: unit(base.transform(X)) for name, (X, _) in splits.items()}
+    W0 = unit(np.asarray(base.class_weights_, dtype=np.float64))
+    before = {name: float((base.classes_[np.argmax(embedded[name][old] @ W0.T, 1)] == splits[name][1][old]).mean())
+              for name, old in old_images.items()}  # the base model on its own classes' images
 
     def scores(templates, labels, embeddings=None):
-        """Accuracy on all classes, on the novel classes' images, and on the novel classes'
-        images among the novel templates only (the paper's novel-only protocol), per split."""
+        """Per split: accuracy on all classes, the old classes' accuracy kept (a fraction of
+        ``before``), the novel classes' images among all templates, and among the novel
+        templates only (the paper's novel-only protocol)."""
         out = {}
         W = unit(np.asarray(templates, dtype=np.float64))
         labels = np.asarray(labels)
@@ -238,76 +258,115 @@ def end_to_end(args, Xtr, ytr, Xva, yva, Xte, yte):
         for name, (_, y) in splits.items():
             E = embedded[name] if embeddings is None else embeddings[name]
             S = E @ W.T
-            pred = labels[np.argmax(S, 1)]
-            novel = novel_images[name]
-            only = labels[novel_rows][np.argmax(S[novel][:, novel_rows], 1)]
-            out[name] = (float((pred == y).mean()), float((pred[novel] == y[novel]).mean()),
-                         float((only == y[novel]).mean()))
+            ok = labels[np.argmax(S, 1)] == y
+            old = old_images[name]
+            only = labels[novel_rows][np.argmax(S[~old][:, novel_rows], 1)]
+            out[name] = (float(ok.mean()), float(ok[~old].mean()), float((only == y[~old]).mean()),
+                         float(ok[old].mean() / before[name]))
         return out
 
     def model_scores(model):
         embeddings = {name: unit(model.transform(X)) for name, (X, _) in splits.items()}
         return scores(model.class_weights_, model.classes_, embeddings)
 
+    def exemplars(n, draw):
+        rng = np.random.RandomState(draw)
+        return np.concatenate([rng.choice(np.flatnonzero(ytr == c), min(n, int((ytr == c).sum())), replace=False)
+                               for c in novel_classes])
+
+    def fine_tuned(method, setting, Xn, yn, draw):
+        lr, epochs = FT_CANDIDATES[setting]
+        if method == "Imprinting+FT":  # imprinted with the default rule, then fine-tuned
+            return copy(base).set_params(fine_tune_epochs=epochs, fine_tune_lr=lr).partial_fit(Xn, yn)
+        rand = randomise_novel(copy(base).imprint(Xn, yn), draw).set_params(fine_tune_epochs=epochs, fine_tune_lr=lr)
+        return rand.partial_fit(Xn, yn, imprint=False)  # the fine-tuning step, from random novel templates
+
+    # the fine-tuning setting of each method, chosen on val (all classes) at n = 5, draw 0: the same candidates
+    # and the same budget for both starts
+    n_choice = 5 if 5 in shots else shots[-1]
+    idx = exemplars(n_choice, 0)
+    choice_runs, chosen = {}, {}
+    if not args.e2e_no_ft:
+        for method in ("Imprinting+FT", "Rand+FT"):
+            for setting in FT_CANDIDATES:
+                choice_runs[(method, setting)] = model_scores(fine_tuned(method, setting, Xtr[idx], ytr[idx], 0))
+                print("choice", method, setting, choice_runs[(method, setting)]["val"], flush=True)
+            chosen[method] = max(FT_CANDIDATES, key=lambda st, m=method: choice_runs[(m, st)]["val"][0])
+
     runs, imprint_ms = {}, []
     for n in shots:
         for draw in range(draws):
-            _, novel_idx = low_shot_split(ytr, n_base, n, random_state=draw)
-            Xn, yn = Xtr[novel_idx], ytr[novel_idx]
+            idx = exemplars(n, draw)
+            Xn, yn = Xtr[idx], ytr[idx]
             res = {}
             t = time.perf_counter()
             imp = copy(base).imprint(Xn, yn)
-            imprint_ms.append(1000 * (time.perf_counter() - t) / len(np.unique(yn)))  # CNN included
-            res["Imprinting (calibrated)"] = scores(imp.class_weights_, imp.classes_)
-            paper = copy(base).set_params(calibrate_imprints=False).imprint(Xn, yn)
-            res["Imprinting (paper rule)"] = scores(paper.class_weights_, paper.classes_)
+            imprint_ms.append(1000 * (time.perf_counter() - t) / len(novel_classes))  # CNN included
+            res["Imprinting (default)"] = scores(imp.class_weights_, imp.classes_)
+            for name, params in (("Imprinting (paper rule)", {"calibrate_imprints": False}),
+                                 ("Imprinting (mean calibration)", {"imprint_whitening": 0.0})):
+                other = copy(base).set_params(**params).imprint(Xn, yn)
+                res[name] = scores(other.class_weights_, other.classes_)
             aug = copy(base).imprint(Xn, yn, augment=args.aug)
-            res["Imprinting+Aug (calibrated)"] = scores(aug.class_weights_, aug.classes_)
+            res["Imprinting+Aug (default)"] = scores(aug.class_weights_, aug.classes_)
             rand = randomise_novel(copy(imp), draw)
             res["Rand-noFT"] = scores(rand.class_weights_, rand.classes_)
-            if args.e2e_ft_epochs and n <= 5 and draw < args.e2e_ft_draws:
-                tuned = copy(base).set_params(fine_tune_epochs=args.e2e_ft_epochs).partial_fit(Xn, yn)
-                res["Imprinting+FT"] = model_scores(tuned)
-                rand = randomise_novel(copy(imp), draw).set_params(fine_tune_epochs=args.e2e_ft_epochs)
-                rand.partial_fit(Xn, yn, imprint=False)  # the fine-tuning step, from random novel templates
-                res["Rand+FT"] = model_scores(rand)
+            if not args.e2e_no_ft and n in ft_shots:
+                for method, setting in chosen.items():
+                    res[method] = (choice_runs[(method, setting)] if (n, draw) == (n_choice, 0)
+                                   else model_scores(fine_tuned(method, setting, Xn, yn, draw)))
             # nearest neighbour among the novel exemplars (novel-only protocol: novel images only)
             En = unit(base.transform(Xn))
             res["Nearest neighbour (novel exemplars)"] = {
-                name: (np.nan, np.nan, float((yn[np.argmax(embedded[name][novel] @ En.T, 1)] == y[novel]).mean()))
-                for name, (_, y), novel in zip(splits, splits.values(), novel_images.values())}
+                name: (np.nan, np.nan, float((yn[np.argmax(embedded[name][~old] @ En.T, 1)] == y[~old]).mean()),
+                       np.nan)
+                for name, (_, y), old in zip(splits, splits.values(), old_images.values())}
             for k, v in res.items():
                 runs.setdefault((k, n), []).append(v)
             print(n, draw, {k: "/".join(f"{a:.3f}" for a in v["val"]) for k, v in res.items()}, flush=True)
-    methods = ["Rand-noFT", "Imprinting (paper rule)", "Imprinting (calibrated)", "Imprinting+Aug (calibrated)",
-               "Rand+FT", "Imprinting+FT", "Nearest neighbour (novel exemplars)"]
+    methods = ["Rand-noFT", "Imprinting (paper rule)", "Imprinting (mean calibration)", "Imprinting (default)",
+               "Imprinting+Aug (default)", "Rand+FT", "Imprinting+FT", "Nearest neighbour (novel exemplars)"]
     rows, results = [], []
     for split in splits:
-        parts = (("all classes", 0), ("novel classes", 1), ("novel only", 2))
+        parts = (("all classes", 0), ("old kept", 3), ("novel classes", 1), ("novel only", 2))
         split_runs = {key: [v[split] for v in vals] for key, vals in runs.items()}
         part_rows, part_results = summarise(split_runs, methods, shots, parts=parts)
         rows += [(split, *r) for r in part_rows]
         results += [{"split": split, **r} for r in part_results]
+    choice = [{"method": m, "setting": st, "fine_tune_lr": FT_CANDIDATES[st][0], "epochs": FT_CANDIDATES[st][1],
+               **{f"{split}_{part}": v[split][j] for split in splits
+                  for part, j in (("all classes", 0), ("old kept", 3), ("novel classes", 1))}}
+              for (m, st), v in choice_runs.items()]
+    ft_note = "".join(
+        f" {m}: {st} (val all classes {100 * choice_runs[(m, st)]['val'][0]:.1f} %)." for m, st in chosen.items())
     write_results(
         "imprinting_e2e" + ("_quick" if args.quick else ""),
-        {"dataset": "stanford_cars_a", "image_size": ext.image_size, "features": "efficientnet_lite0 trained end to end",
-         "base_params": fit_params, "base_history_epochs": len(base.history_), "aug": args.aug,
-         "n_base_classes": int(n_base), "n_novel_classes": int(len(novel_classes)), "draws": draws,
-         "fine_tune_epochs": args.e2e_ft_epochs, "fine_tune_draws": min(args.e2e_ft_draws, draws),
-         "base_fit_seconds": base_fit_s, "base_classes": base_classes.tolist(),
+        {"dataset": "stanford_cars_a", "split": "make-disjoint", "image_size": ext.image_size,
+         "features": "efficientnet_lite0 trained end to end", "base_params": fit_params,
+         "base_history_epochs": len(base.history_), "aug": args.aug, "base_makes": makes["choose"],
+         "novel_makes": makes["confirm"], "n_base_classes": len(base_classes),
+         "n_novel_classes": len(novel_classes), "draws": draws, "fine_tune_shots": list(ft_shots),
+         "fine_tune_candidates": {k: list(v) for k, v in FT_CANDIDATES.items()}, "fine_tune_choice": choice,
+         "fine_tune_chosen": chosen, "base_fit_seconds": base_fit_s, "base_accuracy_on_old": before,
          "imprint_one_class_ms_with_cnn": {"median": float(np.median(imprint_ms))}, "results": results},
         rows,
         ("split", "part", "method", *[f"n={n}" for n in shots]),
-        notes=(f"Top-1 accuracy (%), mean ± std over {draws} draws of the novel exemplars, on val and test "
-               f"(choices are made on val). Base model: ImprintedClassifier(extractor=CNNFeatureExtractor()) with "
-               f"{'the fine-tuning recipe' if not fit_params else fit_params}, fitted once on {len(base_idx)} images "
-               f"of {n_base} classes ({base_fit_s / 60:.1f} min). all classes: base and novel test images against "
-               "all templates; novel classes: the novel classes' images, same templates; novel only: the novel "
-               "classes' images against the novel templates (or exemplars) only. Imprinting+Aug averages "
-               f"{args.aug} random crops/flips per exemplar. Imprinting per class, CNN included: median "
+        notes=(f"Make-disjoint split: base = {len(base_classes)} classes of the makes {makes['choose'][0]} to "
+               f"{makes['choose'][-1]}, novel = {len(novel_classes)} classes of the other makes, n exemplars each. "
+               f"Top-1 accuracy (%), mean ± std over {draws} draws, on val and test (choices are made on val). "
+               f"Base model: ImprintedClassifier(extractor=CNNFeatureExtractor()) with "
+               f"{'the fine-tuning recipe' if not fit_params else fit_params}, fitted once on {int(in_base.sum())} "
+               f"images ({base_fit_s / 60:.1f} min). all classes: every image against all templates; old kept: the "
+               "base classes' images against all templates, as a fraction of the base model's accuracy on them; "
+               "novel classes: the novel classes' images against all templates; novel only: against the novel "
+               "templates (or exemplars) only. Imprinting (default): whitened and calibrated (imprint_whitening=60); "
+               "mean calibration: imprint_whitening=0; the paper rule: normalize(mean embedding). Imprinting+Aug "
+               f"averages {args.aug} random crops/flips per exemplar. Imprinting per class, CNN included: median "
                f"{np.median(imprint_ms):.0f} ms."
-               + (f" Imprinting+FT / Rand+FT: {args.e2e_ft_epochs} epochs at fine_tune_lr, n <= 5, "
-                  f"{min(args.e2e_ft_draws, draws)} draw(s)." if args.e2e_ft_epochs else "")),
+               + (f" Imprinting+FT / Rand+FT at n = {', '.join(map(str, ft_shots))}: base and novel images, novel "
+                  f"oversampled; each start's setting chosen on val all-class accuracy at n = {n_choice}, draw 0, "
+                  f"from the same candidates {list(FT_CANDIDATES)} (the trunk at a tenth of the rate).{ft_note}"
+                  if not args.e2e_no_ft else "")),
     )
 
 

@@ -14,7 +14,8 @@ each for ``ObjectCropper``'s default box rule, the connected region around the m
 maximum, and for the paper's, every cell above ``tau``; the teacher sees the images at
 ``teacher_size="auto"``, twice its own input size, so 14 x 14 maps at 224 px):
 
-- ``ObjectCropper()`` with every default (the pretrained ImageNet teacher): the share of
+- ``ObjectCropper(None)``, the pretrained ImageNet teacher (the default before the teacher was
+  fine-tuned in ``fit``), every other parameter at its default: the share of
   test images whose box reaches IoU >= 0.5 (paper Table 4), for the student and for the
   teacher's own heat map;
 - a teacher fine-tuned on the composite training images with class labels only
@@ -157,8 +158,8 @@ def main():
     if args.cropper_seeds_only:
         return cropper_seeds_only(args, work, fitted, Xtr, (Xte, bte), size, default_tau)
     pretrained, payload["pretrained_cropper_fit_s"] = fitted(
-        "pretrained_cropper", lambda: ObjectCropper(random_state=args.seed).fit(Xtr))
-    evaluate_cropper("ObjectCropper() (pretrained teacher)", pretrained, data, size, default_tau, croppers_out)
+        "pretrained_cropper", lambda: ObjectCropper(None, random_state=args.seed).fit(Xtr))
+    evaluate_cropper("ObjectCropper(None) (pretrained teacher)", pretrained, data, size, default_tau, croppers_out)
 
     teacher, payload["teacher_fit_s"] = fitted("teacher", lambda: SoftmaxClassifier(
         extractor=CNNFeatureExtractor(image_size=size), max_epochs=epochs, random_state=args.seed).fit(Xtr, ytr))

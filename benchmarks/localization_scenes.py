@@ -3,7 +3,7 @@
 Backs the synthetic-scene numbers of ``docs/localization.rst`` (issue 43: every number in
 the docs from a results file). Scenes of ``skfg.datasets.make_flower_scenes`` (144 x 96 px,
 a dahlia photo pasted on a cartoon background): 200 training and 80 held-out scenes,
-``ObjectCropper(teacher_size=224, max_epochs=20)``, IoU >= 0.5 rate (Table 4's measure) of
+``ObjectCropper(None, teacher_size=224, max_epochs=20)``, IoU >= 0.5 rate (Table 4's measure) of
 the student's and the teacher's boxes, and how often they agree (IoU >= 0.5 with each
 other):
 
@@ -53,7 +53,7 @@ def main():
     per_tau, fitted = {tau: [] for tau in TAUS}, {}
     for seed in seeds:
         X, _ = make_flower_scenes(n_train, random_state=seed + 100)
-        crop = ObjectCropper(teacher_size=224, max_epochs=epochs, random_state=seed).fit(X)
+        crop = ObjectCropper(None, teacher_size=224, max_epochs=epochs, random_state=seed).fit(X)
         fitted[seed] = (crop, X)
         for tau in TAUS:
             per_tau[tau].append(rates(crop.set_params(tau=tau), X_test, truth))
@@ -74,11 +74,11 @@ def main():
     variants["no_upsample"] = {"student": s, "teacher": t}
     crop.set_params(upsample=True)
     for stages in (2, 3, 5):
-        other = ObjectCropper(teacher_size=224, student_stages=stages, tau=0.5, max_epochs=epochs,
+        other = ObjectCropper(None, teacher_size=224, student_stages=stages, tau=0.5, max_epochs=epochs,
                               random_state=seed).fit(X)
         variants[f"student_stages_{stages}"] = {"student": rates(other, X_test, truth)[0],
                                                 "parameters": other.n_parameters_}
-    small = ObjectCropper(teacher_size=160, tau=0.5, max_epochs=epochs, random_state=seed).fit(X)
+    small = ObjectCropper(None, teacher_size=160, tau=0.5, max_epochs=epochs, random_state=seed).fit(X)
     variants["teacher_size_160"] = {"student": rates(small, X_test, truth)[0],
                                     "heatmap_shape": list(small.heatmap_shape_)}
     variants["teacher_size_224"] = {"student": rates(crop.set_params(tau=0.5), X_test, truth)[0],
@@ -91,7 +91,7 @@ def main():
                                           return_boxes=True)
     bird_rows = []
     for size in (128, 224, 320):
-        bird = ObjectCropper(teacher_size=size, max_epochs=10 if not args.quick else 3, random_state=0).fit(Xb)
+        bird = ObjectCropper(None, teacher_size=size, max_epochs=10 if not args.quick else 3, random_state=0).fit(Xb)
         for tau in (0.1, 0.3, 0.5):
             for upsample in (True, False):
                 s, t, _ = rates(bird.set_params(tau=tau, upsample=upsample), Xb_test, birds)
@@ -102,7 +102,7 @@ def main():
     table = [[f"{r['tau']}", f"{100 * r['student']:.0f} %", f"{100 * r['teacher']:.0f} %", f"{100 * r['agree']:.0f} %"]
              for r in tau_rows]
     notes = (f"Dahlia scenes (make_flower_scenes, 144 x 96 px): {n_train} training scenes per seed, the same "
-             f"{n_test} held-out ones; ObjectCropper(teacher_size=224, max_epochs={epochs}), the pretrained "
+             f"{n_test} held-out ones; ObjectCropper(None, teacher_size=224, max_epochs={epochs}), the pretrained "
              f"EfficientNet-Lite0 teacher; mean over seeds {seeds}. 'agree': the student's box has IoU >= 0.5 "
              f"with the teacher's. The whole image reaches IoU {whole:.2f} at most. At tau 0.5 (seed {seed}): "
              f"upsample=False student {100 * variants['no_upsample']['student']:.0f} %, teacher "

@@ -122,7 +122,7 @@ def test_whitened_imprint_is_the_shrunk_whitening_of_the_mean_then_calibrated(bl
     np.testing.assert_allclose(clf.class_weights_[3], expected, atol=1e-5)
 
 
-def _nuisance_data(rng, n_new=30):
+def _nuisance_data(rng, n_new=30, noise=0.3):
     """3 base classes and many novel ones, each 2 units along its own axis of R^40, all
     images also spread along one shared nuisance axis (sd 2): the mean of a few exemplars
     carries their nuisance, as a CNN's class means carry the directions every image varies in."""
@@ -130,7 +130,7 @@ def _nuisance_data(rng, n_new=30):
     common = np.r_[np.full(6, 3.0), np.zeros(dim - 6)]
 
     def draw(k, n):
-        return (common + 2.0 * axes[6 + k] + 2.0 * rng.randn(n, 1) * axes[-1] + 0.3 * rng.randn(n, dim)
+        return (common + 2.0 * axes[6 + k] + 2.0 * rng.randn(n, 1) * axes[-1] + noise * rng.randn(n, dim)
                 ).astype(np.float32)
 
     y = np.repeat(["a", "b", "c"], 40)
@@ -153,6 +153,33 @@ def test_whitening_keeps_more_old_predictions_with_many_more_new_classes_than_ol
         novel[lam] = np.mean(np.concatenate([clf.predict(t) == c for t, c in zip(tests, labels)]))
     assert changed[60.0] < changed[0.0] - 0.1  # fewer old-class images taken by the new templates
     assert novel[60.0] >= novel[0.0]  # and the new classes recognised no worse
+
+
+def test_whitened_imprinting_leaves_old_predictions_unchanged_with_ten_times_more_new_classes():
+    """Issue 48's test: 30 new classes imprinted into a model of 3 (a learned embedding),
+    with the shared nuisance axis that the exemplar means carry. The whitened rule (the
+    default) changes no old-class prediction, neither on the old inputs far from every
+    new class (the half least similar to the nearest new class's exemplars) nor on any;
+    the paper's rule and the mean calibration alone take some of them."""
+    X, y, Xt, labels, exemplars, tests = _nuisance_data(np.random.RandomState(0), noise=0.1)
+    changed = {}
+    for name, params in (("paper", {"calibrate_imprints": False}), ("mean", {"imprint_whitening": 0.0}),
+                         ("whitened", {})):
+        clf = small(max_epochs=60, embedding_dim=40, **params).fit(X, y)
+        before = clf.predict(Xt)
+        assert np.mean(before == y) == 1.0
+        phi = clf.transform(Xt)
+        means = np.stack([clf.transform(e).mean(0) for e in exemplars])
+        nearest_new = (phi / np.linalg.norm(phi, axis=1, keepdims=True)
+                       @ (means / np.linalg.norm(means, axis=1, keepdims=True)).T).max(1)
+        far = nearest_new < np.median(nearest_new)
+        clf.imprint(np.concatenate(exemplars), np.repeat(labels, 3))
+        after = clf.predict(Xt)
+        changed[name] = (np.mean(after[far] != before[far]), np.mean(after != before))
+        novel = np.mean(np.concatenate([clf.predict(t) == c for t, c in zip(tests, labels)]))
+        assert novel > 0.9, (name, novel)  # the new classes are recognised by every rule
+    assert changed["whitened"] == (0.0, 0.0), changed
+    assert changed["paper"][1] > 0.05 and changed["mean"][1] > 0.05, changed  # the test can fail
 
 
 def test_a_model_saved_without_the_embedding_spectrum_imprints_without_whitening(blobs):

@@ -83,7 +83,7 @@ def test_retrieval_display_shows_the_nearest_reference_images(images):
 
 def test_localization_display_draws_each_box(images):
     X, _ = images
-    crop = ObjectCropper(teacher_size=64, max_epochs=1, random_state=0).fit(X)
+    crop = ObjectCropper(None, teacher_size=64, max_epochs=1, random_state=0).fit(X)
     disp = LocalizationDisplay.from_estimator(crop, X[:3], true_boxes=[[0, 0, 48, 48]] * 3, n_cols=2)
     np.testing.assert_allclose(disp.boxes, crop.predict_boxes(X[:3]))
     assert disp.heatmaps.shape[0] == 3 and disp.ax_.shape == (2, 2)
