@@ -11,8 +11,8 @@ from sklearn.utils import check_random_state
 from ._decode import IMAGE_EXTENSIONS
 from .images import ImageDecodeError, ImageSource, ResizeGuard
 
-__all__ = ["BadImage", "IMAGE_EXTENSIONS", "SPLITS", "load_image_folder", "make_composite", "make_fine_grained",
-           "make_flower_scenes", "split_names", "verify_images"]
+__all__ = ["BadImage", "IMAGE_EXTENSIONS", "SPLITS", "composite_backgrounds", "load_image_folder", "make_composite",
+           "make_fine_grained", "make_flower_scenes", "split_names", "verify_images"]
 
 
 BadImage = namedtuple("BadImage", ["index", "name", "error"])
@@ -363,15 +363,118 @@ def make_flower_scenes(n, random_state=None, height=96, width=144):
     return np.stack(X), np.asarray(boxes, dtype=np.float64)
 
 
-def make_composite(objects, backgrounds="sklearn", image_size=224, object_scale=(0.3, 0.7), random_state=None):
+# Background photographs of the composite sets, disjoint between the splits: files shipped
+# with scikit-image (skimage/data) and scikit-learn's two sample images. Both motorcycle
+# views stay in one split (they show the same scene).
+_BACKGROUND_PHOTOS = {
+    "train": ("astronaut.png", "camera.png", "coffee.png", "coins.png", "grass.png", "moon.png",
+              "motorcycle_left.png", "motorcycle_right.png", "page.png"),
+    "val": ("chelsea.png", "brick.png", "hubble_deep_field.jpg", "clock_motion.png", "text.png", "sklearn:china.jpg"),
+    "test": ("rocket.jpg", "gravel.png", "ihc.png", "cell.png", "retina.jpg", "color.png", "sklearn:flower.jpg"),
+}
+_TEXTURE_SEEDS = {"train": 0, "val": 1, "test": 2}
+_TEXTURES = ("clouds", "grating", "patches", "checker")
+
+
+def _texture(kind, rng, size):
+    """A ``size x size`` RGB texture of ``kind`` (uint8), its colours and frequencies from ``rng``."""
+    colours = rng.randint(0, 256, size=(2, 3)).astype(float)
+    if kind == "clouds":  # 1/f^a noise: cloud- or foliage-like, a colour ramp between two colours
+        f = np.hypot(*np.meshgrid(np.fft.fftfreq(size), np.fft.fftfreq(size), indexing="ij"))
+        f[0, 0] = 1.0
+        spectrum = (rng.randn(size, size) + 1j * rng.randn(size, size)) / f ** rng.uniform(1.0, 2.0)
+        t = np.real(np.fft.ifft2(spectrum))
+    elif kind == "grating":  # stripes at a random angle and period
+        yy, xx = np.mgrid[:size, :size]
+        angle, period = rng.uniform(0, np.pi), rng.uniform(6, size / 4)
+        t = np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period)
+    elif kind == "checker":
+        yy, xx = np.mgrid[:size, :size] // int(rng.randint(8, size // 6))
+        t = ((yy + xx) % 2).astype(float)
+    else:  # "patches": clutter of overlapping rectangles and ellipses in random colours
+        image = Image.new("RGB", (size, size), tuple(int(v) for v in colours[0]))
+        draw = ImageDraw.Draw(image)
+        for _ in range(int(rng.randint(20, 60))):
+            x0, y0 = rng.randint(0, size, size=2)
+            w, h = rng.randint(size // 16, size // 3, size=2)
+            shape = draw.ellipse if rng.rand() < 0.5 else draw.rectangle
+            shape((int(x0), int(y0), int(x0 + w), int(y0 + h)), fill=tuple(int(v) for v in rng.randint(0, 256, 3)))
+        return np.asarray(image)
+    t = (t - t.min()) / max(float(t.max() - t.min()), 1e-12)
+    return np.round(colours[0] + t[..., None] * (colours[1] - colours[0])).astype(np.uint8)
+
+
+def composite_backgrounds(split, n_textures=8, texture_size=384):
+    """Backgrounds for :func:`make_composite`, disjoint between ``train``, ``val`` and ``test``.
+
+    Each split has its own photographs (6 to 9: scenes, objects, people, animals, text,
+    microscopy, astronomy, surfaces, shipped with scikit-image and scikit-learn, so
+    offline) and ``n_textures`` procedural textures of four kinds (1/f noise clouds,
+    gratings, checkerboards, clutter of coloured shapes) from the split's own seed. No
+    image occurs in two splits, so localization defaults chosen on ``val`` composites can
+    be reported on ``test`` composites built from other backgrounds.
+
+    Parameters
+    ----------
+    split : {"train", "val", "test"}
+    n_textures : int, default=8
+        Procedural textures added to the split's photographs.
+    texture_size : int, default=384
+        Side of each texture in pixels.
+
+    Returns
+    -------
+    backgrounds : list of ndarray of shape (H, W, 3), uint8
+        The photographs (grey ones as RGB) and then the textures.
+
+    Raises
+    ------
+    ImportError
+        If scikit-image is not installed (``pip install "skfg[datasets]"``).
+
+    Examples
+    --------
+    >>> from skfg.datasets import composite_backgrounds
+    >>> len(composite_backgrounds("val", n_textures=2))  # doctest: +SKIP
+    8
+    """
+    if split not in _BACKGROUND_PHOTOS:
+        raise ValueError(f"split must be one of {sorted(_BACKGROUND_PHOTOS)}, got {split!r}")
+    if int(n_textures) < 0 or int(texture_size) < 32:
+        raise ValueError(f"n_textures must be >= 0 and texture_size >= 32, got {n_textures!r}, {texture_size!r}")
+    try:
+        import skimage
+    except ImportError as exc:
+        raise ImportError("composite_backgrounds needs scikit-image for its photographs: "
+                          'pip install "skfg[datasets]" (or scikit-image)') from exc
+    from sklearn.datasets import load_sample_image
+
+    folder = Path(skimage.__file__).parent / "data"
+    out = []
+    for name in _BACKGROUND_PHOTOS[split]:
+        if name.startswith("sklearn:"):
+            out.append(np.asarray(load_sample_image(name.split(":", 1)[1])))
+            continue
+        with Image.open(folder / name) as image:
+            out.append(np.asarray(image.convert("RGB")))
+    rng = np.random.RandomState(_TEXTURE_SEEDS[split])
+    out.extend(_texture(_TEXTURES[i % len(_TEXTURES)], rng, int(texture_size)) for i in range(int(n_textures)))
+    return out
+
+
+def make_composite(objects, backgrounds="sklearn", image_size=224, object_scale=(0.3, 0.7), *,
+                   crop_scale=(0.5, 1.0), feather=0.0, random_state=None):
     """Real objects pasted onto real photographs, with their exact boxes.
 
     For localization where the object does not fill the frame (ELoPE section 3.3): each
     object image (for example a bounding-box crop of a car) is resized so that its longer
     side is a fraction of ``image_size`` drawn from ``object_scale``, keeping its aspect
-    ratio, and pasted at a uniformly random position onto a random square crop (half to
-    all of the shorter side, flipped at random) of a random background photograph,
-    resized to ``image_size``. The pasted rectangle is the box.
+    ratio, and pasted at a uniformly random position onto a random square crop (a fraction
+    of the shorter side drawn from ``crop_scale``, flipped at random) of a random
+    background photograph, resized to ``image_size``. The pasted rectangle is the box.
+    With ``feather > 0`` the object's edges fade into the background (a linear alpha ramp
+    inside the rectangle), so no hard rectangle edge gives the box away; the box stays the
+    whole pasted rectangle, its outermost pixels included.
 
     Parameters
     ----------
@@ -384,6 +487,14 @@ def make_composite(objects, backgrounds="sklearn", image_size=224, object_scale=
         Side of the square output images.
     object_scale : (float, float), default=(0.3, 0.7)
         Range of the object's longer side as a fraction of ``image_size``, within (0, 1].
+    crop_scale : (float, float), default=(0.5, 1.0)
+        Range of the background crop's side as a fraction of the background's shorter
+        side, within (0, 1]: small values zoom into a background's texture.
+    feather : float, default=0.0
+        Width of the softened edge as a fraction of the pasted object's shorter side, in
+        [0, 0.5]: the object's weight rises linearly from ``1 / (k + 1)`` at the
+        rectangle's border to 1 at ``k = round(feather * shorter side)`` pixels inside.
+        0 pastes the object as it is.
     random_state : int, RandomState or None
         Seed for the backgrounds, crops, flips, scales and positions.
 
@@ -403,9 +514,10 @@ def make_composite(objects, backgrounds="sklearn", image_size=224, object_scale=
     >>> X.shape, boxes.shape
     ((3, 96, 96, 3), (3, 4))
     """
-    lo, hi = (float(v) for v in object_scale)
-    if not 0 < lo <= hi <= 1:
-        raise ValueError(f"object_scale must be (low, high) with 0 < low <= high <= 1, got {object_scale!r}")
+    lo, hi = _fraction_range("object_scale", object_scale)
+    crop_lo, crop_hi = _fraction_range("crop_scale", crop_scale)
+    if not 0 <= float(feather) <= 0.5:
+        raise ValueError(f"feather must be in [0, 0.5], got {feather!r}")
     if int(image_size) < 8:
         raise ValueError(f"image_size must be >= 8, got {image_size!r}")
     image_size = int(image_size)
@@ -427,7 +539,7 @@ def make_composite(objects, backgrounds="sklearn", image_size=224, object_scale=
         if b not in loaded:
             loaded[b] = backgrounds.load(b)
         bg = loaded[b]
-        side = int(rng.uniform(0.5, 1.0) * min(bg.size))
+        side = max(1, int(rng.uniform(crop_lo, crop_hi) * min(bg.size)))
         left, top = rng.randint(bg.width - side + 1), rng.randint(bg.height - side + 1)
         canvas = bg.crop((left, top, left + side, top + side)).resize((image_size, image_size), Image.BILINEAR)
         if rng.rand() < 0.5:
@@ -437,10 +549,30 @@ def make_composite(objects, backgrounds="sklearn", image_size=224, object_scale=
         w = min(image_size, max(1, round(obj.width * longer / max(obj.size))))
         h = min(image_size, max(1, round(obj.height * longer / max(obj.size))))
         x0, y0 = rng.randint(image_size - w + 1), rng.randint(image_size - h + 1)
-        canvas.paste(obj.resize((w, h), Image.BILINEAR), (int(x0), int(y0)))
+        obj = obj.resize((w, h), Image.BILINEAR)
+        if feather > 0:
+            canvas.paste(obj, (int(x0), int(y0)), _feather_mask(w, h, feather))
+        else:
+            canvas.paste(obj, (int(x0), int(y0)))
         X[i] = np.asarray(canvas)
         boxes[i] = (x0, y0, x0 + w, y0 + h)
     return X, boxes
+
+
+def _fraction_range(name, value):
+    lo, hi = (float(v) for v in value)
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"{name} must be (low, high) with 0 < low <= high <= 1, got {value!r}")
+    return lo, hi
+
+
+def _feather_mask(width, height, feather):
+    """An ``L`` mask: ``(d + 1) / (k + 1)`` at ``d`` pixels from the nearest border, 1 from ``k`` in."""
+    k = max(1, round(feather * min(width, height)))
+    d = np.minimum.outer(np.minimum(np.arange(height), np.arange(height)[::-1]),
+                         np.minimum(np.arange(width), np.arange(width)[::-1]))
+    alpha = np.minimum(1.0, (d + 1) / (k + 1))
+    return Image.fromarray(np.clip(np.round(255 * alpha), 1, 255).astype(np.uint8), mode="L")
 
 
 def low_shot_split(y, n_base_classes, n_shots, random_state=None):

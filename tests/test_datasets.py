@@ -1,3 +1,5 @@
+import hashlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -111,12 +113,57 @@ def test_make_composite_on_real_photographs(shared_dataset):
         assert img[outside].std() > 10  # a photograph around it, not a flat fill
 
 
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_composite_boxes_are_exact_on_every_background_and_scale_with_feathered_edges(split):
+    # Two composites drawn with one seed (the same backgrounds, crops, scales and places),
+    # one of white objects and one of black: outside the box they must agree to the pixel
+    # (the background untouched), inside every pixel must differ (the feathered edge
+    # included), so the box is exactly where the object is, for every background.
+    from skfg.datasets import composite_backgrounds, make_composite
+
+    backgrounds = composite_backgrounds(split, n_textures=4, texture_size=64)
+    n = 3 * len(backgrounds)
+    white, black = np.full((n, 30, 50, 3), 255, np.uint8), np.zeros((n, 30, 50, 3), np.uint8)
+    kwargs = dict(image_size=96, object_scale=(0.1, 1.0), crop_scale=(0.05, 1.0), feather=0.3, random_state=0)
+    Xw, boxes = make_composite(white, backgrounds, **kwargs)
+    Xb, boxes_b = make_composite(black, backgrounds, **kwargs)
+    np.testing.assert_array_equal(boxes, boxes_b)
+    sides = []
+    for a, b, (x0, y0, x1, y1) in zip(Xw, Xb, boxes):
+        inside = np.zeros(a.shape[:2], bool)
+        inside[y0:y1, x0:x1] = True
+        differs = (a != b).any(-1)
+        np.testing.assert_array_equal(differs, inside)
+        sides.append(max(x1 - x0, y1 - y0))
+        center = a[(y0 + y1) // 2, (x0 + x1) // 2]
+        assert (center == 255).all()  # full weight inside the ramp
+    assert min(sides) < 20 < 80 < max(sides)  # several scales were drawn
+
+
+def test_composite_backgrounds_are_disjoint_between_splits_and_reproducible():
+    from skfg.datasets import composite_backgrounds
+
+    digests = {}
+    for split in ("train", "val", "test"):
+        images = composite_backgrounds(split)
+        assert len(images) >= 14 and all(im.ndim == 3 and im.shape[2] == 3 and im.dtype == np.uint8 for im in images)
+        digests[split] = {hashlib.sha1(np.ascontiguousarray(im)).hexdigest() for im in images}
+        assert len(digests[split]) == len(images)  # no image twice within a split
+        again = composite_backgrounds(split)
+        assert all(np.array_equal(a, b) for a, b in zip(images, again))
+    assert not digests["train"] & digests["val"] and not digests["train"] & digests["test"]
+    assert not digests["val"] & digests["test"]
+    with pytest.raises(ValueError, match="split"):
+        composite_backgrounds("holdout")
+
+
 def test_make_composite_validates():
     from skfg.datasets import make_composite
 
     objects = np.zeros((2, 10, 10, 3), dtype=np.uint8)
     for kwargs, match in (({"object_scale": (0.5, 0.2)}, "object_scale"), ({"object_scale": (0, 1)}, "object_scale"),
-                          ({"image_size": 4}, "image_size"), ({"backgrounds": []}, "background")):
+                          ({"image_size": 4}, "image_size"), ({"backgrounds": []}, "background"),
+                          ({"crop_scale": (0.5, 1.5)}, "crop_scale"), ({"feather": 0.6}, "feather")):
         with pytest.raises(ValueError, match=match):
             make_composite(objects, **kwargs)
 
