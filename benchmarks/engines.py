@@ -2,7 +2,7 @@
 
 1. The network alone: ``CNNFeatureExtractor().inference_engine(e)`` for e in eager, fused
    (BatchNorm folded) and onnxruntime, on normalised input batches of 1, 4 and 32 images
-   at 160 px (EfficientNet-Lite0, GAP): ms per image (median over rounds that run every
+   at the extractor's default size (224 px; EfficientNet-Lite0, GAP): ms per image (median over rounds that run every
    engine in turn), each engine's speed-up over eager with its round range, and the
    fraction of this machine's measured float32 GFLOP/s (a 1024 x 1024 matrix product)
    that each reaches on the network's multiply-adds.
@@ -110,9 +110,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     rounds = 2 if args.quick else args.rounds
-    size = 160
+    size = CNNFeatureExtractor().image_size  # the default, for every row (the script resizes to it too)
     peak = machine_gflops()
-    ext = CNNFeatureExtractor(cache=False).fit()
+    ext = CNNFeatureExtractor(cache=False, image_size=size).fit()
     build_seconds = {}
     for e in ENGINES:  # building: folding BatchNorm; exporting to ONNX in memory (once per model and process)
         t = time.perf_counter()
@@ -142,13 +142,13 @@ def main():
     Xte, _ = load_image_folder(root / "test")
     Xtr, ytr = Xtr[::8], ytr[::8]
     files = Xte[: 32 if args.quick else 128]
-    pipe = Pipeline([("cnn", CNNFeatureExtractor(cache=False)), ("clf", SoftmaxClassifier(random_state=0))]).fit(Xtr, ytr)
+    pipe = Pipeline([("cnn", CNNFeatureExtractor(cache=False, image_size=size)), ("clf", SoftmaxClassifier(random_state=0))]).fit(Xtr, ytr)
     probas = {}
 
     def predictor(engine, batch_size):
         """The fitted Pipeline with its extractor set to ``engine`` and ``batch_size`` (the same
         network and head; its own Pipeline, so no ``set_params`` is timed)."""
-        ext = CNNFeatureExtractor(cache=False, engine=engine, batch_size=batch_size).fit()
+        ext = CNNFeatureExtractor(cache=False, image_size=size, engine=engine, batch_size=batch_size).fit()
         model = Pipeline([("cnn", ext), ("clf", pipe[-1])])
         model.predict_proba(files[:1])  # the engine is built outside the timed rounds
 
