@@ -276,8 +276,8 @@ class _OnnxRuntime:
     fast in a one-off check at batches of 4). A single image runs on a second session,
     made at its first use, whose threads busy-wait as onnxruntime's default does: its run
     is many short parallel operations, each of which otherwise waits for sleeping threads
-    to wake (one file at a time through a Pipeline: 1.17x as fast, every one of 9 rounds
-    faster, in a check of both settings side by side; at batch 4 no difference).
+    to wake (one file at a time through a Pipeline it was faster in every one of 9 rounds
+    of a side-by-side check of both settings; at batch 4 no difference).
     """
 
     name = "onnxruntime"
