@@ -462,8 +462,8 @@ def composite_backgrounds(split, n_textures=8, texture_size=384):
     return out
 
 
-def make_composite(objects, backgrounds="sklearn", image_size=224, object_scale=(0.3, 0.7), *,
-                   crop_scale=(0.5, 1.0), feather=0.0, random_state=None):
+def make_composite(objects, backgrounds="sklearn", image_size=224, object_scale=(0.3, 0.7), random_state=None, *,
+                   crop_scale=(0.5, 1.0), feather=0.0):
     """Real objects pasted onto real photographs, with their exact boxes.
 
     For localization where the object does not fill the frame (ELoPE section 3.3): each
@@ -487,6 +487,8 @@ def make_composite(objects, backgrounds="sklearn", image_size=224, object_scale=
         Side of the square output images.
     object_scale : (float, float), default=(0.3, 0.7)
         Range of the object's longer side as a fraction of ``image_size``, within (0, 1].
+    random_state : int, RandomState or None
+        Seed for the backgrounds, crops, flips, scales and positions.
     crop_scale : (float, float), default=(0.5, 1.0)
         Range of the background crop's side as a fraction of the background's shorter
         side, within (0, 1]: small values zoom into a background's texture.
@@ -495,8 +497,6 @@ def make_composite(objects, backgrounds="sklearn", image_size=224, object_scale=
         [0, 0.5]: the object's weight rises linearly from ``1 / (k + 1)`` at the
         rectangle's border to 1 at ``k = round(feather * shorter side)`` pixels inside.
         0 pastes the object as it is.
-    random_state : int, RandomState or None
-        Seed for the backgrounds, crops, flips, scales and positions.
 
     Returns
     -------
