@@ -20,7 +20,6 @@ import warnings
 import numpy as np
 from sklearn.base import clone
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted
 
 from ._messages import warn
 from .images import ImageSource
