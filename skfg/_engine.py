@@ -271,13 +271,14 @@ class _OnnxRuntime:
     on the CPU; outputs come back as torch tensors.
 
     Two sessions of the one graph, by batch size. Batches of several images run on a
-    session whose threads sleep between runs: busy-waiting threads would take the cores
-    from the decoding and the torch code around each call (spinning measured 0.6-0.8x as
-    fast in a one-off check at batches of 4). A single image runs on a second session,
-    made at its first use, whose threads busy-wait as onnxruntime's default does: its run
-    is many short parallel operations, each of which otherwise waits for sleeping threads
-    to wake (one file at a time through a Pipeline it was faster in every one of 9 rounds
-    of a side-by-side check of both settings; at batch 4 no difference).
+    session whose threads sleep between runs, so that busy-waiting threads cannot take the
+    cores from the decoding and the torch code around each call. A single image runs on a
+    second session, made at its first use, whose threads busy-wait as onnxruntime's
+    default does: its run is many short parallel operations, each of which otherwise waits
+    for sleeping threads to wake. An early one-off check found spinning slower at batches
+    of 1 and 4; a later side-by-side check of both settings (9 interleaved rounds, one file
+    at a time through a Pipeline) found it faster in every round for single images and no
+    different at batch 4, hence the split.
     """
 
     name = "onnxruntime"
