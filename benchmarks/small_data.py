@@ -2,7 +2,8 @@
 
 Subsets of ``stanford_cars_a``: 10 or 30 classes, drawn per seed among the 94 classes with
 20 training images or more, at 10 or 20 training images a class (the 10 are the first 10
-of the 20; the set has about 24 a class, so 50 cannot be drawn). Val and test are every
+of the 20), and among the 59 classes with 25 or more at 25 a class (the set has about 24
+a class, so 50 cannot be drawn). Val and test are every
 val / test image of the drawn classes. Each subset and seed fits:
 
 - ``head``: ``Pipeline([CNNFeatureExtractor(), SoftmaxClassifier()])``, the frozen
@@ -24,8 +25,8 @@ Reported per subset: test (and val) accuracy per seed, the paired difference aga
 guard halved the rate in (a ``RuntimeWarning``), and how many kept the probe
 (``fine_tuned_`` False).
 
-    python benchmarks/small_data.py                # 3 seeds, head + default: ~25 min on 2 cores
-    python benchmarks/small_data.py --ablations sqrt_rate,no_split   # and two ablations: ~60 min
+    python benchmarks/small_data.py                # 3 seeds, head + default: ~40 min on 2 cores
+    python benchmarks/small_data.py --ablations sqrt_rate,no_split   # and two ablations: ~90 min
     python benchmarks/small_data.py --quick        # one seed, the two 10-class subsets
 """
 
@@ -42,7 +43,7 @@ import skfg._classifier
 from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.datasets import load_image_folder
 
-SUBSETS = [(10, 10), (10, 20), (30, 10), (30, 20)]  # (classes, training images a class)
+SUBSETS = [(10, 10), (10, 20), (10, 25), (30, 10), (30, 20), (30, 25)]  # (classes, training images a class)
 ROWS = {
     "head": "frozen features + SoftmaxClassifier (baseline)",
     "default": "fine-tuned, every default",
@@ -59,12 +60,13 @@ def sqrt_rule(steps_per_epoch, full_steps=64):
 
 
 def draw(ytr, n_classes, per_class, seed):
-    """Training indices of ``n_classes`` classes drawn among those with 20 images or more
-    (``per_class`` images each, the first of a per-class draw of 20) and the classes."""
+    """Training indices of ``n_classes`` classes drawn among those with ``m = max(20, per_class)``
+    images or more (``per_class`` images each, the first of a per-class draw of ``m``) and the classes."""
     rng = np.random.default_rng(seed)
     labels, counts = np.unique(ytr, return_counts=True)
-    classes = np.sort(rng.choice(labels[counts >= 20], n_classes, replace=False))
-    idx = np.concatenate([rng.choice(np.flatnonzero(ytr == c), 20, replace=False)[:per_class] for c in classes])
+    m = max(20, per_class)
+    classes = np.sort(rng.choice(labels[counts >= m], n_classes, replace=False))
+    idx = np.concatenate([rng.choice(np.flatnonzero(ytr == c), m, replace=False)[:per_class] for c in classes])
     return np.sort(idx), classes
 
 
@@ -143,7 +145,8 @@ def main():
                           " / ".join(f"{100 * r['val_accuracy']:.1f}" for r in rows), diff,
                           summary["divergence_warnings"], summary["probe_kept"], f"{summary['fit_seconds_mean']:.0f}"))
     notes = (f"Subsets of stanford_cars_a: classes x training images a class, classes drawn per seed (seeds "
-             f"{', '.join(map(str, seeds))}) among those with 20 or more training images; every val and test image "
+             f"{', '.join(map(str, seeds))}) among those with 20 or more training images (25 or more for the "
+             "25-image subsets); every val and test image "
              "of the drawn classes. Test accuracy (%) per seed and the mean with a 95 % Student-t interval; val "
              "accuracy per seed; paired test difference against the frozen features' head (points, 95 % interval, "
              "worst seed); divergence warnings: fits whose divergence guard halved the rate; probe kept: fits that "

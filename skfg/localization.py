@@ -428,7 +428,8 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
         if to_fit is not None and y is None and isinstance(self.teacher, str):
             warn(
                 "ObjectCropper.fit(X) without y: the teacher is the pretrained ImageNet backbone, "
-                "whose heat maps rarely find a fine-grained object (docs/localization.rst). Call "
+                "not one fine-tuned on your classes; which of the two finds the objects better "
+                "depends on the data (docs/localization.rst: choose on a few boxed val images). Call "
                 "fit(X, y) to fine-tune the teacher on the classes first (the default, the paper's "
                 "setting), or pass teacher=None to use the pretrained one without this warning."
             )
