@@ -16,7 +16,7 @@ fitted on the trained network's features. Per seed:
    The operating point is chosen on **val**: the largest batch-1 speed-up whose val
    accuracy is at most 1 point below the last exit's; its test row is the result.
 3. The decode share: ms/image of decoding + resizing alone against the last exit's; and
-   the cost structure: each stage's ms/image of the fused network at batch 1, 8 and 32 (random input), so the
+   the cost structure: ms/image of the fused network from exit to exit at batch 1, 8 and 32 (random input), so the
    share of the time spent before each exit, which bounds the speed-up it can give; and
    a loose bound on any exit rule at no accuracy loss (``oracle_bounds``).
 4. The last exit against the single-exit fine-tuned model: ``recipe_default`` of
@@ -49,7 +49,7 @@ BATCHES = (8, 32)  # whole-set prediction in batches of 8 (fits the cache) and o
 
 
 def stage_ms(runner, size, batch_sizes, repeats):
-    """``{batch size: {stage: ms/image}}``: median time of each stage of ``runner`` (the
+    """``{batch size: {exit: ms/image}}``: median time of each segment of ``runner`` (the
     fused engine's stage runner, as the exits run the stages) on a random batch (the cost
     structure that bounds what an exit can save)."""
     out = {}

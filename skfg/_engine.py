@@ -186,13 +186,22 @@ class _Fused(_Torch):
 
 
 class _FusedStages:
-    """A folded :class:`~skfg._network.PooledTrunk` stage by stage, as the early exits run
-    it (``stage(name, x)``, ``pool(maps)``, ``stages``, ``layers``): each stage is a
-    :class:`_Fused` engine of its own, built for the input shape it first sees (the batch
-    axis stays free), so the stages between two exits run as frozen graphs too."""
+    """A folded :class:`~skfg._network.PooledTrunk` from exit to exit, as the early exits run
+    it (``stage(name, x)``, ``pool(maps)``, ``stages``, ``layers``).
+
+    Its ``stages`` are the trunk's exit layers: ``stage(name, x)`` runs every stage after
+    the previous exit up to ``name`` as one :class:`_Fused` engine (one frozen graph),
+    built for the input shape it first sees (the batch axis stays free). The exits only
+    read the segments' outputs, so this equals running the trunk stage by stage, with
+    one graph call per exit instead of one per stage.
+    """
 
     def __init__(self, trunk):
-        self.trunk, self.stages, self.layers = trunk.eval(), trunk.stages, trunk.layers
+        self.trunk, self.layers = trunk.eval(), trunk.layers
+        ends = [name for name in trunk.stages if name in trunk.layers]  # (the last stage is an exit layer)
+        starts = [0] + [trunk.stages.index(name) + 1 for name in ends[:-1]]
+        self.stages = ends
+        self.segments = {end: trunk.stages[a: trunk.stages.index(end) + 1] for end, a in zip(ends, starts)}
         self._engines = {}
 
     def eval(self):
@@ -202,7 +211,9 @@ class _FusedStages:
         key = (name, tuple(x.shape[1:]))
         engine = self._engines.get(key)
         if engine is None:
-            engine = self._engines[key] = _Fused(self.trunk.trunk.stages[name], x[:1])
+            stages = self.trunk.trunk.stages
+            segment = nn.Sequential(*(stages[n] for n in self.segments[name]))
+            engine = self._engines[key] = _Fused(segment, x[:1])
         return engine(x)
 
     def pool(self, maps):

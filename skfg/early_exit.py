@@ -359,7 +359,7 @@ class EarlyExitClassifier(VersionedStateMixin, KnownLabelsScoreMixin, Classifier
             cascade = self._cascade(len(X), output).run_features(X, self.feature_groups_)
         else:
             source, ext = ImageSource(X), self.extractor_
-            # the stages run on the fused network (BatchNorm folded, each stage a frozen graph)
+            # the stages run on the fused network (BatchNorm folded, exit to exit a frozen graph)
             # unless the extractor says eager
             engine = ext.inference_engine("eager" if ext.engine == "eager" else "fused")
             trunk = engine.module if engine.name == "eager" else engine.stage_runner()

@@ -116,10 +116,13 @@ def test_the_early_exit_stage_path_on_the_fused_network_equals_eager(cars):
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fused_run.modules())
     np.testing.assert_allclose(clf.decision_function(X), eager[0], atol=1e-4)
     np.testing.assert_array_equal(clf.predict(X, return_exit=True)[1], eager[1])
-    # every stage that ran, ran as a frozen graph of its own
-    engines = clf.extractor_.inference_engine("fused").stage_runner()._engines
-    assert {name for name, _ in engines} >= {"stem", "stage4"}
-    assert all(isinstance(e.graph, torch.jit.ScriptModule) for e in engines.values())
+    # the stages from one exit to the next ran as one frozen graph: one per exit reached
+    runner = clf.extractor_.inference_engine("fused").stage_runner()
+    assert runner.stages == ["stage4", "stage5", "head"]
+    assert runner.segments["stage4"][0] == "stem" and runner.segments["head"][0] == "stage6"
+    assert sum(runner.segments.values(), []) == runner.trunk.stages
+    assert {name for name, _ in runner._engines} >= {"stage4"}
+    assert all(isinstance(e.graph, torch.jit.ScriptModule) for e in runner._engines.values())
 
 
 def test_the_cropper_runs_a_folded_student_with_the_eager_maps(cars, monkeypatch):
