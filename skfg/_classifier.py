@@ -75,7 +75,7 @@ FINE_TUNE_RECIPE = {
 # SMALL_SET_VALIDATION_FRACTION of them (stratified, when that is an image a class at
 # least), and keeps the linear probe (head_epochs) instead of the fine-tuned network when
 # the probe scores higher there: on a few hundred images a fine-tune can end below the
-# frozen features' head (issue 46).
+# frozen features' head (issue 46). The winner is then fitted again on every image.
 SMALL_SET_IMAGES = 1000
 SMALL_SET_VALIDATION_FRACTION = 0.1
 
@@ -385,16 +385,50 @@ class BaseTorchClassifier(TorchStateMixin, KnownLabelsScoreMixin, ClassifierMixi
         self._validate_params()
         self._check_params()
         X, classes, y_enc, sample_weight = self._validate_inputs(X, y, sample_weight)
+        warm = self.warm_start and hasattr(self, "module_")
+        fitted = self._fit_network(X, classes, y_enc, sample_weight, warm)
+        comparison = fitted["comparison"]
+        if comparison is not None and self._small_set_split(len(y_enc), len(classes)) and not warm \
+                and not fitted["result"]["interrupted"]:
+            # The small set's split has chosen between the probe and the fine-tune; the
+            # winner is fitted again on every image, as GridSearchCV(refit=True) does, so
+            # that the choice does not cost a tenth of the training images (on 10 images
+            # a class that cost more than the choice gained: small_data.md, no_split).
+            fitted = self._fit_network(X, classes, y_enc, sample_weight, warm, refit=not fitted["kept_probe"])
+        # Training finished: set the fitted attributes together.
+        if fitted["extractor"] is not None:  # CNN: module_
+            self.preprocessing_, self.trunk_settings_, self.layers_, self.n_features_ = fitted["extractor"]
+        self.module_ = fitted["net"].eval()
+        self.classes_ = classes
+        self.device_ = fitted["device"]
+        result = fitted["result"]
+        self.history_ = result["history"]
+        self.best_epoch_ = result["best_epoch"]
+        self.n_iter_ = len(result["history"])
+        self.interrupted_ = result["interrupted"]
+        self.fine_tuned_ = bool(fitted["fine_tuned"])
+        self.probe_comparison_ = comparison
+        return self
+
+    def _fit_network(self, X, classes, y_enc, sample_weight, warm, refit=None):
+        """``fit``'s training: ``{"net", "result", "fine_tuned", "kept_probe", "comparison",
+        "extractor", "device"}`` (the network, ``_train``'s result, whether the CNN was
+        fine-tuned, whether the comparison kept the probe instead, the split's scores of probe
+        and fine-tune or None, the fitted extractor's settings or None, the device); sets no
+        attribute.
+
+        ``refit=None``: a fit as the parameters say (a small set's split compares the probe
+        with the fine-tune). ``refit=True`` / ``False``: on every image (no split), the
+        fine-tune or the probe alone, after such a comparison chose it."""
         device = resolve_device(self.device)
         generator = make_generator(self.random_state)
-        fraction = self._validation_fraction(len(y_enc), len(classes))
+        fraction = self._validation_fraction(len(y_enc), len(classes)) if refit is None else 0.0
         n_val = int(round(fraction * len(y_enc)))
         train_idx, val_idx = holdout_split(len(y_enc), n_val, y_enc, check_random_state(self.random_state))
         if len(y_enc) - n_val < len(classes):  # (0.99, say): all held out, or too few left to train on
             warn(f"validation_fraction={fraction} holds out {n_val} of {len(y_enc)} samples, leaving fewer "
                  f"training samples than the {len(classes)} classes" +
                  ("; training on all without a validation split." if val_idx is None else "."))
-        warm = self.warm_start and hasattr(self, "module_")
         fitted_ext = preprocessing = None
         if self.extractor is None:
             net = self._build_network(X.shape[1], len(classes))
@@ -424,7 +458,7 @@ class BaseTorchClassifier(TorchStateMixin, KnownLabelsScoreMixin, ClassifierMixi
             net.mean.copy_(mean)
             net.scale.fill_(scale)
 
-        signature = self._signature(X, y_enc, sample_weight)
+        signature = self._signature(X, y_enc, sample_weight) + ("" if refit is None else ":refit")
         if warm_digest is not None:  # a checkpoint resumes only the training that started from these weights
             signature += ":warm:" + warm_digest
         ctx = FitContext(net, data, y_enc, train_idx, val_idx, sample_weight, generator, device,
@@ -432,7 +466,7 @@ class BaseTorchClassifier(TorchStateMixin, KnownLabelsScoreMixin, ClassifierMixi
         # a small set's automatic split serves the comparison of probe and fine-tune only:
         # each runs its whole schedule and keeps its last epoch, as the recipe does (on ~10
         # images a class, stopping early or picking the best epoch picked noise)
-        whole = self._small_set_split(len(y_enc), len(classes))
+        whole = refit is None and self._small_set_split(len(y_enc), len(classes))
         head_result = probe = None
         if self.extractor is not None and self._setting("head_epochs") > 0:
             # linear probing, then fine-tuning: the head first learns on the frozen CNN's features
@@ -442,6 +476,11 @@ class BaseTorchClassifier(TorchStateMixin, KnownLabelsScoreMixin, ClassifierMixi
             head_result = self._train(head_ctx, self._setting("head_epochs"), signature + ":head", whole_schedule=whole)
             if head_ctx.aux is None and val_idx is not None:  # the probe, kept if it beats the fine-tune
                 probe = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        if refit is False and head_result is not None:  # the probe won the comparison: it alone, on every image
+            with torch.no_grad():
+                self._end_training(ctx)
+            return {"net": net, "result": head_result, "fine_tuned": False, "kept_probe": True, "comparison": None,
+                    "extractor": fitted_ext, "device": device}
         n_second = self._pool_weight_epochs() if net.pools is not None else 0
         if n_second:  # ELoPE's two steps: plain k-max first (weights fixed at 1) ...
             net.pools.requires_grad_(False)
@@ -456,6 +495,9 @@ class BaseTorchClassifier(TorchStateMixin, KnownLabelsScoreMixin, ClassifierMixi
             result = _chain(result, second)
         fine_tuned = net.trunk is not None and any(p.requires_grad for p in net.trunk_parameters())
         kept_probe = probe is not None and fine_tuned and _probe_wins(head_result, result)
+        comparison = None
+        if probe is not None and fine_tuned:
+            comparison = {"probe": _kept_score(head_result), "fine_tune": _kept_score(result)}
         if kept_probe:
             net.load_state_dict(probe)
             with torch.no_grad():
@@ -469,18 +511,8 @@ class BaseTorchClassifier(TorchStateMixin, KnownLabelsScoreMixin, ClassifierMixi
             result = _chain(head_result, result)
             if kept_probe:
                 result["best_epoch"] = head_result["best_epoch"]
-        # Training finished: set the fitted attributes together.
-        if fitted_ext is not None:
-            self.preprocessing_, self.trunk_settings_, self.layers_, self.n_features_ = fitted_ext  # CNN: module_
-        self.module_ = net.eval()
-        self.classes_ = classes
-        self.device_ = device
-        self.history_ = result["history"]
-        self.best_epoch_ = result["best_epoch"]
-        self.n_iter_ = len(result["history"])
-        self.interrupted_ = result["interrupted"]
-        self.fine_tuned_ = bool(fine_tuned)
-        return self
+        return {"net": net, "result": result, "fine_tuned": fine_tuned, "kept_probe": kept_probe,
+                "comparison": comparison, "extractor": fitted_ext, "device": device}
 
     def _train(self, ctx, max_epochs, signature, lr_scale=1.0, pool_lr_scale=1.0, epoch_offset=0,
                whole_schedule=False):

@@ -159,7 +159,8 @@ class ImpostorClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassif
     batch_size : int or "auto", default="auto"
     validation_fraction : float or "auto", default="auto"
         Held out to pick the best epoch; ``"auto"``: 0.1 on features, 0 when fine-tuning
-        (0.1 on fewer than 1,000 images, as in :class:`skfg.SoftmaxClassifier`). For ``"fixed"`` and ``"tied"`` the held-out
+        (0.1 on fewer than 1,000 images to choose between probe and fine-tune, then a
+        refit on every image, as in :class:`skfg.SoftmaxClassifier`). For ``"fixed"`` and ``"tied"`` the held-out
         samples become impostors after training too (their initial, resp. final,
         embeddings, consistent with the other impostors), so every training sample
         votes. Loose impostors are trained parameters that trail the embeddings; fresh
@@ -192,7 +193,7 @@ class ImpostorClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassif
         ``None`` when the codebooks were not tuned.
     codebook_best_epoch_ : int or None
         The tuning epoch whose codebooks were kept (``0``: the untuned ones).
-    history_, best_epoch_, n_iter_, interrupted_, fine_tuned_, n_features_in_,
+    history_, best_epoch_, n_iter_, interrupted_, fine_tuned_, probe_comparison_, n_features_in_,
     preprocessing_, trunk_settings_, layers_, n_features_ :
         As in :class:`skfg.SoftmaxClassifier`.
 

@@ -143,7 +143,7 @@ class ImprintedClassifier(EmbeddingNamesMixin, TransformerMixin, BaseTorchClassi
         The variance of the base data's unit embeddings along each of those axes.
     embedding_noise_variance_ : float
         Their mean variance along every other axis.
-    module_, history_, best_epoch_, n_iter_, interrupted_, fine_tuned_, n_features_in_,
+    module_, history_, best_epoch_, n_iter_, interrupted_, fine_tuned_, probe_comparison_, n_features_in_,
     preprocessing_, trunk_settings_, layers_, n_features_ :
         As in :class:`skfg.SoftmaxClassifier`.
 

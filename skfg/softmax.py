@@ -160,10 +160,11 @@ class SoftmaxClassifier(BaseTorchClassifier):
         last epoch of the cosine schedule is kept), except on fewer than 1,000 images
         (``SMALL_SET_IMAGES``): there 0.1, stratified, when that is an image a class at
         least; that split only decides between the fine-tuned network (its last epoch)
-        and the linear probe. With a held-out split and ``head_epochs``, ``fit`` keeps the
-        linear probe (the head on the pretrained CNN) instead of the fine-tuned network
-        when the probe scores higher on the split, with a ``RuntimeWarning``
-        (``fine_tuned_`` False).
+        and the linear probe, and the winner is then fitted again on every image (as
+        ``GridSearchCV(refit=True)`` does: a small set's fit trains twice). With a
+        held-out split and ``head_epochs``, ``fit`` keeps the linear probe (the head on
+        the pretrained CNN) instead of the fine-tuned network when the probe scores
+        higher on the split, with a ``RuntimeWarning`` (``fine_tuned_`` False).
     n_iter_no_change : int or None, default=10
         Early stopping patience in epochs (needs ``validation_fraction > 0``; a small
         set's automatic split does not stop early).
@@ -200,6 +201,10 @@ class SoftmaxClassifier(BaseTorchClassifier):
         Whether ``module_`` holds a fine-tuned CNN: False on features, with nothing of the
         CNN trainable, and when the linear probe scored higher on the held-out split
         (see ``validation_fraction``).
+    probe_comparison_ : dict or None
+        With a held-out split and ``head_epochs`` when fine-tuning: the split's accuracy
+        of the linear probe and of the fine-tuned network (``{"probe": ..., "fine_tune":
+        ...}``), what chose between them; None otherwise.
     n_features_in_ : int
         Number of input features (feature mode).
     preprocessing_ : skfg.images.Preprocessing

@@ -290,15 +290,16 @@ def test_a_fine_tune_that_diverges_keeps_the_probe_and_says_so(twenty_a_class):
     with pytest.warns(RuntimeWarning, match="keeping that head and the pretrained CNN"):
         clf.fit(X, y)
     assert clf.fine_tuned_ is False
+    assert clf.probe_comparison_["probe"] > clf.probe_comparison_["fine_tune"]
     trunk = {k[len("trunk."):]: v for k, v in clf.module_.state_dict().items() if k.startswith("trunk.")}
     assert trunk and all(torch.equal(v, pretrained[k]) for k, v in trunk.items())
-    assert clf.best_epoch_ <= clf.resolved_param("head_epochs") < clf.n_iter_
-    probe_val = clf.history_[clf.best_epoch_ - 1]["val_score"]
-    assert probe_val > max(h["val_score"] for h in clf.history_[10:])
+    # then the probe alone, refitted on every image: its epochs only, no split to score
+    assert clf.n_iter_ == clf.best_epoch_ == clf.resolved_param("head_epochs")
+    assert all(h.get("val_score") is None for h in clf.history_)
     assert clf.score(X, y) >= 0.9  # the probe of the pretrained features separates the synthetic classes
 
 
-def test_a_fine_tune_that_scores_as_well_as_the_probe_is_kept_at_its_last_epoch(twenty_a_class):
+def test_a_fine_tune_that_scores_as_well_as_the_probe_is_refitted_on_every_image(twenty_a_class):
     X, y = twenty_a_class
     import warnings
 
@@ -306,7 +307,12 @@ def test_a_fine_tune_that_scores_as_well_as_the_probe_is_kept_at_its_last_epoch(
         warnings.simplefilter("error", RuntimeWarning)
         clf = small(max_epochs=3, trainable_blocks=1).fit(X, y)  # (its last epoch ties the probe: 4 of 6)
     assert clf.fine_tuned_ is True and clf.best_epoch_ == clf.n_iter_ == 13  # the whole schedule, the last epoch
-    assert clf.history_[-1]["val_score"] == max(h["val_score"] for h in clf.history_[:10])
+    assert clf.probe_comparison_["fine_tune"] == clf.probe_comparison_["probe"]  # a tie keeps the fine-tune
+    # the refit is the fit of every image: the same network as validation_fraction=0 gives
+    every = small(max_epochs=3, trainable_blocks=1, validation_fraction=0.0).fit(X, y)
+    assert every.probe_comparison_ is None
+    np.testing.assert_allclose(clf.predict_proba(X), every.predict_proba(X), atol=1e-6)
+    assert [h["loss"] for h in clf.history_] == [h["loss"] for h in every.history_]
     assert SoftmaxClassifier(max_epochs=2).fit(np.eye(3)[y % 3], y).fine_tuned_ is False  # features
 
 
