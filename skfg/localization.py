@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ._base import TorchStateMixin, atomic_fit, holdout_split, image_input_tags, resolve_device
 from ._boxes import box_iou, check_tau, heatmap_to_box
+from ._classifier import SMALL_SET_IMAGES, SMALL_SET_VALIDATION_FRACTION
 from ._engine import cached_engine
 from ._messages import warn
 from ._training import eval_mode, fit_loop, make_generator, make_optimizer, make_scheduler
@@ -132,13 +133,21 @@ def _is_fitted(estimator):
     return True
 
 
-def _teacher_to_fit(teacher, random_state, device, verbose):
+def _teacher_to_fit(teacher, random_state, device, verbose, n_samples):
     """The classifier ``fit(X, y)`` must train as the teacher, or None when the parameter is
     a ready teacher (None, an extractor, a fitted or frozen classifier). ``"auto"`` is the
-    paper's setting: a classifier fine-tuned on the data with the default recipe."""
+    paper's setting: a classifier fine-tuned on the data with the default recipe.
+
+    On a small set (``n_samples`` below ``SMALL_SET_IMAGES``) the auto teacher keeps the
+    small set's held-out tenth out of training (``validation_fraction=0.1``), without the
+    refit on every image that a classifier's own fit does: on 600 cartoon birds the
+    refitted teacher took twice as long and its student found the birds less often on
+    val, on two seeds of three (``benchmarks/results/cropper_default.md``, last row; the
+    seeds spread widely either way)."""
     if isinstance(teacher, str):  # "auto" (the parameter validation allows no other string)
-        return SoftmaxClassifier(extractor=CNNFeatureExtractor(), random_state=random_state, device=device,
-                                 verbose=verbose)
+        fraction = SMALL_SET_VALIDATION_FRACTION if n_samples < SMALL_SET_IMAGES else "auto"
+        return SoftmaxClassifier(extractor=CNNFeatureExtractor(), validation_fraction=fraction,
+                                 random_state=random_state, device=device, verbose=verbose)
     if teacher is None or isinstance(teacher, (FrozenEstimator, CNNFeatureExtractor)) or _is_fitted(teacher):
         return None
     return clone(teacher)  # an unfitted classifier: fitted on a clone, the parameter stays as given
@@ -176,7 +185,10 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
         - ``"auto"``: the paper's setting, a classifier trained on the data. ``fit(X, y)``
           first fine-tunes ``SoftmaxClassifier(extractor=CNNFeatureExtractor())`` on the
           labelled images with the default recipe (as long as fitting that classifier
-          alone: minutes on a CPU), then trains the student from it. ``fit(X)`` without
+          alone: minutes on a CPU), then trains the student from it. On fewer than 1,000
+          images the teacher holds out a tenth (``validation_fraction=0.1``) and is not
+          refitted on every image as the classifier alone would be: that took twice as
+          long and did not localise better (``benchmarks/results/cropper_default.md``). ``fit(X)`` without
           labels warns and falls back to ``None``.
         - ``None``: EfficientNet-Lite0 with its ImageNet weights (``build_backbone``), no
           labels needed; its maps find the object on some data and miss it on other
@@ -424,7 +436,7 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
         self._validate_params()
         source = ImageSource(X)
         device = resolve_device(self.device)
-        to_fit = _teacher_to_fit(self.teacher, self.random_state, self.device, self.verbose)
+        to_fit = _teacher_to_fit(self.teacher, self.random_state, self.device, self.verbose, len(source))
         if to_fit is not None and y is None and isinstance(self.teacher, str):
             warn(
                 "ObjectCropper.fit(X) without y: the teacher is the pretrained ImageNet backbone, "
