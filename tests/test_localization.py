@@ -331,7 +331,7 @@ def test_auto_teacher_without_labels_warns_and_uses_the_pretrained_backbone():
 
 def test_auto_teacher_of_a_small_set_keeps_its_held_out_tenth():
     """Under SMALL_SET_IMAGES the auto teacher is fitted with the small set's hold-out and
-    without the classifier's refit on every image (whose maps localise worse:
+    without the classifier's refit on every image (twice the time, no better maps:
     benchmarks/results/cropper_default.md); on a larger set it is the classifier's default."""
     from skfg._classifier import SMALL_SET_IMAGES
     from skfg.localization import _teacher_to_fit
