@@ -28,6 +28,7 @@ fitted on the trained network's features. Per seed:
     python benchmarks/early_exit_joint.py --seeds 1,2 --merge
     python benchmarks/early_exit_joint.py --image-size 224   # -> early_exit_joint_224px.*
     python benchmarks/early_exit_joint.py --render           # the table again from the results file
+    python benchmarks/early_exit_joint.py --distillation 0.5 --name early_exit_joint_distill
 """
 
 import argparse
@@ -208,6 +209,7 @@ def main():
     ap.add_argument("--n-timing", type=int, default=200)
     ap.add_argument("--merge", action="store_true")
     ap.add_argument("--render", action="store_true", help="no fits: rewrite the table from the results file")
+    ap.add_argument("--name", default=None, help="results name (default: early_exit_joint[_<size>px][_quick])")
     args = ap.parse_args()
     root = DATA / "stanford_cars_a"
     splits = [load_image_folder(root / s) for s in ("train", "val", "test")]
@@ -216,7 +218,8 @@ def main():
         keep = sorted(set(splits[0][1]))[:12]
         splits = [(X[np.isin(y, keep)], y[np.isin(y, keep)]) for X, y in splits]
         size, args.epochs, args.n_timing, args.repeats = 64, 2, 40, 2
-    name = "early_exit_joint" + ("" if size == 160 or args.quick else f"_{size}px") + ("_quick" if args.quick else "")
+    name = args.name or ("early_exit_joint" + ("" if size == 160 or args.quick else f"_{size}px")
+                         + ("_quick" if args.quick else ""))
     seeds = [int(s) for s in args.seeds.split(",")]
     try:
         runs = [r for r in mergeable_rows(name) if r["seed"] not in seeds] if args.merge else []
