@@ -1,5 +1,6 @@
 """ObjectCropper, ELoPE's localization module (elope.txt section 5, Tables 2-4)."""
 
+import copy
 import io
 
 import joblib
@@ -149,16 +150,42 @@ def test_student_starts_from_a_copy_of_the_teachers_first_stages():
     assert student(torch.zeros(3, 3, 64, 64)).shape == (3, 2, 2)
 
 
+def _by_hand_minmax(m):
+    m = m.flatten(1)
+    return (m - m.min(1, keepdim=True).values) / (m.max(1, keepdim=True).values - m.min(1, keepdim=True).values)
+
+
 def test_teacher_heatmap_is_the_channel_mean_of_the_last_stage(small):
+    """teacher_map="last", the paper's map (section 5)."""
     X, crop = small
+    paper = copy.deepcopy(crop).set_params(teacher_map="last")  # a prediction-time setting too
     net = build_backbone("efficientnet_lite0")
     batch = torch.stack([eval_transform(96, "squash")(Image.fromarray(x)) for x in X[:3]])
     with torch.no_grad():
         *_, (name, out) = net.forward_stages(normalize_batch(batch, net.mean, net.std))
-    m = out.mean(1).flatten(1)
-    expected = ((m - m.min(1, keepdim=True).values) / (m.max(1, keepdim=True).values - m.min(1, keepdim=True).values))
-    np.testing.assert_allclose(crop.predict_heatmaps(X[:3], source="teacher"), expected.view(3, 3, 3).numpy(), atol=1e-5)
+    expected = _by_hand_minmax(out.mean(1))
+    np.testing.assert_allclose(paper.predict_heatmaps(X[:3], source="teacher"), expected.view(3, 3, 3).numpy(),
+                               atol=1e-5)
     assert name == crop.teacher_layer_
+
+
+def test_default_teacher_heatmap_joins_the_stage_before_with_every_channel_alike(small):
+    """teacher_map="last+previous" (the default): the paper's map and the stage before's mean
+    of channels each scaled to its own maximum, both min-max normalised, summed, normalised."""
+    X, crop = small
+    assert crop.teacher_map == "last+previous"
+    net = build_backbone("efficientnet_lite0")
+    batch = torch.stack([eval_transform(96, "squash")(Image.fromarray(x)) for x in X[:3]])
+    with torch.no_grad():
+        *_, (_, before), (_, last) = net.forward_stages(normalize_batch(batch, net.mean, net.std))
+    positive = before.clamp_min(0)
+    peak = positive.amax(dim=(2, 3), keepdim=True)
+    scaled = torch.where(peak > 0, positive / peak, torch.zeros_like(positive))  # a silent channel counts 0
+    expected = _by_hand_minmax(_by_hand_minmax(last.mean(1)) + _by_hand_minmax(scaled.mean(1)))
+    got = crop.predict_heatmaps(X[:3], source="teacher")
+    np.testing.assert_allclose(got, expected.view(3, 3, 3).numpy(), atol=1e-5)
+    paper = copy.deepcopy(crop).set_params(teacher_map="last").predict_heatmaps(X[:3], source="teacher")
+    assert not np.allclose(got, paper, atol=1e-2)  # the stage before changes the map
 
 
 def test_boxes_in_pixels_of_each_original_image(small):
@@ -268,7 +295,8 @@ def test_fine_tuned_classifier_as_teacher_and_frozen_through_clone():
     trunk = clf.module_.trunk
     before = state_fingerprint(trunk)
     # teacher_size=None: the trunk's own input size, so its maps can be checked by hand below
-    crop = clone(ObjectCropper(FrozenEstimator(clf), teacher_size=None, max_epochs=1, random_state=0))  # stays fitted
+    crop = clone(ObjectCropper(FrozenEstimator(clf), teacher_size=None, teacher_map="last", max_epochs=1,
+                               random_state=0))  # stays fitted
     crop.fit(X)
     assert crop.teacher_size_ == 64 and crop.heatmap_shape_ == (2, 2)
     assert state_fingerprint(trunk) == before and not trunk.training
@@ -279,7 +307,7 @@ def test_fine_tuned_classifier_as_teacher_and_frozen_through_clone():
     m = out.mean(1).flatten(1)
     m = (m - m.min(1, keepdim=True).values) / (m.max(1, keepdim=True).values - m.min(1, keepdim=True).values)
     np.testing.assert_allclose(crop.predict_heatmaps(X, source="teacher"), m.view(-1, 2, 2).numpy(), atol=1e-5)
-    imagenet = ObjectCropper(None, teacher_size=64, max_epochs=1, random_state=0).fit(X)
+    imagenet = ObjectCropper(None, teacher_size=64, teacher_map="last", max_epochs=1, random_state=0).fit(X)
     assert not np.allclose(imagenet.predict_heatmaps(X, source="teacher"), m.view(-1, 2, 2).numpy(), atol=1e-3)
 
 
