@@ -1,7 +1,8 @@
 """ObjectCropper: ELoPE's lightweight localization module, crops images to the object.
 
 A CNN (the teacher) sees each training image; the mean over the channels of its last
-stage is a heat map of the object. A tiny network (the teacher's first stages, 64 x 64
+stage (by default joined by the stage before's, ``teacher_map``) is a heat map of the
+object. A tiny network (the teacher's first stages, 64 x 64
 input) learns to predict it; its map, thresholded at ``tau``, gives the box. By default
 ``fit(X, y)`` first fine-tunes the teacher on the labelled images (the paper's setting);
 ``teacher=None`` is the pretrained ImageNet network, no labels needed.

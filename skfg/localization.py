@@ -155,9 +155,9 @@ def _teacher_to_fit(teacher, random_state, device, verbose, n_samples):
     On a small set (``n_samples`` below ``SMALL_SET_IMAGES``) the auto teacher keeps the
     small set's held-out tenth out of training (``validation_fraction=0.1``), without the
     refit on every image that a classifier's own fit does: on 600 cartoon birds the
-    refitted teacher took twice as long and its student found the birds less often on
-    val, on two seeds of three (``benchmarks/results/cropper_default.md``, last row; the
-    seeds spread widely either way)."""
+    refitted teacher took twice as long, and its student found the birds on val far less
+    often at the default ``tau`` and no more often at its own val-best ``tau``, with a
+    wider spread over seeds (``benchmarks/results/cropper_default.md``, last row)."""
     if isinstance(teacher, str):  # "auto" (the parameter validation allows no other string)
         fraction = SMALL_SET_VALIDATION_FRACTION if n_samples < SMALL_SET_IMAGES else "auto"
         return SoftmaxClassifier(extractor=CNNFeatureExtractor(), validation_fraction=fraction,
@@ -203,7 +203,7 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
           alone: minutes on a CPU), then trains the student from it. On fewer than 1,000
           images the teacher holds out a tenth (``validation_fraction=0.1``) and is not
           refitted on every image as the classifier alone would be: that took twice as
-          long and did not localise better (``benchmarks/results/cropper_default.md``). ``fit(X)`` without
+          long and localised no better (``benchmarks/results/cropper_default.md``). ``fit(X)`` without
           labels warns and falls back to ``None``.
         - ``None``: EfficientNet-Lite0 with its ImageNet weights (``build_backbone``), no
           labels needed; its maps find the object on some data and miss it on other
