@@ -716,6 +716,11 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
         state.pop("_teacher", None)  # found again from the `teacher` parameter when needed
         return state
 
+    def __setstate__(self, state):
+        state = dict(state)
+        state.setdefault("teacher_map", "last")  # saved before the parameter: it learned the paper's map
+        super().__setstate__(state)
+
     def __sklearn_tags__(self):
         return image_input_tags(super().__sklearn_tags__())
 
