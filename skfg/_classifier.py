@@ -169,6 +169,12 @@ class BaseTorchClassifier(TorchStateMixin, KnownLabelsScoreMixin, ClassifierMixi
     def _check_params(self):
         """Checks of parameter combinations, before any work (raise ``ValueError``)."""
 
+    def _fit_memo(self, X, y, sample_weight, classes):
+        """Values computed once per ``fit`` from its own arguments (``X``, ``y`` and
+        ``sample_weight`` as given, ``classes`` the sorted labels), before any training:
+        every training run's ``ctx.memo`` starts as a copy of this dict."""
+        return {}
+
     def _pool_weight_epochs(self):
         """Epochs of the second step of ELoPE's schedule for ``pooling="kmax_weighted"``
         (0: the pooling weights train from the start)."""
@@ -384,9 +390,11 @@ class BaseTorchClassifier(TorchStateMixin, KnownLabelsScoreMixin, ClassifierMixi
         """
         self._validate_params()
         self._check_params()
+        given = X, y, sample_weight
         X, classes, y_enc, sample_weight = self._validate_inputs(X, y, sample_weight)
+        memo = self._fit_memo(*given, classes)
         warm = self.warm_start and hasattr(self, "module_")
-        fitted = self._fit_network(X, classes, y_enc, sample_weight, warm)
+        fitted = self._fit_network(X, classes, y_enc, sample_weight, warm, memo=memo)
         comparison = fitted["comparison"]
         if comparison is not None and self._small_set_split(len(y_enc), len(classes)) and not warm \
                 and not fitted["result"]["interrupted"]:
@@ -394,7 +402,8 @@ class BaseTorchClassifier(TorchStateMixin, KnownLabelsScoreMixin, ClassifierMixi
             # winner is fitted again on every image, as GridSearchCV(refit=True) does, so
             # that the choice does not cost a tenth of the training images (on 10 images
             # a class that cost more than the choice gained: small_data.md, no_split).
-            fitted = self._fit_network(X, classes, y_enc, sample_weight, warm, refit=not fitted["kept_probe"])
+            fitted = self._fit_network(X, classes, y_enc, sample_weight, warm, refit=not fitted["kept_probe"],
+                                       memo=memo)
         # Training finished: set the fitted attributes together.
         if fitted["extractor"] is not None:  # CNN: module_
             self.preprocessing_, self.trunk_settings_, self.layers_, self.n_features_ = fitted["extractor"]
@@ -410,7 +419,7 @@ class BaseTorchClassifier(TorchStateMixin, KnownLabelsScoreMixin, ClassifierMixi
         self.probe_comparison_ = comparison
         return self
 
-    def _fit_network(self, X, classes, y_enc, sample_weight, warm, refit=None):
+    def _fit_network(self, X, classes, y_enc, sample_weight, warm, refit=None, memo=None):
         """``fit``'s training: ``{"net", "result", "fine_tuned", "kept_probe", "comparison",
         "extractor", "device"}`` (the network, ``_train``'s result, whether the CNN was
         fine-tuned, whether the comparison kept the probe instead, the split's scores of probe
@@ -419,7 +428,8 @@ class BaseTorchClassifier(TorchStateMixin, KnownLabelsScoreMixin, ClassifierMixi
 
         ``refit=None``: a fit as the parameters say (a small set's split compares the probe
         with the fine-tune). ``refit=True`` / ``False``: on every image (no split), the
-        fine-tune or the probe alone, after such a comparison chose it."""
+        fine-tune or the probe alone, after such a comparison chose it. ``memo``: what
+        :meth:`_fit_memo` returned."""
         device = resolve_device(self.device)
         generator = make_generator(self.random_state)
         fraction = self._validation_fraction(len(y_enc), len(classes)) if refit is None else 0.0
@@ -459,10 +469,15 @@ class BaseTorchClassifier(TorchStateMixin, KnownLabelsScoreMixin, ClassifierMixi
             net.scale.fill_(scale)
 
         signature = self._signature(X, y_enc, sample_weight) + ("" if refit is None else ":refit")
+        if signature and memo:  # (a teacher's predictions, say: part of what the run trains on)
+            digest = hashlib.sha1()
+            for key in sorted(memo):
+                digest.update(key.encode() + np.ascontiguousarray(torch.as_tensor(memo[key]).cpu().numpy()).tobytes())
+            signature += ":memo:" + digest.hexdigest()
         if warm_digest is not None:  # a checkpoint resumes only the training that started from these weights
             signature += ":warm:" + warm_digest
         ctx = FitContext(net, data, y_enc, train_idx, val_idx, sample_weight, generator, device,
-                         start_data=None if pooled is None else PooledData(pooled, device))
+                         start_data=None if pooled is None else PooledData(pooled, device), memo=dict(memo or {}))
         # a small set's automatic split serves the comparison of probe and fine-tune only:
         # each runs its whole schedule and keeps its last epoch, as the recipe does (on ~10
         # images a class, stopping early or picking the best epoch picked noise)

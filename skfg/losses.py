@@ -1,5 +1,5 @@
-"""Losses and the RBF prediction rule of the impostor networks, and ELoPE's class-mean
-embedding loss: small torch functions, and the modules that hold a loss's state
+"""Losses and the RBF prediction rule of the impostor networks, ELoPE's class-mean
+embedding loss, the multi-exit loss and knowledge distillation: small torch functions, and the modules that hold a loss's state
 (:class:`ImpostorSet`, :class:`PQCodebooks`, :class:`ClassMeanLoss`) in the style of
 pytorch-metric-learning (a module with its parameters or buffers and a ``forward`` that
 returns the loss).
@@ -433,3 +433,52 @@ def multi_exit_loss(logits, targets, weights, loss, *, exit_weights=None, distil
                 kl = F.kl_div(student, teacher, log_target=True, reduction="none").sum(1)
                 total = total + distillation * a[m] * t * t * (kl * w).sum()
     return total
+
+
+# ------------------------------------------------------------ knowledge distillation
+def soften(proba, temperature=1.0):
+    """Log-probabilities of ``proba`` at temperature ``T``: ``log softmax(log(p) / T)``.
+
+    A teacher known only by its probabilities ``p = softmax(z)`` (``predict_proba``) gives
+    the same softened targets as its logits would, ``softmax(z / T)``, since ``log p``
+    and ``z`` differ by a constant per row. Probabilities of 0 count as 1e-12.
+
+    Parameters
+    ----------
+    proba : Tensor of shape (n, n_classes)
+    temperature : float, default=1.0
+
+    Returns
+    -------
+    Tensor of shape (n, n_classes)
+    """
+    return F.log_softmax(torch.log(proba.double().clamp_min(1e-12)) / float(temperature), dim=1).float()
+
+
+def distillation_loss(logits, teacher_log_proba, weights, temperature=1.0):
+    """Knowledge distillation (Hinton, Vinyals and Dean, 2015): the per-sample weighted
+    mean of ``T^2 * KL(q_T || softmax(z / T))``.
+
+    ``q_T`` is the teacher's softened distribution (:func:`soften`); the ``T^2`` keeps the
+    gradients' size independent of ``T`` (section 2 of the paper).
+
+    Parameters
+    ----------
+    logits : Tensor of shape (n, n_classes)
+        The student's logits ``z``.
+    teacher_log_proba : Tensor of shape (n, n_classes)
+        ``log q_T``, the teacher's log-probabilities at temperature ``T`` (no gradient).
+    weights : Tensor of shape (n,)
+        Sample weights.
+    temperature : float, default=1.0
+        ``T``.
+
+    Returns
+    -------
+    Tensor
+        The scalar loss (0 for an all-zero-weight batch).
+    """
+    t = float(temperature)
+    student = F.log_softmax(logits.float() / t, dim=1)
+    kl = F.kl_div(student, teacher_log_proba.detach().float(), log_target=True, reduction="none").sum(1)
+    return t * t * (kl * weights).sum() / weights.sum().clamp_min(1e-12)

@@ -4,11 +4,15 @@ import copy
 from numbers import Integral, Real
 
 import numpy as np
-from sklearn.utils._param_validation import Interval, StrOptions
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from ._classifier import BaseTorchClassifier
-from .losses import EMBEDDING_LOSSES, ClassMeanLoss
+from .losses import EMBEDDING_LOSSES, ClassMeanLoss, distillation_loss, soften
 
 
 class SoftmaxClassifier(BaseTorchClassifier):
@@ -34,6 +38,12 @@ class SoftmaxClassifier(BaseTorchClassifier):
     extractor whose ``pooling="kmax_weighted"``, the K weights of the global k-max
     pooling (eq. 4) are learned too; ``kmax_weight_epochs`` gives the paper's two-step
     schedule.
+
+    Knowledge distillation (``teacher``): the loss becomes
+    ``(1 - lambda) L_CE + lambda T^2 KL(q_T || softmax(z / T))`` (Hinton et al., 2015), where
+    ``q_T`` is the teacher's ``predict_proba`` of each training image, as the teacher
+    predicts it (the whole image, once per fit), softened at temperature ``T``. A larger
+    or longer-trained model can so teach a small one that predicts faster.
 
     Parameters
     ----------
@@ -66,6 +76,19 @@ class SoftmaxClassifier(BaseTorchClassifier):
         schedule: ``max_epochs`` with the weights fixed at 1 (plain k-max), then ``n``
         more epochs training everything at ``lr / 10``, the new weights at ``lr``; the best
         epoch (on validation) of the second step is kept.
+    teacher : classifier or None, default=None
+        Distil this classifier's predictions into the network (any estimator with
+        ``predict_proba`` on the same ``X`` and the classes of ``y``). A fitted one is used
+        as it is; an unfitted one is first fitted on a clone with ``fit(X, y)`` (so
+        ``GridSearchCV`` fits a teacher per split, on that split's training part only). A
+        fitted teacher loses its fit through ``clone`` (``Pipeline``, ``GridSearchCV``):
+        wrap it in ``sklearn.frozen.FrozenEstimator`` to keep it (it then also sees each
+        split's held-out part). The teacher is a parameter, so it is pickled with the
+        classifier: ``set_params(teacher=None)`` before saving keeps the file small.
+    distillation_weight : float, default=0.5
+        ``lambda``, the weight of the distillation term (0: ``teacher`` is not used).
+    distillation_temperature : float, default=1.0
+        ``T``, the softmax temperature of the distillation term.
     extractor : CNNFeatureExtractor or None, default=None
         ``None``: ``X`` holds features. Otherwise ``X`` holds images and this extractor's
         backbone, layers, pooling and preprocessing are used and fine-tuned.
@@ -244,6 +267,9 @@ class SoftmaxClassifier(BaseTorchClassifier):
         "between_weight": [Interval(Real, 0, None, closed="left")],
         "between_margin": [Interval(Real, 0, None, closed="left")],
         "kmax_weight_epochs": [Interval(Integral, 0, None, closed="left")],
+        "teacher": [None, HasMethods(["fit", "predict_proba"])],
+        "distillation_weight": [Interval(Real, 0, 1, closed="both")],
+        "distillation_temperature": [Interval(Real, 0, None, closed="neither")],
     }
 
     def __init__(
@@ -257,6 +283,9 @@ class SoftmaxClassifier(BaseTorchClassifier):
         between_weight=16.0,
         between_margin=0.75,
         kmax_weight_epochs=0,
+        teacher=None,
+        distillation_weight=0.5,
+        distillation_temperature=1.0,
         extractor=None,
         trainable_blocks="auto",
         augment=True,
@@ -293,6 +322,9 @@ class SoftmaxClassifier(BaseTorchClassifier):
         self.between_weight = between_weight
         self.between_margin = between_margin
         self.kmax_weight_epochs = kmax_weight_epochs
+        self.teacher = teacher
+        self.distillation_weight = distillation_weight
+        self.distillation_temperature = distillation_temperature
         self.extractor = extractor
         self.trainable_blocks = trainable_blocks
         self.augment = augment
@@ -352,14 +384,38 @@ class SoftmaxClassifier(BaseTorchClassifier):
     def _aux_param_groups(self, aux):
         return []  # the class means are buffers updated by eq. 6-7, not by the optimiser
 
+    def _fit_memo(self, X, y, sample_weight, classes):
+        """The teacher's softened log-probabilities of every training sample (rows in
+        sample order, columns in ``classes`` order), computed once per fit."""
+        if self.teacher is None or self.distillation_weight == 0:
+            return {}
+        teacher = self.teacher
+        try:
+            check_is_fitted(teacher)
+        except NotFittedError:  # fitted on a clone: the parameter stays as given
+            kwargs = {} if sample_weight is None else {"sample_weight": sample_weight}
+            teacher = clone(teacher).fit(X, y, **kwargs)
+        return {"teacher_log_proba": _teacher_log_proba(teacher, X, classes, self.distillation_temperature, len(y))}
+
     def _training_loss(self, ctx, batch):
+        x, t, w, rows = batch
         if ctx.aux is None:
-            return super()._training_loss(ctx, batch)
-        x, t, w, _ = batch
+            return self._supervised_loss(ctx, ctx.data.forward(ctx.net, x), t, w, rows)
         emb = ctx.net.head[0](ctx.data.features(ctx.net, x))  # the embedding layer's output
         keep = w > 0
         extra = ctx.aux(emb[keep], t[keep])
-        return self._loss(ctx.net.head[1:](emb), t, w) + self.embedding_loss_weight * extra  # eq. (1)
+        return self._supervised_loss(ctx, ctx.net.head[1:](emb), t, w, rows) + self.embedding_loss_weight * extra  # eq. (1)
+
+    def _supervised_loss(self, ctx, outputs, t, w, rows):
+        """The cross-entropy, or with a teacher ``(1 - lambda) L_CE + lambda L_KD``."""
+        ce = self._loss(outputs, t, w)
+        target = ctx.memo.get("teacher_log_proba")
+        if target is None:
+            return ce
+        lam = float(self.distillation_weight)
+        kd = distillation_loss(outputs, target[rows.to(target.device)].to(outputs.device), w,
+                               self.distillation_temperature)
+        return (1 - lam) * ce + lam * kd
 
     def _end_training(self, ctx):
         self.class_means_ = None if ctx.aux is None else ctx.aux.means.cpu().numpy().astype(np.float64)
@@ -374,3 +430,23 @@ class SoftmaxClassifier(BaseTorchClassifier):
             nn.Linear(self.embedding_dim, n_classes),
         )
 
+
+
+def _teacher_log_proba(teacher, X, classes, temperature, n_samples):
+    """``soften(teacher.predict_proba(X))`` with its columns in ``classes`` order; clear
+    errors for a teacher of other classes or with malformed probabilities."""
+    name = type(teacher).__name__
+    own = list(np.asarray(getattr(teacher, "classes_", [])).tolist())
+    wanted = list(np.asarray(classes).tolist())
+    if sorted(map(repr, own)) != sorted(map(repr, wanted)):
+        missing = [c for c in wanted if c not in own] or [c for c in own if c not in wanted]
+        raise ValueError(f"teacher={name} predicts {len(own)} classes and y has {len(wanted)}: distillation needs "
+                         f"the same classes (e.g. {missing[0]!r} is in one only).")
+    proba = np.asarray(teacher.predict_proba(X), dtype=np.float64)
+    if proba.shape != (n_samples, len(own)):
+        raise ValueError(f"teacher={name}.predict_proba returned shape {proba.shape}, expected "
+                         f"({n_samples}, {len(own)}): a row per sample, a column per class.")
+    if not np.isfinite(proba).all() or (proba < 0).any():
+        raise ValueError(f"teacher={name}.predict_proba returned negative or non-finite probabilities.")
+    proba = proba[:, [own.index(c) for c in wanted]]
+    return soften(torch.as_tensor(proba), temperature)
