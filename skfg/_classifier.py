@@ -554,9 +554,11 @@ class BaseTorchClassifier(TorchStateMixin, KnownLabelsScoreMixin, ClassifierMixi
             y_val = ctx.labels(val_idx)
             w_val = torch.as_tensor(ctx.sample_weight[val_idx], device=device)
 
-            def validate():
+            def score_split():
                 out = self._validation_outputs(ctx, val_idx)
                 return (out.argmax(1) == y_val).float().mean(), self._loss(out, y_val, w_val)
+
+            validate = score_split
 
         groups = [{"params": [p for p in net.head.parameters() if p.requires_grad], "lr_scale": 1.0}]
         if net.trunk is not None:

@@ -565,10 +565,12 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
         if val_idx is not None:
             x_val, t_val = inputs[val_idx], targets[val_idx].to(device)
 
-            def validate():
+            def score_split():
                 pred = torch.cat([student(prepare(x_val[i : i + 256])) for i in range(0, len(x_val), 256)])
                 loss = F.smooth_l1_loss(pred, t_val)
                 return -loss, loss
+
+            validate = score_split
 
         def set_train_mode():
             # BatchNorm keeps the teacher's running statistics (eval mode) while its scale
