@@ -169,7 +169,7 @@ def _graph(model):
 
 def _quantize_int8(path, images, batch_size=16):
     """Quantize the ONNX file ``path`` in place: static, QDQ, int8 weights per channel,
-    uint8 activations, MinMax ranges over uint8 ``images`` ``(n, 3, S, S)``."""
+    uint8 activations, MinMax ranges over uint8 ``images`` ``(n, 3, S, S)``; 7-bit weights."""
     import tempfile
 
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
@@ -196,9 +196,12 @@ def _quantize_int8(path, images, batch_size=16):
             node.name = node.name or f"skfg_node_{i}"
         onnx.save(proto, prepared)
         keep_float = [n.name for n in proto.graph.node if n.op_type == "Softmax" or set(n.output) & outputs]
+        # 7-bit weights (reduce_range): x86 CPUs without VNNI (AVX2 only) multiply u8 x s8 with
+        # VPMADDUBSW, which saturates with full-range weights (onnxruntime's quantization guide);
+        # the file may be served on one, so it is quantized for any
         quantize_static(prepared, path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep_float)
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep_float, reduce_range=True)
 
 
 def export_onnx(model, path, *, opset_version=OPSET, check=True, quantize=None, calibration=None):
