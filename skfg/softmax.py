@@ -439,9 +439,10 @@ def _teacher_log_proba(teacher, X, classes, temperature, n_samples):
     own = list(np.asarray(getattr(teacher, "classes_", [])).tolist())
     wanted = list(np.asarray(classes).tolist())
     if sorted(map(repr, own)) != sorted(map(repr, wanted)):
-        missing = [c for c in wanted if c not in own] or [c for c in own if c not in wanted]
+        missing = [c for c in wanted if repr(c) not in map(repr, own)] or \
+            [c for c in own if repr(c) not in map(repr, wanted)] or wanted
         raise ValueError(f"teacher={name} predicts {len(own)} classes and y has {len(wanted)}: distillation needs "
-                         f"the same classes (e.g. {missing[0]!r} is in one only).")
+                         f"the same classes, labels of the same type (e.g. {missing[0]!r} is in one only).")
     proba = np.asarray(teacher.predict_proba(X), dtype=np.float64)
     if proba.shape != (n_samples, len(own)):
         raise ValueError(f"teacher={name}.predict_proba returned shape {proba.shape}, expected "

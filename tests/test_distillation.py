@@ -118,6 +118,9 @@ def test_a_teacher_of_other_classes_is_refused_and_the_student_stays_unfitted(fe
     with pytest.raises(ValueError, match="teacher=LogisticRegression predicts 2 classes and y has 3.*'owl'"):
         clf.fit(X, y)
     assert not hasattr(clf, "classes_")
+    floats = LogisticRegression().fit(X, (y == "owl").astype(float))  # 0.0 / 1.0 against y's 0 / 1
+    with pytest.raises(ValueError, match="labels of the same type \\(e.g. 0 is in one only"):
+        student(teacher=floats).fit(X, (y == "owl").astype(int))
 
 
 def test_malformed_teacher_probabilities_are_refused(features):
