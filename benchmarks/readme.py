@@ -28,7 +28,7 @@ def main():
                                        "n_train": len(y_train), "n_test": len(y_test)}]},
                   rows, ("example", "test accuracy", "fit + score s"),
                   f"stanford_cars_a ({len(y_train)} train / {len(y_test)} test images, "
-                  f"{len(np.unique(y_train))} classes), EfficientNet-Lite0 at its default 160 px, 2 CPU cores.")
+                  f"{len(np.unique(y_train))} classes), EfficientNet-Lite0 at its default {CNNFeatureExtractor().image_size} px, 2 CPU cores.")
 
 
 if __name__ == "__main__":
