@@ -353,9 +353,10 @@ class BaseTorchClassifier(TorchStateMixin, KnownLabelsScoreMixin, ClassifierMixi
              "trunk_settings_ (the trained CNN is in module_).", FutureWarning)
         return clone(self.extractor)
 
-    def _signature(self, X, y, sample_weight):
-        """Identifies a training run for its checkpoints: the parameters and the training data
-        (the features' bytes or the images' content, labels, weights). Empty without checkpoints."""
+    def _signature(self, X, y, sample_weight, memo=None):
+        """Identifies a training run for its checkpoints: the parameters, the training data
+        (the features' bytes or the images' content, labels, weights) and what
+        :meth:`_fit_memo` computed (a teacher's predictions, say). Empty without checkpoints."""
         if self.checkpoint_dir is None:
             return ""
         params = {k: v for k, v in self.get_params(deep=False).items() if k not in ("verbose", "checkpoint_dir", "device")}
@@ -363,6 +364,8 @@ class BaseTorchClassifier(TorchStateMixin, KnownLabelsScoreMixin, ClassifierMixi
         h.update(X.fingerprint().encode() if isinstance(X, ImageSource) else np.ascontiguousarray(X).tobytes())
         h.update(np.ascontiguousarray(y).tobytes())
         h.update(np.ascontiguousarray(sample_weight).tobytes())
+        for key in sorted(memo or {}):
+            h.update(key.encode() + np.ascontiguousarray(torch.as_tensor(memo[key]).cpu().numpy()).tobytes())
         return f"{type(self).__name__}:{h.hexdigest()}"
 
     @atomic_fit
@@ -468,12 +471,7 @@ class BaseTorchClassifier(TorchStateMixin, KnownLabelsScoreMixin, ClassifierMixi
             net.mean.copy_(mean)
             net.scale.fill_(scale)
 
-        signature = self._signature(X, y_enc, sample_weight) + ("" if refit is None else ":refit")
-        if signature and memo:  # (a teacher's predictions, say: part of what the run trains on)
-            digest = hashlib.sha1()
-            for key in sorted(memo):
-                digest.update(key.encode() + np.ascontiguousarray(torch.as_tensor(memo[key]).cpu().numpy()).tobytes())
-            signature += ":memo:" + digest.hexdigest()
+        signature = self._signature(X, y_enc, sample_weight, memo) + ("" if refit is None else ":refit")
         if warm_digest is not None:  # a checkpoint resumes only the training that started from these weights
             signature += ":warm:" + warm_digest
         ctx = FitContext(net, data, y_enc, train_idx, val_idx, sample_weight, generator, device,

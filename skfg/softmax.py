@@ -436,18 +436,18 @@ def _teacher_log_proba(teacher, X, classes, temperature, n_samples):
     """``soften(teacher.predict_proba(X))`` with its columns in ``classes`` order; clear
     errors for a teacher of other classes or with malformed probabilities."""
     name = type(teacher).__name__
-    own = list(np.asarray(getattr(teacher, "classes_", [])).tolist())
-    wanted = list(np.asarray(classes).tolist())
-    if sorted(map(repr, own)) != sorted(map(repr, wanted)):
-        missing = [c for c in wanted if repr(c) not in map(repr, own)] or \
-            [c for c in own if repr(c) not in map(repr, wanted)] or wanted
+    # labels compared by repr, so that 0 and 0.0 (or "1" and 1) count as different classes
+    own = {repr(c): i for i, c in enumerate(np.asarray(getattr(teacher, "classes_", [])).tolist())}
+    wanted = [repr(c) for c in np.asarray(classes).tolist()]
+    if own.keys() != set(wanted):
+        missing = [k for k in wanted if k not in own] or [k for k in own if k not in wanted] or list(wanted)
         raise ValueError(f"teacher={name} predicts {len(own)} classes and y has {len(wanted)}: distillation needs "
-                         f"the same classes, labels of the same type (e.g. {missing[0]!r} is in one only).")
+                         f"the same classes, labels of the same type (e.g. {missing[0]} is in one only).")
     proba = np.asarray(teacher.predict_proba(X), dtype=np.float64)
     if proba.shape != (n_samples, len(own)):
         raise ValueError(f"teacher={name}.predict_proba returned shape {proba.shape}, expected "
                          f"({n_samples}, {len(own)}): a row per sample, a column per class.")
     if not np.isfinite(proba).all() or (proba < 0).any():
         raise ValueError(f"teacher={name}.predict_proba returned negative or non-finite probabilities.")
-    proba = proba[:, [own.index(c) for c in wanted]]
+    proba = proba[:, [own[k] for k in wanted]]
     return soften(torch.as_tensor(proba), temperature)
