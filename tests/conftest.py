@@ -24,6 +24,22 @@ def dataset_root(name):
     return root
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (the README's ``-n auto``), each worker gets its share of the cores.
+
+    Two workers that each run torch and faiss on every core of a 2-core machine are slower
+    than one; one thread each keeps both cores busy without oversubscribing them.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import faiss
+        import torch
+
+        threads = max(1, torch.get_num_threads() // workers)
+        torch.set_num_threads(threads)
+        faiss.omp_set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared_dataset():
     """``shared_dataset(name)`` -> root of a shared data set (see :func:`dataset_root`)."""
