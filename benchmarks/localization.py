@@ -17,7 +17,8 @@ Rows, per seed of ``--seeds`` (every estimator at its defaults):
   ``SoftmaxClassifier(extractor=CNNFeatureExtractor(), random_state=seed)`` fitted on the
   composite training images with class labels only (exactly the teacher that
   ``ObjectCropper(random_state=seed).fit(X, y)`` fits; fitted here first so that its
-  accuracy can be reported, then passed frozen), then the student. Test rates of boxes
+  accuracy can be reported, then passed frozen), then the student (its map joined by the
+  ImageNet backbone's, ``imagenet_map=True``, the default). Test rates of boxes
   with IoU >= 0.5 (paper Table 4) for the student and the teacher's own maps, at the
   default box rule and ``tau``, at the rule and ``tau`` that **val** boxes choose (from
   both rules and ``TAUS``), and for the paper's rule (every cell above ``tau``) at its
@@ -148,6 +149,7 @@ def main():
         cropper, fit_s[f"cropper_s{seed}"] = fitted(f"cropper_s{seed}", lambda: ObjectCropper(
             teacher=FrozenEstimator(teacher), random_state=seed, **quick).fit(Xtr))
         croppers.append(evaluate_cropper("ObjectCropper() (teacher fine-tuned on X, y)", seed, cropper, data, size))
+        print({k: croppers[-1][k] for k in SETTINGS}, flush=True)
         t = time.perf_counter()
         crops = [cropper.transform(X) for X in (Xtr, Xva, Xte)]
         fit_s[f"transform_s{seed}"] = time.perf_counter() - t

@@ -22,12 +22,24 @@ channel mean):
 - ``last scaled``, ``previous``, ``previous scaled``, ``last + previous``, and the
   pretrained teacher's ``last scaled`` alone and with the fine-tuned one's.
 
+With ``--set cars`` the same question on the car composites of ``localization.py``
+(``stanford_cars_a``'s cars feathered onto backgrounds disjoint between the splits,
+224 px, 98 classes): per seed the teacher that ``ObjectCropper().fit(X, y)`` trains there
+(``SoftmaxClassifier(extractor=CNNFeatureExtractor(), random_state=seed)`` on the
+composite training images; read from ``localization.py``'s ``--work`` folder when it is
+there, else fitted and saved in it) and the pretrained EfficientNet-Lite0, on every val
+and test composite at 448 px. Candidates: each teacher's ``"last"`` and
+``"last+previous"`` maps alone and the fine-tuned one's joined with the pretrained one's
+(sums of min-max normalised maps), at each ``tau`` of ``CAR_TAUS``.
+
     python benchmarks/teacher_maps.py --quick   # 1 seed, 8 classes
     python benchmarks/teacher_maps.py           # 3 seeds (about 10 minutes on 2 cores)
+    python benchmarks/teacher_maps.py --set cars --work /tmp/skfg_localization   # about 15 minutes with the teachers fitted
 """
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -92,6 +104,8 @@ def candidates(ft, pre):
         "last + previous": n(ft["last", False, False]) + n(ft["previous", False, False]),
         "pretrained last scaled": n(pre["last", True, False]),
         "fine-tuned + pretrained last scaled": n(ft["last", True, False]) + n(pre["last", True, False]),
+        "last + previous scaled, + pretrained last": n(ft["last+previous"]) + n(pre["last", False, False]),
+        "last + previous scaled, + pretrained last + previous scaled": n(ft["last+previous"]) + n(pre["last+previous"]),
     }
 
 
@@ -104,11 +118,138 @@ def rates(maps, X, boxes):
     return out
 
 
+CAR_TAUS = (0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def car_maps(teacher, X):
+    """``{"last", "last+previous"}`` -> ``(n, I, J)`` min-max normalised maps of the 224 px
+    composites ``X`` at 448 px, one teacher pass for both (``"last+previous"`` composed
+    from :func:`stage_maps` as ``_Teacher.heatmaps`` does; checked on the first batch)."""
+    tf, acc = eval_transform(TEACHER_SIZE, "squash"), {"last": [], "last+previous": []}
+    for start in range(0, len(X), 4):
+        batch = torch.stack([tf(Image.fromarray(x)) for x in X[start:start + 4]])
+        m = stage_maps(teacher, batch)
+        last, prev = m["last", False], m["previous", True]
+        if prev.shape[-2:] != last.shape[-2:]:
+            prev = torch.nn.functional.adaptive_avg_pool2d(prev[:, None], last.shape[-2:])[:, 0]
+        acc["last"].append(_minmax(last))
+        acc["last+previous"].append(_minmax(_minmax(last) + _minmax(prev)))
+        if start == 0:
+            for kind in acc:
+                own = _minmax(teacher.heatmaps(batch, kind))
+                assert torch.allclose(own, acc[kind][0], atol=1e-4), f"{kind}: not the cropper's own map"
+    return {k: torch.cat(v) for k, v in acc.items()}
+
+
+def car_candidates(ft, pre):
+    n = _minmax
+    return {
+        "last (teacher_map='last', the paper's)": ft["last"],
+        "last + previous scaled (teacher_map='last+previous')": ft["last+previous"],
+        "pretrained last": pre["last"],
+        "pretrained last + previous scaled": pre["last+previous"],
+        "fine-tuned + pretrained last": n(ft["last"] + pre["last"]),
+        "last + previous scaled, + pretrained last": n(ft["last+previous"] + pre["last"]),
+        "last + previous scaled, + pretrained last + previous scaled": n(ft["last+previous"] + pre["last+previous"]),
+    }
+
+
+def car_rates(maps, boxes, size):
+    out = {}
+    for tau in CAR_TAUS:
+        found = np.array([heatmap_to_box(m, (size, size), tau, True, True) for m in maps.numpy()])
+        out[str(tau)] = float(np.mean(box_iou(found, boxes) >= 0.5))
+    return out
+
+
+def cars_main(args):
+    """The ``--set cars`` run (see the module docstring)."""
+    import joblib
+
+    from localization import composite_split
+    from skfg.datasets import load_image_folder
+    from _common import DATA
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    classes = sorted(set(load_image_folder(DATA / "stanford_cars_a" / "train")[1]))
+    size = 224
+    parts = {"val": composite_split("val", classes, size), "test": composite_split("test", classes, size)}
+    pretrained = _resolve_teacher(None)
+    pre = {part: car_maps(pretrained, X) for part, (X, _, _) in parts.items()}
+    work = Path(args.work or "/tmp/skfg_localization")
+    work.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for seed in seeds:
+        path = work / f"teacher_s{seed}.joblib"
+        if path.exists():  # localization.py's teacher for this seed
+            clf = joblib.load(path)["model"]
+        else:
+            from localization import COMPOSITE
+            Xtr, ytr, _ = composite_split("train", classes, size)
+            t = time.perf_counter()
+            clf = SoftmaxClassifier(extractor=CNNFeatureExtractor(image_size=size), random_state=seed).fit(Xtr, ytr)
+            joblib.dump({"settings": {"n_classes": len(classes), "image_size": size, "n_train": len(ytr),
+                                      "composite": COMPOSITE}, "model": clf, "fit_s": time.perf_counter() - t}, path)
+        teacher = _resolve_teacher(clf)
+        run = {"seed": seed, "rates": {}}
+        for part, (X, _, boxes) in parts.items():
+            for name, maps in car_candidates(car_maps(teacher, X), pre[part]).items():
+                run["rates"].setdefault(name, {})[part] = car_rates(maps, boxes, size)
+        runs.append(run)
+        print(seed, {k: v["val"] for k, v in run["rates"].items()}, flush=True)
+    summary = summarise(runs)
+    rows = table_rows(summary)
+    write_results(
+        "teacher_maps_cars", {"image_size": size, "teacher_size": TEACHER_SIZE, "n_classes": len(classes),
+                              "seeds": seeds, "taus": list(CAR_TAUS), "summary": summary, "runs": runs},
+        rows, HEADER,
+        notes=(f"localization.py's car composites (stanford_cars_a on backgrounds disjoint between the splits), "
+               f"{size} px, {len(classes)} classes, val {len(parts['val'][1])} / test {len(parts['test'][1])} images. "
+               f"The teacher's own boxes (box='component', upsampled) from maps at {TEACHER_SIZE} px; share with "
+               f"IoU >= 0.5, mean over seeds {seeds}. The fine-tuned teacher: SoftmaxClassifier(extractor="
+               f"CNNFeatureExtractor(), random_state=seed) on the composite training images, what "
+               f"ObjectCropper().fit(X, y) trains there; the pretrained one: EfficientNet-Lite0's ImageNet weights. "
+               f"Joined maps: the sum of the min-max normalised maps. The val-best tau is chosen on the mean over "
+               f"seeds from {list(CAR_TAUS)}."),
+    )
+
+
+HEADER = ("teacher map", "val at tau 0.4, per seed", "val at 0.4", "test at 0.4", "val-best tau (mean)",
+          "val at it", "test at it")
+
+
+def summarise(runs):
+    """Per candidate: val and test at 0.4 and at the tau best on val's mean over seeds."""
+    summary = {}
+    for name in runs[0]["rates"]:
+        mean_val = {tau: np.mean([r["rates"][name]["val"][tau] for r in runs]) for tau in runs[0]["rates"][name]["val"]}
+        best = max(mean_val, key=lambda tau: (mean_val[tau], -abs(float(tau) - 0.4)))
+        cells = {}
+        for field, part, tau in (("val", "val", "0.4"), ("test", "test", "0.4"), ("val_best", "val", best),
+                                 ("test_at_val_best", "test", best)):
+            v = [r["rates"][name][part][tau] for r in runs]
+            mean, half = seed_interval(v)
+            cells[field] = {"mean": float(mean), "half_width": None if np.isnan(half) else float(half), "seeds": v}
+        summary[name] = {**cells, "val_best_tau": float(best)}
+    return summary
+
+
+def table_rows(summary):
+    return [(name, " / ".join(f"{100 * v:.0f}" for v in cell["val"]["seeds"]), f"{100 * cell['val']['mean']:.1f} %",
+             f"{100 * cell['test']['mean']:.1f} %", cell["val_best_tau"], f"{100 * cell['val_best']['mean']:.1f} %",
+             f"{100 * cell['test_at_val_best']['mean']:.1f} %") for name, cell in summary.items()]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--set", choices=("birds", "cars"), default="birds",
+                        help="the cartoon birds (default) or localization.py's car composites")
+    parser.add_argument("--work", default=None, help="--set cars: localization.py's --work folder (its teachers)")
     args = parser.parse_args()
+    if args.set == "cars":
+        return cars_main(args)
     seeds = [int(s) for s in args.seeds.split(",")][: 1 if args.quick else None]
     n_classes, n_train, n_val, n_test = (8, 12, 6, 8) if args.quick else (20, 30, 10, 20)
     Xva, _, bva = make_fine_grained(n_classes, n_val, image_size=SIZE, random_state=1000, return_boxes=True)
@@ -128,27 +269,13 @@ def main():
         runs.append(run)
         print(seed, {k: v["val"]["0.4"] for k, v in run["rates"].items()}, flush=True)
 
-    rows, summary = [], {}
-    for name in runs[0]["rates"]:
-        mean_val = {tau: np.mean([r["rates"][name]["val"][tau] for r in runs]) for tau in runs[0]["rates"][name]["val"]}
-        best = max(mean_val, key=lambda tau: (mean_val[tau], -abs(float(tau) - 0.4)))
-        cells = {}
-        for field, part, tau in (("val", "val", "0.4"), ("test", "test", "0.4"), ("val_best", "val", best),
-                                 ("test_at_val_best", "test", best)):
-            v = [r["rates"][name][part][tau] for r in runs]
-            mean, half = seed_interval(v)
-            cells[field] = {"mean": float(mean), "half_width": None if np.isnan(half) else float(half), "seeds": v}
-        summary[name] = {**cells, "val_best_tau": float(best)}
-        rows.append((name, " / ".join(f"{100 * v:.0f}" for v in cells["val"]["seeds"]),
-                     f"{100 * cells['val']['mean']:.1f} %", f"{100 * cells['test']['mean']:.1f} %", best,
-                     f"{100 * cells['val_best']['mean']:.1f} %", f"{100 * cells['test_at_val_best']['mean']:.1f} %"))
+    summary = summarise(runs)
+    rows = table_rows(summary)
     write_results(
         "teacher_maps" + ("_quick" if args.quick else ""),
         {"image_size": SIZE, "teacher_size": TEACHER_SIZE, "n_classes": n_classes, "seeds": seeds,
          "taus": list(TAUS), "summary": summary, "runs": runs},
-        rows,
-        ("teacher map", "val at tau 0.4, per seed", "val at 0.4", "test at 0.4", "val-best tau (mean)",
-         "val at it", "test at it"),
+        rows, HEADER,
         notes=(f"make_fine_grained cartoon birds, {SIZE} px, {n_classes} classes, {n_train} training images a class "
                f"(the seed's draw); val {n_val} and test {n_test} a class (fixed draws). The teacher's own boxes "
                f"(box='component', upsampled) from maps at {TEACHER_SIZE} px; share with IoU >= 0.5, mean over seeds "

@@ -4,10 +4,11 @@ A CNN (the teacher) sees each training image; the mean over the channels of its 
 stage (by default joined by the stage before's, ``teacher_map``) is a heat map of the
 object. A tiny network (the teacher's first stages, 64 x 64
 input) learns to predict it; its map, thresholded at ``tau``, gives the box. By default
-``fit(X, y)`` first fine-tunes the teacher on the labelled images (the paper's setting);
-``teacher=None`` is the pretrained ImageNet network, no labels needed.
+``fit(X, y)`` first fine-tunes the teacher on the labelled images (the paper's setting)
+and joins the pretrained ImageNet network's map to the teacher's (``imagenet_map``);
+``teacher=None`` is the pretrained ImageNet network alone, no labels needed.
 
-Runs in about two minutes on a 2-core CPU.
+Runs in a few minutes on a 2-core CPU.
 """
 
 import time
