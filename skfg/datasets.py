@@ -328,8 +328,8 @@ def make_flower_scenes(n, random_state=None, height=96, width=144):
     Each scene is a :func:`make_fine_grained` image (a cartoon bird and clutter) stretched
     to ``width x height``, with the dahlia of scikit-learn's ``flower.jpg`` pasted at a
     random place and size (48-72 px a side, mirrored half the time). The pretrained
-    ImageNet teacher of :class:`skfg.ObjectCropper` finds such a photographed object,
-    where it does not find the cartoon birds.
+    ImageNet teacher of :class:`skfg.ObjectCropper` finds such a photographed object
+    more easily than the cartoon birds.
 
     Parameters
     ----------

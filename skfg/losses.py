@@ -424,14 +424,10 @@ def multi_exit_loss(logits, targets, weights, loss, *, exit_weights=None, distil
         raise ValueError(f"exit_weights must be {n_exits} non-negative numbers (one per exit, not all 0), got {exit_weights!r}.")
     total = sum(a[m] * loss(logits[:, m], targets, weights) for m in range(n_exits) if a[m])
     if distillation:
-        t = float(temperature)
-        teacher = F.log_softmax(logits[:, -1].detach().float() / t, dim=1)
-        w = weights / weights.sum().clamp_min(1e-12)
+        teacher = F.log_softmax(logits[:, -1].detach().float() / float(temperature), dim=1)
         for m in range(n_exits - 1):
             if a[m]:
-                student = F.log_softmax(logits[:, m].float() / t, dim=1)
-                kl = F.kl_div(student, teacher, log_target=True, reduction="none").sum(1)
-                total = total + distillation * a[m] * t * t * (kl * w).sum()
+                total = total + distillation * a[m] * distillation_loss(logits[:, m], teacher, weights, temperature)
     return total
 
 

@@ -440,7 +440,7 @@ def _teacher_log_proba(teacher, X, classes, temperature, n_samples):
     own = {repr(c): i for i, c in enumerate(np.asarray(getattr(teacher, "classes_", [])).tolist())}
     wanted = [repr(c) for c in np.asarray(classes).tolist()]
     if own.keys() != set(wanted):
-        missing = [k for k in wanted if k not in own] or [k for k in own if k not in wanted] or list(wanted)
+        missing = [k for k in wanted if k not in own] or [k for k in own if k not in wanted]
         raise ValueError(f"teacher={name} predicts {len(own)} classes and y has {len(wanted)}: distillation needs "
                          f"the same classes, labels of the same type (e.g. {missing[0]} is in one only).")
     proba = np.asarray(teacher.predict_proba(X), dtype=np.float64)

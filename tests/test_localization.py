@@ -415,29 +415,44 @@ def test_auto_teacher_of_a_small_set_keeps_its_held_out_tenth():
     assert _teacher_to_fit(None, 0, "cpu", False, 10) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="measured with the defaults imagenet_map=True, tau=0.5 (chosen on the cars composites' and the "
-    "cartoon birds' val): on this small 96 px set the default's boxes hit 64.6 % and the pretrained "
-    "teacher's, which tau=0.5 also helps, 68.8 % (with tau=0.4 and the teacher's map alone: 62 vs 38 %). "
-    "Open in issue 48: benchmarks/cropper_default.py re-measures both on the 128 px set.",
-)
-def test_default_cropper_fine_tunes_its_teacher_and_beats_the_pretrained_one():
-    """``ObjectCropper().fit(X, y)`` from its defaults: the teacher is
-    ``SoftmaxClassifier(extractor=CNNFeatureExtractor())`` fine-tuned with the recipe on
-    the labelled images (the paper's setting), and its student's boxes find the cartoon
-    birds that the pretrained teacher's never find (benchmarks/cropper_default.py
-    measures it on more images)."""
+@pytest.fixture(scope="module")
+def birds_default_and_pretrained():
+    """``ObjectCropper().fit(X, y)`` and ``ObjectCropper(None).fit(X)`` on a small cartoon-bird
+    set, with the IoU >= 0.5 rates of their boxes on another draw."""
     X, y = make_fine_grained(n_classes=8, n_per_class=15, image_size=96, random_state=0)
     X_test, _, truth = make_fine_grained(n_classes=8, n_per_class=6, image_size=96, random_state=1, return_boxes=True)
     crop = ObjectCropper(random_state=0).fit(X, y)
-    assert crop.teacher_fitted_ and crop.teacher_size_ == 448 and crop.heatmap_shape_ == (14, 14)
     pretrained = ObjectCropper(None, random_state=0).fit(X)
-    hit = np.mean(box_iou(crop.predict_boxes(X_test), truth) >= 0.5)
-    hit_pretrained = np.mean(box_iou(pretrained.predict_boxes(X_test), truth) >= 0.5)
-    # measured: 62 % run alone vs 38 % (46 vs 23 % with teacher_map="last", the paper's map)
-    assert hit > 0.3 and hit >= hit_pretrained + 0.08, (hit, hit_pretrained)
+    hits = [np.mean(box_iou(c.predict_boxes(X_test), truth) >= 0.5) for c in (crop, pretrained)]
+    return crop, pretrained, *hits
+
+
+def test_default_cropper_fine_tunes_its_teacher(birds_default_and_pretrained):
+    """``ObjectCropper().fit(X, y)`` from its defaults: the teacher is
+    ``SoftmaxClassifier(extractor=CNNFeatureExtractor())`` fine-tuned with the recipe on
+    the labelled images (the paper's setting), joined by the pretrained network's map, and
+    its student finds most birds of another draw."""
+    crop, pretrained, hit, _ = birds_default_and_pretrained
+    assert crop.teacher_fitted_ and crop.imagenet_map_ and crop.teacher_size_ == 448
+    assert crop.heatmap_shape_ == (14, 14)
+    assert not pretrained.teacher_fitted_ and not pretrained.imagenet_map_
+    assert hit > 0.5, hit  # measured: 64.6 %
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="open in issue 48: at the defaults (imagenet_map=True, tau=0.5) the default's boxes beat the "
+    "pretrained teacher's on every seed of benchmarks/cropper_default.py (600 training images: 85.2 vs "
+    "68.8 %), but not reliably on a set this small (measured here: 64.6 vs 68.8 %; on other small draws "
+    "at 128 px, 120 images: 75.0 vs 60.4 and 52.1 vs 72.9 %; 240 images: 65.0 vs 75.0 and 71.7 vs "
+    "75.0 %): a teacher fine-tuned on a hundred or two images is weak.",
+)
+def test_default_cropper_beats_the_pretrained_teacher(birds_default_and_pretrained):
+    """The issue's required comparison, on the unit test's small set (the benchmark measures it
+    on 600 images)."""
+    _, _, hit, hit_pretrained = birds_default_and_pretrained
+    assert hit >= hit_pretrained + 0.08, (hit, hit_pretrained)
 
 
 def test_failed_fit_leaves_no_half_fitted_model(small, tmp_path):
