@@ -2,10 +2,10 @@
 
 elope.txt section 5: the mean over the channels of the last convolutional layer of a
 trained classification model is a heat map of the object (by default joined by the
-stage before's, ``teacher_map``, and by the ImageNet backbone's map, ``imagenet_map``). A small network made of the
-first layers of that model, fed a 64 x 64 version of the image, learns to predict that
-map (smooth L1 loss, the model frozen); the box is the smallest rectangle around the
-pixels of the min-max normalised map that exceed ``tau``.
+stage before's, ``teacher_map``, and by the ImageNet backbone's map, ``imagenet_map``).
+A small network made of the first layers of that model, fed a 64 x 64 version of the
+image, learns to predict that map (smooth L1 loss, the model frozen); the box is the
+smallest rectangle around the pixels of the min-max normalised map that exceed ``tau``.
 """
 
 import copy
@@ -372,11 +372,12 @@ class ObjectCropper(TorchStateMixin, TransformerMixin, BaseEstimator):
     ``ValueError`` if its weights differ from the ones the student learned from.
 
     The paper's teacher is the fine-tuned classifier, and it is the default: with labels,
-    ``fit`` trains one (and joins the pretrained network's map to it, ``imagenet_map``). A pretrained-only teacher (``None``) highlights whatever ImageNet
-    features fire on: on the cartoon birds of :func:`skfg.datasets.make_fine_grained` its
-    student's boxes are at least as good as those of a fine-tuned teacher's map alone and
-    behind the default's joined map (on 600 training images), while on cars pasted
-    onto many photographs and textures, at the ``tau`` val chooses for each, it does better
+    ``fit`` trains one (and joins the pretrained network's map to it, ``imagenet_map``).
+    A pretrained-only teacher (``None``) highlights whatever ImageNet features fire on:
+    on the cartoon birds of :func:`skfg.datasets.make_fine_grained` its student's boxes
+    are at least as good as those of a fine-tuned teacher's map alone and behind the
+    default's joined map (on 600 training images), while on cars pasted onto many
+    photographs and textures, at the ``tau`` val chooses for each, it does better
     than a teacher that classifies those composites poorly (``docs/localization.rst`` has
     the measured numbers). A few val images with boxes settle which teacher and ``tau``
     suit your data.
