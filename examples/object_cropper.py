@@ -75,11 +75,12 @@ for name, cropper in (("fine-tuned teacher (default)", bird_crop),
 print(f"  whole image: mean IoU {box_iou([0, 0, 96, 96], truth).mean():.2f}")
 
 # 3. In a Pipeline, before the feature extractor: crops of any size go straight in. The
-#    Pipeline passes y to the cropper's fit, which would fine-tune a teacher again; a
-#    classifier already fitted is passed frozen instead (clone keeps it fitted).
-teacher = SoftmaxClassifier(extractor=CNNFeatureExtractor(), random_state=0).fit(X, y)
+#    Pipeline passes y to the cropper's fit, which would fine-tune a teacher again; the
+#    cropper fitted above is passed frozen instead (sklearn.frozen.FrozenEstimator: fit does
+#    nothing, clone keeps it fitted). A classifier you fitted yourself is passed the same way
+#    as the teacher: ObjectCropper(FrozenEstimator(classifier)).
 pipe = Pipeline([
-    ("crop", ObjectCropper(FrozenEstimator(teacher), random_state=0)),
+    ("crop", FrozenEstimator(bird_crop)),
     ("cnn", CNNFeatureExtractor(image_size=96)),
     ("clf", SoftmaxClassifier(max_epochs=40, random_state=0)),
 ]).fit(X, y)
