@@ -415,67 +415,6 @@ def test_auto_teacher_of_a_small_set_keeps_its_held_out_tenth():
     assert _teacher_to_fit(None, 0, "cpu", False, 10) is None
 
 
-def test_default_cropper_fits_its_teacher_from_x_and_y():
-    """``ObjectCropper().fit(X, y)`` without a teacher (a small, fast case) fine-tunes
-    ``SoftmaxClassifier(extractor=CNNFeatureExtractor(), validation_fraction=0.1)`` on the
-    labelled images (the paper's setting) and joins the pretrained network's map: its student
-    is bit-identical to one learned from that classifier fitted first and passed frozen (how
-    ``benchmarks/cropper_default.py`` and the next fixture fit it, to share the teacher)."""
-    X, y = make_fine_grained(n_classes=4, n_per_class=8, image_size=64, random_state=0)
-    crop = ObjectCropper(max_epochs=2, random_state=0).fit(X, y)
-    assert crop.teacher_fitted_ and crop.imagenet_map_ and crop.teacher_size_ == 448
-    assert crop.heatmap_shape_ == (14, 14)
-    teacher = SoftmaxClassifier(extractor=CNNFeatureExtractor(), validation_fraction=0.1, random_state=0).fit(X, y)
-    given = ObjectCropper(FrozenEstimator(teacher), max_epochs=2, random_state=0).fit(X)
-    assert not given.teacher_fitted_ and given.imagenet_map_
-    for a, b in zip(crop.student_.state_dict().values(), given.student_.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-
-
-@pytest.fixture(scope="module")
-def birds_teacher_croppers():
-    """The setting of ``benchmarks/cropper_default.py``'s seed 0: 600 cartoon birds of 20
-    classes at 128 px, its auto teacher (what ``ObjectCropper().fit(X, y)`` fits, test above)
-    and three croppers: the default, the paper's map of the same teacher, and the pretrained
-    teacher (``ObjectCropper(None).fit(X)``); with the IoU >= 0.5 rates of each one's student
-    and teacher boxes on the benchmark's val draw (200 images), at the default ``tau``."""
-    X, y = make_fine_grained(n_classes=20, n_per_class=30, image_size=128, random_state=0)
-    X_val, _, truth = make_fine_grained(n_classes=20, n_per_class=10, image_size=128, random_state=1000,
-                                        return_boxes=True)
-    teacher = SoftmaxClassifier(extractor=CNNFeatureExtractor(), validation_fraction=0.1, random_state=0).fit(X, y)
-    croppers = {
-        "default": ObjectCropper(FrozenEstimator(teacher), random_state=0).fit(X),
-        "paper_map": ObjectCropper(FrozenEstimator(teacher), teacher_map="last", imagenet_map=False,
-                                   random_state=0).fit(X),
-        "pretrained": ObjectCropper(None, random_state=0).fit(X),
-    }
-    hits = {(name, source): np.mean(box_iou(crop.predict_boxes(X_val, source=source), truth) >= 0.5)
-            for name, crop in croppers.items() for source in ("student", "teacher")}
-    return croppers, hits
-
-
-def test_default_cropper_beats_the_pretrained_teacher(birds_teacher_croppers):
-    """The default's boxes (a teacher fine-tuned on the birds, joined by the pretrained map)
-    beat the pretrained teacher's. Measured (benchmarks/cropper_default.py, val, seeds 0/1/2):
-    89.0 / 91.0 / 78.5 % against 69.5 / 72.5 / 68.0 %. On sets of 100-240 images the order
-    flips by draw (a teacher fine-tuned on so few is weak), hence this set's size."""
-    croppers, hits = birds_teacher_croppers
-    assert not croppers["pretrained"].teacher_fitted_ and not croppers["pretrained"].imagenet_map_
-    assert hits["default", "student"] > 0.7, hits
-    assert hits["default", "student"] >= hits["pretrained", "student"] + 0.08, hits
-
-
-def test_student_beats_its_teacher_on_the_synthetic_bird(birds_teacher_croppers):
-    """Table 4: the student's boxes beat its teacher's own maps', for the default's joined
-    map and for the paper's map (``teacher_map="last"``) of the same fine-tuned teacher.
-    Measured (val, seeds 0/1/2): default 89.0 / 91.0 / 78.5 % against 73.0 / 72.0 / 63.5 %;
-    paper's map 61.5 / 76.5 / 26.5 % against 36.5 / 43.5 / 11.5 % (the paper: 68.9 vs 58.6 %
-    on CUB)."""
-    _, hits = birds_teacher_croppers
-    for name in ("default", "paper_map"):
-        assert hits[name, "student"] >= hits[name, "teacher"] + 0.1, (name, hits)
-
-
 def test_failed_fit_leaves_no_half_fitted_model(small, tmp_path):
     X, crop = small
     broken = tmp_path / "broken.png"
