@@ -474,7 +474,7 @@ def test_default_teacher_and_student_find_a_real_object():
     reason="measured: the ImageNet teacher's channel mean does not find the cartoon bird of "
     "make_fine_grained (0 % IoU >= 0.5 for teacher and student at tau 0.3-0.5; boxes cover "
     "nearly the whole image). With a teacher fine-tuned on the birds see "
-    "test_default_cropper_beats_the_pretrained_teacher.",
+    "tests/test_cropper_default.py.",
 )
 def test_pretrained_teacher_localises_the_synthetic_bird():
     X, _ = make_fine_grained(n_classes=10, n_per_class=10, image_size=128, random_state=0)
