@@ -13,12 +13,20 @@ later: a result file re-run in full is fresh and is left out of the next plan, a
 commands of a file filled over several runs are counted off in
 ``benchmarks/results/sweep_state.json`` (committed with the results), so a sweep resumes
 with the next command, not from the first.
+
+A file filled over several runs grows in ``benchmarks/results/partial/`` (committed too)
+until its last command: each command finds it in ``results/`` while it runs (so that its
+``--merge`` adds to it) and the committed file, whose numbers the docs quote, is put back
+after each one but the last, whose file replaces it. The docs never quote a file half
+re-run (a row missing, new seeds beside old ones), and a re-run can span sessions. A run
+cut short (the machine taken back) is undone at the next start (:func:`recover`).
 """
 
 import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -28,8 +36,11 @@ from pathlib import Path
 import status
 
 REPO = status.REPO
+RESULTS = status.RESULTS
+PARTIAL = RESULTS / "partial"  # a file filled over several runs, between its commands
 STATE = status.RESULTS / "sweep_state.json"
 LOGS = REPO / "benchmarks" / "logs"
+SUFFIXES = (".json", ".md")
 
 
 def _minutes(started, finished):
@@ -72,6 +83,49 @@ def plan(only=None, results_dir=status.RESULTS, repo=REPO, state=None):
     return out
 
 
+def recover():
+    """Put back the committed file of a run cut short between :func:`run`'s swap and its
+    restore (``partial/<name>.committed.*`` left behind); return the names recovered."""
+    found = sorted({p.name.split(".committed")[0] for p in PARTIAL.glob("*.committed.*")}) if PARTIAL.is_dir() else []
+    for name in found:
+        for suffix in SUFFIXES:
+            kept = PARTIAL / f"{name}.committed{suffix}"
+            if kept.is_file():
+                os.replace(kept, RESULTS / f"{name}{suffix}")
+    return found
+
+
+def _before(name, k):
+    """Before command ``k`` of a file filled over several runs: keep the committed file in
+    ``partial/`` and put the file grown so far (commands ``0..k-1``) where the script reads it."""
+    PARTIAL.mkdir(parents=True, exist_ok=True)
+    for suffix in SUFFIXES:
+        if (RESULTS / f"{name}{suffix}").is_file():
+            shutil.copyfile(RESULTS / f"{name}{suffix}", PARTIAL / f"{name}.committed{suffix}")
+        if k and (PARTIAL / f"{name}{suffix}").is_file():
+            shutil.copyfile(PARTIAL / f"{name}{suffix}", RESULTS / f"{name}{suffix}")
+
+
+def _after(name, ok, last):
+    """After a command: the file it wrote grows on in ``partial/`` (``ok``) and the committed
+    one goes back, or, after the ``last`` command, the grown file stays and ``partial/`` is
+    cleared of it."""
+    for suffix in SUFFIXES:
+        written, kept, grown = RESULTS / f"{name}{suffix}", PARTIAL / f"{name}.committed{suffix}", PARTIAL / f"{name}{suffix}"
+        if ok and last:
+            kept.unlink(missing_ok=True)
+            grown.unlink(missing_ok=True)
+            continue
+        if ok and written.is_file():
+            os.replace(written, grown)
+        if kept.is_file():
+            os.replace(kept, written)
+        elif not ok:  # a new result: nothing was committed, and a failed run's file is not kept
+            written.unlink(missing_ok=True)
+    if PARTIAL.is_dir() and not any(PARTIAL.iterdir()):
+        PARTIAL.rmdir()
+
+
 def _busy():
     """The 1-minute load average when another job is running (above 0.5 on this machine's cores)."""
     try:
@@ -90,7 +144,7 @@ def run(name, commands, budget_s=None, started=None):
         _save_state(state)
     LOGS.mkdir(exist_ok=True)
     finished = 0
-    for command, minutes in commands:
+    for i, (command, minutes) in enumerate(commands):
         if budget_s is not None and minutes is not None and time.monotonic() - started + 60 * minutes > budget_s:
             print(f"  stop: {command!r} took {minutes:.0f} min last time, more than the budget left", flush=True)
             break
@@ -99,10 +153,21 @@ def run(name, commands, budget_s=None, started=None):
             argv[0] = sys.executable
         print(f"  run: {command}", flush=True)
         t0 = time.monotonic()
-        with open(LOGS / f"{name}.log", "a") as log:
-            log.write(f"\n=== {datetime.now():%Y-%m-%d %H:%M} {command}\n")
-            log.flush()
-            code = subprocess.run(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+        k = state[name]["done"] if counted else 0
+        last = not counted or k + 1 >= len(state[name]["commands"])
+        if counted:
+            _before(name, k)
+        try:
+            with open(LOGS / f"{name}.log", "a") as log:
+                log.write(f"\n=== {datetime.now():%Y-%m-%d %H:%M} {command}\n")
+                log.flush()
+                code = subprocess.run(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+        except BaseException:  # Ctrl-C: the committed file goes back, the command is not counted
+            if counted:
+                _after(name, False, last)
+            raise
+        if counted:
+            _after(name, code == 0, last)
         print(f"  exit {code} after {(time.monotonic() - t0) / 60:.1f} min (log: {LOGS.relative_to(REPO)}/{name}.log)",
               flush=True)
         if code != 0:
@@ -122,6 +187,8 @@ def main(argv=None):
     parser.add_argument("--only", help="comma-separated result names (e.g. recipe,export)")
     parser.add_argument("--budget-minutes", type=float, help="start no command that would end past this budget")
     args = parser.parse_args(argv)
+    for name in recover():
+        print(f"{name}: a run cut short was undone (the committed file is back; its command runs again)")
     todo = plan(args.only.split(",") if args.only else None)
     total = sum(m or 0 for _, commands in todo for _, m in commands)
     unknown = sum(m is None for _, commands in todo for _, m in commands)

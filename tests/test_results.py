@@ -540,6 +540,50 @@ def test_the_sweep_plans_headline_files_first_and_resumes_a_file_of_several_runs
     assert status.order(["x_quick", "scale", "recipe", "b"]) == ["recipe", "scale", "b", "x_quick"]
 
 
+def test_a_file_filled_over_several_runs_replaces_the_committed_one_only_after_its_last_command(tmp_path,
+                                                                                               monkeypatch):
+    """Between the commands of a file re-run over several, the committed file (the one the
+    docs quote) stays in results/ and the grown one waits in results/partial/; each
+    command finds the grown one where it reads (--merge), and the last one's file replaces
+    the committed one. A run cut short is undone at the next start."""
+    import sweep
+
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    for attr, value in (("RESULTS", results), ("PARTIAL", results / "partial"), ("STATE", results / "state.json"),
+                        ("LOGS", tmp_path / "logs"), ("REPO", tmp_path)):
+        monkeypatch.setattr(sweep, attr, value)
+    (tmp_path / "fake.py").write_text(  # a benchmark: writes its row, after the file's rows with --merge
+        "import json, pathlib, sys\n"
+        "p = pathlib.Path('benchmarks/results/m.json')\n"
+        "rows = json.loads(p.read_text())['rows'] if '--merge' in sys.argv else []\n"
+        "p.write_text(json.dumps({'rows': rows + [sys.argv[1]]}))\n"
+        "p.with_suffix('.md').write_text(' '.join(rows + [sys.argv[1]]))\n")
+    committed = json.dumps({"rows": ["old"]})
+    (results / "m.json").write_text(committed)
+    (results / "m.md").write_text("old")
+    rows = lambda path: json.loads(path.read_text())["rows"]  # noqa: E731
+    commands = [("python fake.py a", 0.01), ("python fake.py b --merge", 0.01), ("python fake.py c --merge", 30.0)]
+    # two of the three commands, then the budget stops it: the committed file is untouched
+    assert sweep.run("m", commands, budget_s=60, started=__import__("time").monotonic()) == 2
+    assert (results / "m.json").read_text() == committed and (results / "m.md").read_text() == "old"
+    assert rows(results / "partial" / "m.json") == ["a", "b"] and (results / "partial" / "m.md").read_text() == "a b"
+    assert sorted(p.name for p in (results / "partial").iterdir()) == ["m.json", "m.md"]
+    assert json.loads((results / "state.json").read_text())["m"]["done"] == 2
+    # a run cut short while the grown file stood in results/: undone at the next start
+    sweep._before("m", 2)
+    assert rows(results / "m.json") == ["a", "b"]
+    assert sweep.recover() == ["m"] and (results / "m.json").read_text() == committed
+    assert not list((results / "partial").glob("*.committed*"))
+    # a failing command leaves both files as they were
+    assert sweep.run("m", [("python -c 'raise SystemExit(2)'", 0.01)]) == 0
+    assert (results / "m.json").read_text() == committed and rows(results / "partial" / "m.json") == ["a", "b"]
+    # the last command: its file (every row) replaces the committed one, partial/ and the state are cleared
+    assert sweep.run("m", [commands[2]]) == 1
+    assert rows(results / "m.json") == ["a", "b", "c"] and (results / "m.md").read_text() == "a b c"
+    assert not (results / "partial").exists() and not (results / "state.json").exists()
+
+
 def test_a_stamp_records_the_benchmark_code_the_libraries_and_the_data(tmp_path):
     import _common
 
