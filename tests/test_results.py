@@ -584,6 +584,31 @@ def test_a_file_filled_over_several_runs_replaces_the_committed_one_only_after_i
     assert not (results / "partial").exists() and not (results / "state.json").exists()
 
 
+def test_a_resumed_benchmark_run_reuses_its_parts_only_on_the_same_code_and_keeps_their_trace(tmp_path,
+                                                                                               monkeypatch):
+    """``imprinting.py --e2e --resume``: the parts an earlier process finished come back, with
+    the skfg code they ran added to this process's trace (the stamp covers every part); parts
+    from other settings or other skfg code are refused."""
+    import _common
+    import imprinting
+
+    ran = imprinting._Code(str(_common.REPO / "skfg" / "softmax.py"), "SoftmaxClassifier.fit")
+    monkeypatch.setattr(_common.TRACER, "seen", {ran})
+    imprinting.Parts(tmp_path, {"epochs": 3}, resume=False).put("base", [0.5, 1])
+    monkeypatch.setattr(_common.TRACER, "seen", set())  # a new process
+    again = imprinting.Parts(tmp_path, {"epochs": 3}, resume=True)
+    assert again.get("base") == [0.5, 1] and _common.TRACER.seen == {ran}
+    assert _common.TRACER.executed([_common.REPO / "skfg" / "softmax.py"]) == {
+        _common.REPO / "skfg" / "softmax.py": {"SoftmaxClassifier.fit"}}
+    assert imprinting.Parts(tmp_path, {"epochs": 3}, resume=False).get("base") is None  # a fresh run
+    imprinting.Parts(tmp_path, {"epochs": 3}, resume=False).put("base", 1)
+    with pytest.raises(SystemExit, match="other epochs"):
+        imprinting.Parts(tmp_path, {"epochs": 4}, resume=True)
+    monkeypatch.setattr(imprinting, "skfg_fingerprint", lambda: "other code")
+    with pytest.raises(SystemExit, match="other skfg"):
+        imprinting.Parts(tmp_path, {"epochs": 3}, resume=True)
+
+
 def test_a_stamp_records_the_benchmark_code_the_libraries_and_the_data(tmp_path):
     import _common
 
