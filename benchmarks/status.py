@@ -95,6 +95,15 @@ def render(results_dir=RESULTS, repo=REPO):
                          f"{stamp.get('date', '?')} | {_shorten(stale[name], 6)} | {commands} |")
     else:
         lines.append("Every stamped result is fresh.")
+    state_file = Path(results_dir) / "sweep_state.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    if state:  # a file re-run over several commands, part-way (benchmarks/sweep.py)
+        lines += ["", "Re-run part-way (`python benchmarks/sweep.py` goes on with the next command; what the "
+                  "finished ones wrote waits in `results/partial/`, the file above stays as committed until "
+                  "the last):", ""]
+        for name, part in state.items():
+            lines.append(f"- {name}: {part['done']} of {len(part['commands'])} commands done, next "
+                         f"`{part['commands'][part['done']][0]}`")
     return "\n".join(lines) + "\n", stale
 
 

@@ -546,11 +546,13 @@ def test_a_file_filled_over_several_runs_replaces_the_committed_one_only_after_i
     docs quote) stays in results/ and the grown one waits in results/partial/; each
     command finds the grown one where it reads (--merge), and the last one's file replaces
     the committed one. A run cut short is undone at the next start."""
+    import status
     import sweep
 
     results = tmp_path / "benchmarks" / "results"
     results.mkdir(parents=True)
-    for attr, value in (("RESULTS", results), ("PARTIAL", results / "partial"), ("STATE", results / "state.json"),
+    for attr, value in (("RESULTS", results), ("PARTIAL", results / "partial"),
+                        ("STATE", results / "sweep_state.json"),
                         ("LOGS", tmp_path / "logs"), ("REPO", tmp_path)):
         monkeypatch.setattr(sweep, attr, value)
     (tmp_path / "fake.py").write_text(  # a benchmark: writes its row, after the file's rows with --merge
@@ -569,7 +571,8 @@ def test_a_file_filled_over_several_runs_replaces_the_committed_one_only_after_i
     assert (results / "m.json").read_text() == committed and (results / "m.md").read_text() == "old"
     assert rows(results / "partial" / "m.json") == ["a", "b"] and (results / "partial" / "m.md").read_text() == "a b"
     assert sorted(p.name for p in (results / "partial").iterdir()) == ["m.json", "m.md"]
-    assert json.loads((results / "state.json").read_text())["m"]["done"] == 2
+    assert json.loads((results / "sweep_state.json").read_text())["m"]["done"] == 2
+    assert "- m: 2 of 3 commands done, next `python fake.py c --merge`" in status.render(results, tmp_path)[0]
     # a run cut short while the grown file stood in results/: undone at the next start
     sweep._before("m", 2)
     assert rows(results / "m.json") == ["a", "b"]
@@ -581,7 +584,7 @@ def test_a_file_filled_over_several_runs_replaces_the_committed_one_only_after_i
     # the last command: its file (every row) replaces the committed one, partial/ and the state are cleared
     assert sweep.run("m", [commands[2]]) == 1
     assert rows(results / "m.json") == ["a", "b", "c"] and (results / "m.md").read_text() == "a b c"
-    assert not (results / "partial").exists() and not (results / "state.json").exists()
+    assert not (results / "partial").exists() and not (results / "sweep_state.json").exists()
 
 
 def test_a_resumed_benchmark_run_reuses_its_parts_only_on_the_same_code_and_keeps_their_trace(tmp_path,
