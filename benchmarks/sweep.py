@@ -144,7 +144,7 @@ def run(name, commands, budget_s=None, started=None):
         _save_state(state)
     LOGS.mkdir(exist_ok=True)
     finished = 0
-    for i, (command, minutes) in enumerate(commands):
+    for command, minutes in commands:
         if budget_s is not None and minutes is not None and time.monotonic() - started + 60 * minutes > budget_s:
             print(f"  stop: {command!r} took {minutes:.0f} min last time, more than the budget left", flush=True)
             break
