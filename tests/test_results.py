@@ -7,6 +7,7 @@ import ast
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -585,6 +586,54 @@ def test_a_file_filled_over_several_runs_replaces_the_committed_one_only_after_i
     assert sweep.run("m", [commands[2]]) == 1
     assert rows(results / "m.json") == ["a", "b", "c"] and (results / "m.md").read_text() == "a b c"
     assert not (results / "partial").exists() and not (results / "sweep_state.json").exists()
+
+
+def test_the_sweep_reuses_rows_another_fresh_file_measured_and_never_undoes_a_running_sweep(tmp_path,
+                                                                                            monkeypatch):
+    """A command whose rows a fresh file already holds from the same run is not measured
+    again: ``sweep.py --reuse`` writes them, with that run's stamp, for the next command to
+    merge into; a stale source, a missing row or rows of two runs are refused. recipe's
+    re-run (:data:`sweep.REPLAN`) starts that way. A second sweep (or a dry run) while one
+    runs leaves its swapped files alone."""
+    import sweep
+
+    module, results = _stamped_repo(tmp_path)
+    source = json.loads((results / "r.json").read_text())
+    first, later = source["provenance"]["run"], "2026-12-02 09:00:00 UTC pid 2"
+    source["provenance"] = {**source["provenance"], "run": later, "command": "python benchmarks/r.py --merge",
+                            "earlier_runs": {first: dict(source["provenance"])}}
+    source["rows"] = [{"name": "a", "seed": 0, "acc": 0.5, "run": first},
+                      {"name": "a", "seed": 1, "acc": 0.75, "run": first},
+                      {"name": "b", "seed": 0, "acc": 0.25, "run": later}]
+    (results / "r.json").write_text(json.dumps(source))
+    kept = sweep.reuse("r", ["a"], "t", results_dir=results, repo=tmp_path)
+    written = json.loads((results / "t.json").read_text())
+    assert [r["acc"] for r in kept] == [0.5, 0.75] and written["rows"] == kept
+    assert written["provenance"] == source["provenance"]["earlier_runs"][first]  # the run that measured them
+    assert written["reused_from"] == "r" and (results / "t.md").is_file()
+    for bad, rows in (("no rows named c", ["c"]), ("come from 2 runs", ["a", "b"])):
+        with pytest.raises(ValueError, match=bad):
+            sweep.reuse("r", rows, "t", results_dir=results, repo=tmp_path)
+    module.write_text(module.read_text().replace("return 1", "return 4"))  # the code the rows ran changed
+    with pytest.raises(ValueError, match="r.json is stale"):
+        sweep.reuse("r", ["a"], "t", results_dir=results, repo=tmp_path)
+    # recipe's re-run: recipe_headline's rows first, default_adamw (now the default) left out
+    assert sweep.REPLAN["recipe"][0] == ("python benchmarks/sweep.py --reuse recipe_headline "
+                                         "--rows recipe_default --into recipe")
+    assert not any("default_adamw" in c for c in sweep.REPLAN["recipe"])
+    # another sweep running: its committed copies in partial/ are not "a run cut short"
+    for attr, value in (("RESULTS", results), ("PARTIAL", results / "partial"), ("LOGS", tmp_path / "logs"),
+                        ("LOCK", tmp_path / "logs" / "sweep.pid"), ("STATE", results / "sweep_state.json")):
+        monkeypatch.setattr(sweep, attr, value)
+    (results / "partial").mkdir()
+    (results / "partial" / "r.committed.json").write_text("{}")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "sweep.pid").write_text(str(os.getppid()))  # a live process
+    monkeypatch.setattr(sweep, "plan", lambda only=None: [])
+    assert sweep.main(["--dry-run"]) == 0
+    with pytest.raises(SystemExit):
+        sweep.main([])
+    assert (results / "partial" / "r.committed.json").is_file()
 
 
 def test_a_resumed_benchmark_run_reuses_its_parts_only_on_the_same_code_and_keeps_their_trace(tmp_path,
