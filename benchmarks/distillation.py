@@ -14,7 +14,8 @@ that seed, every other parameter at its default):
 - ``distilled_e22``: the teacher's own setting (22 epochs) with the teacher: "born-again"
   distillation, paired against the teacher.
 
-Each teacher is saved in ``--work`` and reused by its students (and by a later run).
+Each teacher is saved in ``--work`` and reused by its students (and by a later run, while the
+skfg code that fitted it is unchanged: ``_parts.Parts``; the stamp then covers that code).
 ``fit min`` of a student counts its own fit (the teacher's predictions on the training
 images included), not the teacher's; choices on val, test only reports.
 
@@ -26,12 +27,11 @@ images included), not the teacher's; choices on val, test only reports.
 
 import argparse
 import time
-from pathlib import Path
 
-import joblib
 import numpy as np
 
 from _common import DATA, format_table, mergeable_rows, paired_by_seed, seed_summary, write_results
+from _parts import Parts
 from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.datasets import load_image_folder
 
@@ -41,17 +41,18 @@ TEACHERS = {"lite0": "efficientnet_lite0", "lite2": "efficientnet_lite2"}
 QUALITY_EPOCHS = 22  # the quality setting of docs/training.rst
 
 
-def fitted_teacher(work, name, seed, size, epochs, X, y):
-    """The seed's teacher, loaded from ``work`` or fitted (and saved there) with its fit minutes."""
-    path = Path(work) / f"teacher_{name}_{size}_e{epochs}_s{seed}.joblib"
-    if path.is_file():
-        return joblib.load(path)
+def fitted_teacher(teachers, name, seed, size, epochs, X, y):
+    """The seed's teacher with its fit minutes, from ``teachers`` (:class:`_parts.Parts`) or
+    fitted (and kept there)."""
+    key = f"teacher_{name}_{size}_e{epochs}_s{seed}"
+    saved = teachers.load(key)
+    if saved is not None:
+        return saved
     t = time.perf_counter()
     clf = SoftmaxClassifier(extractor=CNNFeatureExtractor(TEACHERS[name], image_size=size), max_epochs=epochs,
                             random_state=seed, verbose=False).fit(X, y)
     saved = (clf, (time.perf_counter() - t) / 60)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    joblib.dump(saved, path)
+    teachers.dump(key, saved)
     return saved
 
 
@@ -82,11 +83,13 @@ def main():
         parser.error(str(err))
     rows = [r for r in rows if not (r["name"] in names and r["seed"] in seeds)]
     (Xtr, ytr), (Xva, yva), (Xte, yte) = splits["train"], splits["val"], splits["test"]
+    cache = {"quick": args.quick}  # the teachers of an earlier run, while the code that fitted them is unchanged
+    teachers = Parts(args.work, cache, resume=Parts.unchanged(args.work, cache))
     for seed in seeds:
         for name in names:
             teacher = None
             if name != "default":
-                teacher, teacher_minutes = fitted_teacher(args.work, args.teacher, seed, size, teacher_epochs, Xtr, ytr)
+                teacher, teacher_minutes = fitted_teacher(teachers, args.teacher, seed, size, teacher_epochs, Xtr, ytr)
             if name == "teacher":
                 clf, fit_minutes = teacher, teacher_minutes
             else:

@@ -42,22 +42,21 @@ paper's components one at a time (GAP, GKMP, + L_w, + L_b, + localization, + wei
 ``results/elope_recipe.json``, with val accuracy beside test (a setting worth making an
 option is chosen on val).
 
-Fitted models and finished rows are kept in ``--work`` (joblib files), so ``--resume``
-continues where a run stopped, with the same data and settings.
+Fitted models and finished rows are kept in ``--work`` (``_parts.Parts``), so ``--resume``
+continues where a run stopped, with the same data and settings, while the skfg code they ran
+is unchanged; the result's stamp covers the code every part ran.
 """
 
 import argparse
-import json
 import time
-from pathlib import Path
 
-import joblib
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from _common import DATA, alternating_ms, mergeable_rows, paired_by_seed, seed_summary, speedup_spread, write_results
+from _parts import Parts
 from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.backbones import build_backbone
 from skfg.datasets import load_image_folder
@@ -134,14 +133,9 @@ def main():
     Xva, yva = load("val", n_classes) if args.recipe else (None, None)
     if args.recipe:
         payload["n_val"] = len(yva)
-    work = Path(args.work or f"/tmp/skfg_{name}")
-    work.mkdir(parents=True, exist_ok=True)
-    done = {}
-    if args.resume and (work / "rows.json").exists():
-        saved = json.loads((work / "rows.json").read_text())
-        if saved["settings"] != payload:
-            raise SystemExit(f"--resume: {work} holds a run with other settings: {saved['settings']}")
-        done = saved["rows"]
+    # finished rows and fitted models, reused with --resume while the skfg code they ran is unchanged
+    parts = Parts(args.work or f"/tmp/skfg_{name}", dict(payload), args.resume)
+    done = parts.get("rows", {})
     rows, results = [], []
     header = ("section", "method", "seed", "test acc", "fit s", "extra fit s", "predict ms/img", "note")
 
@@ -150,13 +144,13 @@ def main():
         write_results(name, payload, rows, header, notes=notes, rows_key="results")
 
     class Models(dict):
-        """Fitted models of this run, loaded from ``work`` when an earlier part fitted them."""
+        """Fitted models of this run, loaded from ``parts`` when an earlier part fitted them."""
 
         def __missing__(self, key):
-            path = work / f"{key}.joblib"
-            if not path.exists():
+            model = parts.load(key)
+            if model is None:
                 raise KeyError(key)
-            self[key] = joblib.load(path)
+            self[key] = model
             return self[key]
 
         def get(self, key, default=None):
@@ -166,7 +160,6 @@ def main():
                 return default
 
     models, crops = Models(), {}
-    settings = dict(payload)
     every = RECIPE_ROWS if args.recipe else range(len(ROWS))
     todo = every if args.rows is None else args.rows
     if args.cost_only:  # every row from the results file, checked against the run that fitted the models
@@ -174,7 +167,7 @@ def main():
         kept = mergeable_rows(name, key="results")
         if not args.resume or any(k not in done for k in keys) or [
                 {k: v for k, v in r.items() if k != "run"} for r in kept] != [done[k]["result"] for k in keys]:
-            raise SystemExit(f"--cost-only needs --resume and a finished run in {work} that produced "
+            raise SystemExit(f"--cost-only needs --resume and a finished run in {parts.work} that produced "
                              f"results/{name}.json")
         results.extend(kept)
         rows.extend(tuple(done[k]["row"]) for k in keys)
@@ -189,14 +182,14 @@ def main():
                 rows.append(tuple(done[key]["row"]))
                 payload.update(done[key].get("payload", {}))
                 continue
-            result, row = fit_row(i, seed, seeds[0], args, models, crops, work, (Xtr, ytr, Xte, yte, Xva, yva), size,
+            result, row = fit_row(i, seed, seeds[0], args, models, crops, parts, (Xtr, ytr, Xte, yte, Xva, yva), size,
                                   epochs, n_weighted, payload)
             results.append(result)
             rows.append(row)
             print(row, flush=True)
             done[key] = {"result": result, "row": row,
                          "payload": {"localization": payload["localization"]} if ROWS[i][3] else {}}
-            (work / "rows.json").write_text(json.dumps({"settings": settings, "rows": done}, indent=1))
+            parts.put("rows", done)
             save()
 
     if args.rows is not None:  # a part of the run: the cost section comes with --resume
@@ -266,9 +259,9 @@ def summarise(results):
     return summary, paired
 
 
-def fit_row(i, seed, first_seed, args, models, crops, work, data, size, epochs, n_weighted, payload):
+def fit_row(i, seed, first_seed, args, models, crops, parts, data, size, epochs, n_weighted, payload):
     """Fit ROWS[i] with ``seed``: ``(result dict, table row)``; the fitted model is kept in
-    ``models`` and ``work``. The localization rows crop with one cropper, taught by
+    ``models`` and ``parts``. The localization rows crop with one cropper, taught by
     ``first_seed``'s GKMP network (fitted on the first call, kept in ``crops``)."""
     Xtr, ytr, Xte, yte, Xva, yva = data
     label, pooling, loss, loc, weighted = ROWS[i]
@@ -282,7 +275,7 @@ def fit_row(i, seed, first_seed, args, models, crops, work, data, size, epochs, 
             cropper = models.get("cropper")
             if cropper is None:
                 cropper = ObjectCropper(teacher=teacher, teacher_size=224, tau=args.tau, random_state=0).fit(Xtr)
-                joblib.dump(cropper, work / "cropper.joblib")
+                parts.dump("cropper", cropper)
             crops.update(train=cropper.transform(Xtr), test=cropper.transform(Xte), fit_s=time.perf_counter() - t,
                          val=None if Xva is None else cropper.transform(Xva))
             boxes = cropper.predict_boxes(Xte)
@@ -310,7 +303,7 @@ def fit_row(i, seed, first_seed, args, models, crops, work, data, size, epochs, 
     t = time.perf_counter()
     acc = float(np.mean(clf.predict(B) == yte))
     pred_ms = 1000 * (time.perf_counter() - t) / len(yte)
-    joblib.dump(clf, work / f"row{i}_s{seed}.joblib")  # ``models`` loads it from there when asked
+    parts.dump(f"row{i}_s{seed}", clf)  # ``models`` loads it from there when asked
     if weighted:
         note += ("; " if note else "") + "pool weights " + ", ".join(
             f"{w:.2f}" for w in clf.module_.pool_parameters()[0].detach().tolist())

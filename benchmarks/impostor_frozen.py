@@ -25,7 +25,8 @@ row's mean with a 95 % Student-t interval and loose minus softmax paired by seed
     python benchmarks/impostor_frozen.py           # 98 classes, 160 px, 3 seeds: about 10 min on 2 cores
 
 The features are kept in ``--work`` (``features_<size>_<n classes>.npz``) and reused by a later run
-with the same classes and size.
+with the same classes and size while the skfg code that extracted them is unchanged
+(``_parts.Parts``; the stamp then covers that code).
 """
 
 import argparse
@@ -40,6 +41,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 from _common import DATA, paired_by_seed, seed_summary, write_results
+from _parts import Parts
 from skfg import CNNFeatureExtractor, ImpostorClassifier, SoftmaxClassifier
 from skfg.datasets import load_image_folder
 
@@ -61,9 +63,12 @@ PAIRS = (("impostor_loose", "softmax_512"), ("softmax", "logistic_regression"), 
 
 
 def features(classes, size, work):
-    """Frozen features and labels of train, val and test (cached in ``work``)."""
+    """Frozen features and labels of train, val and test (cached in ``work`` while the code
+    that extracted them is unchanged)."""
     path = work / f"features_{size}_{len(classes)}.npz"
-    if path.exists():
+    cache = {"features": path.name}
+    parts = Parts(work, cache, resume=Parts.unchanged(work, cache))
+    if parts.get("features") == path.name and path.exists():
         saved = np.load(path)
         return [(saved[f"F{i}"], saved[f"y{i}"]) for i in range(3)], float(saved["seconds"])
     ext, out, t = CNNFeatureExtractor(image_size=size).fit(), [], time.perf_counter()
@@ -74,6 +79,7 @@ def features(classes, size, work):
     seconds = time.perf_counter() - t
     np.savez(path, seconds=seconds, **{f"F{i}": F for i, (F, _) in enumerate(out)},
              **{f"y{i}": np.asarray(y, dtype=str) for i, (_, y) in enumerate(out)})  # not object: loads unpickled
+    parts.put("features", path.name)
     return out, seconds
 
 

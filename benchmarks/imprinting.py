@@ -28,25 +28,23 @@ base model's accuracy on the old classes that imprinting keeps.
     python benchmarks/imprinting.py --e2e --resume --work /work/logs/imprinting_e2e  # stop and go on
 
 ``--e2e`` keeps its finished parts (the base model, each fine-tuning choice, each draw)
-in ``--work``; ``--resume`` goes on from them, on unchanged skfg code only, and the result's
-stamp covers the code every part ran (each part's trace is kept with it).
+in ``--work`` (``_parts.Parts``); ``--resume`` goes on from them while the skfg code they
+ran is unchanged (else it starts afresh), and the result's stamp covers the code every part
+ran (each part's trace is kept with it).
 """
 
 import argparse
-import hashlib
 import io
 import json
-import os
 import time
-from collections import namedtuple
-from pathlib import Path
 
 import joblib
 import numpy as np
 import torch
 from torch import nn
 
-from _common import DATA, REPO, TRACER, write_results
+from _common import DATA, write_results
+from _parts import Parts
 from make_disjoint import make_halves
 from skfg import CNNFeatureExtractor, ImprintedClassifier, SoftmaxClassifier
 from skfg.datasets import load_image_folder, low_shot_split
@@ -58,51 +56,6 @@ def copy(est):
     joblib.dump(est, buf)
     buf.seek(0)
     return joblib.load(buf)
-
-
-_Code = namedtuple("_Code", "co_filename co_qualname")  # what the tracer reads of a code object
-
-
-class Parts:
-    """The finished parts of an ``--e2e`` run, kept in ``work/parts.json`` as they finish:
-    values by key, and the skfg code (file, qualified name) the parts have run, which a
-    resumed run adds to its own trace, so that the result's stamp covers every part. A
-    resumed run refuses parts from other settings or other skfg code."""
-
-    def __init__(self, work, settings, resume):
-        self.work = Path(work)
-        self.work.mkdir(parents=True, exist_ok=True)
-        self.path = self.work / "parts.json"
-        settings = {**settings, "skfg": skfg_fingerprint()}
-        saved = json.loads(self.path.read_text()) if resume and self.path.is_file() else None
-        if saved is not None and saved["settings"] != settings:
-            changed = sorted(k for k in settings if saved["settings"].get(k) != settings[k])
-            raise SystemExit(f"--resume: the parts in {self.work} were run with other {', '.join(changed)} "
-                             "(skfg: its code); run without --resume")
-        self.saved = saved or {"settings": settings, "values": {}, "code": []}
-        TRACER.seen.update(_Code(f, q) for f, q in self.saved["code"])
-        if saved is not None:
-            print(f"resuming: {len(saved['values'])} parts from {self.path}", flush=True)
-
-    def get(self, key):
-        return self.saved["values"].get(key)
-
-    def put(self, key, value):
-        self.saved["values"][key] = value
-        skfg_dir = str(REPO / "skfg")
-        self.saved["code"] = sorted({(c.co_filename, c.co_qualname) for c in list(TRACER.seen)
-                                     if c.co_filename.startswith(skfg_dir)})
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.saved))
-        os.replace(tmp, self.path)
-
-
-def skfg_fingerprint():
-    """A hash of every file of the skfg package (parts measured on other code are not reused)."""
-    h = hashlib.sha1()
-    for f in sorted((REPO / "skfg").rglob("*.py")):
-        h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
 
 
 def unit(A):
@@ -298,12 +251,12 @@ def end_to_end(args, root):
                   {"quick": args.quick, "e2e_epochs": args.e2e_epochs, "e2e_blocks": args.e2e_blocks,
                    "e2e_no_ft": args.e2e_no_ft, "aug": args.aug}, args.resume)
     if parts.get("base_fit_s") is not None:
-        base, base_fit_s = joblib.load(parts.work / "base.joblib"), parts.get("base_fit_s")
+        base, base_fit_s = parts.load("base"), parts.get("base_fit_s")
     else:
         t = time.perf_counter()
         base = ImprintedClassifier(extractor=ext, random_state=0, **fit_params).fit(Xtr[in_base], ytr[in_base])
         base_fit_s = time.perf_counter() - t
-        joblib.dump(base, parts.work / "base.joblib")
+        parts.dump("base", base)
         parts.put("base_fit_s", base_fit_s)
     print(f"base model: {int(in_base.sum())} images, {base_fit_s:.0f} s", flush=True)
     splits = {name: data[name] for name in ("val", "test")}

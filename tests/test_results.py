@@ -637,28 +637,44 @@ def test_the_sweep_reuses_rows_another_fresh_file_measured_and_never_undoes_a_ru
 
 
 def test_a_resumed_benchmark_run_reuses_its_parts_only_on_the_same_code_and_keeps_their_trace(tmp_path,
-                                                                                               monkeypatch):
-    """``imprinting.py --e2e --resume``: the parts an earlier process finished come back, with
-    the skfg code they ran added to this process's trace (the stamp covers every part); parts
-    from other settings or other skfg code are refused."""
+                                                                                               monkeypatch, capsys):
+    """``_parts.Parts`` (imprinting.py --e2e, elope.py, distillation.py): the parts an
+    earlier process finished come back, with the skfg code they ran added to this process's
+    trace (the stamp covers every part); parts from other settings are refused, parts whose
+    skfg code has changed since are not reused; a run that does not resume never loads a
+    file it did not write."""
     import _common
-    import imprinting
+    import _parts
+    import skfg.softmax  # noqa: F401 - the module whose code the part ran
 
-    ran = imprinting._Code(str(_common.REPO / "skfg" / "softmax.py"), "SoftmaxClassifier.fit")
+    softmax = _common.REPO / "skfg" / "softmax.py"
+    ran = _parts._Code(str(softmax), "SoftmaxClassifier.__init__")
     monkeypatch.setattr(_common.TRACER, "seen", {ran})
-    imprinting.Parts(tmp_path, {"epochs": 3}, resume=False).put("base", [0.5, 1])
+    first = _parts.Parts(tmp_path, {"epochs": 3}, resume=False)
+    first.put("base", [0.5, 1])
+    first.dump("model", {"weights": [1, 2]})
+    saved = json.loads((tmp_path / "parts.json").read_text())
+    assert "SoftmaxClassifier.__init__" in saved["definitions"]["skfg/softmax.py"]  # hashed as a stamp hashes it
     monkeypatch.setattr(_common.TRACER, "seen", set())  # a new process
-    again = imprinting.Parts(tmp_path, {"epochs": 3}, resume=True)
-    assert again.get("base") == [0.5, 1] and _common.TRACER.seen == {ran}
-    assert _common.TRACER.executed([_common.REPO / "skfg" / "softmax.py"]) == {
-        _common.REPO / "skfg" / "softmax.py": {"SoftmaxClassifier.fit"}}
-    assert imprinting.Parts(tmp_path, {"epochs": 3}, resume=False).get("base") is None  # a fresh run
-    imprinting.Parts(tmp_path, {"epochs": 3}, resume=False).put("base", 1)
+    again = _parts.Parts(tmp_path, {"epochs": 3}, resume=True)
+    assert again.get("base") == [0.5, 1] and again.load("model") == {"weights": [1, 2]}
+    assert _common.TRACER.seen == {ran}
+    assert _common.TRACER.executed([softmax]) == {softmax: {"SoftmaxClassifier.__init__"}}
+    fresh = _parts.Parts(tmp_path, {"epochs": 3}, resume=False)  # a new run: nothing of the old one
+    assert fresh.get("base") is None and fresh.load("model") is None and (tmp_path / "model.joblib").is_file()
+    first.put("base", 1)
     with pytest.raises(SystemExit, match="other epochs"):
-        imprinting.Parts(tmp_path, {"epochs": 4}, resume=True)
-    monkeypatch.setattr(imprinting, "skfg_fingerprint", lambda: "other code")
-    with pytest.raises(SystemExit, match="other skfg"):
-        imprinting.Parts(tmp_path, {"epochs": 3}, resume=True)
+        _parts.Parts(tmp_path, {"epochs": 4}, resume=True)
+    # the code a part ran changed since it was kept: not reused (the run starts afresh), saying which
+    saved = json.loads((tmp_path / "parts.json").read_text())
+    saved["definitions"]["skfg/softmax.py"]["SoftmaxClassifier.__init__"] = "0" * 40
+    (tmp_path / "parts.json").write_text(json.dumps(saved))
+    assert _parts.Parts(tmp_path, {"epochs": 3}, resume=True).get("base") is None
+    assert "skfg/softmax.py:SoftmaxClassifier.__init__" in capsys.readouterr().out
+    # a cache (distillation.py's teachers) is taken only on unchanged code and settings
+    assert not _parts.Parts.unchanged(tmp_path, {"epochs": 3})
+    _parts.Parts(tmp_path, {"epochs": 3}, resume=False).put("base", 1)
+    assert _parts.Parts.unchanged(tmp_path, {"epochs": 3}) and not _parts.Parts.unchanged(tmp_path, {"epochs": 4})
 
 
 def test_a_stamp_records_the_benchmark_code_the_libraries_and_the_data(tmp_path):
