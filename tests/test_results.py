@@ -621,6 +621,13 @@ def test_the_sweep_reuses_rows_another_fresh_file_measured_and_never_undoes_a_ru
     assert sweep.REPLAN["recipe"][0] == ("python benchmarks/sweep.py --reuse recipe_headline "
                                          "--rows recipe_default --into recipe")
     assert not any("default_adamw" in c for c in sweep.REPLAN["recipe"])
+    for commands in sweep.REPLAN.values():  # every planned row exists in its script
+        for command in commands:
+            argv = command.split()
+            script = importlib.import_module(Path(argv[1]).stem)
+            if "--rows" in argv and script is not sweep:
+                rows = getattr(script, "ROWS", None) or getattr(script, "CANDIDATES")
+                assert set(argv[argv.index("--rows") + 1].split(",")) <= set(rows), command
     # another sweep running: its committed copies in partial/ are not "a run cut short"
     for attr, value in (("RESULTS", results), ("PARTIAL", results / "partial"), ("LOGS", tmp_path / "logs"),
                         ("LOCK", tmp_path / "logs" / "sweep.pid"), ("STATE", results / "sweep_state.json")):
