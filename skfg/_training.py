@@ -18,6 +18,7 @@ import torch
 from sklearn.utils import check_random_state
 
 from ._files import atomic_path
+from ._memory import kept_freed_memory
 from ._messages import progress_bar, warn
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -478,7 +479,8 @@ def fit_loop(module, batches, step, *, optimizer, scheduler=None, max_epochs, va
     -----
     ``KeyboardInterrupt`` ends training cleanly: the weights of the kept completed epoch
     are restored (never a half-updated model) and the interruption is recorded; before
-    any epoch completed, the initial weights are restored and it is raised.
+    any epoch completed, the initial weights are restored and it is raised. While it trains,
+    glibc's malloc keeps the memory a step frees for the next (:func:`skfg._memory.kept_freed_memory`).
     """
     if keep not in ("best", "last"):
         raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
@@ -491,7 +493,8 @@ def fit_loop(module, batches, step, *, optimizer, scheduler=None, max_epochs, va
     guard = _Divergence(divergence_factor, epoch_offset)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     interrupted = False
-    with progress_bar(verbose, max_epochs, "epochs", "epoch", initial=run.epoch) as progress:
+    # (the memory a step frees stays in the process for the next: skfg._memory)
+    with progress_bar(verbose, max_epochs, "epochs", "epoch", initial=run.epoch) as progress, kept_freed_memory():
         try:
             for epoch in range(run.epoch, max_epochs):
                 t0 = time.perf_counter()
