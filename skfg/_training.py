@@ -479,8 +479,8 @@ def fit_loop(module, batches, step, *, optimizer, scheduler=None, max_epochs, va
     -----
     ``KeyboardInterrupt`` ends training cleanly: the weights of the kept completed epoch
     are restored (never a half-updated model) and the interruption is recorded; before
-    any epoch completed, the initial weights are restored and it is raised. While it trains,
-    glibc's malloc keeps the memory a step frees for the next (:func:`skfg._memory.kept_freed_memory`).
+    any epoch completed, the initial weights are restored and it is raised. Freed memory is kept
+    for the next step while training (:func:`skfg._memory.kept_freed_memory`).
     """
     if keep not in ("best", "last"):
         raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
@@ -493,7 +493,6 @@ def fit_loop(module, batches, step, *, optimizer, scheduler=None, max_epochs, va
     guard = _Divergence(divergence_factor, epoch_offset)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     interrupted = False
-    # (the memory a step frees stays in the process for the next: skfg._memory)
     with progress_bar(verbose, max_epochs, "epochs", "epoch", initial=run.epoch) as progress, kept_freed_memory():
         try:
             for epoch in range(run.epoch, max_epochs):

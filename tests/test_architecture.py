@@ -15,8 +15,9 @@ ROOT = Path(skfg.__file__).parent
 # Floors from the ground up: a module imports only modules of lower floors. A new module
 # must be given a floor here (docs/developing.rst explains where things go).
 FLOORS = [
-    # the standard library only: atomic writes, the warning and error classes, warnings and progress bars
-    {"_files", "exceptions", "_messages"},
+    # the standard library only: atomic writes, the warning and error classes, warnings and progress bars,
+    # malloc's settings while training
+    {"_files", "exceptions", "_messages", "_memory"},
     {"_decode"},  # numpy and Pillow only: what X holds, decoding, the inference resize
     {"serving"},  # + onnxruntime: an exported model served without torch
     # ground: torch / numpy / Pillow only
