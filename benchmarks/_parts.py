@@ -45,6 +45,7 @@ class Parts:
     """
 
     def __init__(self, work, settings, resume):
+        settings = json.loads(json.dumps(settings))  # as kept (tuples become lists)
         self.work = Path(work)
         self.work.mkdir(parents=True, exist_ok=True)
         self.path = self.work / "parts.json"
@@ -80,7 +81,7 @@ class Parts:
         if not path.is_file():
             return False
         saved = json.loads(path.read_text())
-        return ("definitions" in saved and saved["settings"] == settings
+        return ("definitions" in saved and saved["settings"] == json.loads(json.dumps(settings))
                 and not stale_definitions(saved["definitions"], REPO, saved["known"]))
 
     def get(self, key, default=None):

@@ -33,19 +33,19 @@ Rows, per seed of ``--seeds`` (every estimator at its defaults):
     python benchmarks/localization.py --quick   # 12 classes, 128 px, 1 epoch: minutes
     python benchmarks/localization.py           # 98 classes, 224 px: about 90 minutes on 2 cores
 
-Fitted teachers, croppers and crop classifiers are kept in ``--work`` (joblib), so a run
-that stopped continues with ``--resume``.
+Fitted teachers, croppers and crop classifiers are kept in ``--work`` (``_parts.Parts``), so a
+run that stopped continues with ``--resume``, while the skfg code that fitted them is unchanged;
+the result's stamp covers the code every part ran.
 """
 
 import argparse
 import time
-from pathlib import Path
 
-import joblib
 import numpy as np
 from sklearn.frozen import FrozenEstimator
 
 from _common import DATA, paired_by_seed, seed_interval, seed_summary, write_results
+from _parts import Parts
 from skfg import CNNFeatureExtractor, ObjectCropper, SoftmaxClassifier
 from skfg.datasets import composite_backgrounds, load_image_folder, make_composite
 from skfg.localization import box_iou, heatmap_to_box
@@ -101,6 +101,11 @@ def evaluate_cropper(name, seed, cropper, data, size):
     return res
 
 
+def work_settings(payload):
+    """What defines the estimators kept in ``--work`` (``teacher_maps.py --set cars`` reads the teachers)."""
+    return {k: payload[k] for k in ("n_classes", "image_size", "n_train", "composite")}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="12 classes, 128 px, 1 epoch for every fit")
@@ -122,22 +127,19 @@ def main():
                "object_area_fraction": float(np.mean((bte[:, 2] - bte[:, 0]) * (bte[:, 3] - bte[:, 1])) / size**2),
                "make_composite_s": time.perf_counter() - t}
     data = ((Xva, bva), (Xte, bte))
-    work = Path(args.work or f"/tmp/skfg_localization{'_quick' if args.quick else ''}")
-    work.mkdir(parents=True, exist_ok=True)
-    settings = {k: payload[k] for k in ("n_classes", "image_size", "n_train", "composite")}
+    parts = Parts(args.work or f"/tmp/skfg_localization{'_quick' if args.quick else ''}", work_settings(payload),
+                  args.resume)
 
     def fitted(key, make):
-        """``make()``'s estimator and its fit time, or both from ``work`` with ``--resume``."""
-        path = work / f"{key}.joblib"
-        if args.resume and path.exists():
-            saved = joblib.load(path)
-            if saved["settings"] != settings:
-                raise SystemExit(f"--resume: {path} was fitted with other settings: {saved['settings']}")
+        """``make()``'s estimator and its fit time, or both from ``parts`` with ``--resume``
+        (while the skfg code that fitted it is unchanged)."""
+        saved = parts.load(key)
+        if saved is not None:
             return saved["model"], saved["fit_s"]
         t = time.perf_counter()
         model = make()
-        out = {"settings": settings, "model": model, "fit_s": time.perf_counter() - t}
-        joblib.dump(out, path)
+        out = {"model": model, "fit_s": time.perf_counter() - t}
+        parts.dump(key, out)
         return model, out["fit_s"]
 
     def classifier(seed):  # the recipe at its defaults: ObjectCropper's own teacher

@@ -27,7 +27,8 @@ With ``--set cars`` the same question on the car composites of ``localization.py
 224 px, 98 classes): per seed the teacher that ``ObjectCropper().fit(X, y)`` trains there
 (``SoftmaxClassifier(extractor=CNNFeatureExtractor(), random_state=seed)`` on the
 composite training images; read from ``localization.py``'s ``--work`` folder when it is
-there, else fitted and saved in it) and the pretrained EfficientNet-Lite0, on every val
+there and the skfg code that fitted it is unchanged (``_parts.Parts``), else fitted and kept
+in it) and the pretrained EfficientNet-Lite0, on every val
 and test composite at 448 px. Candidates: each teacher's ``"last"`` and
 ``"last+previous"`` maps alone and the fine-tuned one's joined with the pretrained one's
 (sums of min-max normalised maps), at each ``tau`` of ``CAR_TAUS``.
@@ -39,7 +40,6 @@ and test composite at 448 px. Candidates: each teacher's ``"last"`` and
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -164,11 +164,10 @@ def car_rates(maps, boxes, size):
 
 def cars_main(args):
     """The ``--set cars`` run (see the module docstring)."""
-    import joblib
-
-    from localization import composite_split
+    from localization import COMPOSITE, composite_split, work_settings
     from skfg.datasets import load_image_folder
     from _common import DATA
+    from _parts import Parts
 
     seeds = [int(s) for s in args.seeds.split(",")]
     classes = sorted(set(load_image_folder(DATA / "stanford_cars_a" / "train")[1]))
@@ -176,20 +175,22 @@ def cars_main(args):
     parts = {"val": composite_split("val", classes, size), "test": composite_split("test", classes, size)}
     pretrained = _resolve_teacher(None)
     pre = {part: car_maps(pretrained, X) for part, (X, _, _) in parts.items()}
-    work = Path(args.work or "/tmp/skfg_localization")
-    work.mkdir(parents=True, exist_ok=True)
+    # localization.py's teachers (its --work), while the skfg code that fitted them is unchanged
+    train_y = load_image_folder(DATA / "stanford_cars_a" / "train")[1]
+    settings = work_settings({"n_classes": len(classes), "image_size": size, "composite": COMPOSITE,
+                              "n_train": int(np.isin(train_y, classes).sum())})
+    work = args.work or "/tmp/skfg_localization"
+    teachers = Parts(work, settings, resume=Parts.unchanged(work, settings))
     runs = []
     for seed in seeds:
-        path = work / f"teacher_s{seed}.joblib"
-        if path.exists():  # localization.py's teacher for this seed
-            clf = joblib.load(path)["model"]
+        saved = teachers.load(f"teacher_s{seed}")
+        if saved is not None:  # localization.py's teacher for this seed
+            clf = saved["model"]
         else:
-            from localization import COMPOSITE
             Xtr, ytr, _ = composite_split("train", classes, size)
             t = time.perf_counter()
             clf = SoftmaxClassifier(extractor=CNNFeatureExtractor(image_size=size), random_state=seed).fit(Xtr, ytr)
-            joblib.dump({"settings": {"n_classes": len(classes), "image_size": size, "n_train": len(ytr),
-                                      "composite": COMPOSITE}, "model": clf, "fit_s": time.perf_counter() - t}, path)
+            teachers.dump(f"teacher_s{seed}", {"model": clf, "fit_s": time.perf_counter() - t})
         teacher = _resolve_teacher(clf)
         run = {"seed": seed, "rates": {}}
         for part, (X, _, boxes) in parts.items():

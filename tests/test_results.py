@@ -682,6 +682,10 @@ def test_a_resumed_benchmark_run_reuses_its_parts_only_on_the_same_code_and_keep
     assert not _parts.Parts.unchanged(tmp_path, {"epochs": 3})
     _parts.Parts(tmp_path, {"epochs": 3}, resume=False).put("base", 1)
     assert _parts.Parts.unchanged(tmp_path, {"epochs": 3}) and not _parts.Parts.unchanged(tmp_path, {"epochs": 4})
+    # settings compare as they are kept (JSON: a tuple comes back a list)
+    _parts.Parts(tmp_path, {"scale": (0.25, 0.8)}, resume=False).put("base", 2)
+    assert _parts.Parts(tmp_path, {"scale": (0.25, 0.8)}, resume=True).get("base") == 2
+    assert _parts.Parts.unchanged(tmp_path, {"scale": (0.25, 0.8)})
 
 
 def test_a_stamp_records_the_benchmark_code_the_libraries_and_the_data(tmp_path):
