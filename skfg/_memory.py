@@ -7,9 +7,11 @@ enough is free: the next step faults every 4 KiB page in again, zero-filled by t
 Fine-tuning EfficientNet-Lite0 on 2 cores spent a third of its CPU time in the kernel that
 way (about 200,000 page faults a second). While :func:`kept_freed_memory` is active, malloc
 serves every size from its heap, grows it 256 MiB at a time and keeps what is freed
-(``mallopt``: ``M_MMAP_MAX`` 0, ``M_TOP_PAD``, a high ``M_TRIM_THRESHOLD``); afterwards glibc's defaults come back and ``malloc_trim``
-returns the free memory to the system. The numbers computed are unchanged, only where the
-memory comes from (``benchmarks/results/allocator.md`` times it).
+(``mallopt``: ``M_MMAP_MAX`` 0, ``M_TOP_PAD``, a high ``M_TRIM_THRESHOLD``); afterwards
+glibc's defaults (as ``mallopt(3)`` gives them) come back and ``malloc_trim`` returns the
+free memory to the system. The numbers computed are unchanged, only where the memory comes
+from; the peak resident memory is somewhat higher (``benchmarks/results/allocator.md``
+measures both).
 
 Nothing happens off glibc (macOS, Windows, musl), when the malloc settings were tuned
 through the environment (``MALLOC_*_`` variables or ``GLIBC_TUNABLES``: the user's choice
