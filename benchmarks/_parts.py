@@ -42,9 +42,12 @@ class Parts:
         Take the parts an earlier process kept in ``work`` while the skfg code they ran is
         unchanged (else, and without ``resume``, start empty: the run ignores and overwrites
         them, never reusing a file it did not write).
+    cache : bool, default=False
+        The parts are a cache (fitted teachers, extracted features): kept with other
+        settings, they are not reused (the run starts afresh) instead of refused.
     """
 
-    def __init__(self, work, settings, resume):
+    def __init__(self, work, settings, resume, cache=False):
         settings = json.loads(json.dumps(settings))  # as kept (tuples become lists)
         self.work = Path(work)
         self.work.mkdir(parents=True, exist_ok=True)
@@ -52,6 +55,9 @@ class Parts:
         saved = json.loads(self.path.read_text()) if resume and self.path.is_file() else None
         if saved is not None and "definitions" not in saved:  # kept before the code was hashed: not reused
             print(f"not resuming: the parts in {self.work} do not record the code they ran", flush=True)
+            saved = None
+        if saved is not None and cache and saved["settings"] != settings:  # a cache of other settings
+            print(f"not reusing: the parts in {self.work} were kept with other settings", flush=True)
             saved = None
         if saved is not None:
             if saved["settings"] != settings:
@@ -71,18 +77,6 @@ class Parts:
         for f in {f for f, _ in self.saved["code"]}:  # imported, so that the stamp hashes their modules
             module = Path(f).relative_to(REPO).with_suffix("")
             importlib.import_module(".".join(module.parts[:-1] if module.name == "__init__" else module.parts))
-
-    @staticmethod
-    def unchanged(work, settings):
-        """Whether ``work`` holds parts of these ``settings`` whose skfg code is unchanged
-        since they were kept: a cache (fitted teachers, say) that a new run may take with
-        ``resume=True`` (else it starts afresh)."""
-        path = Path(work) / "parts.json"
-        if not path.is_file():
-            return False
-        saved = json.loads(path.read_text())
-        return ("definitions" in saved and saved["settings"] == json.loads(json.dumps(settings))
-                and not stale_definitions(saved["definitions"], REPO, saved["known"]))
 
     def get(self, key, default=None):
         """The value kept under ``key``, or ``default``."""

@@ -84,7 +84,7 @@ def main():
     rows = [r for r in rows if not (r["name"] in names and r["seed"] in seeds)]
     (Xtr, ytr), (Xva, yva), (Xte, yte) = splits["train"], splits["val"], splits["test"]
     cache = {"quick": args.quick}  # the teachers of an earlier run, while the code that fitted them is unchanged
-    teachers = Parts(args.work, cache, resume=Parts.unchanged(args.work, cache))
+    teachers = Parts(args.work, cache, resume=True, cache=True)
     for seed in seeds:
         for name in names:
             teacher = None

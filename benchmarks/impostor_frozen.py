@@ -67,7 +67,7 @@ def features(classes, size, work):
     that extracted them is unchanged)."""
     path = work / f"features_{size}_{len(classes)}.npz"
     cache = {"features": path.name}
-    parts = Parts(work, cache, resume=Parts.unchanged(work, cache))
+    parts = Parts(work, cache, resume=True, cache=True)
     if parts.get("features") == path.name and path.exists():
         saved = np.load(path)
         return [(saved[f"F{i}"], saved[f"y{i}"]) for i in range(3)], float(saved["seconds"])

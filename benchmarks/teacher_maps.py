@@ -180,7 +180,7 @@ def cars_main(args):
     settings = work_settings({"n_classes": len(classes), "image_size": size, "composite": COMPOSITE,
                               "n_train": int(np.isin(train_y, classes).sum())})
     work = args.work or "/tmp/skfg_localization"
-    teachers = Parts(work, settings, resume=Parts.unchanged(work, settings))
+    teachers = Parts(work, settings, resume=True, cache=True)
     runs = []
     for seed in seeds:
         saved = teachers.load(f"teacher_s{seed}")

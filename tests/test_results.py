@@ -679,13 +679,14 @@ def test_a_resumed_benchmark_run_reuses_its_parts_only_on_the_same_code_and_keep
     assert _parts.Parts(tmp_path, {"epochs": 3}, resume=True).get("base") is None
     assert "skfg/softmax.py:SoftmaxClassifier.__init__" in capsys.readouterr().out
     # a cache (distillation.py's teachers) is taken only on unchanged code and settings
-    assert not _parts.Parts.unchanged(tmp_path, {"epochs": 3})
+    assert _parts.Parts(tmp_path, {"epochs": 3}, resume=True, cache=True).get("base") is None  # code changed
     _parts.Parts(tmp_path, {"epochs": 3}, resume=False).put("base", 1)
-    assert _parts.Parts.unchanged(tmp_path, {"epochs": 3}) and not _parts.Parts.unchanged(tmp_path, {"epochs": 4})
+    assert _parts.Parts(tmp_path, {"epochs": 3}, resume=True, cache=True).get("base") == 1
+    assert _parts.Parts(tmp_path, {"epochs": 4}, resume=True, cache=True).get("base") is None  # other settings
     # settings compare as they are kept (JSON: a tuple comes back a list)
     _parts.Parts(tmp_path, {"scale": (0.25, 0.8)}, resume=False).put("base", 2)
     assert _parts.Parts(tmp_path, {"scale": (0.25, 0.8)}, resume=True).get("base") == 2
-    assert _parts.Parts.unchanged(tmp_path, {"scale": (0.25, 0.8)})
+    assert _parts.Parts(tmp_path, {"scale": (0.25, 0.8)}, resume=True, cache=True).get("base") == 2
 
 
 def test_a_stamp_records_the_benchmark_code_the_libraries_and_the_data(tmp_path):
