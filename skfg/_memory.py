@@ -8,8 +8,8 @@ Fine-tuning EfficientNet-Lite0 on 2 cores spent a third of its CPU time in the k
 way (about 200,000 page faults a second). While :func:`kept_freed_memory` is active, malloc
 serves every size from its heap, grows it 256 MiB at a time and keeps what is freed
 (``mallopt``: ``M_MMAP_MAX`` 0, ``M_TOP_PAD``, a high ``M_TRIM_THRESHOLD``); afterwards
-glibc's defaults (as ``mallopt(3)`` gives them) come back and ``malloc_trim`` returns the
-free memory to the system. The numbers computed are unchanged, only where the memory comes
+``malloc_trim`` returns the free memory to the system and malloc goes on as in a process that
+never trained (below). The numbers computed are unchanged, only where the memory comes
 from; the peak resident memory is somewhat higher (``benchmarks/results/allocator.md``
 measures both).
 
@@ -24,10 +24,17 @@ import platform
 import threading
 from contextlib import contextmanager
 
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4  # mallopt(3) parameter numbers
-# glibc's defaults (mallopt(3)), put back when the outermost training ends
-_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_TOP_PAD: 128 * 1024, _M_MMAP_MAX: 65536}
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4  # mallopt(3) parameter numbers
+# While training: every size from the heap, grown 256 MiB at a time, nothing trimmed
 _TRAINING = {_M_TRIM_THRESHOLD: 2**31 - 1, _M_TOP_PAD: 256 * 2**20, _M_MMAP_MAX: 0}
+# After the outermost training. A mallopt call turns glibc's dynamic mmap threshold off for
+# the life of the process, so its starting values (128 KiB) would then mmap, and fault in
+# again, every activation above 128 KiB that a prediction after the fit allocates. These are
+# the values the dynamic threshold reaches by itself in a process that frees large blocks
+# (the largest freed mmap'd size, at most 4 MiB x sizeof(long); the trim threshold twice it).
+_LARGEST_THRESHOLD = 4 * 2**20 * ctypes.sizeof(ctypes.c_long)
+_AFTER = {_M_TRIM_THRESHOLD: 2 * _LARGEST_THRESHOLD, _M_TOP_PAD: 128 * 1024,
+          _M_MMAP_THRESHOLD: _LARGEST_THRESHOLD, _M_MMAP_MAX: 65536}
 _USER_SETTINGS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_",
                   "GLIBC_TUNABLES")
 
@@ -74,6 +81,6 @@ def kept_freed_memory():
         with _lock:
             _depth -= 1
             if _depth == 0:
-                for param, value in _DEFAULTS.items():
+                for param, value in _AFTER.items():
                     libc.mallopt(param, value)
                 libc.malloc_trim(0)

@@ -2,6 +2,8 @@
 
 import platform
 import resource
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -36,9 +38,11 @@ def recorder(monkeypatch):
     return libc
 
 
-def test_nested_and_concurrent_trainings_set_malloc_once_and_restore_its_defaults_after_the_last(recorder):
+def test_nested_and_concurrent_trainings_set_malloc_once_and_restore_it_after_the_last(recorder):
     keep = [("mallopt", -1, 2**31 - 1), ("mallopt", -2, 256 * 2**20), ("mallopt", -4, 0)]
-    restore = [("mallopt", -1, 128 * 1024), ("mallopt", -2, 128 * 1024), ("mallopt", -4, 65536), ("malloc_trim", 0)]
+    # after: the values glibc's dynamic mmap threshold grows to by itself (64-bit: 32 MiB, trim twice it)
+    restore = [("mallopt", -1, 64 * 2**20), ("mallopt", -2, 128 * 1024), ("mallopt", -3, 32 * 2**20),
+               ("mallopt", -4, 65536), ("malloc_trim", 0)]
     with kept_freed_memory():
         assert recorder.calls == keep
         with kept_freed_memory():  # a fit inside a fit (a teacher, a cross-validation)
@@ -92,4 +96,31 @@ def test_while_training_a_freed_tensor_s_pages_are_reused_not_faulted_in_again(m
     assert _faults_of_a_second_allocation(n) > pages // 2  # mmap'd afresh: every page faults in again
     with kept_freed_memory():
         assert _faults_of_a_second_allocation(n) < pages // 20  # the freed block, its pages mapped
-    assert _faults_of_a_second_allocation(n) > pages // 2  # the defaults are back (and the memory returned)
+    assert _faults_of_a_second_allocation(n) > pages // 2  # mmap'd again (and the memory returned)
+
+
+_AFTER_A_FIT = """
+import resource, sys
+import numpy as np
+from skfg._memory import kept_freed_memory
+if sys.argv[1] == "fit":
+    with kept_freed_memory():
+        pass
+for _ in range(2):  # 16 MiB, freed (without a fit, the first one raises glibc's dynamic threshold)
+    np.ones(2 * 2**20).sum()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+np.ones(2 * 2**20 - 1024).sum()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@glibc
+def test_after_training_a_freed_tensor_below_32_mib_is_reused_as_in_a_process_that_never_trained(monkeypatch):
+    # mallopt freezes glibc's dynamic mmap threshold for good; frozen at its starting 128 KiB, every
+    # activation of a prediction after the fit would be mmap'd and fault in again (2x slower at batch 1)
+    for name in _memory._USER_SETTINGS + ("SKFG_KEEP_FREED_MEMORY",):
+        monkeypatch.delenv(name, raising=False)
+    pages = 16 * 2**20 // resource.getpagesize()
+    for mode in ("fit", "no fit"):  # fresh processes: the threshold as glibc starts it
+        out = subprocess.run([sys.executable, "-c", _AFTER_A_FIT, mode], capture_output=True, text=True, check=True)
+        assert int(out.stdout) < pages // 20, mode
