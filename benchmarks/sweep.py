@@ -19,7 +19,9 @@ until its last command: each command finds it in ``results/`` while it runs (so 
 ``--merge`` adds to it) and the committed file, whose numbers the docs quote, is put back
 after each one but the last, whose file replaces it. The docs never quote a file half
 re-run (a row missing, new seeds beside old ones), and a re-run can span sessions. A run
-cut short (the machine taken back) is undone at the next start (:func:`recover`).
+cut short (the machine taken back) is undone at the next start (:func:`recover`), and a file
+whose grown rows ran code that has changed since starts again from its first command
+(:func:`restart_stale_parts`: its next ``--merge`` would refuse them).
 
 Most files are re-run with the commands that wrote them; :data:`REPLAN` plans the others
 (a command whose rows another fresh file already holds from the same run of the same code
@@ -96,9 +98,35 @@ def _save_state(state):
         STATE.unlink()
 
 
+def stale_parts(state, results_dir=status.RESULTS, repo=REPO):
+    """The files part-way through their commands whose grown rows (``partial/<name>.json``)
+    ran code that has changed since: the next command's ``--merge`` would refuse them, so
+    such a file starts again from its first command (:func:`main` drops the grown rows)."""
+    partial = Path(results_dir) / "partial"
+    if not partial.is_dir():
+        return []
+    stale = status.stale_results(partial, repo)
+    return sorted(n for n, s in state.items() if s["done"] and f"{n}.json" in stale)
+
+
+def restart_stale_parts(repo=REPO):
+    """Drop the grown rows of the files :func:`stale_parts` names and count their commands
+    from the first again; return their names."""
+    state = _load_state()
+    names = stale_parts(state, RESULTS, repo)
+    for name in names:
+        for suffix in SUFFIXES:
+            (PARTIAL / f"{name}{suffix}").unlink(missing_ok=True)
+        state[name]["done"] = 0
+    if names:
+        _save_state(state)
+    return names
+
+
 def plan(only=None, results_dir=status.RESULTS, repo=REPO, state=None):
     """``[(name, [(command, minutes or None)])]``: the commands still to run, in order."""
     state = _load_state() if state is None else state
+    restart = set(stale_parts(state, results_dir, repo))
     stale = {Path(f).stem for f in status.stale_results(results_dir, repo)}
     names = stale | set(state)  # a file part-way through its commands is finished first
     if only:
@@ -106,7 +134,7 @@ def plan(only=None, results_dir=status.RESULTS, repo=REPO, state=None):
     out = []
     for name in status.order(names):
         if name in state:
-            commands = state[name]["commands"][state[name]["done"]:]
+            commands = state[name]["commands"][0 if name in restart else state[name]["done"]:]
         else:
             stamp = status.stamp_of(Path(results_dir) / f"{name}.json")
             commands = [(c, _minutes(started, finished)) for c, started, finished in status.runs(stamp)]
@@ -297,6 +325,8 @@ def main(argv=None):
     if other is None and not args.dry_run:
         for name in recover():
             print(f"{name}: a run cut short was undone (the committed file is back; its command runs again)")
+        for name in restart_stale_parts():
+            print(f"{name}: the rows of its first commands ran code changed since; it starts again from the first")
     todo = plan(args.only.split(",") if args.only else None)
     total = sum(m or 0 for _, commands in todo for _, m in commands)
     unknown = sum(m is None for _, commands in todo for _, m in commands)

@@ -541,6 +541,29 @@ def test_the_sweep_plans_headline_files_first_and_resumes_a_file_of_several_runs
     assert status.order(["x_quick", "scale", "recipe", "b"]) == ["recipe", "scale", "b", "x_quick"]
 
 
+def test_a_file_part_way_whose_rows_ran_changed_code_starts_again_from_its_first_command(tmp_path, monkeypatch):
+    import sweep
+
+    module, results = _stamped_repo(tmp_path)
+    (results / "partial").mkdir()
+    os.replace(results / "r.json", results / "partial" / "multi.json")  # the rows of its first command
+    (results / "partial" / "multi.md").write_text("rows")
+    for attr, value in (("RESULTS", results), ("PARTIAL", results / "partial"),
+                        ("STATE", results / "sweep_state.json")):
+        monkeypatch.setattr(sweep, attr, value)
+    commands = [["python benchmarks/r.py", 1.0], ["python benchmarks/r.py --merge", 1.0]]
+    state = {"multi": {"commands": commands, "done": 1}}
+    (results / "sweep_state.json").write_text(json.dumps(state))
+    assert sweep.plan(results_dir=results, repo=tmp_path, state=state) == [("multi", [tuple(commands[1])])]
+    assert sweep.restart_stale_parts(tmp_path) == [] and (results / "partial" / "multi.json").is_file()
+    module.write_text(module.read_text().replace("return 1", "return 4"))  # code its rows ran
+    assert sweep.stale_parts(state, results, tmp_path) == ["multi"]
+    assert sweep.plan(results_dir=results, repo=tmp_path, state=state) == [("multi", [tuple(c) for c in commands])]
+    assert sweep.restart_stale_parts(tmp_path) == ["multi"]
+    assert not list((results / "partial").iterdir())
+    assert json.loads((results / "sweep_state.json").read_text())["multi"]["done"] == 0
+
+
 def test_a_file_filled_over_several_runs_replaces_the_committed_one_only_after_its_last_command(tmp_path,
                                                                                                monkeypatch):
     """Between the commands of a file re-run over several, the committed file (the one the
