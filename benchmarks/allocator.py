@@ -62,7 +62,8 @@ def one_fit(n_images, epochs):
                 module(images[i : i + 1])
             best = min(best, (time.perf_counter() - t) / len(images))
         faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / 3
-    return {"predict_ms": 1000 * best, "predict_faults_per_image": faults / len(images),"images_per_s": last["n_samples"] / last["train_seconds"], "fit_s": fit_s,
+    return {"predict_ms": 1000 * best, "predict_faults_per_image": faults / len(images),
+            "images_per_s": last["n_samples"] / last["train_seconds"], "fit_s": fit_s,
             "minor_faults": after.ru_minflt - before.ru_minflt, "system_s": after.ru_stime - before.ru_stime,
             "user_s": after.ru_utime - before.ru_utime, "max_rss_mib": after.ru_maxrss / 1024,
             "final_loss": last["loss"]}
