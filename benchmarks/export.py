@@ -2,12 +2,13 @@
 the same model in torch eager, side by side in one run, at batch 1 and batch 32.
 
 The model: ``Pipeline([CNNFeatureExtractor(), SoftmaxClassifier()])`` fitted on features
-of stanford_cars_a (EfficientNet-Lite0 at 160 px; the latency does not depend on how well
-it is trained), exported with :func:`skfg.export.export_onnx`. Two measurements:
+of stanford_cars_a (EfficientNet-Lite0 at the extractor's default size; the latency does not
+depend on how well it is trained), exported with :func:`skfg.export.export_onnx`. Two
+measurements:
 
 - network: the graph alone on decoded uint8 images in memory (torch: the exported module
-  in eager mode; onnxruntime: the session), alternating, best of ``--repeats`` rounds, with the
-  speed-up's range over the rounds alone;
+  in eager mode; onnxruntime: the session), in turn by blocks (:func:`block_ms`), best of
+  ``--repeats`` rounds, with the speed-up's range over the rounds alone;
 - end to end: ``predict_proba`` from image files (decoding included): the skfg Pipeline
   vs :class:`skfg.export.OnnxModel`.
 
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from sklearn.pipeline import Pipeline
 
-from _common import DATA, alternating_ms, speedup_spread, write_results
+from _common import DATA, alternating_ms, speedup_spread, untraced, write_results
 from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.datasets import load_image_folder
 from skfg.export import OnnxModel, export_onnx, inference_module, onnx_input
@@ -35,6 +36,29 @@ def spread(times):
     lowest and highest (:func:`_common.speedup_spread`)."""
     speedup, low, high = speedup_spread(times)
     return {"speedup": speedup, "speedup_low": low, "speedup_high": high, "rounds": len(times)}
+
+
+def block_ms(predictors, X, repeats, batch):
+    """``(repeats, n_predictors, n_batches)`` ms per item: each round runs every predictor in
+    turn over all the batches of ``X`` (a block), each block after one untimed call.
+
+    Not call by call as :func:`_common.alternating_ms`: onnxruntime's threads spin-wait for a
+    moment after each run (its default), and a torch call that follows at once loses the
+    cores to them (exploratory, 224 px at batch 1: torch eager 10.5 ms/img alone, 20-21
+    alternating call by call with a spinning session, 11.0 with a non-spinning one).
+    """
+    chunks = [X[i : i + batch] for i in range(0, len(X) - batch + 1, batch)]
+    for predict in predictors:
+        predict(chunks[0])  # the trace records the code that the timed calls run
+    times = np.empty((repeats, len(predictors), len(chunks)))
+    for r in untraced(range(repeats)):
+        for k, predict in enumerate(predictors):
+            predict(chunks[-1])  # untimed: the other engine's threads settle
+            for j, x in enumerate(chunks):
+                t = time.perf_counter()
+                predict(x)
+                times[r, k, j] = (time.perf_counter() - t) / len(x)
+    return 1000 * times
 
 
 def ratio_text(row):
@@ -75,7 +99,7 @@ def main():
         rows, results = [], []
         for batch in (1, 32):
             n = 32 if batch == 1 else 8 * batch
-            times = alternating_ms((torch_net, ort_net), images[:n], repeats, per_round=True, batch=batch)
+            times = block_ms((torch_net, ort_net), images[:n], repeats, batch)
             a, b = times.min(0).mean(1)
             results.append({"measure": "network", "batch": batch, "torch_ms": float(a), "onnxruntime_ms": float(b),
                             **spread(times)})
@@ -86,17 +110,20 @@ def main():
         results.append({"measure": "end_to_end", "batch": 32, "torch_ms": float(a), "onnxruntime_ms": float(b),
                         **spread(times)})
         rows.append(("from files (decode + resize), predict_proba", f"{a:.2f}", f"{b:.2f}", ratio_text(results[-1])))
-    notes = (f"Pipeline(CNNFeatureExtractor() [EfficientNet-Lite0, 160 px], SoftmaxClassifier()) on stanford_cars_a, "
+    notes = (f"Pipeline(CNNFeatureExtractor() [EfficientNet-Lite0, {served.image_size} px], SoftmaxClassifier()) on "
+             f"stanford_cars_a, "
              f"{len(Xte)} test images, 2 CPU cores (torch {torch.get_num_threads()} threads). ms per image (each batch's best "
              f"time over the rounds); speed-up = the median over the rounds of torch / onnxruntime within the round, "
              f"[lowest-highest] over the rounds alone (a speed-up whose "
-             f"range holds 1.00 is none). Network rows: {repeats} rounds, batches alternating between the two; "
+             f"range holds 1.00 is none). Network rows: {repeats} rounds, each timing the two in turn over all the batches "
+             f"(onnxruntime's threads spin-wait after each run, its default, and slow a torch call right after it); "
              f"end to end: {e2e_repeats} rounds over the whole test set. "
              f"Export took {export_s:.0f} s; the file is {size_mb:.1f} MB; the largest probability difference between "
              f"the two on the test images is {proba_gap:.1e}. End to end, skfg's predict_proba decodes with its own "
              f"batching (batch_size {pipe[0].batch_size}); OnnxModel runs batches of {served.batch_size}.")
     write_results("export_quick" if args.quick else "export",
-                  {"rows": results, "export_seconds": export_s, "file_mb": size_mb, "max_proba_difference": proba_gap},
+                  {"rows": results, "image_size": served.image_size, "export_seconds": export_s, "file_mb": size_mb,
+                   "max_proba_difference": proba_gap},
                   rows, ("measure", "torch eager ms/img", "onnxruntime ms/img", "speed-up [round range]"), notes,
                   headline={f"{r['measure']} batch {r.get('batch', '-')} speed-up": r["speedup"] for r in results})
 
