@@ -156,14 +156,17 @@ def main():
         params = dict(params)
         if epochs:
             params["max_epochs"] = epochs
+        base = {k: v for k, v in params.items() if k not in VARIANT_PARAMS}
         cls = ScheduleVariant if VARIANT_PARAMS & set(params) else ImpostorClassifier
         clf = cls(extractor=CNNFeatureExtractor(image_size=size), random_state=seed, **params)
+        # (ScheduleVariant's **params hides ImpostorClassifier's parameters from get_params)
+        n_epochs = ImpostorClassifier(extractor=clf.extractor, **base).resolved_param("max_epochs")
         t = time.perf_counter()
         clf.fit(Xtr, ytr)
         fit_min = (time.perf_counter() - t) / 60
         history = clf.history_
         results.append({"name": name, "note": note, "params": repr(params), "seed": seed, "epochs_arg": epochs,
-                        "epochs": clf.resolved_param("max_epochs"), "fit_minutes": fit_min,
+                        "epochs": n_epochs, "fit_minutes": fit_min,
                         "val_accuracy": float(clf.score(Xva, yva)), "test_accuracy": float(clf.score(Xte, yte)),
                         "lr_halvings": history[-1].get("lr_halvings", 0) if history else 0,
                         "loss_history": [h.get("loss") for h in history]})
