@@ -66,6 +66,8 @@ REPLAN = {
         "no_divergence_guard,grad_clip_5",
         "python benchmarks/recipe.py --merge --rows default_no_label_smoothing --seeds 0,1,2",
     ],
+    # the quick file's lr_0.003 row is the row recipe again under AdamW 3e-3 (see above)
+    "recipe_quick": ["python benchmarks/recipe.py --quick --rows recipe_default,recipe,plain_loop,no_fixres"],
     # its candidate size224_e11 became the default (whose rows it takes from recipe_headline):
     # the re-run measures the two choices issue 46 made against today's default instead, the
     # previous default (size160_e22) and the previous optimiser (sgd), so that they stay
