@@ -64,6 +64,24 @@ def test_a_change_to_measured_code_marks_the_result_stale_and_fails_nothing(tmp_
     _NOTES.clear()
 
 
+def test_the_docs_render_a_stale_number_with_its_mark_and_note(tmp_path):
+    pytest.importorskip("docutils")
+    from skfg_results import _NOTES, result_nodes
+
+    module, results = _stamped_repo(tmp_path)
+    _NOTES.clear()
+    fresh = result_nodes("r:acc|pct", results, tmp_path)
+    assert [n.astext() for n in fresh] == ["50.0 %"]  # fresh: the number alone
+    module.write_text(module.read_text().replace("return 1", "return 4"))
+    _NOTES.clear()
+    number, mark = result_nodes("r:acc|pct", results, tmp_path)
+    (abbreviation,) = mark.children
+    assert number.astext() == "50.0 %" and mark.tagname == "superscript" and abbreviation.astext() == "stale"
+    assert abbreviation["explanation"] == ("measured at abcdef0 (2026-12-01 10:00 UTC), before changes to "
+                                           "skfg/m.py:f")
+    _NOTES.clear()
+
+
 def test_the_status_of_the_repositorys_results_renders():
     import status
 
@@ -347,6 +365,16 @@ def test_a_planted_number_fails_the_docs_check_even_when_a_results_file_holds_it
     assert unsourced_numbers(page) == [(1, "67.3 %"), (1, "2.9x"), (1, "12 ms"), (1, "3 min"), (8, "5 ms")]
     readme = "<!-- result r:a|pct -->67.3 %<!-- /result --> and <!-- paper x Table 1 -->8 %<!-- /paper -->, 9 %\n"
     assert unsourced_numbers(readme) == [(1, "9 %")]
+
+
+def test_a_planted_range_or_recall_fails_the_docs_check():
+    from skfg_results import unsourced_numbers
+
+    page = ("Early layers are 7-26 points less accurate, a fit takes 12–16 minutes, 3 to 4 ms a query\n"
+            "at 0.95 recall; the paper: :paper:`1-2 points <elope Table 5>`; crops of :given:`35-100 %`.\n")
+    assert unsourced_numbers(page) == [(1, "7-26 points"), (1, "12–16 minutes"), (1, "3 to 4 ms"), (2, "0.95 recall")]
+    unsourced = "A paper says :paper:`8 %` and <!-- paper -->9 %<!-- /paper -->; :paper:`7 % <elope Table 5>`.\n"
+    assert unsourced_numbers(unsourced) == [(1, "8 %"), (1, "9 %")]  # a quotation names its source
 
 
 def test_a_file_filled_over_several_runs_keeps_each_runs_provenance(tmp_path, monkeypatch):
@@ -719,6 +747,9 @@ def test_a_stamp_records_the_benchmark_code_the_libraries_and_the_data(tmp_path)
     assert "benchmarks/_common.py" in stamp["scripts"] and "benchmarks/_provenance.py" in stamp["scripts"]
     assert stamp["versions"]["python"] and stamp["versions"]["torch"] and stamp["versions"]["scikit-learn"]
     assert set(stamp["versions"]) >= {"torchvision", "numpy", "scipy", "faiss-cpu", "onnxruntime"}
+    assert stamp["data"] == _common.data_manifests()  # the data sets' manifest hashes
+    if _common.DATA.is_dir():
+        assert "stanford_cars_a" in stamp["data"]
     data = tmp_path / "data"
     (data / "cars" / "a").mkdir(parents=True)
     (data / "cars" / "a" / "1.jpg").write_bytes(b"xx")

@@ -23,7 +23,8 @@ In ``README.md`` (plain Markdown, no Sphinx), a number between
 
 Every measured number in ``README.md`` and ``docs/*.rst`` comes from a result spec
 (:func:`unsourced_numbers` finds the others; ``tests/test_results.py`` runs it on every
-page): a number followed by a unit (%, points, x, ms, s, min, img/s, MB, GB, GiB) must be
+page): a number followed by a unit (%, points, x, ms, s, min, img/s, MB, GB, GiB, recall),
+or a range of two (``7-26 points``), must be
 a ``:result:`` (README: ``<!-- result -->``), a quotation of a paper marked with its
 source, ``:paper:`68.9 % <elope Table 4>``` (README: ``<!-- paper elope Table 4
 -->68.9 %<!-- /paper -->``), a setting, target or convention that no run measured,
@@ -183,11 +184,16 @@ def run_spread(name, results_dir=RESULTS):
 _README = re.compile(r"<!-- result (?P<spec>[^>]+?) -->(?P<value>.*?)<!-- /result -->", re.S)
 
 UNITS = r"(?:\s?%|\s?(?:points?|pts)\b|x\b|\s?×|\s?ms\b|\s?s\b|\s?min\b|\s?minutes\b|\s?img/s\b|\s?images/s\b" \
-        r"|\s?[KMG]i?B\b|\s?kB\b)"
-_NUMBER = re.compile(r"(?<![\w.:/-])[+\-−±~]?\d[\d,]*(?:\.\d+)?" + UNITS)
+        r"|\s?[KMG]i?B\b|\s?kB\b|\s?recall\b)"
+_VALUE = r"[+\-−±~]?\d[\d,]*(?:\.\d+)?"
+# a number and its unit, or a range of two ("7-26 points", "12–16 minutes", "3.5 to 4 ms"),
+# which is measured as much as either end
+_NUMBER = re.compile(r"(?<![\w.:/-])" + _VALUE + r"(?:\s?[-–]\s?|\s(?:to|and)\s)?" + r"(?:" + _VALUE + r")?" + UNITS)
 _SOURCED = [
-    re.compile(r":(?:result|paper|given):`[^`]*`"),  # the roles
-    re.compile(r"<!-- (result|paper|given)\b[^>]*-->.*?<!-- /\1 -->", re.S),  # their README forms
+    re.compile(r":(?:result|given):`[^`]*`"),  # the roles
+    re.compile(r":paper:`[^`<]*<[^`<>]*\w[^`<>]*>`"),  # a paper's number only with its source
+    re.compile(r"<!-- (result|given)\b[^>]*-->.*?<!-- /\1 -->", re.S),  # their README forms
+    re.compile(r"<!-- paper (?!-->)[^>]*\w[^>]*-->.*?<!-- /paper -->", re.S),
     re.compile(r"``[^`]*``|`[^`\n]*`"),  # code literals (RST and Markdown)
     re.compile(r"```.*?```", re.S),  # Markdown code blocks
     re.compile(r"::[ \t]*\n(?:[ \t]*\n)*(?:(?:[ \t]+[^\n]*)?\n)+"),  # RST literal blocks
@@ -198,6 +204,7 @@ _SOURCED = [
 def unsourced_numbers(text):
     """The measured-looking numbers of a page (a number followed by a unit) that are not
     a result spec, a marked paper quotation or setting, or code: ``[(line, number)]``."""
+    text = re.sub(r":paper:`([^`<]*)`", r"\1", text)  # a paper role without its source backs nothing
     for pattern in _SOURCED:
         text = pattern.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)  # keep the line numbers
     return [(text.count("\n", 0, m.start()) + 1, m.group(0).strip()) for m in _NUMBER.finditer(text)]
@@ -266,6 +273,20 @@ def sync_readme(path=REPO / "README.md", check=False, results_dir=RESULTS, repo=
     return stale
 
 
+def result_nodes(spec, results_dir=RESULTS, repo=REPO):
+    """The docutils nodes of a ``:result:`` role: the number from the results and, where its
+    file is stale, a visible superscript "stale" whose hover text is the :func:`stale_note`."""
+    from docutils import nodes
+
+    out = [nodes.Text(result_value(spec, results_dir))]
+    note = stale_note(_file_of(spec), results_dir, repo)
+    if note:
+        mark = nodes.superscript()
+        mark += nodes.abbreviation("stale", "stale", explanation=note, classes=["stale-result"])
+        out.append(mark)
+    return out
+
+
 def setup(app):  # pragma: no cover - exercised by the docs build
     from docutils import nodes
     from docutils.parsers.rst import Directive, directives
@@ -273,13 +294,7 @@ def setup(app):  # pragma: no cover - exercised by the docs build
     def result_role(name, rawtext, text, lineno, inliner, options=None, content=None):
         try:
             _, spec = split_role(text)  # the number shown in the source is for reading it raw
-            out = [nodes.Text(result_value(spec))]
-            note = stale_note(_file_of(spec))
-            if note:  # a visible mark, the note on hover
-                mark = nodes.superscript()
-                mark += nodes.abbreviation("stale", "stale", explanation=note, classes=["stale-result"])
-                out.append(mark)
-            return out, []
+            return result_nodes(spec), []
         except KeyError as err:
             msg = inliner.reporter.error(str(err), line=lineno)
             return [inliner.problematic(rawtext, rawtext, msg)], [msg]
