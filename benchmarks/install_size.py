@@ -17,7 +17,7 @@ no CPU torchvision that works with torch 2.13.0 is at hand) of the quick start w
 CPU wheels.
 
     python benchmarks/install_size.py --quick   # the CPU wheel's row only (about a minute)
-    python benchmarks/install_size.py           # every row (about 15 minutes, 40 GB of disk at most)
+    python benchmarks/install_size.py           # every row (about 5 minutes here; one venv at a time, 6.5 GB of disk at most)
 """
 
 import argparse
