@@ -202,7 +202,7 @@ _SOURCED = [
 
 
 def unsourced_numbers(text):
-    """The measured-looking numbers of a page (a number followed by a unit) that are not
+    """The measured-looking numbers of a page (a number or a range of two followed by a unit) that are not
     a result spec, a marked paper quotation or setting, or code: ``[(line, number)]``."""
     text = re.sub(r":paper:`([^`<]*)`", r"\1", text)  # a paper role without its source backs nothing
     for pattern in _SOURCED:
