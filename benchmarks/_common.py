@@ -1,51 +1,18 @@
-"""Helpers shared by the benchmark scripts: data location, result files, timing.
+"""Helpers shared by the measuring scripts: data location, timing, intervals over seeds.
 
-Every result file is stamped with its provenance (:mod:`_provenance`): the commit, whether
-the measured code had uncommitted changes, a hash of each skfg module the run imported and,
-finer, a hash of each skfg definition (function, method, class header, module top level)
-the run executed, recorded by a call hook that starts when a script in ``benchmarks/``
-imports this module. :func:`stale_results` lists the result files whose executed code has
-changed since; ``status.py`` shows them and the docs mark their numbers stale, so a number
-cannot silently outlive the code it measured (without freezing the code), while an edit to
-code a benchmark never ran leaves its results valid.
+Writing a result and its stamp is the ledger's (``benchmarks/ledger``, re-exported here:
+:func:`write_results`, :func:`mergeable_rows`); this module, hashed into every stamp, holds
+only what shapes a measured number. Timed code runs with the provenance hook paused
+(:func:`alternating_ms`, :func:`untraced`) after it ran once traced.
 """
 
-import json
-import os
-import platform
-import subprocess
-import sys
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from _provenance import (HASHING, Tracer, code_hash, definition_hashes, executed_definitions, known_definitions,
-                         refresh_stamp, stale_results)
-
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
-DATA = Path(os.environ.get("SKFG_DATA_DIR", REPO.parent / "shared" / "datasets"))
-
-# The executed-code record of a benchmark run: on for the scripts in benchmarks/, off when
-# this module is imported by the tests.
-TRACER = Tracer()
-if sys.argv and sys.argv[0] and Path(sys.argv[0]).resolve().parent == REPO / "benchmarks":
-    TRACER.start()
-_MERGED = {}  # result name -> {run: stamp} of the rows a run merges into it
-_RUN_ID = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") + f" pid {os.getpid()}"  # this process
-
-
-def machine():
-    return {
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "processor": platform.processor() or platform.machine(),
-    }
+from ledger.stamp import DATA, REPO, RESULTS, format_table, machine, mergeable_rows, write_results  # noqa: F401
+from ledger.tracer import TRACER
 
 
 def machine_gflops(seconds=1.0, n=1024):
@@ -77,110 +44,6 @@ def multiply_adds(module, x):
     for h in handles:
         h.remove()
     return sum(total)
-
-
-def _git(*args):
-    try:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def _imported_skfg_files():
-    return sorted({Path(m.__file__).resolve() for name, m in list(sys.modules.items())
-                   if (name == "skfg" or name.startswith("skfg.")) and getattr(m, "__file__", None)
-                   and REPO in Path(m.__file__).resolve().parents})
-
-
-LIBRARIES = ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "faiss-cpu", "onnxruntime", "skops", "pillow")
-
-
-def script_hashes():
-    """``{path: hash}`` of the benchmark code this run executes: the script and every
-    module of ``benchmarks/`` it imported (``_common``, ``_provenance``, ...)."""
-    files = {Path(m.__file__).resolve() for m in list(sys.modules.values()) if getattr(m, "__file__", None)}
-    if sys.argv and sys.argv[0]:
-        files.add(Path(sys.argv[0]).resolve())
-    here = REPO / "benchmarks"
-    return {str(f.relative_to(REPO)): code_hash(f) for f in sorted(files)
-            if f.parent == here and f.suffix == ".py" and f.is_file()}
-
-
-def library_versions():
-    """Python's version and each of :data:`LIBRARIES`' (None when not installed)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def data_manifests(root=None):
-    """``{data set: hash}`` of every data set under ``DATA``: a SHA-1 of each file's path
-    (relative to the data set) and size, so that another copy of the same data hashes
-    the same and an added, removed or changed file does not."""
-    import hashlib
-
-    root = Path(DATA if root is None else root)
-    out = {}
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        h = hashlib.sha1()
-        for path in sorted(f for f in folder.rglob("*") if f.is_file()):
-            h.update(f"{path.relative_to(folder).as_posix()}\t{path.stat().st_size}\n".encode())
-        out[folder.name] = h.hexdigest()
-    return out
-
-
-def format_table(rows, header):
-    """Rows of cells as an aligned Markdown table (the benchmarks' own: no private skfg names)."""
-    cells = [[str(v) for v in row] for row in [header, *rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-
-    def line(row):
-        return "| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths)) + " |"
-
-    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells[1:])])
-
-
-def render_markdown(name, stamp, rows, header, notes=""):
-    """The ``results/<name>.md`` of a result: its measured line, table and notes."""
-    commit = (stamp["commit"] or "unknown")[:10] + (" + uncommitted changes" if stamp["uncommitted_changes"] else "")
-    md = f"# {name}\n\nMeasured at commit {commit}, {stamp['date']}"
-    if stamp.get("earlier_runs"):
-        md += " (and, for the rows of earlier runs, " + "; ".join(sorted(stamp["earlier_runs"])) + ")"
-    md += f".\n\n{format_table(rows, header)}\n"
-    if notes:
-        md += f"\n{notes}\n"
-    return md
-
-
-def provenance():
-    """Commit, date, and the hashes of the skfg code this process imported (per module) and
-    executed (per definition; every definition of the imported modules when no trace ran)."""
-    files = _imported_skfg_files()
-    if TRACER.seen:
-        definitions, executed = executed_definitions(files, TRACER, REPO), "traced"
-    else:
-        definitions = {str(f.relative_to(REPO)): definition_hashes(f) for f in files}
-        executed = "unknown: every definition of the imported modules"
-    return {
-        "command": " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]) if sys.argv else None,
-        "scripts": script_hashes(),
-        "versions": library_versions(),
-        "data": data_manifests(),
-        "commit": _git("rev-parse", "HEAD") or None,
-        "uncommitted_changes": bool(_git("status", "--porcelain", "--", "skfg")),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "code": {str(f.relative_to(REPO)): code_hash(f) for f in files},
-        "definitions": definitions,
-        "known": known_definitions(files, REPO),
-        "executed": executed,
-        "hashing": HASHING,
-    }
 
 
 def seed_interval(values, confidence=0.95):
@@ -220,90 +83,6 @@ def paired_by_seed(rows, base_rows, parts=("val", "test")):
     return out
 
 
-def mergeable_rows(name, key="rows"):
-    """The rows (``payload[key]``) of ``results/<name>.json`` when the code they measured has not changed since
-    (:func:`stale_results`), so a run can add rows (more seeds, more
-    settings) to them; ``[]`` when there is no such file. Raises ``ValueError`` naming the
-    modules that changed otherwise."""
-    path = RESULTS / f"{name}.json"
-    if not path.is_file():
-        return []
-    saved = json.loads(path.read_text())
-    changed = stale_results(RESULTS).get(path.name, [])
-    if changed or "provenance" not in saved:
-        raise ValueError(f"cannot merge into {path.name}: it was measured on other code (changed: "
-                         f"{', '.join(changed) or 'no provenance stamp'}); run every row again without --merge")
-    stamp = saved["provenance"]
-    run = stamp.get("run", "legacy")
-    runs = {**stamp.get("earlier_runs", {}), run: {k: v for k, v in stamp.items() if k != "earlier_runs"}}
-    _MERGED[name] = runs
-    rows = saved[key]
-    if isinstance(rows, list) and all(isinstance(r, dict) for r in rows):
-        for r in rows:
-            r.setdefault("run", run)
-    return rows
-
-
-def headline_history(name, results_dir=None):
-    """The headline values of every earlier run of a result, newest first:
-    ``[{"commit", "date", "values"}]`` (the file's own ``headline`` and its ``history``)."""
-    path = Path(RESULTS if results_dir is None else results_dir) / f"{name}.json"
-    if not path.is_file():
-        return []
-    old = json.loads(path.read_text())
-    earlier = list(old.get("history", []))
-    if old.get("headline"):
-        stamp = old.get("provenance") or {}
-        earlier.insert(0, {"commit": stamp.get("commit"), "date": stamp.get("date"), "values": old["headline"]})
-    return earlier
-
-
-def write_results(name, payload, rows, header, notes="", rows_key="rows", headline=None, headline_ranges=None):
-    """Write ``results/<name>.json`` and a Markdown table ``results/<name>.md``, both
-    stamped with the run's :func:`provenance`.
-
-    ``headline`` (``{label: value}``) are the numbers the docs lean on; the file keeps
-    those of its earlier runs with their commit and date under ``history``
-    (:func:`headline_history`), so the spread across runs can be set beside the spread
-    within one (``headline_ranges``, ``{label: [low, high]}`` over this run's rounds; the
-    docs show the earlier runs' values where they fall outside it).
-
-    Rows (``payload[rows_key]``, dicts) are tagged with the ``run`` that measured them; rows
-    merged from an earlier file (:func:`mergeable_rows`) keep theirs, and the stamp keeps
-    those runs' own provenance under ``earlier_runs`` (as long as a row of theirs is left),
-    so a file filled over several runs is checked against the code each of them ran."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = provenance()
-    stamp["run"] = _RUN_ID
-    table = payload.get(rows_key)
-    if isinstance(table, list) and all(isinstance(r, dict) for r in table):
-        for r in table:
-            r.setdefault("run", stamp["run"])
-        kept = {r["run"] for r in table} - {stamp["run"]}
-        earlier = {}
-        for run, old in _MERGED.get(name, {}).items():
-            if run in kept:  # (mergeable_rows checked that the code it ran is unchanged)
-                if "definitions" in old and old.get("hashing", 1) >= HASHING:
-                    earlier[run] = old  # hashed the current way already: kept as recorded
-                else:  # recounted the current way (as recorded if that fails)
-                    earlier[run] = refresh_stamp(old, REPO) or old
-        if earlier:
-            stamp["earlier_runs"] = earlier
-    # the table as written, so that the .md is a rendering of the JSON (tests re-render it)
-    markdown = {"rows": [[str(v) for v in r] for r in rows], "header": [str(h) for h in header], "notes": notes}
-    payload = dict(payload, machine=machine(), provenance=stamp, markdown=markdown)
-    if headline is not None:
-        payload.update(headline=headline, history=headline_history(name))
-    if headline_ranges is not None:  # {label: [low, high]}: each headline's range within this run
-        payload["headline_ranges"] = headline_ranges
-    md = render_markdown(name, stamp, markdown["rows"], markdown["header"], notes)
-    for path, text in ((RESULTS / f"{name}.json", json.dumps(payload, indent=2) + "\n"), (RESULTS / f"{name}.md", md)):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # atomic: a killed run leaves the old file
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    print(md)
-
-
 def alternating_ms(predictors, X, repeats, per_round=False, batch=1):
     """Per predictor, mean over the batches of ``X`` (``batch`` items each; images one by
     one by default) of the best-of-``repeats`` time per item (ms); with ``per_round``,
@@ -328,10 +107,25 @@ def alternating_ms(predictors, X, repeats, per_round=False, batch=1):
     return times if per_round else times.min(0).mean(1)
 
 
+def timed(fn, warmup=None):
+    """``(fn(), seconds)``: ``fn`` timed with the provenance hook paused, after ``warmup()``
+    (``fn`` itself by default) ran once traced and untimed, so that the stamp records the
+    code the timed call runs. A fit given here runs twice (seeded: the same model; the
+    second is returned): for spans of seconds to minutes whose code the hook slows (fits on
+    features, extraction); a whole fine-tune is timed traced instead
+    (``results/tracer_overhead.md``). ``warmup`` may be a shorter call of the same code
+    (a transform of a few images)."""
+    (warmup or fn)()
+    with TRACER.paused():
+        t = time.perf_counter()
+        out = fn()
+        return out, time.perf_counter() - t
+
+
 def untraced(iterable):
-    """Iterate with the provenance hook paused (:meth:`_provenance.Tracer.paused`) while the
-    loop body runs: for timed rounds whose code has run traced before (a warm-up), since
-    the hook costs the timed code 3-36 % (``results/tracer_overhead.md``)."""
+    """Iterate with the provenance hook paused (:meth:`ledger.tracer.Tracer.paused`) while
+    the loop body runs: for timed rounds whose code has run traced before (a warm-up), so
+    the hook costs them nothing (its cost on traced spans: ``results/tracer_overhead.md``)."""
     with TRACER.paused():
         yield from iterable
 

@@ -15,7 +15,7 @@ that seed, every other parameter at its default):
   distillation, paired against the teacher.
 
 Each teacher is saved in ``--work`` and reused by its students (and by a later run, while the
-skfg code that fitted it is unchanged: ``_parts.Parts``; the stamp then covers that code).
+skfg code that fitted it is unchanged: ``ledger.parts.Parts``; the stamp then covers that code).
 ``fit min`` of a student counts its own fit (the teacher's predictions on the training
 images included), not the teacher's; choices on val, test only reports.
 
@@ -30,8 +30,8 @@ import time
 
 import numpy as np
 
-from _common import DATA, format_table, mergeable_rows, paired_by_seed, seed_summary, write_results
-from _parts import Parts
+from _common import DATA, TRACER, format_table, mergeable_rows, paired_by_seed, seed_summary, write_results
+from ledger.parts import Parts
 from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.datasets import load_image_folder
 
@@ -42,7 +42,7 @@ QUALITY_EPOCHS = 22  # the quality setting of docs/training.rst
 
 
 def fitted_teacher(teachers, name, seed, size, epochs, X, y):
-    """The seed's teacher with its fit minutes, from ``teachers`` (:class:`_parts.Parts`) or
+    """The seed's teacher with its fit minutes, from ``teachers`` (:class:`ledger.parts.Parts`) or
     fitted (and kept there)."""
     key = f"teacher_{name}_{size}_e{epochs}_s{seed}"
     saved = teachers.load(key)
@@ -100,9 +100,10 @@ def main():
                                         random_state=seed, verbose=False, **params).fit(Xtr, ytr)
                 fit_minutes = (time.perf_counter() - t) / 60
             val = float(np.mean(clf.predict(Xva) == yva))
-            t = time.perf_counter()
-            test = float(np.mean(clf.predict(Xte) == yte))
-            ms = 1000 * (time.perf_counter() - t) / len(Xte)
+            with TRACER.paused():  # predict ran traced on val just before
+                t = time.perf_counter()
+                test = float(np.mean(clf.predict(Xte) == yte))
+                ms = 1000 * (time.perf_counter() - t) / len(Xte)
             rows.append({"name": name, "seed": seed, "backbone": clf.trunk_settings_["backbone"],
                          "image_size": size, "epochs": clf.resolved_param("max_epochs"),
                          "teacher": None if name in ("default", "teacher") else f"{args.teacher}_e{teacher_epochs}",

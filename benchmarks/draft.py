@@ -87,7 +87,9 @@ def main():
         "EfficientNet-Lite0 GAP features, LinearSVC(); accuracy differences are paired bootstrap intervals over the "
         f"test images; speed over {len(paths)} test files, {args.rounds} alternating rounds, decode included, the "
         "feature cache off. Draft decoding acts only on files at least twice the input size: at 160 px none here.",
-        headline={"draft_80px_points": 100 * effect["difference"], "draft_80px_speedup": effect["speedup"]})
+        headline={"draft_80px_points": 100 * effect["difference"], "draft_80px_speedup": effect["speedup"]},
+        headline_ranges={"draft_80px_points": [100 * effect["low"], 100 * effect["high"]],
+                         "draft_80px_speedup": [effect["speedup_low"], effect["speedup_high"]]})
 
 
 if __name__ == "__main__":

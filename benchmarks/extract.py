@@ -162,6 +162,8 @@ def main():
         "loop builds its network before its timer.",
         headline={f"{r['image_size']} px, {r['method']}: x best naive": r["ratio_vs_best_naive"]
                   for r in results if r.get("method") != "naive"},
+        headline_ranges={f"{r['image_size']} px, {r['method']}: x best naive": r["ratio_vs_best_naive_spread"]
+                         for r in results if r.get("method") != "naive" and "ratio_vs_best_naive_spread" in r},
     )
 
 

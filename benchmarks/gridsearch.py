@@ -101,7 +101,9 @@ def main():
              "whose range holds 1.00 is no difference).")
     write_results("gridsearch" + ("_quick" if args.quick else ""), {"rows": results, "n_images": n, "rounds": rounds}, rows,
                   ("setting", "seconds", "speed-up [round range]", "best C", "best CV score"), notes,
-                  headline={r["setting"]: r["vs_n_jobs_1"] for r in results if "vs_n_jobs_1" in r})
+                  headline={r["setting"]: r["vs_n_jobs_1"] for r in results if "vs_n_jobs_1" in r},
+                  headline_ranges={r["setting"]: [r["vs_n_jobs_1_low"], r["vs_n_jobs_1_high"]]
+                                   for r in results if "vs_n_jobs_1" in r})
 
 
 if __name__ == "__main__":

@@ -17,15 +17,16 @@ Sections (default backbone, 160 px, CPU; sigma chosen on the ``val`` split):
    measures the signed AUROC over seeds).
 
     python benchmarks/impostor.py --quick     # 20 classes, 96 px, M up to 1e5, minutes
-    python benchmarks/impostor.py             # full (about 1.5 hours on 2 cores)
-    python benchmarks/impostor.py --e2e-only  # only the end-to-end rows (about 35 minutes)
-    python benchmarks/impostor.py --compression-only  # only section 3 (about 30 minutes)
-    python benchmarks/impostor.py --e2e-only softmax loose --e2e-seeds 0 1 2  # the chosen ones, 3 seeds (~30 min)
+    python benchmarks/impostor.py             # full (about 1.5 hours on 2 cores; not kept)
+    python benchmarks/impostor.py --compression-only  # only section 3, kept (about 30 minutes, more with fits timed)
+
+Every timed span runs with the provenance hook paused after a traced run of the same call
+(``_common.timed``: a fit on features runs twice), except the end-to-end fits, timed once
+with the hook on (a whole fine-tune, ``results/tracer_overhead.md``).
 """
 
 import argparse
 import copy
-import json
 import os
 import time
 
@@ -36,7 +37,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.svm import SVC, LinearSVC
 
-from _common import DATA, RESULTS, seed_interval, write_results
+from _common import DATA, seed_interval, timed, write_results
 from skfg import CNNFeatureExtractor, ImpostorClassifier, SoftmaxClassifier
 from skfg.datasets import load_image_folder
 from skfg.index import NearestNeighborIndex
@@ -44,12 +45,6 @@ from skfg.metrics import ks_distance, nmi_kmeans, recall_at_k
 
 SIGMAS = (0.3, 0.6, 1.0)
 WARM_SIGMAS = (0.15, 0.3)  # fixed impostors from the trained loose model: a tighter kernel (scratch, 3 seeds)
-
-
-def timed(fn):
-    t = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t
 
 
 def select_on_val(make, grid, data):
@@ -298,7 +293,7 @@ def make_e2e(args, size, epochs, key, sigma, head_epochs, seed=0):
 
 
 def end_to_end(args, size, epochs, sigma_fixed, sigma_loose, Xtr, ytr, Xte, yte, record, save, summary, payload,
-               methods=None, val=None):
+               val=None):
     """Section 1b: SoftmaxClassifier vs Impostor fixed vs loose, trained end to end with one budget.
 
     Every row trains ``epochs`` end-to-end epochs. With ``val = (Xva, yva)``, each scheme's
@@ -310,13 +305,13 @@ def end_to_end(args, size, epochs, sigma_fixed, sigma_loose, Xtr, ytr, Xte, yte,
     heads = list(args.e2e_head_epochs)
     loose_grid = list(getattr(args, "e2e_loose_grid", None) or [sigma_loose])
     for key, sigmas in (("softmax", [None]), ("fixed", [sigma_fixed]), ("loose", loose_grid)):
-        if methods and key not in methods:
-            continue
         label = E2E_LABELS[key]
         fits = []
         for h in heads:
             for sg in sigmas:
-                m, s = timed(lambda: make_e2e(args, size, epochs, key, sg, h).fit(Xtr, ytr))
+                t = time.perf_counter()  # a whole fine-tune: timed once, traced
+                m = make_e2e(args, size, epochs, key, sg, h).fit(Xtr, ytr)
+                s = time.perf_counter() - t
                 score = m.score(*val) if val is not None and len(heads) * len(sigmas) > 1 else None
                 test = m.score(Xte, yte)
                 fits.append((score, sg, h, m, s))
@@ -339,40 +334,6 @@ def end_to_end(args, size, epochs, sigma_fixed, sigma_loose, Xtr, ytr, Xte, yte,
         save()
 
 
-def e2e_seeds(args, size, epochs, Xtr, ytr, Xte, yte, payload, rows, summary, methods=None):
-    """The end-to-end configurations chosen on val by the ``--e2e-only`` run (read from
-    ``results/impostor_e2e[_quick].json``: per method, the candidate with the best val accuracy),
-    refitted with each seed of ``args.e2e_seeds``: the seed-to-seed spread that the
-    single-seed table hides. Returns ``{method: [test accuracy per seed]}``."""
-    chosen_in = RESULTS / f"impostor_e2e{'_quick' if args.quick else ''}.json"
-    candidates = json.loads(chosen_in.read_text())["e2e_candidates"]
-    accs = {}
-    for key, label in E2E_LABELS.items():
-        if methods and key not in methods:
-            continue
-        best = max((c for c in candidates if c["method"] == label), key=lambda c: c["val_accuracy"] or -1.0)
-        chosen = ([f"sigma={best['sigma']}"] if best["sigma"] is not None else []) + [f"head_epochs={best['head_epochs']}"]
-        accs[label] = []
-        for seed in args.e2e_seeds:
-            m, s = timed(lambda: make_e2e(args, size, epochs, key, best["sigma"], best["head_epochs"], seed).fit(Xtr, ytr))
-            acc = m.score(Xte, yte)
-            accs[label].append(acc)
-            payload.setdefault("results", []).append({"method": label, "sigma": best["sigma"],
-                                                      "head_epochs": best["head_epochs"], "seed": seed,
-                                                      "test_accuracy": acc, "fit_s": s})
-            rows.append(("1 end to end", label, f"{epochs} epochs, lr {args.e2e_lr:g}, {', '.join(chosen)}", seed,
-                         f"{acc:.3f}", f"{s:.0f}"))
-            print(rows[-1], flush=True)
-        a = np.array(accs[label])
-        rows.append(("1 end to end", label, "mean (sd) over seeds", ",".join(map(str, args.e2e_seeds)),
-                     f"{a.mean():.3f} ({a.std(ddof=1) if len(a) > 1 else 0:.3f})", ""))
-    if "Impostor loose" in accs and "SoftmaxClassifier" in accs:
-        diff = 100 * (np.array(accs["Impostor loose"]) - np.array(accs["SoftmaxClassifier"]))
-        summary["end-to-end loose - softmax, per seed"] = (
-            ", ".join(f"{d:+.1f}" for d in diff) + f" points; mean {diff.mean():+.1f} (target: +1)")
-    return accs
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
@@ -382,21 +343,12 @@ def main():
                         help="head_epochs candidates of the end-to-end rows, chosen on val per scheme")
     parser.add_argument("--e2e-lr", type=float, default=3e-3, help="lr of every end-to-end row")
     parser.add_argument("--skip-e2e", action="store_true")
-    parser.add_argument("--e2e-only", nargs="*", metavar="METHOD",
-                        help="only the end-to-end rows (softmax, fixed, loose); writes impostor_e2e.*")
-    parser.add_argument("--sigmas", type=float, nargs=2, default=(0.3, 1.0), metavar=("FIXED", "LOOSE"),
-                        help="with --e2e-only: sigma of the fixed row and the loose fallback (head-mode choices)")
     parser.add_argument("--e2e-loose-grid", type=float, nargs="+", default=(0.3, 0.45), metavar="SIGMA",
                         help="choose the end-to-end loose sigma on val among these (fit s: the whole grid); "
                              "the head-mode sigma (1.0) starts from a nearly uniform vote end to end")
-    parser.add_argument("--e2e-seeds", type=int, nargs="+", metavar="SEED",
-                        help="with --e2e-only: refit the configurations that results/impostor_e2e.json chose on val "
-                             "with these seeds; writes impostor_e2e_seeds.*")
     parser.add_argument("--compression-only", action="store_true",
                         help="only section 3 (with its head-mode fixed and loose references); "
                              "writes impostor_compression.*")
-    parser.add_argument("--cost-only", action="store_true",
-                        help="only section 2 (timings), for a quiet machine; writes impostor_cost.*")
     args = parser.parse_args()
     faiss.omp_set_num_threads(1)
     name = "impostor" + ("_quick" if args.quick else "")
@@ -410,10 +362,8 @@ def main():
         classes, size, sizes_m, e2e_epochs, sigmas = keep, 96, (10_000, 100_000), 1, (0.6,)
     (Xtr, ytr), (Xva, yva), (Xte, yte) = splits["train"], splits["val"], splits["test"]
     ext = CNNFeatureExtractor(image_size=size)
-    if args.e2e_only is not None:  # images only
-        (Ftr, Fva, Fte), extract_s = (None, None, None), 0.0
-    else:
-        (Ftr, Fva, Fte), extract_s = timed(lambda: [ext.fit().transform(X) for X in (Xtr, Xva, Xte)])
+    (Ftr, Fva, Fte), extract_s = timed(lambda: [ext.fit().transform(X) for X in (Xtr, Xva, Xte)],
+                                       warmup=lambda: ext.fit().transform(Xtr[:4]))
     data = (Ftr, ytr, Fva, yva)
     payload = {"dataset": "stanford_cars_a", "image_size": size, "backbone": "efficientnet_lite0", "device": "cpu",
                "n_train": len(ytr), "n_val": len(yva), "n_test": len(yte), "n_classes": len(classes)}
@@ -439,27 +389,10 @@ def main():
     def notes():
         return "\n".join(f"- {k}: {v}" for k, v in summary.items())
 
-    if args.e2e_only is not None and args.e2e_seeds:
-        name = "impostor_e2e_seeds" + ("_quick" if args.quick else "")
-        e2e_seeds(args, size, e2e_epochs, Xtr, ytr, Xte, yte, payload, rows, summary, args.e2e_only)
-        write_results(name, payload, rows, ("section", "method", "configuration", "seed", "test acc", "fit s"),
-                      notes=notes())
-        return
-    if args.e2e_only is not None:
-        name = "impostor_e2e" + ("_quick" if args.quick else "")
-        end_to_end(args, size, e2e_epochs, *args.sigmas, Xtr, ytr, Xte, yte, record, save, summary, payload,
-                   args.e2e_only, val=(Xva, yva))
-        return
     if args.compression_only:
         name = "impostor_compression" + ("_quick" if args.quick else "")
         compression(head_mode_impostors(("fixed", "loose"), sigmas, data, record), data, record, results, summary,
                     seeds=(0,) if args.quick else (0, 1, 2), paired=payload.setdefault("loose_16b_minus_uncompressed", {}))
-        save()
-        return
-    if args.cost_only:
-        name = "impostor_cost" + ("_quick" if args.quick else "")
-        loose, fit_s = timed(lambda: ImpostorClassifier(random_state=0).fit(Ftr, ytr))
-        cost_and_scaling(loose, Xte, Fte, size, sizes_m, payload, rows, summary)
         save()
         return
 

@@ -26,11 +26,10 @@ row's mean with a 95 % Student-t interval and loose minus softmax paired by seed
 
 The features are kept in ``--work`` (``features_<size>_<n classes>.npz``) and reused by a later run
 with the same classes and size while the skfg code that extracted them is unchanged
-(``_parts.Parts``; the stamp then covers that code).
+(``ledger.parts.Parts``; the stamp then covers that code).
 """
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +39,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from _common import DATA, paired_by_seed, seed_summary, write_results
-from _parts import Parts
+from _common import DATA, paired_by_seed, seed_summary, timed, write_results
+from ledger.parts import Parts
 from skfg import CNNFeatureExtractor, ImpostorClassifier, SoftmaxClassifier
 from skfg.datasets import load_image_folder
 
@@ -71,12 +70,12 @@ def features(classes, size, work):
     if parts.get("features") == path.name and path.exists():
         saved = np.load(path)
         return [(saved[f"F{i}"], saved[f"y{i}"]) for i in range(3)], float(saved["seconds"])
-    ext, out, t = CNNFeatureExtractor(image_size=size).fit(), [], time.perf_counter()
+    ext, data = CNNFeatureExtractor(image_size=size).fit(), []
     for split in ("train", "val", "test"):
         X, y = load_image_folder(DATA / "stanford_cars_a" / split)
         keep = np.isin(y, classes)
-        out.append((ext.transform(X[keep]), y[keep]))
-    seconds = time.perf_counter() - t
+        data.append((X[keep], y[keep]))
+    out, seconds = timed(lambda: [(ext.transform(X), y) for X, y in data], warmup=lambda: ext.transform(data[0][0][:4]))
     np.savez(path, seconds=seconds, **{f"F{i}": F for i, (F, _) in enumerate(out)},
              **{f"y{i}": np.asarray(y, dtype=str) for i, (_, y) in enumerate(out)})  # not object: loads unpickled
     parts.put("features", path.name)
@@ -90,9 +89,7 @@ def search_on_val(estimator, param, grid, splits):
     (Ftr, ytr), (Fva, yva) = splits[:2]
     search = GridSearchCV(estimator, {param: list(grid)}, cv=PredefinedSplit([-1] * len(ytr) + [0] * len(yva)),
                           refit=True)
-    t = time.perf_counter()
-    search.fit(np.concatenate([Ftr, Fva]), np.concatenate([ytr, yva]))
-    return search, time.perf_counter() - t
+    return timed(lambda: search.fit(np.concatenate([Ftr, Fva]), np.concatenate([ytr, yva])))
 
 
 def frozen_setup(description):

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import DATA, ratio_over_rounds, untraced, write_results
+from _common import DATA, ratio_over_rounds, timed, untraced, write_results
 from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.datasets import load_image_folder
 from skfg.export import export_onnx
@@ -78,9 +78,9 @@ def speed_rows(graphs, test, rounds, quick):
 def export_both(model, calib_paths, tmp):
     """``(graphs, file MB, quantize seconds)``: float32 and int8 sessions of ``model``."""
     fp32 = export_onnx(model, Path(tmp) / "fp32.onnx")
-    t = time.perf_counter()
-    int8 = export_onnx(model, Path(tmp) / "int8.onnx", quantize="int8", calibration=calib_paths)
-    quantize_s = time.perf_counter() - t
+    int8, quantize_s = timed(
+        lambda: export_onnx(model, Path(tmp) / "int8.onnx", quantize="int8", calibration=calib_paths),
+        warmup=lambda: export_onnx(model, Path(tmp) / "warm.onnx", quantize="int8", calibration=calib_paths[:4]))
     graphs = {"float32": session(fp32), "int8": session(int8)}
     sizes_mb = {"float32": Path(fp32).stat().st_size / 2**20, "int8": Path(int8).stat().st_size / 2**20}
     return graphs, sizes_mb, quantize_s
@@ -96,9 +96,14 @@ def difference_row(correct):
 
 
 def headline(rows, diff_row):
-    pick = lambda b: next(r["speedup"] for r in rows if r.get("batch") == b and r["graph"] == "int8")  # noqa: E731
-    return {"int8_speedup_batch1": pick(1), "int8_speedup_batch4": pick(4), "int8_speedup_batch32": pick(32),
-            "int8_minus_float32_points": 100 * diff_row["difference"]}
+    """``(headline values, their ranges within the run)``: the int8 speed-ups (range over the
+    rounds) and the accuracy difference (its paired bootstrap interval)."""
+    row = {b: next(r for r in rows if r.get("batch") == b and r["graph"] == "int8") for b in (1, 4, 32)}
+    values = {f"int8_speedup_batch{b}": r["speedup"] for b, r in row.items()}
+    ranges = {f"int8_speedup_batch{b}": [r["speedup_low"], r["speedup_high"]] for b, r in row.items()}
+    values["int8_minus_float32_points"] = 100 * diff_row["difference"]
+    ranges["int8_minus_float32_points"] = [100 * diff_row["low"], 100 * diff_row["high"]]
+    return values, ranges
 
 
 HEADER = ("part", "batch", "graph", "ms / image", "speed-up over float32 [round range]", "note")
@@ -155,7 +160,7 @@ def main():
         f"{args.rounds} rounds that run both in turn. Accuracy: SoftmaxClassifier (defaults) on each graph's "
         f"features, seeds 0-2, paired bootstrap over the test images (seeds averaged per image); largest feature "
         f"difference {drift:.3f} (features are L2-normalised). Bar: int8 >= 2x at <= 0.5 points lost.",
-        headline=headline(rows, diff))
+        headline=headline(rows, diff)[0], headline_ranges=headline(rows, diff)[1])
 
 
 def fine_tuned(args, splits, calib, test_images, size):
@@ -201,7 +206,7 @@ def fine_tuned(args, splits, calib, test_images, size):
         f"paired over the test images (bootstrap, seeds averaged per image). Speed: the first seed's graphs on "
         f"decoded test batches, 2 CPU cores, median over {args.rounds} rounds that run both in turn. Bar: int8 >= 2x "
         f"at <= 0.5 points lost.",
-        headline=headline(rows, diff))
+        headline=headline(rows, diff)[0], headline_ranges=headline(rows, diff)[1])
 
 
 if __name__ == "__main__":

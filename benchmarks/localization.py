@@ -33,7 +33,7 @@ Rows, per seed of ``--seeds`` (every estimator at its defaults):
     python benchmarks/localization.py --quick   # 12 classes, 128 px, 1 epoch: minutes
     python benchmarks/localization.py           # 98 classes, 224 px: about 90 minutes on 2 cores
 
-Fitted teachers, croppers and crop classifiers are kept in ``--work`` (``_parts.Parts``), so a
+Fitted teachers, croppers and crop classifiers are kept in ``--work`` (``ledger.parts.Parts``), so a
 run that stopped continues with ``--resume``, while the skfg code that fitted them is unchanged;
 the result's stamp covers the code every part ran.
 """
@@ -44,8 +44,8 @@ import time
 import numpy as np
 from sklearn.frozen import FrozenEstimator
 
-from _common import DATA, paired_by_seed, seed_interval, seed_summary, write_results
-from _parts import Parts
+from _common import DATA, paired_by_seed, seed_interval, seed_summary, timed, write_results
+from ledger.parts import Parts
 from skfg import CNNFeatureExtractor, ObjectCropper, SoftmaxClassifier
 from skfg.datasets import composite_backgrounds, load_image_folder, make_composite
 from skfg.localization import box_iou, heatmap_to_box
@@ -119,13 +119,14 @@ def main():
     size, quick = 224, {}
     if args.quick:
         classes, size, quick = classes[:12], 128, {"max_epochs": 1}
-    t = time.perf_counter()
-    (Xtr, ytr, btr), (Xva, yva, bva), (Xte, yte, bte) = (composite_split(s, classes, size) for s in SPLIT_SEEDS)
+    splits, composite_s = timed(lambda: [composite_split(s, classes, size) for s in SPLIT_SEEDS],
+                                warmup=lambda: composite_split(SPLIT_SEEDS[0], classes[:1], size))
+    (Xtr, ytr, btr), (Xva, yva, bva), (Xte, yte, bte) = splits
     payload = {"n_classes": len(classes), "image_size": size, "n_train": len(ytr), "n_val": len(yva),
                "n_test": len(yte), "seeds": list(args.seeds), "composite": COMPOSITE,
                "n_backgrounds": {s: len(composite_backgrounds(s)) for s in SPLIT_SEEDS},
                "object_area_fraction": float(np.mean((bte[:, 2] - bte[:, 0]) * (bte[:, 3] - bte[:, 1])) / size**2),
-               "make_composite_s": time.perf_counter() - t}
+               "make_composite_s": composite_s}
     data = ((Xva, bva), (Xte, bte))
     parts = Parts(args.work or f"/tmp/skfg_localization{'_quick' if args.quick else ''}", work_settings(payload),
                   args.resume)
@@ -152,9 +153,8 @@ def main():
             teacher=FrozenEstimator(teacher), random_state=seed, **quick).fit(Xtr))
         croppers.append(evaluate_cropper("ObjectCropper() (teacher fine-tuned on X, y)", seed, cropper, data, size))
         print({k: croppers[-1][k] for k in SETTINGS}, flush=True)
-        t = time.perf_counter()
-        crops = [cropper.transform(X) for X in (Xtr, Xva, Xte)]
-        fit_s[f"transform_s{seed}"] = time.perf_counter() - t
+        crops, fit_s[f"transform_s{seed}"] = timed(lambda: [cropper.transform(X) for X in (Xtr, Xva, Xte)],
+                                                  warmup=lambda: cropper.transform(Xtr[:2]))
         croppers[-1]["crop_kept_area_fraction"] = float(np.mean([c.width * c.height for c in crops[2]]) / size**2)
         on_crops, fit_s[f"crop_classifier_s{seed}"] = fitted(f"crop_classifier_s{seed}",
                                                              lambda: classifier(seed).fit(crops[0], ytr))
@@ -170,9 +170,14 @@ def main():
     name = "localization" + ("_quick" if args.quick else "")
     s, gain = payload["summary"]["default"], payload["e2e"]["paired"]
     headline = {"student IoU>=0.5, default": s["student_iou05_mean"]}
+    ranges = {"student IoU>=0.5, default": [s["student_iou05_mean"] - s["student_iou05_half_width"],
+                                            s["student_iou05_mean"] + s["student_iou05_half_width"]]}
     if gain is not None:
         headline["cropping gain, test"] = gain["test_mean"]
-    write_results(name, payload, table_rows(croppers), HEADER, notes(payload), rows_key="croppers", headline=headline)
+        ranges["cropping gain, test"] = [gain["test_mean"] - gain["test_half_width"],
+                                         gain["test_mean"] + gain["test_half_width"]]
+    write_results(name, payload, table_rows(croppers), HEADER, notes(payload), rows_key="croppers", headline=headline,
+                  headline_ranges=ranges)
 
 
 SETTINGS = ("default", "chosen on val", "paper's rule", "paper's rule, tau chosen on val")

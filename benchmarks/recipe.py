@@ -152,11 +152,13 @@ def make_step(backbone, crop, batch_size, trainable, channels_last, dtype=None, 
 
 def step_seconds(backbone, crop, batch_size, trainable, channels_last, steps=4, compiled=False, **kwargs):
     """Seconds per training image of :func:`make_step`'s step: the median of ``steps``
-    steps after the warm-up (one step; three under ``torch.compile``)."""
+    steps, untraced, after the warm-up (one step; three under ``torch.compile``), traced."""
     step = make_step(backbone, crop, batch_size, trainable, channels_last, compiled=compiled, **kwargs)
-    warm = 3 if compiled else 1
-    times = [step() for _ in range(steps + warm)]
-    return float(np.median(times[warm:])) / batch_size
+    for _ in range(3 if compiled else 1):  # the warm-up, traced
+        step()
+    with TRACER.paused():
+        times = [step() for _ in range(steps)]
+    return float(np.median(times)) / batch_size
 
 
 def plain_loop(Xtr, ytr, size, epochs, seed, batch_size=32):
@@ -412,9 +414,10 @@ def main():
             # the fine-tuning epochs (after the head_epochs of linear probing on cached features)
             predict, history, best_epoch = clf.predict, clf.history_[-clf.resolved_param("max_epochs"):], clf.best_epoch_
         val = float(np.mean(predict(Xva) == yva))
-        t = time.perf_counter()
-        test = float(np.mean(predict(Xte) == yte))
-        ms = 1000 * (time.perf_counter() - t) / len(Xte)
+        with TRACER.paused():  # predict ran traced on val just before
+            t = time.perf_counter()
+            test = float(np.mean(predict(Xte) == yte))
+            ms = 1000 * (time.perf_counter() - t) / len(Xte)
         ips = float(np.median([h["n_samples"] / h["train_seconds"] for h in history]))
         results.append({"name": name, "note": note, "backbone": backbone, "image_size": image_size,
                         "params": repr(params), "seed": seed,

@@ -134,7 +134,10 @@ def main():
     write_results("scale" + ("_quick" if args.quick else ""), {"rows": results, "resume": resume, "rounds": args.rounds}, rows,
                   ("images", "in process img/s", "dask img/s", "store img/s", "max |diff|", "client peak MB"),
                   notes, headline={f"{way} vs in process, {r['n_images']} images": r[f"{way}_vs_in_process"]
-                                   for r in results for way in ("dask", "store")})
+                                   for r in results for way in ("dask", "store")},
+                  headline_ranges={f"{way} vs in process, {r['n_images']} images": [
+                      r[f"{way}_vs_in_process_low"], r[f"{way}_vs_in_process_high"]]
+                      for r in results for way in ("dask", "store")})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ val / test image of the drawn classes. Each subset and seed fits:
 
 and with ``--ablations NAME,...`` rows that change one part:
 
-- ``sqrt_rate``: the peak rate times ``sqrt(b / 64)`` (Adam's square-root rule) instead;
+- ``sqrt_rate``: the peak rate times ``sqrt(b / 64)`` (Adam's square-root rule) instead, given
+  as ``lr`` (so the linear probe trains at it too);
 - ``no_split``: ``validation_fraction=0`` (every image trains, no probe comparison);
 - ``full_rate``: ``lr=3e-3`` given explicitly (the recipe's rate, not scaled down; the
   linear probe then trains at that rate too, as it does by default).
@@ -40,7 +41,6 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 
 from _common import DATA, paired_by_seed, seed_interval, write_results
-import skfg._classifier
 from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.datasets import load_image_folder
 
@@ -75,14 +75,17 @@ def fit_row(key, seed, X, y):
     if key == "head":
         return Pipeline([("features", CNNFeatureExtractor()),
                          ("head", SoftmaxClassifier(random_state=seed, verbose=False))]).fit(X, y)
-    clf = SoftmaxClassifier(extractor=CNNFeatureExtractor(), random_state=seed, verbose=False, **PARAMS[key])
-    rule = skfg._classifier.small_set_lr_factor
-    if key == "sqrt_rate":  # (the rule is a module function of the base class's module)
-        skfg._classifier.small_set_lr_factor = sqrt_rule
-    try:
-        return clf.fit(X, y)
-    finally:
-        skfg._classifier.small_set_lr_factor = rule
+    params = dict(PARAMS[key], **({"lr": sqrt_rate_lr(y)} if key == "sqrt_rate" else {}))
+    return SoftmaxClassifier(extractor=CNNFeatureExtractor(), random_state=seed, verbose=False, **params).fit(X, y)
+
+
+def sqrt_rate_lr(y):
+    """The ``sqrt_rate`` row's ``lr``, given explicitly (so no other rule scales it): the
+    recipe's peak rate times :func:`sqrt_rule` of the mini-batches an epoch that a fit on
+    ``y`` trains with (its images less the held-out split, in batches of its batch size)."""
+    clf = SoftmaxClassifier(extractor=CNNFeatureExtractor())
+    n_train = len(y) - int(round(clf.resolved_param("validation_fraction", y) * len(y)))
+    return clf.resolved_param("lr") * sqrt_rule(math.ceil(n_train / clf.resolved_param("batch_size", y)))
 
 
 def main():

@@ -17,7 +17,7 @@ Candidates (``norm``: min-max per map; ``last``: the ``head`` stage, ``previous`
 channel mean):
 
 - ``last`` (``teacher_map="last"``, the paper's) and ``last + previous scaled``
-  (``teacher_map="last+previous"``), both computed by the cropper's own teacher code;
+  (``teacher_map="last+previous"``), composed as the cropper composes them (:func:`cropper_map`);
 - ``pretrained last``, ``fine-tuned + pretrained last``, each averaged with its flip;
 - ``last scaled``, ``previous``, ``previous scaled``, ``last + previous``, and the
   pretrained teacher's ``last scaled`` alone and with the fine-tuned one's.
@@ -27,7 +27,7 @@ With ``--set cars`` the same question on the car composites of ``localization.py
 224 px, 98 classes): per seed the teacher that ``ObjectCropper().fit(X, y)`` trains there
 (``SoftmaxClassifier(extractor=CNNFeatureExtractor(), random_state=seed)`` on the
 composite training images; read from ``localization.py``'s ``--work`` folder when it is
-there and the skfg code that fitted it is unchanged (``_parts.Parts``), else fitted and kept
+there and the skfg code that fitted it is unchanged (``ledger.parts.Parts``), else fitted and kept
 in it) and the pretrained EfficientNet-Lite0, on every val
 and test composite at 448 px. Candidates: each teacher's ``"last"`` and
 ``"last+previous"`` maps alone and the fine-tuned one's joined with the pretrained one's
@@ -49,10 +49,51 @@ from _common import seed_interval, write_results
 from skfg import CNNFeatureExtractor, SoftmaxClassifier
 from skfg.datasets import make_fine_grained
 from skfg.images import eval_transform
-from skfg.localization import _minmax, _resolve_teacher, box_iou, heatmap_to_box
+from skfg.localization import box_iou, heatmap_to_box
 
 TAUS = (0.2, 0.3, 0.4, 0.5, 0.6)
 SIZE, TEACHER_SIZE = 128, 448
+
+
+class Teacher:
+    """A teacher as ``ObjectCropper`` resolves its ``teacher`` parameter: a network with
+    ``forward_stages``, its input normalisation (``preprocessing``) and its device."""
+
+    def __init__(self, network, preprocessing):
+        self.network, self.preprocessing = network, preprocessing
+        self.device = next(network.parameters()).device
+
+
+def pretrained_teacher():
+    """``teacher=None``'s: the pretrained EfficientNet-Lite0, its input squashed (224 px normalisation)."""
+    ext = CNNFeatureExtractor(image_size=224, resize="squash").fit()
+    return Teacher(ext.network_, ext.preprocessing_)
+
+
+def fine_tuned_teacher(clf):
+    """A classifier fine-tuned with ``extractor=CNNFeatureExtractor()`` as a teacher: its trained trunk."""
+    return Teacher(clf.module_.trunk, clf.preprocessing_)
+
+
+def minmax(maps):
+    """Per-map min-max normalisation to [0, 1] (a constant map becomes zeros), as the cropper normalises."""
+    flat = maps.flatten(1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    return ((flat - lo) / (hi - lo).clamp_min(1e-12)).view_as(maps)
+
+
+def cropper_map(m, kind):
+    """The map ``ObjectCropper(teacher_map=kind)`` learns from, composed from a batch's
+    :func:`stage_maps` ``m``: ``"last"``, the last stage's channel mean (the paper's);
+    ``"last+previous"``, that map min-max normalised plus the stage before's scaled map
+    (pooled to the same size), each min-max normalised."""
+    last = m["last", False]
+    if kind == "last":
+        return last
+    prev = m["previous", True]
+    if prev.shape[-2:] != last.shape[-2:]:
+        prev = torch.nn.functional.adaptive_avg_pool2d(prev[:, None], last.shape[-2:])[:, 0]
+    return minmax(last) + minmax(prev)
 
 
 def stage_maps(teacher, batch, flip=False):
@@ -83,13 +124,13 @@ def teacher_maps(teacher, X):
             for key, m in stage_maps(teacher, batch, flip).items():
                 acc.setdefault((*key, flip), []).append(m)
         for kind in ("last", "last+previous"):  # what ObjectCropper(teacher_map=kind) learns from
-            acc.setdefault(kind, []).append(teacher.heatmaps(batch, kind))
+            acc.setdefault(kind, []).append(cropper_map(stage_maps(teacher, batch), kind))
     return {k: torch.cat(v) for k, v in acc.items()}
 
 
 def candidates(ft, pre):
     """The candidate maps (unnormalised sums of min-max normalised maps)."""
-    n = _minmax
+    n = minmax
     return {
         "last (teacher_map='last', the paper's)": n(ft["last"]),
         "last + previous scaled (teacher_map='last+previous')": n(ft["last+previous"]),
@@ -124,25 +165,18 @@ CAR_TAUS = (0.3, 0.4, 0.5, 0.6, 0.7)
 def car_maps(teacher, X):
     """``{"last", "last+previous"}`` -> ``(n, I, J)`` min-max normalised maps of the 224 px
     composites ``X`` at 448 px, one teacher pass for both (``"last+previous"`` composed
-    from :func:`stage_maps` as ``_Teacher.heatmaps`` does; checked on the first batch)."""
+    from :func:`stage_maps` as the cropper composes it, :func:`cropper_map`)."""
     tf, acc = eval_transform(TEACHER_SIZE, "squash"), {"last": [], "last+previous": []}
     for start in range(0, len(X), 4):
         batch = torch.stack([tf(Image.fromarray(x)) for x in X[start:start + 4]])
         m = stage_maps(teacher, batch)
-        last, prev = m["last", False], m["previous", True]
-        if prev.shape[-2:] != last.shape[-2:]:
-            prev = torch.nn.functional.adaptive_avg_pool2d(prev[:, None], last.shape[-2:])[:, 0]
-        acc["last"].append(_minmax(last))
-        acc["last+previous"].append(_minmax(_minmax(last) + _minmax(prev)))
-        if start == 0:
-            for kind in acc:
-                own = _minmax(teacher.heatmaps(batch, kind))
-                assert torch.allclose(own, acc[kind][0], atol=1e-4), f"{kind}: not the cropper's own map"
+        for kind in acc:
+            acc[kind].append(minmax(cropper_map(m, kind)))
     return {k: torch.cat(v) for k, v in acc.items()}
 
 
 def car_candidates(ft, pre):
-    n = _minmax
+    n = minmax
     return {
         "last (teacher_map='last', the paper's)": ft["last"],
         "last + previous scaled (teacher_map='last+previous')": ft["last+previous"],
@@ -167,13 +201,13 @@ def cars_main(args):
     from localization import COMPOSITE, composite_split, work_settings
     from skfg.datasets import load_image_folder
     from _common import DATA
-    from _parts import Parts
+    from ledger.parts import Parts
 
     seeds = [int(s) for s in args.seeds.split(",")]
     classes = sorted(set(load_image_folder(DATA / "stanford_cars_a" / "train")[1]))
     size = 224
     parts = {"val": composite_split("val", classes, size), "test": composite_split("test", classes, size)}
-    pretrained = _resolve_teacher(None)
+    pretrained = pretrained_teacher()
     pre = {part: car_maps(pretrained, X) for part, (X, _, _) in parts.items()}
     # localization.py's teachers (its --work), while the skfg code that fitted them is unchanged
     train_y = load_image_folder(DATA / "stanford_cars_a" / "train")[1]
@@ -191,7 +225,7 @@ def cars_main(args):
             t = time.perf_counter()
             clf = SoftmaxClassifier(extractor=CNNFeatureExtractor(image_size=size), random_state=seed).fit(Xtr, ytr)
             teachers.dump(f"teacher_s{seed}", {"model": clf, "fit_s": time.perf_counter() - t})
-        teacher = _resolve_teacher(clf)
+        teacher = fine_tuned_teacher(clf)
         run = {"seed": seed, "rates": {}}
         for part, (X, _, boxes) in parts.items():
             for name, maps in car_candidates(car_maps(teacher, X), pre[part]).items():
@@ -255,14 +289,14 @@ def main():
     n_classes, n_train, n_val, n_test = (8, 12, 6, 8) if args.quick else (20, 30, 10, 20)
     Xva, _, bva = make_fine_grained(n_classes, n_val, image_size=SIZE, random_state=1000, return_boxes=True)
     Xte, _, bte = make_fine_grained(n_classes, n_test, image_size=SIZE, random_state=2000, return_boxes=True)
-    pretrained = _resolve_teacher(None)
+    pretrained = pretrained_teacher()
     pre = {part: teacher_maps(pretrained, X) for part, X in (("val", Xva), ("test", Xte))}
     runs = []
     for seed in seeds:
         t = time.perf_counter()
         X, y = make_fine_grained(n_classes, n_train, image_size=SIZE, random_state=seed)
         clf = SoftmaxClassifier(extractor=CNNFeatureExtractor(), validation_fraction=0.1, random_state=seed).fit(X, y)
-        teacher = _resolve_teacher(clf)
+        teacher = fine_tuned_teacher(clf)
         run = {"seed": seed, "teacher_fit_s": time.perf_counter() - t, "rates": {}}
         for part, Z, boxes in (("val", Xva, bva), ("test", Xte, bte)):
             for name, maps in candidates(teacher_maps(teacher, Z), pre[part]).items():

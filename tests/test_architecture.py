@@ -151,25 +151,12 @@ def _skfg_private_names(source):
     yield from _private_uses(source)
 
 
-# Private names a benchmark may use, with why: an ablation that swaps an internal rule
-# (nothing public can express it) and says so in its docstring.
-PRIVATE_IN_BENCHMARKS = {
-    # the sqrt_rate row replaces the small-set rate rule that BaseTorchClassifier calls
-    ("benchmarks/small_data.py", "import of skfg._classifier"),
-    ("benchmarks/small_data.py", "skfg._classifier"),
-    # the candidate maps are compared on the teacher ObjectCropper itself resolves, and the two that
-    # teacher_map offers come from its own heat-map code (normalised as it normalises them)
-    ("benchmarks/teacher_maps.py", "from skfg.localization import _minmax, _resolve_teacher, box_iou, heatmap_to_box"),
-    ("benchmarks/teacher_maps.py", "from skfg.localization import _minmax"),
-    ("benchmarks/teacher_maps.py", "from skfg.localization import _resolve_teacher"),
-}
-
-
-def test_the_benchmarks_and_the_docs_extension_use_only_public_names():
-    files = [*sorted(BENCHMARKS.glob("*.py")), *sorted((ROOT.parent / "docs" / "_ext").glob("*.py"))]
+def test_the_benchmarks_and_the_ledger_use_only_public_names():
+    """No exemption list: what a benchmark needs becomes public API or stays in the benchmark."""
+    files = sorted(BENCHMARKS.rglob("*.py"))
+    assert any(f.parent.name == "ledger" for f in files)
     found = [f"{path.relative_to(ROOT.parent)}:{line}: {code}"
-             for path in files for line, code in _skfg_private_names(path.read_text())
-             if (str(path.relative_to(ROOT.parent)), code) not in PRIVATE_IN_BENCHMARKS]
+             for path in files for line, code in _skfg_private_names(path.read_text())]
     assert not found, "make these public API, or keep them in the benchmark:\n" + "\n".join(found)
 
 

@@ -7,7 +7,7 @@ of CI. So it is checked in two parts that run on every test run, and once whole 
 
 - ``ObjectCropper().fit(X, y)`` fits exactly the teacher of
   ``benchmarks/cropper_default.py`` (a small case, bit-identical students);
-- that benchmark's committed result (3 seeds, re-run by ``benchmarks/sweep.py`` when the
+- that benchmark's committed result (3 seeds, re-run by ``python benchmarks/ledger sweep`` when the
   code it ran changes) shows the default ahead on every seed;
 - the benchmark's seed-0 computation itself, ``pytest -m slow tests/test_cropper_default.py``
   (marked ``slow``: the README's test command leaves it out).

@@ -1,14 +1,14 @@
 """Published numbers stay true without freezing the code: a stamped result file whose
 measured code changed since is listed as stale (``benchmarks/status.py``) and its numbers
-are marked in the docs; no test fails because of it (``benchmarks/_common.py`` stamps each
+are marked in the docs; no test fails because of it (``benchmarks/ledger/stamp.py`` stamps each
 file with the hashes of the code it ran)."""
 
-import ast
 import importlib
 import importlib.util
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +16,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-sys.path.insert(0, str(REPO / "docs" / "_ext"))
 
-from _common import code_hash, provenance, stale_results  # noqa: E402
-import _provenance  # noqa: E402
-from _provenance import (HASHING, Tracer, _parse, counted_definitions, definition_hashes,  # noqa: E402
-                         definition_of, executed_definitions, refresh_stamp, stale_definitions, status,
-                         upgrade_stamp)
+from ledger import parts as _parts  # noqa: E402
+from ledger import stamp as ledger_stamp  # noqa: E402
+from ledger import status, sweep  # noqa: E402
+from ledger.hashing import (HASHING, _parse, code_hash, counted_definitions, definition_hashes,  # noqa: E402
+                            definition_of, executed_definitions, stale_definitions, stale_results)
+from ledger.stamp import provenance  # noqa: E402
+from ledger.tracer import TRACER, Tracer, is_measuring_script  # noqa: E402
 
 
 def _stamped_repo(tmp_path):
@@ -33,15 +34,14 @@ def _stamped_repo(tmp_path):
     results.mkdir(parents=True)
     stamp = {"commit": "abcdef0123", "date": "2026-12-01 10:00 UTC", "run": "2026-12-01 09:30:00 UTC pid 1",
              "command": "python benchmarks/r.py", "code": {"skfg/m.py": code_hash(module)},
-             "definitions": {"skfg/m.py": definition_hashes(module)}}
+             "definitions": {"skfg/m.py": definition_hashes(module)}, "hashing": HASHING}
     stamp["definitions"]["skfg/m.py"].pop("g")  # the run executed f only
     (results / "r.json").write_text(json.dumps({"acc": 0.5, "provenance": stamp}))
     return module, results
 
 
 def test_a_change_to_measured_code_marks_the_result_stale_and_fails_nothing(tmp_path):
-    import status
-    from skfg_results import _NOTES, readme_mark, stale_note, sync_readme
+    from ledger.docs import _NOTES, readme_mark, stale_note, sync_readme
 
     module, results = _stamped_repo(tmp_path)
     assert status.render(results, tmp_path)[1] == {}
@@ -66,7 +66,7 @@ def test_a_change_to_measured_code_marks_the_result_stale_and_fails_nothing(tmp_
 
 def test_the_docs_render_a_stale_number_with_its_mark_and_note(tmp_path):
     pytest.importorskip("docutils")
-    from skfg_results import _NOTES, result_nodes
+    from ledger.docs import _NOTES, result_nodes
 
     module, results = _stamped_repo(tmp_path)
     _NOTES.clear()
@@ -83,7 +83,6 @@ def test_the_docs_render_a_stale_number_with_its_mark_and_note(tmp_path):
 
 
 def test_the_status_of_the_repositorys_results_renders():
-    import status
 
     text, stale = status.render()
     assert text.startswith("# Status of the results") and all(f"| {name} |" in text for name in stale)
@@ -95,24 +94,27 @@ def test_the_staleness_check_catches_changed_and_removed_code(tmp_path):
     module.write_text('"""Doc."""\n\ndef f():\n    """Doc."""\n    return 1  # a comment\n')
     results = tmp_path / "results"
     results.mkdir()
-    stamp = {"commit": "abc", "code": {"skfg/m.py": code_hash(module)}}
+    stamp = {"commit": "abc", "definitions": {"skfg/m.py": definition_hashes(module)}, "hashing": HASHING}
     (results / "r.json").write_text(json.dumps({"acc": 0.5, "provenance": stamp}))
     (results / "legacy.json").write_text(json.dumps({"acc": 0.4}))  # unstamped: not checked
+    (results / "other.json").write_text(json.dumps({"acc": 0.4, "provenance": dict(stamp, hashing=HASHING - 1)}))
+    assert stale_results(results, tmp_path) == {"other.json": ["hashed another way"]}  # re-run it
+    (results / "other.json").unlink()
     assert stale_results(results, tmp_path) == {}
     module.write_text('"""Other doc."""\n\ndef f():\n    """Changed doc."""\n    return 1  # changed comment\n')
     assert stale_results(results, tmp_path) == {}  # docs and comments are not the measured code
     module.write_text('def f():\n    return 2\n')
-    assert stale_results(results, tmp_path) == {"r.json": ["skfg/m.py"]}
+    assert stale_results(results, tmp_path) == {"r.json": ["skfg/m.py:f"]}
     module.unlink()
-    assert stale_results(results, tmp_path) == {"r.json": ["skfg/m.py"]}
+    assert stale_results(results, tmp_path) == {"r.json": ["skfg/m.py: removed"]}
 
 
 def test_provenance_records_the_imported_skfg_modules():
     importlib.import_module("skfg.metrics")
 
     stamp = provenance()
-    assert "skfg/metrics.py" in stamp["code"] and stamp["date"]
-    assert stamp["code"]["skfg/metrics.py"] == code_hash(REPO / "skfg" / "metrics.py")
+    assert stamp["date"] and stamp["hashing"] == HASHING
+    assert stamp["definitions"]["skfg/metrics.py"] == definition_hashes(REPO / "skfg" / "metrics.py")
     # no trace in the test process: every definition of the imported modules counts as run
     assert stamp["executed"].startswith("unknown")
     assert stamp["definitions"]["skfg/metrics.py"] == definition_hashes(REPO / "skfg" / "metrics.py")
@@ -229,6 +231,9 @@ def test_the_tracer_records_the_definitions_a_run_executes(tmp_path):
         module.C().m(1)
         with tracer.paused():
             module.g(1)  # timed code runs untraced
+            untimed = threading.Thread(target=module.g, args=(2,))  # nor do threads started meanwhile
+            untimed.start()
+            untimed.join()
     finally:
         tracer.stop()
     stamp = executed_definitions([path], tracer, tmp_path)
@@ -238,20 +243,27 @@ def test_the_tracer_records_the_definitions_a_run_executes(tmp_path):
     assert definition_of("<listcomp>", stamp["skfg/m.py"]) == "<module>"
 
 
-def test_a_per_module_stamp_upgrades_only_while_its_code_is_unchanged(tmp_path):
-    (tmp_path / "skfg").mkdir()
-    path = tmp_path / "skfg" / "m.py"
-    path.write_text(MODULE)
-    legacy = {"commit": "abc", "code": {"skfg/m.py": code_hash(path)}}
-    upgraded = upgrade_stamp(legacy, tmp_path)
-    assert upgraded["definitions"]["skfg/m.py"] == definition_hashes(path)
-    assert upgraded["executed"].startswith("unknown") and upgraded["code"] == legacy["code"]
-    _edited(tmp_path, "return x - 1", "return x - 2")
-    assert stale_definitions(upgraded["definitions"], tmp_path) == ["skfg/m.py:g"]  # all counted as run
-    assert upgrade_stamp(legacy, tmp_path) is None
-    assert [status(s) for s in (None, legacy, upgraded)] == ["unstamped", "per module", "every definition"]
-    traced = {"definitions": {}, "executed": "traced"}
-    assert status(traced) == "traced" and status(dict(traced, earlier_runs={"x": upgraded})) == "every definition"
+def test_the_tracer_records_code_run_in_threads_started_after_it():
+    import skfg.metrics
+
+    tracer = Tracer()
+    tracer.start()
+    try:
+        worker = threading.Thread(target=skfg.metrics.entropy, args=(np.array([[0.9, 0.1], [0.2, 0.8]]),))
+        worker.start()
+        worker.join()
+    finally:
+        tracer.stop()
+    assert (skfg.metrics.__file__, "entropy") in tracer.codes()
+    assert not tracer.active
+
+
+def test_the_tracer_starts_only_for_a_measuring_script(tmp_path):
+    benchmarks = REPO / "benchmarks"
+    assert is_measuring_script(str(benchmarks / "recipe.py"), benchmarks)
+    assert not is_measuring_script(str(benchmarks / "ledger"), benchmarks)  # python benchmarks/ledger status
+    assert not is_measuring_script(str(benchmarks / "ledger" / "sweep.py"), benchmarks)
+    assert not is_measuring_script("", benchmarks) and not TRACER.active  # the tests: off
 
 
 OTHER = '''
@@ -323,30 +335,8 @@ def test_a_constant_or_class_header_counts_only_when_code_that_ran_reads_it(tmp_
         (tmp_path / "skfg" / name).write_text(source)
 
 
-def test_a_stamp_hashed_the_earlier_way_is_recounted_only_while_what_it_ran_is_unchanged(tmp_path):
-    (tmp_path / "skfg").mkdir()
-    path = tmp_path / "skfg" / "m.py"
-    path.write_text(MODULE)
-    hashes = definition_hashes(path)
-    # hashing 1: "<module>" covered the constants, every class header counted
-    tree = ast.parse(MODULE)
-    old_module = _provenance._digest([s for s in _provenance._Normalise().visit(tree).body
-                                      if isinstance(s, ast.Assign) and s.targets[0].id != "__all__"])
-    old = {"executed": "traced", "definitions": {"skfg/m.py": {
-        "<module>": old_module, "Base": hashes["Base"], "C": hashes["C"], "C.m": hashes["C.m"]}}}
-    assert stale_definitions(old["definitions"], tmp_path) == ["skfg/m.py:<module>"]  # hashed otherwise
-    refreshed = refresh_stamp(old, tmp_path)
-    assert refreshed["hashing"] == HASHING
-    assert set(refreshed["definitions"]["skfg/m.py"]) == {"<module>", "Base", "C", "C.m", "SCALE"}
-    assert stale_definitions(refreshed["definitions"], tmp_path, refreshed["known"]) == []
-    _edited(tmp_path, "return x - 1", "return x - 2")  # g never ran
-    assert refresh_stamp(old, tmp_path) is not None
-    _edited(tmp_path, "SCALE = 2", "SCALE = 3")  # read by C.m, which ran
-    assert refresh_stamp(old, tmp_path) is None
-
-
 def test_every_measured_number_in_the_docs_comes_from_a_result_spec():
-    from skfg_results import unsourced_numbers
+    from ledger.docs import unsourced_numbers
 
     found = [f"{path.relative_to(REPO)}:{line}: {number}"
              for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.rst"))]
@@ -356,7 +346,7 @@ def test_every_measured_number_in_the_docs_comes_from_a_result_spec():
 
 
 def test_a_planted_number_fails_the_docs_check_even_when_a_results_file_holds_it():
-    from skfg_results import unsourced_numbers
+    from ledger.docs import unsourced_numbers
 
     page = ("Ours reaches 67.3 % and runs 2.9x faster, 12 ms an image, in 3 min.\n"
             "The paper reports :paper:`78.7 % <impostor networks Table 1>`; a :given:`95 %` interval;\n"
@@ -368,7 +358,7 @@ def test_a_planted_number_fails_the_docs_check_even_when_a_results_file_holds_it
 
 
 def test_a_planted_range_or_recall_fails_the_docs_check():
-    from skfg_results import unsourced_numbers
+    from ledger.docs import unsourced_numbers
 
     page = ("Early layers are 7-26 points less accurate, a fit takes 12–16 minutes, 3 to 4 ms a query\n"
             "at 0.95 recall; the paper: :paper:`1-2 points <elope Table 5>`; crops of :given:`35-100 %`.\n")
@@ -378,17 +368,16 @@ def test_a_planted_range_or_recall_fails_the_docs_check():
 
 
 def test_a_file_filled_over_several_runs_keeps_each_runs_provenance(tmp_path, monkeypatch):
-    import _common
 
-    monkeypatch.setattr(_common, "RESULTS", tmp_path)
-    monkeypatch.setattr(_common, "_MERGED", {})
+    monkeypatch.setattr(ledger_stamp, "RESULTS", tmp_path)
+    monkeypatch.setattr(ledger_stamp, "_MERGED", {})
     importlib.import_module("skfg.metrics")
-    legacy = {k: v for k, v in provenance().items() if k in ("commit", "date", "code")}  # a per-module stamp
+    legacy = provenance()  # a stamp without a run id: its rows' run is "legacy"
     (tmp_path / "t.json").write_text(json.dumps({"rows": [{"name": "a"}, {"name": "b"}], "provenance": legacy}))
-    rows = _common.mergeable_rows("t")
+    rows = ledger_stamp.mergeable_rows("t")
     assert [r["run"] for r in rows] == ["legacy", "legacy"]
     rows = [r for r in rows if r["name"] != "b"] + [{"name": "b"}]  # b measured again
-    _common.write_results("t", {"rows": rows}, [("a",), ("b",)], ("name",))
+    ledger_stamp.write_results("t", {"rows": rows}, [("a",), ("b",)], ("name",))
     saved = json.loads((tmp_path / "t.json").read_text())
     stamp = saved["provenance"]
     assert saved["rows"][0]["run"] == "legacy" and saved["rows"][1]["run"] == stamp["run"] != "legacy"
@@ -396,18 +385,16 @@ def test_a_file_filled_over_several_runs_keeps_each_runs_provenance(tmp_path, mo
     assert stamp["earlier_runs"]["legacy"]["definitions"]["skfg/metrics.py"] == definition_hashes(
         REPO / "skfg" / "metrics.py")
     assert stale_results(tmp_path) == {}
-    monkeypatch.setattr(_common, "_RUN_ID", "a later run")
-    rows = _common.mergeable_rows("t")
-    _common.write_results("t", {"rows": [{"name": "a"}, rows[1]]}, [("a",), ("b",)], ("name",))
+    monkeypatch.setattr(ledger_stamp, "_RUN_ID", "a later run")
+    rows = ledger_stamp.mergeable_rows("t")
+    ledger_stamp.write_results("t", {"rows": [{"name": "a"}, rows[1]]}, [("a",), ("b",)], ("name",))
     second = json.loads((tmp_path / "t.json").read_text())["provenance"]
     assert set(second["earlier_runs"]) == {stamp["run"]}  # the legacy rows are all gone, and so is their run
-    # a per-definition run whose modules changed since, in code it never ran, keeps its stamp as recorded
+    # a kept run's stamp stays as recorded
     saved = json.loads((tmp_path / "t.json").read_text())
-    saved["provenance"]["code"] = {m: "0" * 40 for m in saved["provenance"]["code"]}
-    (tmp_path / "t.json").write_text(json.dumps(saved))
-    monkeypatch.setattr(_common, "_RUN_ID", "a third run")
-    rows = _common.mergeable_rows("t")
-    _common.write_results("t", {"rows": [rows[0], {"name": "b"}]}, [("a",), ("b",)], ("name",))
+    monkeypatch.setattr(ledger_stamp, "_RUN_ID", "a third run")
+    rows = ledger_stamp.mergeable_rows("t")
+    ledger_stamp.write_results("t", {"rows": [rows[0], {"name": "b"}]}, [("a",), ("b",)], ("name",))
     third = json.loads((tmp_path / "t.json").read_text())["provenance"]
     kept = {k: v for k, v in saved["provenance"].items() if k != "earlier_runs"}
     assert third["earlier_runs"] == {"a later run": kept}
@@ -415,22 +402,21 @@ def test_a_file_filled_over_several_runs_keeps_each_runs_provenance(tmp_path, mo
 
 
 def test_rows_kept_under_another_key_keep_their_runs_provenance(tmp_path, monkeypatch):
-    import _common
 
-    monkeypatch.setattr(_common, "RESULTS", tmp_path)
-    monkeypatch.setattr(_common, "_MERGED", {})
-    monkeypatch.setattr(_common, "_RUN_ID", "the fitting run")
-    _common.write_results("t", {"results": [{"name": "a"}], "cost": 1.0}, [("a",)], ("name",), rows_key="results")
+    monkeypatch.setattr(ledger_stamp, "RESULTS", tmp_path)
+    monkeypatch.setattr(ledger_stamp, "_MERGED", {})
+    monkeypatch.setattr(ledger_stamp, "_RUN_ID", "the fitting run")
+    ledger_stamp.write_results("t", {"results": [{"name": "a"}], "cost": 1.0}, [("a",)], ("name",), rows_key="results")
     first = json.loads((tmp_path / "t.json").read_text())
     assert first["results"][0]["run"] == "the fitting run"
-    monkeypatch.setattr(_common, "_RUN_ID", "a timing run")
-    kept = _common.mergeable_rows("t", key="results")
-    _common.write_results("t", {"results": kept, "cost": 2.0}, [("a",)], ("name",), rows_key="results")
+    monkeypatch.setattr(ledger_stamp, "_RUN_ID", "a timing run")
+    kept = ledger_stamp.mergeable_rows("t", key="results")
+    ledger_stamp.write_results("t", {"results": kept, "cost": 2.0}, [("a",)], ("name",), rows_key="results")
     second = json.loads((tmp_path / "t.json").read_text())
     assert second["cost"] == 2.0 and second["results"][0]["run"] == "the fitting run"
     assert set(second["provenance"]["earlier_runs"]) == {"the fitting run"}
     with pytest.raises(KeyError):
-        _common.mergeable_rows("t")  # no "rows" in this file
+        ledger_stamp.mergeable_rows("t")  # no "rows" in this file
 
 
 def test_alternating_ms_times_every_predictor_per_batch_and_round():
@@ -488,17 +474,17 @@ def test_paired_by_seed_pairs_only_the_seeds_both_ran():
 
 
 sys.path.insert(0, str(REPO / "docs" / "_ext"))
-from skfg_results import markdown_tables, result_value, sync_readme  # noqa: E402
+from ledger.docs import markdown_tables, result_value, sync_readme  # noqa: E402
 
 
 def test_the_readme_numbers_are_those_of_the_results():
-    assert sync_readme(check=True) == [], "run: python docs/_ext/skfg_results.py --sync"
+    assert sync_readme(check=True) == [], "run: python benchmarks/ledger docs --sync"
 
 
 def test_the_numbers_the_rst_sources_show_are_those_of_the_results(tmp_path):
-    from skfg_results import split_role, sync_docs
+    from ledger.docs import split_role, sync_docs
 
-    assert sync_docs(check=True) == [], "run: python docs/_ext/skfg_results.py --sync"
+    assert sync_docs(check=True) == [], "run: python benchmarks/ledger docs --sync"
     assert split_role("74.6 % <recipe:a.b|pct>") == ("74.6 %", "recipe:a.b|pct")
     assert split_role("recipe:a.b|pct") == (None, "recipe:a.b|pct")
     (tmp_path / "r.json").write_text(json.dumps({"a": 0.5}))
@@ -538,14 +524,13 @@ def test_result_specs_read_numbers_and_tables(tmp_path):
 
 
 def test_the_sweep_plans_headline_files_first_and_resumes_a_file_of_several_runs(tmp_path, monkeypatch):
-    import status
-    import sweep
 
     module, results = _stamped_repo(tmp_path)
     r = json.loads((results / "r.json").read_text())
     for name, extra in (("recipe", {}), ("a_quick", {}), ("multi", {"earlier_runs": {
             "2026-11-30 08:00:00 UTC pid 2": {"command": "python -c 'print(1)'", "run": "2026-11-30 08:00:00 UTC pid 2",
-                                              "date": "2026-11-30 08:10 UTC", "definitions": r["provenance"]["definitions"]}}})):
+                                              "date": "2026-11-30 08:10 UTC", "definitions": r["provenance"]["definitions"],
+                                                  "hashing": HASHING}}})):
         (results / f"{name}.json").write_text(json.dumps({"acc": 0.5, "provenance": {**r["provenance"], **extra}}))
     assert sweep.plan(results_dir=results, repo=tmp_path, state={}) == []  # all fresh
     module.write_text(module.read_text().replace("return 1", "return 4"))
@@ -570,7 +555,6 @@ def test_the_sweep_plans_headline_files_first_and_resumes_a_file_of_several_runs
 
 
 def test_a_file_part_way_whose_rows_ran_changed_code_starts_again_from_its_first_command(tmp_path, monkeypatch):
-    import sweep
 
     module, results = _stamped_repo(tmp_path)
     (results / "partial").mkdir()
@@ -598,8 +582,6 @@ def test_a_file_filled_over_several_runs_replaces_the_committed_one_only_after_i
     docs quote) stays in results/ and the grown one waits in results/partial/; each
     command finds the grown one where it reads (--merge), and the last one's file replaces
     the committed one. A run cut short is undone at the next start."""
-    import status
-    import sweep
 
     results = tmp_path / "benchmarks" / "results"
     results.mkdir(parents=True)
@@ -646,7 +628,6 @@ def test_the_sweep_reuses_rows_another_fresh_file_measured_and_never_undoes_a_ru
     merge into; a stale source, a missing row or rows of two runs are refused. recipe's
     re-run (:data:`sweep.REPLAN`) starts that way. A second sweep (or a dry run) while one
     runs leaves its swapped files alone."""
-    import sweep
 
     module, results = _stamped_repo(tmp_path)
     source = json.loads((results / "r.json").read_text())
@@ -669,14 +650,14 @@ def test_the_sweep_reuses_rows_another_fresh_file_measured_and_never_undoes_a_ru
     with pytest.raises(ValueError, match="r.json is stale"):
         sweep.reuse("r", ["a"], "t", results_dir=results, repo=tmp_path)
     # recipe's re-run: recipe_headline's rows first, default_adamw (now the default) left out
-    assert sweep.REPLAN["recipe"][0] == ("python benchmarks/sweep.py --reuse recipe_headline "
+    assert sweep.REPLAN["recipe"][0] == ("python benchmarks/ledger sweep --reuse recipe_headline "
                                          "--rows recipe_default --into recipe")
     assert not any("default_adamw" in c for c in sweep.REPLAN["recipe"])
     for commands in sweep.REPLAN.values():  # every planned row exists in its script
         for command in commands:
             argv = command.split()
-            script = importlib.import_module(Path(argv[1]).stem)
-            if "--rows" in argv and script is not sweep:
+            if "--rows" in argv and argv[1] != "benchmarks/ledger":
+                script = importlib.import_module(Path(argv[1]).stem)
                 rows = getattr(script, "ROWS", None) or getattr(script, "CANDIDATES")
                 assert set(argv[argv.index("--rows") + 1].split(",")) <= set(rows), command
     # another sweep running: its committed copies in partial/ are not "a run cut short"
@@ -696,28 +677,29 @@ def test_the_sweep_reuses_rows_another_fresh_file_measured_and_never_undoes_a_ru
 
 def test_a_resumed_benchmark_run_reuses_its_parts_only_on_the_same_code_and_keeps_their_trace(tmp_path,
                                                                                                monkeypatch, capsys):
-    """``_parts.Parts`` (imprinting.py --e2e, elope.py, distillation.py): the parts an
+    """``ledger.parts.Parts`` (imprinting.py --e2e, elope.py, distillation.py): the parts an
     earlier process finished come back, with the skfg code they ran added to this process's
     trace (the stamp covers every part); parts from other settings are refused, parts whose
     skfg code has changed since are not reused; a run that does not resume never loads a
     file it did not write."""
-    import _common
-    import _parts
     import skfg.softmax  # noqa: F401 - the module whose code the part ran
 
-    softmax = _common.REPO / "skfg" / "softmax.py"
-    ran = _parts._Code(str(softmax), "SoftmaxClassifier.__init__")
-    monkeypatch.setattr(_common.TRACER, "seen", {ran})
+    softmax = ledger_stamp.REPO / "skfg" / "softmax.py"
+    ran = (str(softmax), "SoftmaxClassifier.__init__")
+    earlier = Tracer()
+    earlier.add([ran])
+    monkeypatch.setattr(_parts, "TRACER", earlier)
     first = _parts.Parts(tmp_path, {"epochs": 3}, resume=False)
     first.put("base", [0.5, 1])
     first.dump("model", {"weights": [1, 2]})
     saved = json.loads((tmp_path / "parts.json").read_text())
     assert "SoftmaxClassifier.__init__" in saved["definitions"]["skfg/softmax.py"]  # hashed as a stamp hashes it
-    monkeypatch.setattr(_common.TRACER, "seen", set())  # a new process
+    later = Tracer()  # a new process
+    monkeypatch.setattr(_parts, "TRACER", later)
     again = _parts.Parts(tmp_path, {"epochs": 3}, resume=True)
     assert again.get("base") == [0.5, 1] and again.load("model") == {"weights": [1, 2]}
-    assert _common.TRACER.seen == {ran}
-    assert _common.TRACER.executed([softmax]) == {softmax: {"SoftmaxClassifier.__init__"}}
+    assert later.codes() == {ran}
+    assert later.executed([softmax]) == {softmax: {"SoftmaxClassifier.__init__"}}
     fresh = _parts.Parts(tmp_path, {"epochs": 3}, resume=False)  # a new run: nothing of the old one
     assert fresh.get("base") is None and fresh.load("model") is None and (tmp_path / "model.joblib").is_file()
     first.put("base", 1)
@@ -741,22 +723,24 @@ def test_a_resumed_benchmark_run_reuses_its_parts_only_on_the_same_code_and_keep
 
 
 def test_a_stamp_records_the_benchmark_code_the_libraries_and_the_data(tmp_path):
-    import _common
 
     stamp = provenance()
-    assert "benchmarks/_common.py" in stamp["scripts"] and "benchmarks/_provenance.py" in stamp["scripts"]
+    import _common  # noqa: F401 - a measuring script imports it: hashed; the ledger is not
+    stamp = provenance()
+    assert "benchmarks/_common.py" in stamp["scripts"]
+    assert all(Path(f).parent == Path("benchmarks") for f in stamp["scripts"])
     assert stamp["versions"]["python"] and stamp["versions"]["torch"] and stamp["versions"]["scikit-learn"]
     assert set(stamp["versions"]) >= {"torchvision", "numpy", "scipy", "faiss-cpu", "onnxruntime"}
-    assert stamp["data"] == _common.data_manifests()  # the data sets' manifest hashes
-    if _common.DATA.is_dir():
+    assert stamp["data"] == ledger_stamp.data_manifests()  # the data sets' manifest hashes
+    if ledger_stamp.DATA.is_dir():
         assert "stanford_cars_a" in stamp["data"]
     data = tmp_path / "data"
     (data / "cars" / "a").mkdir(parents=True)
     (data / "cars" / "a" / "1.jpg").write_bytes(b"xx")
-    first = _common.data_manifests(data)
+    first = ledger_stamp.data_manifests(data)
     assert set(first) == {"cars"}
     (data / "cars" / "a" / "1.jpg").write_bytes(b"xxx")  # a changed file
-    assert _common.data_manifests(data) != first
+    assert ledger_stamp.data_manifests(data) != first
     # a change to the benchmark's own code makes its results stale
     (tmp_path / "repo").mkdir()
     module, results = _stamped_repo(tmp_path / "repo")
@@ -771,62 +755,58 @@ def test_a_stamp_records_the_benchmark_code_the_libraries_and_the_data(tmp_path)
 
 
 def test_every_results_markdown_is_the_rendering_of_its_json():
-    import _common
 
     for path in sorted((REPO / "benchmarks" / "results").glob("*.json")):
         saved = json.loads(path.read_text())
         if "markdown" not in saved:  # written before the table was kept in the JSON
             continue
         table = saved["markdown"]
-        expected = _common.render_markdown(path.stem, saved["provenance"], table["rows"], table["header"],
+        expected = ledger_stamp.render_markdown(path.stem, saved["provenance"], table["rows"], table["header"],
                                            table["notes"])
         assert path.with_suffix(".md").read_text() == expected, f"{path.with_suffix('.md').name} was edited by hand"
 
 
 def test_the_markdown_check_catches_a_hand_edit(tmp_path, monkeypatch):
-    import _common
 
-    monkeypatch.setattr(_common, "RESULTS", tmp_path)
-    _common.write_results("t", {"rows": [{"acc": 0.5}]}, [["a", 0.5]], ["name", "acc"], notes="A note.")
+    monkeypatch.setattr(ledger_stamp, "RESULTS", tmp_path)
+    ledger_stamp.write_results("t", {"rows": [{"acc": 0.5}]}, [["a", 0.5]], ["name", "acc"], notes="A note.")
     saved = json.loads((tmp_path / "t.json").read_text())
     md = (tmp_path / "t.md").read_text()
     table = saved["markdown"]
-    assert md == _common.render_markdown("t", saved["provenance"], table["rows"], table["header"], table["notes"])
+    assert md == ledger_stamp.render_markdown("t", saved["provenance"], table["rows"], table["header"], table["notes"])
     assert "| a    | 0.5 |" in md and md.endswith("A note.\n")
     edited = md.replace("0.5", "0.6")
-    assert edited != _common.render_markdown("t", saved["provenance"], table["rows"], table["header"], table["notes"])
+    assert edited != ledger_stamp.render_markdown("t", saved["provenance"], table["rows"], table["header"], table["notes"])
 
 
 def test_a_result_keeps_the_headline_values_of_its_earlier_runs(tmp_path, monkeypatch):
-    import _common
 
-    monkeypatch.setattr(_common, "RESULTS", tmp_path)
-    monkeypatch.setattr(_common, "provenance", lambda: {"commit": f"c{len(list(tmp_path.glob('*.json')))}",
+    monkeypatch.setattr(ledger_stamp, "RESULTS", tmp_path)
+    monkeypatch.setattr(ledger_stamp, "provenance", lambda: {"commit": f"c{len(list(tmp_path.glob('*.json')))}",
                                                         "uncommitted_changes": False, "date": "today"})
-    _common.write_results("t", {"rows": []}, [], ["a"], headline={"speed-up": 2.0})
-    _common.write_results("t", {"rows": []}, [], ["a"], headline={"speed-up": 2.5})
+    ledger_stamp.write_results("t", {"rows": []}, [], ["a"], headline={"speed-up": 2.0})
+    ledger_stamp.write_results("t", {"rows": []}, [], ["a"], headline={"speed-up": 2.5})
     saved = json.loads((tmp_path / "t.json").read_text())
     assert saved["headline"] == {"speed-up": 2.5}
     assert saved["history"] == [{"commit": "c0", "date": "today", "values": {"speed-up": 2.0}}]
-    _common.write_results("t", {"rows": []}, [], ["a"], headline={"speed-up": 3.0})
+    ledger_stamp.write_results("t", {"rows": []}, [], ["a"], headline={"speed-up": 3.0})
     saved = json.loads((tmp_path / "t.json").read_text())
     assert [h["values"]["speed-up"] for h in saved["history"]] == [2.5, 2.0]
 
 
 def test_the_docs_set_a_headline_beside_its_earlier_runs_where_they_spread_wider(tmp_path, monkeypatch):
-    import _common
-    from skfg_results import run_spread
+    from ledger.docs import run_spread
 
-    monkeypatch.setattr(_common, "RESULTS", tmp_path)
-    monkeypatch.setattr(_common, "provenance", lambda: {"commit": "abcdef123", "uncommitted_changes": False,
+    monkeypatch.setattr(ledger_stamp, "RESULTS", tmp_path)
+    monkeypatch.setattr(ledger_stamp, "provenance", lambda: {"commit": "abcdef123", "uncommitted_changes": False,
                                                         "date": "today"})
-    _common.write_results("t", {"rows": []}, [], ["a"], headline={"speed-up": 2.0, "same": 1.0})
+    ledger_stamp.write_results("t", {"rows": []}, [], ["a"], headline={"speed-up": 2.0, "same": 1.0})
     assert run_spread("t", tmp_path) is None  # one run: nothing to set beside it
-    _common.write_results("t", {"rows": []}, [], ["a"], headline={"speed-up": 2.5, "same": 1.0},
+    ledger_stamp.write_results("t", {"rows": []}, [], ["a"], headline={"speed-up": 2.5, "same": 1.0},
                           headline_ranges={"speed-up": [2.4, 2.6], "same": [0.9, 1.1]})
     text = run_spread("t", tmp_path)
     assert text == ("Across runs: speed-up: 2.5 in this run (its range 2.4-2.6); earlier runs 2 (abcdef1, today).")
     # inside this run's own range: no note
-    _common.write_results("t", {"rows": []}, [], ["a"], headline={"speed-up": 2.5, "same": 1.0},
+    ledger_stamp.write_results("t", {"rows": []}, [], ["a"], headline={"speed-up": 2.5, "same": 1.0},
                           headline_ranges={"speed-up": [1.9, 2.6], "same": [0.9, 1.1]})
     assert run_spread("t", tmp_path) is None

@@ -2,10 +2,9 @@
 
 A result is stale when the code that produced it has changed. "The code" is taken at the
 grain of a definition (a function, a method, a class header, a module's top-level
-statements) and restricted to what the run *executed*: :class:`Tracer` records the code
-objects a benchmark process runs (a ``sys.settrace`` hook on call events only; line
-events stay off), and :func:`provenance` stamps the result with the hash of every skfg
-definition it ran. A later edit to code the run never executed (another estimator, the
+statements) and restricted to what the run *executed*: :class:`ledger.tracer.Tracer`
+records the code objects a benchmark process runs, and :func:`ledger.stamp.provenance`
+stamps the result with the hash of every skfg definition it ran. A later edit to code the run never executed (another estimator, the
 CLI, a new method) leaves the result valid; an edit to anything it ran makes it stale.
 
 What a run depended on beyond the code it ran (:func:`counted_definitions`): each module's
@@ -29,19 +28,11 @@ outside skfg dispatches to by name (e.g. scikit-learn calling a newly added
 ``decision_function``), an import rebound to another object of the same name, a constant
 read as a module attribute (``module.NAME``) and a class used only through inherited methods
 while it has methods of its own.
-
-Stamps written before definitions were recorded (``"code"`` only: one hash per imported
-module) are checked per module, as they were written. :func:`upgrade_stamp` converts such a
-stamp while every module still hashes as recorded (the code is then the measured code):
-it records every definition of those modules as executed, since which ran is unknown.
 """
 
 import ast
 import hashlib
 import json
-import sys
-import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 MODULE = "<module>"
@@ -238,50 +229,6 @@ def definition_of(qualname, definitions):
     return MODULE
 
 
-class Tracer:
-    """Records the code objects run in this process (and in threads started after
-    :meth:`start`), at a call-event hook that returns at once and leaves line tracing off."""
-
-    def __init__(self):
-        self.seen = set()
-        self.active = False
-
-    def _hook(self, frame, event, arg):
-        self.seen.add(frame.f_code)
-
-    def start(self):
-        sys.settrace(self._hook)
-        threading.settrace(self._hook)
-        self.active = True
-
-    def stop(self):
-        sys.settrace(None)
-        threading.settrace(None)
-        self.active = False
-
-    @contextmanager
-    def paused(self):
-        """Switch the hook off around timed code (whose code has run traced before)."""
-        was = self.active
-        if was:
-            self.stop()
-        try:
-            yield
-        finally:
-            if was:
-                self.start()
-
-    def executed(self, files):
-        """``{file: set of co_qualname}`` of the recorded code objects from ``files``."""
-        files = {str(Path(f).resolve()): f for f in files}
-        out = {f: set() for f in files.values()}
-        for code in list(self.seen):
-            f = files.get(code.co_filename) or files.get(str(Path(code.co_filename).resolve()))
-            if f is not None:
-                out[f].add(code.co_qualname)
-        return out
-
-
 def known_definitions(files, relative_to):
     """``{module path: [every definition]}`` of ``files``: what a later check counts as not new."""
     return {str(Path(f).resolve().relative_to(relative_to)): sorted(definition_hashes(f)) for f in files}
@@ -398,153 +345,32 @@ def stale_definitions(stamp_definitions, repo, known=None):
     return changed
 
 
-# How definitions are hashed and counted: 2 since module constants are definitions of their
-# own and a class header counts only when the class was used (stamps without "hashing": 1).
+# How definitions are hashed and counted: a stamp hashed another way is stale (re-run it).
 HASHING = 2
 
 
-def _unchanged_definitions(stamp, repo):
-    """``{module: _parse(module)}`` of the stamp's modules as they are now, or ``None`` when
-    one of them no longer hashes as recorded (the code is not the code that ran)."""
-    current = {}
-    for module, h in stamp["code"].items():
-        path = Path(repo) / module
-        if not path.is_file() or code_hash(path) != h:
-            return None
-        current[module] = _parse(path)
-    return current
-
-
-def upgrade_stamp(stamp, repo):
-    """A per-module stamp converted to per-definition, every definition counted as run;
-    ``None`` when a module no longer hashes as recorded (the stamp is stale: re-run)."""
-    if "definitions" in stamp:
-        return stamp
-    current = _unchanged_definitions(stamp, repo)
-    if current is None:
-        return None
-    return dict(stamp, definitions={m: hashes for m, (hashes, _) in current.items()},
-                known={m: sorted(hashes) for m, (hashes, _) in current.items()},
-                executed="unknown: every definition of the imported modules", hashing=HASHING)
-
-
-def _recorded_unchanged(stamp, repo):
-    """``{module: _parse(module)}`` of a per-definition stamp's modules when every definition
-    it recorded still hashes as recorded, the way the stamp hashed it (``"<module>"`` with the
-    module constants before :data:`HASHING` 2); ``None`` otherwise (stale: re-run)."""
-    current = {}
-    for module, recorded in stamp["definitions"].items():
-        path = Path(repo) / module
-        if not path.is_file():
-            return None
-        hashes, info = current[module] = _parse(path)
-        if stamp.get("hashing", 1) < 2:
-            tree = _Normalise().visit(ast.parse(path.read_text()))
-            hashes = dict(hashes, **{MODULE: _digest([s for s in tree.body if not isinstance(
-                s, (*_DEFS, ast.Import, ast.ImportFrom)) and not _is_all(s)])})
-        if any(hashes.get(k) != h for k, h in recorded.items()):
-            return None
-    return current
-
-
-def refresh_stamp(stamp, repo):
-    """A per-definition stamp recounted and rehashed the current way (:data:`HASHING`), while
-    every definition it recorded is unchanged (then the code that ran is the code that is
-    there, and only how it is hashed and counted changed); ``None`` when one changed
-    (stale: re-run). The functions and methods it recorded stay; the rest is recounted
-    (:func:`counted_definitions`); ``known`` becomes every definition the modules have now
-    (none new since can have run: the code that ran is unchanged). Earlier runs' stamps are
-    refreshed alike."""
-    if "definitions" not in stamp:
-        return upgrade_stamp(stamp, repo)
-    current = _recorded_unchanged(stamp, repo)
-    if current is None:
-        return None
-    files = {str((Path(repo) / m).resolve()): m for m in current}  # imports name files
-    by_file = {f: current[m] for f, m in files.items()}
-    ran = {f: {k for k in stamp["definitions"][m] if k != MODULE and "bases" not in by_file[f][1].get(k, {})
-               and not by_file[f][1].get(k, {}).get("constant")}
-           for f, m in files.items()}
-    out = dict(stamp, hashing=HASHING)
-    out["definitions"] = {files[f]: v for f, v in counted_definitions(by_file, ran).items()}
-    out["known"] = {m: sorted(hashes) for m, (hashes, _) in current.items()}
-    if "earlier_runs" in stamp:
-        out["earlier_runs"] = {}
-        for run, earlier in stamp["earlier_runs"].items():
-            refreshed = refresh_stamp(earlier, repo)
-            if refreshed is None:
-                return None
-            out["earlier_runs"][run] = refreshed
-    return out
-
-
 def stale_results(results_dir=None, repo=None):
-    """``{result file: [what changed]}`` for stamped results whose executed code changed
-    since they were measured (:func:`_provenance.stale_definitions`; per module for stamps
-    written before definitions were recorded), the benchmark's own code included (the
-    script and its helpers, for stamps that record them); unstamped files are skipped."""
-    repo = Path(repo) if repo is not None else Path(__file__).resolve().parents[1]
+    """``{result file: [what changed]}`` of the stamped results whose executed code changed
+    since they were measured (:func:`stale_definitions`, for every run whose rows the file
+    holds), the benchmark's own code included (the script and the ``benchmarks/`` modules it
+    imported); a stamp hashed another way than :data:`HASHING` counts as changed.
+    Unstamped files are skipped."""
+    repo = Path(repo) if repo is not None else Path(__file__).resolve().parents[2]
     results_dir = Path(results_dir) if results_dir is not None else repo / "benchmarks" / "results"
     stale = {}
     for path in sorted(results_dir.glob("*.json")):
         stamp = json.loads(path.read_text()).get("provenance")
         if not stamp:
             continue
-        if "definitions" in stamp:
-            changed = stale_definitions(stamp["definitions"], repo, stamp.get("known"))
-            for run, earlier in stamp.get("earlier_runs", {}).items():
-                changed += [f"{c} (run {run})"
-                            for c in stale_definitions(earlier["definitions"], repo, earlier.get("known"))]
-        else:
-            changed = [m for m, h in stamp["code"].items()
-                       if not (Path(repo) / m).is_file() or code_hash(Path(repo) / m) != h]
+        changed = []
         for run, recorded in [(None, stamp), *stamp.get("earlier_runs", {}).items()]:
-            changed += [f"{f} (benchmark code)" + (f" (run {run})" if run else "")
-                        for f, h in recorded.get("scripts", {}).items()
+            tag = f" (run {run})" if run else ""
+            if "definitions" not in recorded or recorded.get("hashing", 1) != HASHING:
+                changed.append("hashed another way" + tag)
+                continue
+            changed += [c + tag for c in stale_definitions(recorded["definitions"], repo, recorded.get("known"))]
+            changed += [f"{f} (benchmark code){tag}" for f, h in recorded.get("scripts", {}).items()
                         if not (repo / f).is_file() or code_hash(repo / f) != h]
         if changed:
             stale[path.name] = changed
     return stale
-
-
-def status(stamp):
-    """How precisely a stamp records what its run executed: ``"unstamped"``, ``"per module"``,
-    ``"every definition"`` (converted, or not traced) or ``"traced"`` (over all its runs)."""
-    if not stamp:
-        return "unstamped"
-    if "definitions" not in stamp:
-        return "per module"
-    runs = [stamp, *stamp.get("earlier_runs", {}).values()]
-    return "traced" if all(str(r.get("executed", "")).startswith("traced") for r in runs) else "every definition"
-
-
-def main(argv=None):
-    """``python benchmarks/_provenance.py``: how each result file's provenance is recorded
-    (and the command that wrote it); ``--upgrade`` converts per-module stamps to
-    per-definition ones, and rehashes per-definition ones written before the current
-    normalisation, where the code is still the measured code."""
-    import argparse
-    import json
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--upgrade", action="store_true", help="rewrite the per-module stamps")
-    args = parser.parse_args(argv)
-    repo = Path(__file__).resolve().parents[1]
-    for path in sorted((repo / "benchmarks" / "results").glob("*.json")):
-        saved = json.loads(path.read_text())
-        stamp = saved.get("provenance")
-        kind = status(stamp)
-        if stamp and (kind == "per module" or stamp.get("hashing", 1) < HASHING):
-            upgraded = refresh_stamp(stamp, repo)
-            if upgraded is None:
-                kind += ", stale: re-run it"
-            elif args.upgrade:
-                saved["provenance"] = upgraded
-                path.write_text(json.dumps(saved, indent=2) + "\n")
-                kind = status(upgraded) + " (upgraded now)"
-        command = (stamp or {}).get("command") or ""
-        print(f"{path.name:40s} {kind:34s} {command}")
-
-
-if __name__ == "__main__":
-    main()

@@ -6,24 +6,22 @@ keeps each finished part in a work folder. Reusing a part is honest only while t
 code it ran is unchanged, and the stamp of the result must name that code although this
 process never ran it. :class:`Parts` keeps, with each value (or joblib file), the skfg
 definitions this process had executed when it was kept, hashed as a stamp hashes them
-(:func:`_provenance.executed_definitions`); a resumed run refuses parts whose definitions
-have changed since (:func:`_provenance.stale_definitions`), adds the code they ran to
-its own trace (so :func:`_common.provenance` stamps it), and starts afresh instead. Parts
+(:func:`ledger.hashing.executed_definitions`); a resumed run refuses parts whose definitions
+have changed since (:func:`ledger.hashing.stale_definitions`), adds the code they ran to
+its own trace (so :func:`ledger.stamp.provenance` stamps it), and starts afresh instead. Parts
 of other settings are refused (the command line differs from the run it resumes).
 """
 
 import importlib
 import json
 import os
-from collections import namedtuple
 from pathlib import Path
 
 import joblib
 
-from _common import REPO, TRACER, _imported_skfg_files
-from _provenance import executed_definitions, known_definitions, stale_definitions
-
-_Code = namedtuple("_Code", "co_filename co_qualname")  # what the tracer reads of a code object
+from .hashing import executed_definitions, known_definitions, stale_definitions
+from .stamp import REPO, imported_skfg_files
+from .tracer import TRACER
 
 
 class Parts:
@@ -73,7 +71,7 @@ class Parts:
             else:
                 print(f"resuming: {len(saved['values'])} parts from {self.path}", flush=True)
         self.saved = saved or {"settings": settings, "values": {}, "code": [], "definitions": {}, "known": {}}
-        TRACER.seen.update(_Code(f, q) for f, q in self.saved["code"])
+        TRACER.add(self.saved["code"])
         for f in {f for f, _ in self.saved["code"]}:  # imported, so that the stamp hashes their modules
             module = Path(f).relative_to(REPO).with_suffix("")
             importlib.import_module(".".join(module.parts[:-1] if module.name == "__init__" else module.parts))
@@ -86,9 +84,8 @@ class Parts:
         """Keep ``value`` (JSON) under ``key``, with the skfg code run so far."""
         self.saved["values"][key] = value
         skfg_dir = str(REPO / "skfg")
-        self.saved["code"] = sorted({(c.co_filename, c.co_qualname) for c in list(TRACER.seen)
-                                     if c.co_filename.startswith(skfg_dir)})
-        files = _imported_skfg_files()
+        self.saved["code"] = sorted((f, q) for f, q in TRACER.codes() if f.startswith(skfg_dir))
+        files = imported_skfg_files()
         self.saved["definitions"] = executed_definitions(files, TRACER, REPO)
         self.saved["known"] = known_definitions(files, REPO)  # what counts as new code later
         tmp = self.path.with_suffix(".tmp")

@@ -9,7 +9,7 @@ In the Sphinx pages:
   step ``rows[name=lite2,seed=0]`` picks the first list item whose fields match
   (a value holding a comma is quoted: ``rows[method="a, b"]``), ``rows[0]`` the first item.
   The number before the spec is what the raw ``.rst`` shows where it is browsed;
-  ``python docs/_ext/skfg_results.py --sync`` rewrites it from the results (and the
+  ``python benchmarks/ledger docs --sync`` rewrites it from the results (and the
   README's), ``--check`` lists those out of date (``tests/test_results.py`` runs it); the
   built page always renders the value from the JSON. ``:result:`SPEC``` alone works too.
 - ``.. results-table:: recipe`` renders the Markdown table(s) of
@@ -18,7 +18,7 @@ In the Sphinx pages:
 
 In ``README.md`` (plain Markdown, no Sphinx), a number between
 ``<!-- result SPEC -->`` and ``<!-- /result -->`` is rewritten from the results by
-``python docs/_ext/skfg_results.py --readme`` (``--check`` fails when one is out of date;
+``python benchmarks/ledger docs --sync`` (``--check`` fails when one is out of date;
 ``tests/test_results.py`` runs it).
 
 Every measured number in ``README.md`` and ``docs/*.rst`` comes from a result spec
@@ -32,10 +32,10 @@ source, ``:paper:`68.9 % <elope Table 4>``` (README: ``<!-- paper elope Table 4
 in a code literal (````min(4, cpu_count)````).
 
 A number from a *stale* result (measured before a change to the code it ran;
-``benchmarks/status.py``) is marked: a superscript "stale" beside it whose note says
+``python benchmarks/ledger status``) is marked: a superscript "stale" beside it whose note says
 "measured at <commit> (<date>), before changes to <names>" (in the HTML docs on hover,
 in the README as the link's title, and in ``benchmarks/results/STATUS.md``). Being
-stale fails no check: the sweep re-runs it (``benchmarks/sweep.py``).
+stale fails no check: the sweep re-runs it (``python benchmarks/ledger sweep``).
 """
 
 import json
@@ -53,11 +53,8 @@ def stale_note(name, results_dir=RESULTS, repo=REPO):
     None when the file is fresh or unstamped."""
     key = (str(results_dir), str(repo))
     if key not in _NOTES:
-        sys.path.insert(0, str(REPO / "benchmarks"))
-        try:
-            from status import stale_notes
-        finally:
-            sys.path.remove(str(REPO / "benchmarks"))
+        from .status import stale_notes
+
         _NOTES[key] = stale_notes(Path(results_dir), Path(repo))
     return _NOTES[key].get(name)
 
@@ -354,11 +351,14 @@ def setup(app):  # pragma: no cover - exercised by the docs build
     return {"parallel_read_safe": True}
 
 
-if __name__ == "__main__":
-    if not {"--readme", "--sync", "--check"} & set(sys.argv):
-        sys.exit("usage: python docs/_ext/skfg_results.py --sync | --check   (README.md and docs/*.rst)")
-    check = "--check" in sys.argv
+def main(argv=None):
+    """``python benchmarks/ledger docs --sync``: rewrite the numbers the README and the
+    ``.rst`` sources show from the results; ``--check``: list those out of date (exit 1)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not {"--readme", "--sync", "--check"} & set(argv):
+        sys.exit("usage: python benchmarks/ledger docs --sync | --check   (README.md and docs/*.rst)")
+    check = "--check" in argv
     found = [("README.md", *row) for row in sync_readme(check=check)] + sync_docs(check=check)
     for file, spec, old, new in found:
         print(f"{file} {spec}: {old!r} -> {new!r}")
-    sys.exit(1 if found and check else 0)
+    return 1 if found and check else 0

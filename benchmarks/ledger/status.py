@@ -1,24 +1,23 @@
 """Which results are stale: measured before a change to the code they ran.
 
-``python benchmarks/status.py`` lists every stamped result file whose executed code has
-changed since it was measured (:func:`_provenance.stale_results`), with the definitions
+``python benchmarks/ledger status`` lists every stamped result file whose executed code has
+changed since it was measured (:func:`ledger.hashing.stale_results`), with the definitions
 that changed, writes ``benchmarks/results/STATUS.md``, refreshes the stale marks of the README's
 numbers and the numbers the README and the ``.rst`` sources show. A stale result never fails a test: the docs show it marked (a "stale"
 mark beside the number, with "measured at <commit>, before changes to <names>"), and
-``python benchmarks/sweep.py`` re-runs the stale results when there is time.
+``python benchmarks/ledger sweep`` re-runs the stale results when there is time.
 
-Only the standard library and :mod:`_provenance` are imported: nothing is traced or timed.
+Only the standard library and the ledger are imported: nothing is traced or timed.
 """
 
 import argparse
 import json
 import subprocess
-import sys
 from pathlib import Path
 
-from _provenance import stale_results
+from .hashing import stale_results
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
 STATUS = RESULTS / "STATUS.md"
 
@@ -81,9 +80,9 @@ def render(results_dir=RESULTS, repo=REPO):
     stale = {Path(f).stem: c for f, c in stale_results(results_dir, repo).items()}
     stamped = [p for p in sorted(Path(results_dir).glob("*.json")) if stamp_of(p)]
     lines = ["# Status of the results", "",
-             f"Written by `python benchmarks/status.py` at commit {_commit()}: {len(stale)} of {len(stamped)} "
+             f"Written by `python benchmarks/ledger status` at commit {_commit()}: {len(stale)} of {len(stamped)} "
              "stamped result files are stale (the code they ran has changed since). Their numbers are "
-             "marked *stale* in the README and the docs; `python benchmarks/sweep.py --dry-run` plans their "
+             "marked *stale* in the README and the docs; `python benchmarks/ledger sweep --dry-run` plans their "
              "re-run, headline files first.", ""]
     if stale:
         lines += ["| result | headline | measured at | finished | changed since | re-run with |",
@@ -97,8 +96,8 @@ def render(results_dir=RESULTS, repo=REPO):
         lines.append("Every stamped result is fresh.")
     state_file = Path(results_dir) / "sweep_state.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    if state:  # a file re-run over several commands, part-way (benchmarks/sweep.py)
-        lines += ["", "Re-run part-way (`python benchmarks/sweep.py` goes on with the next command; what the "
+    if state:  # a file re-run over several commands, part-way (python benchmarks/ledger sweep)
+        lines += ["", "Re-run part-way (`python benchmarks/ledger sweep` goes on with the next command; what the "
                   "finished ones wrote waits in `results/partial/`, the file above stays as committed until "
                   "the last):", ""]
         for name, part in state.items():
@@ -117,13 +116,8 @@ def main(argv=None):
     print(f"{len(stale)} stale result files" + ("" if args.no_write else f"; written {STATUS.relative_to(REPO)}"))
     if not args.no_write:
         STATUS.write_text(text)
-        sys.path.insert(0, str(REPO / "docs" / "_ext"))
-        from skfg_results import sync_docs, sync_readme
+        from .docs import sync_docs, sync_readme
 
         sync_readme()  # the numbers and their stale marks
         sync_docs()  # the numbers the .rst sources show
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """Re-run the stale results, one at a time, headline files first; stop and resume at will.
 
-``python benchmarks/sweep.py --dry-run`` prints the plan: every stale result file
-(``benchmarks/status.py``) in priority order (:data:`status.HEADLINE` first, then the other
+``python benchmarks/ledger sweep --dry-run`` prints the plan: every stale result file
+(``python benchmarks/ledger status``) in priority order (:data:`status.HEADLINE` first, then the other
 full runs, then the ``--quick`` ones), the commands that wrote it (a file filled over several
 runs is re-run with each of them, oldest first) and the minutes each took last time.
 Without ``--dry-run`` it runs them, one command at a time and alone (it warns when the
@@ -25,7 +25,7 @@ whose grown rows ran code that has changed since starts again from its first com
 
 Most files are re-run with the commands that wrote them; :data:`REPLAN` plans the others
 (a command whose rows another fresh file already holds from the same run of the same code
-takes them over with ``python benchmarks/sweep.py --reuse SOURCE --rows A,B --into NAME``,
+takes them over with ``python benchmarks/ledger sweep --reuse SOURCE --rows A,B --into NAME``,
 :func:`reuse`, instead of measuring them again).
 """
 
@@ -40,7 +40,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import status
+from . import status
 
 REPO = status.REPO
 RESULTS = status.RESULTS
@@ -58,7 +58,7 @@ REPLAN = {
     # FINE_TUNE_RECIPE's since issue 46, and 2,403 images keep the recipe's learning rate
     # (small_set_lr_factor 1), so the row would be recipe_default again, seed by seed.
     "recipe": [
-        "python benchmarks/sweep.py --reuse recipe_headline --rows recipe_default --into recipe",
+        "python benchmarks/ledger sweep --reuse recipe_headline --rows recipe_default --into recipe",
         # (the shared-budget rows adamw and lr_0.003 are left out too: with AdamW 3e-3 the
         # default, both are the row recipe again; default_candidate's sgd row measures SGD)
         "python benchmarks/recipe.py --merge --budget 3 --rows recipe,old_recipe,plain_loop,no_fixres,"
@@ -357,7 +357,3 @@ def main(argv=None):
         LOCK.unlink(missing_ok=True)
     status.main([])
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
