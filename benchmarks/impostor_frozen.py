@@ -75,7 +75,8 @@ def features(classes, size, work):
         X, y = load_image_folder(DATA / "stanford_cars_a" / split)
         keep = np.isin(y, classes)
         data.append((X[keep], y[keep]))
-    out, seconds = timed(lambda: [(ext.transform(X), y) for X, y in data], warmup=lambda: ext.transform(data[0][0][:4]))
+    out, seconds = timed(lambda: [(ext.transform(X), y) for X, y in data],
+                         warmup=lambda: ext.transform(data[0][0][:4]))
     np.savez(path, seconds=seconds, **{f"F{i}": F for i, (F, _) in enumerate(out)},
              **{f"y{i}": np.asarray(y, dtype=str) for i, (_, y) in enumerate(out)})  # not object: loads unpickled
     parts.put("features", path.name)

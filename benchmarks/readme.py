@@ -10,7 +10,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 
 from _common import DATA, timed, write_results
-from skfg import CNNFeatureExtractor
+from skfg import CNNFeatureExtractor, clear_feature_cache
 from skfg.datasets import load_image_folder
 
 
@@ -22,9 +22,11 @@ def main():
         pipe = Pipeline([("cnn", CNNFeatureExtractor()), ("clf", LinearSVC())])  # the README's pipeline
         return float(pipe.fit(X, y).score(X_test, y_test))
 
-    # timed untraced after the same code ran traced on every 40th image
+    # timed untraced after the same code ran traced on every 40th image (whose features then leave
+    # the cache: the timed run starts cold, as a user's first)
     accuracy, seconds = timed(lambda: run(X_train, y_train, X_test, y_test),
-                              warmup=lambda: run(X_train[::40], y_train[::40], X_test[::40], y_test[::40]))
+                              warmup=lambda: (run(X_train[::40], y_train[::40], X_test[::40], y_test[::40]),
+                                              clear_feature_cache()))
     rows = [("Pipeline([CNNFeatureExtractor(), LinearSVC()])", f"{accuracy:.3f}", f"{seconds:.0f}")]
     write_results("readme", {"rows": [{"example": rows[0][0], "test_accuracy": accuracy, "seconds": seconds,
                                        "n_train": len(y_train), "n_test": len(y_test)}]},

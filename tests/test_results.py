@@ -256,6 +256,14 @@ def test_the_tracer_records_code_run_in_threads_started_after_it():
         tracer.stop()
     assert (skfg.metrics.__file__, "entropy") in tracer.codes()
     assert not tracer.active
+    before = tracer.calls()  # what the hook costs is its calls times its cost per call (tracer_overhead.py)
+    tracer.start()
+    try:
+        for _ in range(10):
+            skfg.metrics.entropy(np.array([[0.5, 0.5]]))
+    finally:
+        tracer.stop()
+    assert tracer.calls() - before >= 10
 
 
 def test_the_tracer_starts_only_for_a_measuring_script(tmp_path):
@@ -795,17 +803,38 @@ def test_a_result_keeps_the_headline_values_of_its_earlier_runs(tmp_path, monkey
 
 
 def test_the_docs_set_a_headline_beside_its_earlier_runs_where_they_spread_wider(tmp_path, monkeypatch):
-    from ledger.docs import run_spread
+    from ledger.docs import result_nodes, run_spread, spread_note
 
     monkeypatch.setattr(ledger_stamp, "RESULTS", tmp_path)
     monkeypatch.setattr(ledger_stamp, "provenance", lambda: {"commit": "abcdef123", "uncommitted_changes": False,
-                                                        "date": "today"})
+                                                        "date": "today", "definitions": {}, "hashing": HASHING})
     ledger_stamp.write_results("t", {"rows": []}, [], ["a"], headline={"speed-up": 2.0, "same": 1.0})
     assert run_spread("t", tmp_path) is None  # one run: nothing to set beside it
     ledger_stamp.write_results("t", {"rows": []}, [], ["a"], headline={"speed-up": 2.5, "same": 1.0},
                           headline_ranges={"speed-up": [2.4, 2.6], "same": [0.9, 1.1]})
     text = run_spread("t", tmp_path)
     assert text == ("Across runs: speed-up: 2.5 in this run (its range 2.4-2.6); earlier runs 2 (abcdef1, today).")
+    # beside the number itself: a spec reading that headline's value (here or in a row) gets the mark
+    data = json.loads((tmp_path / "t.json").read_text())
+    (tmp_path / "t.json").write_text(json.dumps(dict(data, rows=[{"name": "fast", "speedup": 2.5}])))
+    note = "speed-up: 2.5 in this run (its range 2.4-2.6); earlier runs 2 (abcdef1, today)"
+    assert spread_note("t:headline.speed-up|x", tmp_path) == note
+    assert spread_note("t:rows[name=fast].speedup|x", tmp_path) == note
+    assert spread_note("t:headline.same|x", tmp_path) is None  # the same in every run
+    assert spread_note("t:headline.speed-up / headline.same|x", tmp_path) is None
+    pytest.importorskip("docutils")
+    marks = [n.astext() for n in result_nodes("t:rows[name=fast].speedup|x", tmp_path, tmp_path)]
+    assert marks == ["2.50x", "runs"]
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- result t:headline.speed-up|x -->2.50x<!-- /result -->\n")
+    sync_readme(readme, results_dir=tmp_path, repo=tmp_path)
+    mark = f'<sup>[runs](benchmarks/results/t.md "{note}")</sup>'
+    assert readme.read_text() == f"<!-- result t:headline.speed-up|x -->2.50x{mark}<!-- /result -->\n"
+    assert sync_readme(readme, check=True, results_dir=tmp_path, repo=tmp_path) == []  # the mark is not the number
+    from ledger.docs import _MARK, readme_mark
+
+    stale = readme_mark("measured at abc, before changes to skfg/m.py:<module> (run x)")  # a note may hold "<"
+    assert _MARK.sub("", "2.50x" + stale + mark) == "2.50x"
     # inside this run's own range: no note
     ledger_stamp.write_results("t", {"rows": []}, [], ["a"], headline={"speed-up": 2.5, "same": 1.0},
                           headline_ranges={"speed-up": [1.9, 2.6], "same": [0.9, 1.1]})

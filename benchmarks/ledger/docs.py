@@ -151,15 +151,15 @@ def _fmt(value):
     return f"{value:.3g}" if isinstance(value, (int, float)) else str(value)
 
 
-def run_spread(name, results_dir=RESULTS):
-    """A sentence setting each headline value of ``results/<name>.json`` beside its earlier
-    runs' (``history``: commit, date, values), for the headlines whose values across runs
-    spread wider than this run's own range (``headline_ranges``: ``{label: [low, high]}``;
-    without one, wherever the runs differ by more than 1 %); None when no headline does."""
+def headline_spreads(name, results_dir=RESULTS):
+    """``{headline label: sentence}`` for each headline value of ``results/<name>.json`` whose
+    earlier runs (``history``: commit, date, values) spread wider than this run's own range
+    (``headline_ranges``: ``{label: [low, high]}``; without one, wherever the runs differ by
+    more than 1 %): the value, its range and the earlier runs' values."""
     data = json.loads((Path(results_dir) / f"{name}.json").read_text())
     headline, history = data.get("headline") or {}, data.get("history") or []
     ranges = data.get("headline_ranges") or {}
-    parts = []
+    out = {}
     for label, value in headline.items():
         earlier = [(h.get("commit", "")[:7], h.get("date", ""), h["values"][label]) for h in history
                    if isinstance(h.get("values", {}).get(label), (int, float))]
@@ -172,10 +172,33 @@ def run_spread(name, results_dir=RESULTS):
             wider = max(values) - min(values) > 0.01 * max(abs(v) for v in values)
         if wider:
             runs = ", ".join(f"{_fmt(v)} ({c}, {d})" for c, d, v in earlier)
-            parts.append(f"{label}: {_fmt(value)} in this run"
-                         + (f" (its range {_fmt(low)}-{_fmt(high)})" if label in ranges else "")
-                         + f"; earlier runs {runs}")
+            out[label] = (f"{label}: {_fmt(value)} in this run"
+                          + (f" (its range {_fmt(low)}-{_fmt(high)})" if label in ranges else "")
+                          + f"; earlier runs {runs}")
+    return out
+
+
+def run_spread(name, results_dir=RESULTS):
+    """A sentence setting each headline value of ``results/<name>.json`` beside its earlier
+    runs' where they spread wider than this run's own range (:func:`headline_spreads`);
+    None when no headline does."""
+    parts = list(headline_spreads(name, results_dir).values())
     return "Across runs: " + "; ".join(parts) + "." if parts else None
+
+
+def spread_note(spec, results_dir=RESULTS):
+    """The across-runs sentence (:func:`headline_spreads`) of the headline value a spec
+    shows, or None: a spec shows a headline when the value it reads is one of its file's
+    headline values (a ratio of two values never is)."""
+    path = spec.strip().partition("|")[0]
+    name, _, steps = path.partition(":")
+    file = Path(results_dir) / f"{name}.json"
+    if " / " in steps or not file.is_file():
+        return None
+    data = json.loads(file.read_text())
+    value = _lookup(data, steps.strip(), spec, name)
+    spreads = headline_spreads(name, results_dir)
+    return next((spreads[k] for k, v in (data.get("headline") or {}).items() if k in spreads and v == value), None)
 
 
 _README = re.compile(r"<!-- result (?P<spec>[^>]+?) -->(?P<value>.*?)<!-- /result -->", re.S)
@@ -205,13 +228,19 @@ def unsourced_numbers(text):
     for pattern in _SOURCED:
         text = pattern.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)  # keep the line numbers
     return [(text.count("\n", 0, m.start()) + 1, m.group(0).strip()) for m in _NUMBER.finditer(text)]
-_MARK = re.compile(r"<sup>\[stale\].*?</sup>$", re.S)
+_MARK = re.compile(r"(?:<sup>\[(?:stale|runs)\].*?</sup>)+$", re.S)  # a note may hold "<module>"
 STATUS_LINK = "benchmarks/results/STATUS.md"
 
 
 def readme_mark(note):
     """The README's mark of a stale number: a superscript link to STATUS.md, titled with the note."""
     return f'<sup>[stale]({STATUS_LINK} "{note}")</sup>'
+
+
+def readme_runs_mark(name, note):
+    """The README's mark of a headline whose earlier runs spread wider than its own range: a
+    superscript link to its results table, titled with the :func:`spread_note`."""
+    return f'<sup>[runs](benchmarks/results/{name}.md "{note}")</sup>'
 
 
 _ROLE = re.compile(r":result:`(?P<body>[^`]*)`")
@@ -262,7 +291,10 @@ def sync_readme(path=REPO / "README.md", check=False, results_dir=RESULTS, repo=
         if check:
             return m.group(0)
         note = stale_note(_file_of(m.group("spec")), results_dir, repo)
-        return f"<!-- result {m.group('spec')} -->{value}{readme_mark(note) if note else ''}<!-- /result -->"
+        runs = spread_note(m.group("spec"), results_dir)
+        marks = readme_mark(note) if note else ""
+        marks += readme_runs_mark(_file_of(m.group("spec")), runs) if runs else ""
+        return f"<!-- result {m.group('spec')} -->{value}{marks}<!-- /result -->"
 
     new = _README.sub(fill, text)
     if not check and new != text:
@@ -271,16 +303,19 @@ def sync_readme(path=REPO / "README.md", check=False, results_dir=RESULTS, repo=
 
 
 def result_nodes(spec, results_dir=RESULTS, repo=REPO):
-    """The docutils nodes of a ``:result:`` role: the number from the results and, where its
-    file is stale, a visible superscript "stale" whose hover text is the :func:`stale_note`."""
+    """The docutils nodes of a ``:result:`` role: the number from the results; where its
+    file is stale, a visible superscript "stale" whose hover text is the :func:`stale_note`;
+    where it is a headline whose earlier runs spread wider than this run's range, a
+    superscript "runs" whose hover text sets it beside them (:func:`spread_note`)."""
     from docutils import nodes
 
     out = [nodes.Text(result_value(spec, results_dir))]
-    note = stale_note(_file_of(spec), results_dir, repo)
-    if note:
-        mark = nodes.superscript()
-        mark += nodes.abbreviation("stale", "stale", explanation=note, classes=["stale-result"])
-        out.append(mark)
+    for label, note, kind in (("stale", stale_note(_file_of(spec), results_dir, repo), "stale-result"),
+                              ("runs", spread_note(spec, results_dir), "across-runs")):
+        if note:
+            mark = nodes.superscript()
+            mark += nodes.abbreviation(label, label, explanation=note, classes=[kind])
+            out.append(mark)
     return out
 
 

@@ -4,8 +4,9 @@ A result is stale when the code that produced it has changed. "The code" is take
 grain of a definition (a function, a method, a class header, a module's top-level
 statements) and restricted to what the run *executed*: :class:`ledger.tracer.Tracer`
 records the code objects a benchmark process runs, and :func:`ledger.stamp.provenance`
-stamps the result with the hash of every skfg definition it ran. A later edit to code the run never executed (another estimator, the
-CLI, a new method) leaves the result valid; an edit to anything it ran makes it stale.
+stamps the result with the hash of every skfg definition it ran. A later edit to code the
+run never executed (another estimator, the CLI, a new method) leaves the result valid; an
+edit to anything it ran makes it stale.
 
 What a run depended on beyond the code it ran (:func:`counted_definitions`): each module's
 top-level statements (they ran at import); a module constant (``NAME = value`` at top level,
