@@ -3,7 +3,7 @@
 Writing a result and its stamp is the ledger's (``benchmarks/ledger``, re-exported here:
 :func:`write_results`, :func:`mergeable_rows`); this module, hashed into every stamp, holds
 only what shapes a measured number. Timed code runs with the provenance hook paused
-(:func:`alternating_ms`, :func:`untraced`) after it ran once traced.
+(:func:`alternating_ms`, :func:`untraced`, :func:`timed`) after it ran once traced.
 """
 
 import time
